@@ -1,0 +1,1 @@
+"""mechest: mechanistic estimation of the expected output of random MLPs."""

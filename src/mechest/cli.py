@@ -1,0 +1,177 @@
+"""The ``mechest`` command-line tool: argument parsing and printing only (the maths lives elsewhere).
+
+Errors in what the user passed are printed as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from mechest.errors import MechestError
+from mechest.estimate import DTYPES, METHODS, Estimate, estimate
+from mechest.kprop import MAX_ORDER, VARIANTS
+from mechest.mlp import MLP, load, random_mlp
+from mechest.tables import format_table
+from mechest.truth import compute_truth, load_truth, score
+from mechest.wick import ACTIVATION_NAMES
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"mechest: error: {message}\n")
+
+
+def sample_count(text: str) -> int:
+    """Parse a sample count such as 1000000 or 1e6; it must be a positive whole number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value.is_integer() or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return int(value)
+
+
+def add_network_arguments(parser: argparse.ArgumentParser, *, need_weights: bool = False) -> None:
+    """--weights FILE, or --width/--depth/--activation/--seed for a He-init random network."""
+    parser.add_argument("--weights", metavar="FILE.npz", required=need_weights,
+                        help="network file (format in README.md)")
+    if need_weights:
+        return
+    parser.add_argument("--width", type=int, default=64, help="width of a random He-init net (default 64)")
+    parser.add_argument("--depth", type=int, default=4, help="hidden layers of a random net (default 4)")
+    parser.add_argument("--activation", default="relu", help=f"one of {', '.join(ACTIVATION_NAMES)}")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=METHODS, default="kprop")
+    parser.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
+    parser.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
+    parser.add_argument("--samples", type=sample_count, help="Monte Carlo sample count, e.g. 1e6")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="mechest", description="Estimate the expected output of random MLPs "
+                           "by cumulant propagation (kprop) or Monte Carlo.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    demo = commands.add_parser("demo", help="kprop vs Monte Carlo on a width-256, 4-hidden-layer ReLU net")
+    demo.add_argument("--width", type=int, default=256)
+    demo.add_argument("--depth", type=int, default=4)
+    demo.add_argument("--reference-samples", type=sample_count, default=2**20)
+    demo.add_argument("--seed", type=int, default=0)
+
+    net = commands.add_parser("net", help="write a random He-init network to an .npz file")
+    add_network_arguments(net)
+    net.add_argument("--seed", type=int, default=0)
+    net.add_argument("--init", choices=("he", "critical"), default="he")
+    net.add_argument("--bias-mean", type=float, default=0.0)
+    net.add_argument("--bias-var", type=float, default=0.0)
+    net.add_argument("--out", required=True, metavar="FILE.npz")
+
+    est = commands.add_parser("estimate", help="estimate the expected output of a network")
+    add_network_arguments(est)
+    est.add_argument("--seed", type=int, default=0, help="Monte Carlo seed, and the random net's seed")
+    add_method_arguments(est)
+
+    truth = commands.add_parser("truth", help="long Monte Carlo ground truth, written to an .npz (resumable)")
+    add_network_arguments(truth, need_weights=True)
+    truth.add_argument("--samples", type=sample_count, required=True)
+    truth.add_argument("--seed", type=int, default=0)
+    truth.add_argument("--out", required=True, metavar="TRUTH.npz")
+
+    scoring = commands.add_parser("score", help="score an estimator against a truth file")
+    add_network_arguments(scoring, need_weights=True)
+    scoring.add_argument("--truth", required=True, metavar="TRUTH.npz")
+    scoring.add_argument("--seed", type=int, default=1, help="Monte Carlo seed (default 1)")
+    add_method_arguments(scoring)
+    return parser
+
+
+def network_from(args: argparse.Namespace) -> MLP:
+    if args.weights is not None:
+        return load(args.weights)
+    return random_mlp(args.width, args.depth, args.activation, seed=args.seed)
+
+
+def run_estimate(args: argparse.Namespace, net: MLP) -> Estimate:
+    return estimate(net, args.method, order=args.order, variant=args.variant, samples=args.samples,
+                    seed=args.seed, dtype=args.dtype, progress=True)
+
+
+def command_estimate(args: argparse.Namespace) -> None:
+    result = run_estimate(args, network_from(args))
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return
+    label = f"kprop K={result.order} {result.variant}" if result.method == "kprop" else f"mc N={result.samples}"
+    print(f"{label}: {result.flops:.3e} FLOPs, {result.seconds:.3f} s")
+    columns = [result.mean] + ([result.stderr] if result.stderr is not None else [])
+    header = ["output", "mean"] + (["stderr"] if result.stderr is not None else [])
+    rows = [[i] + [float(column[i]) for column in columns] for i in range(result.mean.numel())]
+    print(format_table(header, rows))
+
+
+def command_net(args: argparse.Namespace) -> None:
+    net = random_mlp(args.width, args.depth, args.activation, init=args.init, bias_mean=args.bias_mean,
+                     bias_var=args.bias_var, seed=args.seed)
+    net.save(args.out)
+    print(f"wrote {args.out}: widths {net.dims}, activations {net.activations}")
+
+
+def command_truth(args: argparse.Namespace) -> None:
+    truth = compute_truth(load(args.weights), args.samples, args.out, seed=args.seed, progress=True)
+    stderr = (truth.variance / truth.samples) ** 0.5
+    print(f"wrote {args.out}: {truth.samples} samples, mean standard error {stderr.mean():.3g}")
+
+
+def command_score(args: argparse.Namespace) -> None:
+    net = load(args.weights)
+    truth = load_truth(args.truth)
+    if truth.fingerprint != net.fingerprint():
+        raise MechestError(f"{args.truth} was computed for a different network than {args.weights}")
+    result = run_estimate(args, net)
+    measured = score(result.mean, truth)
+    record = {**result.to_dict(), **measured.to_dict(), "truth_samples": truth.samples}
+    del record["mean"]
+    if args.json:
+        print(json.dumps(record))
+        return
+    print(format_table(["quantity", "value"], [[key, value] for key, value in record.items()
+                                                if key not in ("stderr",)]))
+
+
+def command_demo(args: argparse.Namespace) -> None:
+    from mechest.demo import run_demo
+
+    print(run_demo(args.width, args.depth, args.reference_samples, args.seed))
+
+
+COMMANDS = {"estimate": command_estimate, "net": command_net, "truth": command_truth, "score": command_score,
+            "demo": command_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except MechestError as error:
+        print(f"mechest: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mechest: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The entry point: ``estimate(net, method=...)`` and the result object it returns."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from mechest.errors import MechestError
+from mechest.flops import FlopCounter
+from mechest.kprop import MAX_ORDER, VARIANTS, propagate
+from mechest.mlp import MLP
+from mechest.montecarlo import DEFAULT_CHUNK_SIZE, check_sample_count, sample_moments
+
+METHODS = ("kprop", "mc")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass
+class Estimate:
+    """An estimate of E[M(x)], x ~ N(0, I), per output coordinate, and what it cost.
+
+    For Monte Carlo ``stderr`` = sqrt(variance / samples) and ``variance`` is the per-coordinate sample
+    variance; for kprop ``cov`` is the output covariance as propagated at that order.
+    FLOPs follow mechest.flops (random-number generation is not counted).
+    """
+
+    method: str
+    mean: torch.Tensor
+    flops: int
+    seconds: float
+    order: int | None = None
+    variant: str | None = None
+    cov: torch.Tensor | None = None
+    stderr: torch.Tensor | None = None
+    variance: torch.Tensor | None = None
+    samples: int | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON-ready summary printed by ``mechest estimate --json``."""
+        record: dict = {"method": self.method, "mean": self.mean.tolist(), "flops": int(self.flops),
+                        "seconds": self.seconds}
+        if self.method == "kprop":
+            record.update(order=self.order, variant=self.variant)
+        else:
+            record.update(stderr=self.stderr.tolist(), samples=self.samples)
+        return record
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype) -> torch.dtype:
+    """Accept a torch dtype or one of the names in DTYPES."""
+    if dtype is None:
+        return default
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise MechestError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def estimate(
+    net: MLP,
+    method: str = "kprop",
+    *,
+    order: int = 2,
+    variant: str = "simple",
+    samples: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype | str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: bool = False,
+) -> Estimate:
+    """Estimate the expected output of ``net`` under standard Gaussian input.
+
+    - ``method="kprop"``: cumulant propagation to order ``order`` (1..4) in ``variant`` "simple" or
+      "augment"; float64 unless ``dtype`` says otherwise. Differentiable with respect to the weights.
+    - ``method="mc"``: Monte Carlo with ``samples`` inputs drawn from ``seed``, streamed in chunks.
+    """
+    if method == "kprop":
+        return kprop_estimate(net, order, variant, resolve_dtype(dtype, torch.float64))
+    if method == "mc":
+        if samples is None:
+            raise MechestError("method 'mc' needs a sample count (samples=...)")
+        return monte_carlo_estimate(net, samples, seed, resolve_dtype(dtype, net.dtype), chunk_size, progress)
+    raise MechestError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+
+
+def kprop_estimate(net: MLP, order: int, variant: str, dtype: torch.dtype) -> Estimate:
+    """Cumulant propagation, with its FLOPs counted as it runs."""
+    if not 1 <= order <= MAX_ORDER:
+        raise MechestError(f"order must be between 1 and {MAX_ORDER}, got {order}")
+    if variant not in VARIANTS:
+        raise MechestError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    net = net.to(dtype=dtype)
+    start = time.perf_counter()
+    with FlopCounter() as counter:
+        result = propagate(net, order, variant)
+    seconds = time.perf_counter() - start
+    return Estimate("kprop", result.mean, counter.total, seconds, order=order, variant=variant, cov=result.cov)
+
+
+def monte_carlo_estimate(
+    net: MLP, samples: int, seed: int, dtype: torch.dtype, chunk_size: int, progress: bool
+) -> Estimate:
+    """Streaming Monte Carlo; FLOPs = samples × one forward pass (design §8)."""
+    samples = check_sample_count(samples)
+    net = net.to(dtype=dtype)
+    start = time.perf_counter()
+    moments = sample_moments(net, samples, seed, chunk_size=chunk_size, progress=progress)
+    seconds = time.perf_counter() - start
+    variance = moments.variance
+    return Estimate(
+        "mc", moments.mean, samples * net.flops_per_sample(), seconds,
+        stderr=torch.sqrt(variance / samples), variance=variance, samples=samples,
+    )

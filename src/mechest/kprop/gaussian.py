@@ -1,0 +1,72 @@
+"""Cumulant propagation at orders K = 1 and 2: the Gaussian closures (design §4.7).
+
+Each hidden pre-activation z is treated as Gaussian with its propagated mean μ_i and variance σ_i²,
+and w_i(k, p) = E[∂^k φ(Z)^p], Z ~ N(μ_i, σ_i²), are its Wick coefficients.
+
+- K = 1 (mean field): E[a_i] = w_i(0, 1). The second cumulant is kept only as its trace part c·I with
+  c = mean_i Var_G φ(z_i) = mean_i [w_i(0, 2) - w_i(0, 1)²]; through W it becomes c·W Wᵀ, of which
+  only the diagonal c·Σ_k W_ik² is needed.
+- K = 2 (covariance propagation): E[a_i] = w_i(0, 1), Var a_i = w_i(0, 2) - w_i(0, 1)², and
+  Cov(a_i, a_j) = w_i(1, 1) w_j(1, 1) Σ_ij for i ≠ j (first Hermite term); Σ ← W Σ Wᵀ at each linear map.
+
+Both are exact when there is one hidden layer (the pre-activations are then exactly Gaussian).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mechest.kprop.result import Propagation
+from mechest.mlp import MLP
+from mechest.wick import wick_table
+
+
+def linear_mean(net: MLP, layer: int, mean: torch.Tensor) -> torch.Tensor:
+    """κ_1 through linear map ``layer``: W μ + b."""
+    out = net.weights[layer] @ mean
+    bias = net.biases[layer]
+    return out if bias is None else out + bias
+
+
+def mean_field(net: MLP) -> Propagation:
+    """Order K = 1: Gaussian marginals with a trace-only second cumulant."""
+    mean = torch.zeros(net.input_dim, dtype=net.dtype, device=net.device)
+    trace_coefficient = torch.ones((), dtype=net.dtype, device=net.device)
+    layer_means, layer_covs = [], []
+    for layer in range(net.depth):
+        weight = net.weights[layer]
+        pre_mean = linear_mean(net, layer, mean)
+        pre_var = trace_coefficient * (weight * weight).sum(dim=1)
+        table = wick_table(net.activations[layer], pre_mean, pre_var, k_max=0, p_max=2)
+        mean = table[0, 1]
+        trace_coefficient = (table[0, 2] - mean * mean).mean()
+        layer_means.append(mean)
+        layer_covs.append(trace_coefficient * torch.eye(mean.numel(), dtype=net.dtype, device=net.device))
+    last = net.weights[-1]
+    out_cov = torch.diag(trace_coefficient * (last * last).sum(dim=1))
+    return Propagation(linear_mean(net, net.depth, mean), out_cov, layer_means, layer_covs)
+
+
+def covariance_propagation(net: MLP) -> Propagation:
+    """Order K = 2: propagate the mean and the full covariance matrix."""
+    mean = torch.zeros(net.input_dim, dtype=net.dtype, device=net.device)
+    cov: torch.Tensor | None = None  # None stands for the identity covariance of the input
+    layer_means, layer_covs = [], []
+    for layer in range(net.depth):
+        pre_mean = linear_mean(net, layer, mean)
+        pre_cov = linear_cov(net.weights[layer], cov)
+        table = wick_table(net.activations[layer], pre_mean, torch.diagonal(pre_cov), k_max=1, p_max=2)
+        mean = table[0, 1]
+        slope = table[1, 1]
+        cov = slope[:, None] * pre_cov * slope[None, :]
+        cov = cov - torch.diag(torch.diagonal(cov)) + torch.diag(table[0, 2] - mean * mean)
+        layer_means.append(mean)
+        layer_covs.append(cov)
+    out_cov = linear_cov(net.weights[-1], cov)
+    return Propagation(linear_mean(net, net.depth, mean), out_cov, layer_means, layer_covs)
+
+
+def linear_cov(weight: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
+    """κ_2 through a linear map: W Σ Wᵀ (W Wᵀ for the identity), symmetrised against round-off."""
+    product = weight @ weight.T if cov is None else weight @ cov @ weight.T
+    return (product + product.T) / 2

@@ -1,0 +1,388 @@
+"""Multilayer perceptrons: the networks whose expected output mechest estimates.
+
+Convention (design §1): an MLP has L linear maps and L - 1 hidden layers,
+
+    z_0 = W_0 x + b_0,   a_l = φ_l(z_l),   z_{l+1} = W_{l+1} a_l + b_{l+1},
+
+and its output is z_{L-1} (no activation on it). W_l has shape (out, in), as ``nn.Linear.weight``.
+The input is x ~ N(0, I).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mechest.errors import MechestError
+from mechest.wick import ACTIVATION_NAMES, activation_function, second_moment
+
+_TORCH_MODULE_NAMES: dict[type[nn.Module], str] = {
+    nn.ReLU: "relu",
+    nn.Tanh: "tanh",
+    nn.Sigmoid: "sigmoid",
+    nn.Identity: "identity",
+}
+
+
+class Activation(nn.Module):
+    """An elementwise activation by mechest name, for activations torch has no module for."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = check_activation(name)
+        self._function = activation_function(self.name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._function(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+def check_activation(name: str) -> str:
+    """Return ``name`` if it is a supported activation, else raise a one-line MechestError."""
+    if name not in ACTIVATION_NAMES:
+        raise MechestError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATION_NAMES)}")
+    return name
+
+
+@dataclass
+class MLP:
+    """A fully connected network: weights[l] (out_l × in_l), optional biases[l], activations[l] per hidden layer."""
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor | None]
+    activations: list[str]
+
+    def __post_init__(self) -> None:
+        validate(self.weights, self.biases, self.activations)
+
+    @property
+    def depth(self) -> int:
+        """Number of hidden layers (= number of linear maps - 1)."""
+        return len(self.weights) - 1
+
+    @property
+    def input_dim(self) -> int:
+        return self.weights[0].shape[1]
+
+    @property
+    def output_dim(self) -> int:
+        return self.weights[-1].shape[0]
+
+    @property
+    def dims(self) -> list[int]:
+        """Widths of every layer, input first: [in, hidden_1, ..., out]."""
+        return [self.input_dim] + [w.shape[0] for w in self.weights]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights[0].device
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> MLP:
+        """A copy with every array converted to ``dtype`` and moved to ``device``."""
+        return MLP(
+            [w.to(device=device, dtype=dtype) for w in self.weights],
+            [None if b is None else b.to(device=device, dtype=dtype) for b in self.biases],
+            list(self.activations),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Output z_{L-1} for a batch of inputs x of shape (batch, input_dim)."""
+        return self.forward_layers(x)[-1]
+
+    __call__ = forward
+
+    def forward_layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every activation a_0..a_{L-2}, then the output z_{L-1}, for inputs x of shape (batch, in)."""
+        outputs = []
+        h = x
+        for layer, weight in enumerate(self.weights):
+            h = h @ weight.T
+            if self.biases[layer] is not None:
+                h = h + self.biases[layer]
+            if layer < self.depth:
+                h = activation_function(self.activations[layer])(h)
+            outputs.append(h)
+        return outputs
+
+    def flops_per_sample(self) -> int:
+        """FLOPs of one forward pass (design §8): 2·in·out per linear map, +out per bias, +1 per activation entry."""
+        linear = sum(2 * w.shape[0] * w.shape[1] for w in self.weights)
+        bias = sum(b.numel() for b in self.biases if b is not None)
+        nonlinear = sum(w.shape[0] for w in self.weights[:-1])
+        return linear + bias + nonlinear
+
+    def to_sequential(self) -> nn.Sequential:
+        """An equivalent ``nn.Sequential`` of ``nn.Linear`` and activation modules."""
+        modules: list[nn.Module] = []
+        for layer, weight in enumerate(self.weights):
+            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=self.biases[layer] is not None)
+            linear = linear.to(dtype=weight.dtype, device=weight.device)
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                if self.biases[layer] is not None:
+                    linear.bias.copy_(self.biases[layer])
+            modules.append(linear)
+            if layer < self.depth:
+                modules.append(Activation(self.activations[layer]))
+        return nn.Sequential(*modules)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the activations and the float64 values of every weight and bias (a cache key)."""
+        digest = hashlib.sha256(",".join(self.activations).encode())
+        for layer, weight in enumerate(self.weights):
+            digest.update(f"weight_{layer}".encode())
+            digest.update(weight.detach().cpu().to(torch.float64).contiguous().numpy().tobytes())
+            if self.biases[layer] is not None:
+                digest.update(f"bias_{layer}".encode())
+                digest.update(self.biases[layer].detach().cpu().to(torch.float64).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def save(self, path: str | Path) -> None:
+        """Write the network as an .npz file (format in README.md); written atomically."""
+        arrays: dict[str, np.ndarray] = {}
+        for layer, weight in enumerate(self.weights):
+            arrays[f"weight_{layer}"] = weight.detach().cpu().numpy()
+            if self.biases[layer] is not None:
+                arrays[f"bias_{layer}"] = self.biases[layer].detach().cpu().numpy()
+        arrays["activation"] = np.array(self.activations, dtype=str)
+        write_npz_atomically(path, arrays)
+
+
+def validate(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None], activations: Sequence[str]) -> None:
+    """Raise a one-line MechestError unless the arrays describe a well-formed finite MLP."""
+    if len(weights) == 0:
+        raise MechestError("a network needs at least one weight matrix")
+    if len(biases) != len(weights):
+        raise MechestError(f"got {len(biases)} bias entries for {len(weights)} weight matrices")
+    if len(activations) != len(weights) - 1:
+        raise MechestError(f"got {len(activations)} activations for {len(weights) - 1} hidden layers")
+    for name in activations:
+        check_activation(name)
+    for layer, weight in enumerate(weights):
+        if weight.ndim != 2:
+            raise MechestError(f"weight_{layer} must be a matrix, got shape {tuple(weight.shape)}")
+        if layer > 0 and weight.shape[1] != weights[layer - 1].shape[0]:
+            raise MechestError(
+                f"shape mismatch: weight_{layer} has {weight.shape[1]} inputs "
+                f"but weight_{layer - 1} has {weights[layer - 1].shape[0]} outputs"
+            )
+        if not torch.isfinite(weight).all():
+            raise MechestError(f"weight_{layer} contains NaN or infinite values")
+        bias = biases[layer]
+        if bias is not None:
+            if tuple(bias.shape) != (weight.shape[0],):
+                raise MechestError(f"bias_{layer} has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+            if not torch.isfinite(bias).all():
+                raise MechestError(f"bias_{layer} contains NaN or infinite values")
+
+
+def per_layer(value: float | Sequence[float], count: int, what: str) -> list[float]:
+    """Broadcast a scalar to ``count`` layers, or check that a sequence has ``count`` entries."""
+    if isinstance(value, (int, float)):
+        return [float(value)] * count
+    values = [float(v) for v in value]
+    if len(values) != count:
+        raise MechestError(f"{what} needs {count} entries (one per linear layer), got {len(values)}")
+    return values
+
+
+def per_hidden_layer(activation: str | Sequence[str], depth: int) -> list[str]:
+    """Broadcast one activation name to every hidden layer, or check a list of them (a list one too long drops its last)."""
+    if isinstance(activation, str):
+        return [check_activation(activation)] * depth
+    names = list(activation)
+    if len(names) == depth + 1:
+        names = names[:-1]
+    if len(names) != depth:
+        raise MechestError(f"got {len(names)} activations for {depth} hidden layers")
+    return [check_activation(name) for name in names]
+
+
+def he_weight_variances(activations: Sequence[str], bias_means: Sequence[float]) -> list[float]:
+    """He init (design §1): w_var_0 = 1, w_var_l = 1 / E[φ_{l-1}(Z + b_mean_{l-1})²], Z ~ N(0, 1)."""
+    variances = [1.0]
+    for layer, name in enumerate(activations):
+        moment = second_moment(name, bias_means[layer])
+        if not moment > 0:
+            raise MechestError(f"He init is undefined for {name}: E[φ(Z)²] = {moment}")
+        variances.append(1.0 / moment)
+    return variances
+
+
+def critical_variances(activation: str, q_star: float, quadrature_nodes: int = 100) -> tuple[float, float]:
+    """Critical init at fixed point q* (Pennington et al.): (σ_w², σ_b²).
+
+    σ_w² = 1 / E[φ'(√q* Z)²] and σ_b² = q* - σ_w² E[φ(√q* Z)²], expectations by Gauss–Hermite.
+    """
+    nodes, weights = np.polynomial.hermite.hermgauss(quadrature_nodes)
+    z = torch.tensor(math.sqrt(2.0 * q_star) * nodes, dtype=torch.float64, requires_grad=True)
+    values = activation_function(activation)(z)
+    (slope,) = torch.autograd.grad(values.sum(), z)
+    w = torch.tensor(weights / math.sqrt(math.pi), dtype=torch.float64)
+    slope_moment = float((w * slope.detach() ** 2).sum())
+    if not slope_moment > 0:
+        raise MechestError(f"critical init is undefined for {activation}: E[φ'(Z)²] = 0")
+    weight_var = 1.0 / slope_moment
+    bias_var = q_star - weight_var * float((w * values.detach() ** 2).sum())
+    if bias_var < -1e-6:
+        raise MechestError(f"critical init has no solution for {activation} at q*={q_star}: σ_b² = {bias_var:.3g} < 0")
+    return weight_var, max(bias_var, 0.0)
+
+
+def random_mlp(
+    width: int,
+    depth: int,
+    activation: str | Sequence[str] = "relu",
+    *,
+    input_dim: int | None = None,
+    output_dim: int | None = None,
+    init: str = "he",
+    weight_var: float | Sequence[float] | None = None,
+    bias_mean: float | Sequence[float] = 0.0,
+    bias_var: float | Sequence[float] = 0.0,
+    q_star: float = 1.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> MLP:
+    """A random MLP with ``depth`` hidden layers of size ``width``; W_l[i, j] ~ N(0, w_var_l / fan_in).
+
+    ``init``: "he" (default; design §1), "critical" (q*; needs one activation for every layer), or "manual"
+    (``weight_var`` given per linear layer or as a scalar). A layer has a bias iff its bias variance is
+    positive or its bias mean is nonzero; the bias is then N(bias_mean, bias_var) per entry.
+    Reproducible: the same arguments give the same network.
+    """
+    if width < 1 or depth < 0:
+        raise MechestError(f"width must be >= 1 and depth >= 0, got width={width}, depth={depth}")
+    names = per_hidden_layer(activation, depth)
+    dims = [input_dim or width] + [width] * depth + [output_dim or width]
+    count = depth + 1
+    means = per_layer(bias_mean, count, "bias_mean")
+    variances_b = per_layer(bias_var, count, "bias_var")
+    if any(v < 0 for v in variances_b):
+        raise MechestError("bias_var must be non-negative")
+    if init == "he":
+        variances_w = he_weight_variances(names, means)
+    elif init == "critical":
+        if len(set(names)) > 1:
+            raise MechestError("critical init needs the same activation in every hidden layer")
+        sigma_w2, sigma_b2 = critical_variances(names[0] if names else "identity", q_star)
+        variances_w = [q_star - sigma_b2] + [sigma_w2] * depth
+        variances_b = [sigma_b2] * count
+    elif init == "manual":
+        if weight_var is None:
+            raise MechestError("init='manual' needs weight_var")
+        variances_w = per_layer(weight_var, count, "weight_var")
+    else:
+        raise MechestError(f"unknown init {init!r}; expected he, critical or manual")
+    if weight_var is not None and init != "manual":
+        raise MechestError("weight_var is only used with init='manual'")
+    if any(v < 0 for v in variances_w):
+        raise MechestError("weight variances must be non-negative")
+    generator = torch.Generator().manual_seed(seed)
+    weights, biases = [], []
+    for layer in range(count):
+        fan_in, fan_out = dims[layer], dims[layer + 1]
+        scale = math.sqrt(variances_w[layer] / fan_in)
+        weights.append(torch.randn(fan_out, fan_in, generator=generator, dtype=torch.float64).mul_(scale).to(dtype))
+        if variances_b[layer] > 0 or means[layer] != 0:
+            noise = torch.randn(fan_out, generator=generator, dtype=torch.float64)
+            biases.append((means[layer] + math.sqrt(variances_b[layer]) * noise).to(dtype))
+        else:
+            biases.append(None)
+    return MLP(weights, biases, names)
+
+
+def from_sequential(model: nn.Sequential) -> MLP:
+    """Read an ``nn.Sequential`` of ``nn.Linear`` layers with supported activations between them.
+
+    Two linear layers in a row get the identity activation between them; the last module must be linear.
+    """
+    weights: list[torch.Tensor] = []
+    biases: list[torch.Tensor | None] = []
+    activations: list[str] = []
+    pending: str | None = None
+    for module in model:
+        if isinstance(module, nn.Linear):
+            if weights:
+                activations.append(pending or "identity")
+            pending = None
+            weights.append(module.weight.detach().clone())
+            biases.append(None if module.bias is None else module.bias.detach().clone())
+        else:
+            if not weights or pending is not None:
+                raise MechestError(f"{type(module).__name__} must stand between two nn.Linear layers")
+            pending = module_activation_name(module)
+    if pending is not None:
+        raise MechestError("the last module must be nn.Linear (mechest's output has no activation)")
+    return MLP(weights, biases, activations)
+
+
+def module_activation_name(module: nn.Module) -> str:
+    """The mechest name of a torch activation module, or a MechestError for unsupported ones."""
+    if isinstance(module, Activation):
+        return module.name
+    if isinstance(module, nn.GELU):
+        if module.approximate != "none":
+            raise MechestError("only the exact (erf) GELU is supported, not approximate='tanh'")
+        return "gelu"
+    for module_type, name in _TORCH_MODULE_NAMES.items():
+        if isinstance(module, module_type):
+            return name
+    raise MechestError(f"unsupported module {type(module).__name__}; use nn.Linear and supported activations")
+
+
+def load(path: str | Path, dtype: torch.dtype = torch.float64) -> MLP:
+    """Read an .npz network file: weight_0..weight_L (out × in), optional bias_l, and activation."""
+    path = Path(path)
+    if not path.is_file():
+        raise MechestError(f"cannot read {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as error:
+        raise MechestError(f"cannot read {path}: not a valid .npz file ({error})") from None
+    count = 0
+    while f"weight_{count}" in arrays:
+        count += 1
+    if count == 0:
+        raise MechestError(f"{path} has no weight_0 array")
+    weights = [numeric_tensor(arrays[f"weight_{layer}"], f"weight_{layer}", dtype) for layer in range(count)]
+    biases = [
+        numeric_tensor(arrays[f"bias_{layer}"], f"bias_{layer}", dtype) if f"bias_{layer}" in arrays else None
+        for layer in range(count)
+    ]
+    activation = arrays.get("activation", np.array("relu"))
+    names = [str(activation)] * (count - 1) if activation.ndim == 0 else [str(a) for a in activation]
+    return MLP(weights, biases, per_hidden_layer(names, count - 1))
+
+
+def numeric_tensor(array: np.ndarray, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """Convert a numeric array from a file to a tensor, with a clear error for non-numeric data."""
+    if not np.issubdtype(array.dtype, np.number):
+        raise MechestError(f"{name} is not numeric (dtype {array.dtype})")
+    return torch.from_numpy(np.asarray(array, dtype=np.float64)).to(dtype)
+
+
+def write_npz_atomically(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays to ``path`` through a temporary file, so a failure never leaves a half-written file."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".partial.npz")
+    try:
+        np.savez(temporary, **arrays)
+        temporary.replace(path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise MechestError(f"cannot write {path}: {error.strerror or error}") from None

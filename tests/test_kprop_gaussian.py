@@ -1,0 +1,127 @@
+"""Orders K = 1 and 2: closed forms at one hidden layer, Monte Carlo agreement, gradients, FLOP counts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate
+
+from mechest.estimate import estimate
+from mechest.errors import MechestError
+from mechest.flops import FlopCounter
+from mechest.kprop import propagate
+from mechest.mlp import MLP, random_mlp
+from mechest.wick import ACTIVATION_NAMES, activation_function
+
+NON_SMOOTH_POINTS = [0.0]
+
+
+def gaussian_expectation(function, mean: float, std: float) -> float:
+    """E[f(Z)], Z ~ N(mean, std²), by adaptive quadrature (split at 0 where the activations have kinks)."""
+    def integrand(z: float) -> float:
+        value = function(torch.tensor(z, dtype=torch.float64)).item()
+        return value * math.exp(-((z - mean) / std) ** 2 / 2) / (std * math.sqrt(2 * math.pi))
+
+    lo, hi = mean - 14 * std, mean + 14 * std
+    points = [p for p in NON_SMOOTH_POINTS if lo < p < hi]
+    return integrate.quad(integrand, lo, hi, points=points or None, epsabs=1e-14, epsrel=1e-13, limit=400)[0]
+
+
+def one_hidden_layer_mean(net: MLP) -> np.ndarray:
+    """Closed form of the output mean with one hidden layer: the hidden pre-activations are N(b_0, ‖W_0 row‖²)."""
+    function = activation_function(net.activations[0])
+    mu = np.zeros(net.weights[0].shape[0]) if net.biases[0] is None else net.biases[0].numpy()
+    std = net.weights[0].norm(dim=1).numpy()
+    hidden = np.array([gaussian_expectation(function, m, s) for m, s in zip(mu, std)])
+    out = net.weights[1].numpy() @ hidden
+    return out if net.biases[1] is None else out + net.biases[1].numpy()
+
+
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+@pytest.mark.parametrize("order", [1, 2])
+def test_one_hidden_layer_mean_is_exact(activation: str, order: int) -> None:
+    net = random_mlp(6, 1, activation, bias_mean=0.15, bias_var=0.04, seed=11)
+    estimated = propagate(net, order).mean.numpy()
+    np.testing.assert_allclose(estimated, one_hidden_layer_mean(net), rtol=0, atol=1e-10)
+
+
+def test_linear_network_is_exact_in_mean_and_covariance() -> None:
+    net = random_mlp(5, 3, "identity", bias_mean=0.3, bias_var=0.1, seed=2)
+    result = propagate(net, 2)
+    mean = torch.zeros(5, dtype=torch.float64)
+    product = torch.eye(5, dtype=torch.float64)
+    for weight, bias in zip(net.weights, net.biases):
+        mean = weight @ mean + bias
+        product = weight @ product
+    torch.testing.assert_close(result.mean, mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(result.cov, product @ product.T, rtol=1e-12, atol=1e-12)
+
+
+def test_order_two_covariance_matches_monte_carlo_after_one_hidden_layer_up_to_hermite_truncation() -> None:
+    """Cov(a_i, a_j) = w_i(1,1) w_j(1,1) Σ_ij is the first Hermite term; for weakly correlated rows it is
+    accurate to O(Σ_ij²), and the diagonal Var(a_i) is exact."""
+    net = random_mlp(64, 1, "tanh", seed=0)
+    result = propagate(net, 2)
+    x = torch.randn(400_000, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    hidden = torch.tanh(x @ net.weights[0].T)
+    sample_var = hidden.var(dim=0)
+    standard_error = sample_var * math.sqrt(2 / x.shape[0]) * 2  # kurtosis of tanh(z)² is below 3
+    z = (torch.diagonal(result.layer_covs[0]) - sample_var) / standard_error
+    assert float(z.abs().max()) < 5
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_gradients_match_finite_differences(order: int) -> None:
+    net = random_mlp(3, 2, "gelu", bias_mean=0.1, seed=0)
+    weights = [w.clone().requires_grad_(True) for w in net.weights]
+
+    def output_mean(*params: torch.Tensor) -> torch.Tensor:
+        return propagate(MLP(list(params), net.biases, net.activations), order).mean
+
+    assert torch.autograd.gradcheck(output_mean, weights, eps=1e-6, atol=1e-7)
+
+
+def test_order_two_flops_counted_match_hand_formula_for_matrix_products() -> None:
+    """K = 2 spends 2n² (mean) + 2n³ (W Wᵀ) on the first layer and 2n² + 4n³ (W Σ Wᵀ) on every later one."""
+    n, depth = 20, 3
+    net = random_mlp(n, depth, "relu", seed=0)
+    with FlopCounter() as counter:
+        propagate(net, 2)
+    products = counter.by_operation["mm"] + counter.by_operation["mv"]
+    assert products == (2 * n**2 + 2 * n**3) + depth * (2 * n**2 + 4 * n**3)
+    # everything else is elementwise work on n × n matrices and vectors: O(n²) per layer
+    assert counter.total - products < 40 * n**2 * (depth + 1)
+    assert estimate(net, "kprop", order=2).flops == counter.total
+
+
+def test_order_one_costs_order_n_squared() -> None:
+    n, depth = 30, 4
+    with FlopCounter() as counter:
+        propagate(random_mlp(n, depth, seed=0), 1)
+    assert counter.by_operation["mv"] == (depth + 1) * 2 * n**2
+    assert counter.total < 10 * n**2 * (depth + 1)
+
+
+def test_float32_is_offered_and_close() -> None:
+    net = random_mlp(16, 3, seed=0)
+    single = estimate(net, "kprop", order=2, dtype="float32")
+    double = estimate(net, "kprop", order=2)
+    assert single.mean.dtype == torch.float32
+    torch.testing.assert_close(single.mean.double(), double.mean, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"order": 0}, "order"), ({"order": 5}, "order"), ({"variant": "fancy"}, "variant"),
+    ({"dtype": "float16"}, "dtype"),
+])
+def test_bad_kprop_options(kwargs, message) -> None:
+    with pytest.raises(MechestError, match=message):
+        estimate(random_mlp(3, 1), "kprop", **kwargs)
+
+
+def test_unknown_method() -> None:
+    with pytest.raises(MechestError, match="method"):
+        estimate(random_mlp(3, 1), "sampling")
