@@ -19,7 +19,7 @@ def golden_network(data: Mapping[str, np.ndarray]) -> MLP:
     """The network stored in a golden file."""
     layers = int(data["num_linear_layers"])
     weights = [torch.from_numpy(data[f"weight_{l}"]) for l in range(layers)]
-    biases = [torch.from_numpy(data[f"bias_{l}"]) if f"bias_{l}" in data.files else None for l in range(layers)]
+    biases = [torch.from_numpy(data[f"bias_{l}"]) if f"bias_{l}" in data else None for l in range(layers)]
     return MLP(weights, biases, [str(a) for a in data["activation"]])
 
 

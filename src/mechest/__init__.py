@@ -1,1 +1,11 @@
-"""mechest: mechanistic estimation of the expected output of random MLPs."""
+"""mechest: mechanistic estimation of the expected output of random MLPs.
+
+Entry points: ``random_mlp``/``load``/``from_sequential`` build a network, ``estimate`` estimates
+E[M(x)] for x ~ N(0, I) by cumulant propagation (``method="kprop"``) or Monte Carlo (``method="mc"``).
+"""
+
+from mechest.errors import MechestError
+from mechest.estimate import Estimate, estimate
+from mechest.mlp import MLP, Activation, from_sequential, load, random_mlp
+
+__all__ = ["MLP", "Activation", "Estimate", "MechestError", "estimate", "from_sequential", "load", "random_mlp"]

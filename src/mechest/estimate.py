@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from mechest.errors import MechestError
-from mechest.flops import FlopCounter
+from mechest.flops import FlopCounter, warm_up
 from mechest.kprop import MAX_ORDER, VARIANTS, propagate
 from mechest.mlp import MLP
 from mechest.montecarlo import DEFAULT_CHUNK_SIZE, check_sample_count, sample_moments
@@ -93,6 +93,7 @@ def kprop_estimate(net: MLP, order: int, variant: str, dtype: torch.dtype) -> Es
     if variant not in VARIANTS:
         raise MechestError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     net = net.to(dtype=dtype)
+    warm_up()
     start = time.perf_counter()
     with FlopCounter() as counter:
         result = propagate(net, order, variant)

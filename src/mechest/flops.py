@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from functools import cache
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -71,3 +72,13 @@ class FlopCounter(TorchDispatchMode):
         if flops:
             self.by_operation[name] += flops
         return out
+
+
+@cache
+def warm_up() -> None:
+    """Enter a counter once: torch imports its compiler stack (about a second) on the first dispatch mode.
+
+    Call this before timing a counted computation so that the one-time import is not billed to it.
+    """
+    with FlopCounter():
+        pass

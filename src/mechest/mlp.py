@@ -230,7 +230,8 @@ def critical_variances(activation: str, q_star: float, quadrature_nodes: int = 1
     nodes, weights = np.polynomial.hermite.hermgauss(quadrature_nodes)
     z = torch.tensor(math.sqrt(2.0 * q_star) * nodes, dtype=torch.float64, requires_grad=True)
     values = activation_function(activation)(z)
-    (slope,) = torch.autograd.grad(values.sum(), z)
+    # piecewise-constant activations (heaviside, sgn) have φ' = 0 almost everywhere and no autograd graph
+    slope = torch.autograd.grad(values.sum(), z)[0] if values.requires_grad else torch.zeros_like(z)
     w = torch.tensor(weights / math.sqrt(math.pi), dtype=torch.float64)
     slope_moment = float((w * slope.detach() ** 2).sum())
     if not slope_moment > 0:
