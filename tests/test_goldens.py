@@ -14,12 +14,15 @@ from conftest import GOLDEN_NAMES, golden_network
 from mechest.kprop import propagate
 
 TOLERANCE = 1e-10
-IMPLEMENTED = [(1, "simple"), (1, "augment"), (2, "simple")]
+# the reference's factored SIMPLE run equals its unfactored one (README: to 9e-16), so both tags are checked;
+# its factored AUGMENT run drops terms on purpose and belongs to the factored propagation
+CONFIGURATIONS = [(order, variant, storage) for order in (1, 2, 3, 4) for variant in ("simple", "augment")
+                  for storage in ("unfactored", "factored") if not (variant == "augment" and storage == "factored"
+                                                                     and order >= 3)]
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
-@pytest.mark.parametrize("order, variant", IMPLEMENTED)
-@pytest.mark.parametrize("storage", ["unfactored", "factored"])
+@pytest.mark.parametrize("order, variant, storage", CONFIGURATIONS)
 def test_matches_reference(goldens, name: str, order: int, variant: str, storage: str) -> None:
     data = goldens[name]
     tag = f"K{order}__{variant}__{storage}"

@@ -67,7 +67,7 @@ def build_parser() -> OneLineParser:
     demo = commands.add_parser("demo", help="kprop vs Monte Carlo on a width-256, 4-hidden-layer ReLU net")
     demo.add_argument("--width", type=int, default=256)
     demo.add_argument("--depth", type=int, default=4)
-    demo.add_argument("--reference-samples", type=sample_count, default=2**20)
+    demo.add_argument("--reference-samples", type=sample_count, default=2**18)
     demo.add_argument("--seed", type=int, default=0)
 
     net = commands.add_parser("net", help="write a random He-init network to an .npz file")

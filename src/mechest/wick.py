@@ -79,9 +79,10 @@ def wick_table(
     name = _check_name(activation)
     if k_max < 0 or p_max < 0:
         raise ValueError(f"k_max and p_max must be non-negative, got k_max={k_max}, p_max={p_max}")
-    mean, var = torch.broadcast_tensors(mean, var)
-    if not (mean.is_floating_point() and var.is_floating_point()):
+    dtype = torch.promote_types(mean.dtype, var.dtype)
+    if not dtype.is_floating_point:
         raise ValueError(f"mean and var must be floating-point tensors, got {mean.dtype} and {var.dtype}")
+    mean, var = torch.broadcast_tensors(mean.to(dtype), var.to(dtype))
     var = _clamp_variance(var)
     constant = [torch.ones_like(mean)] + [torch.zeros_like(mean)] * k_max  # φ^0 = 1
     if p_max == 0:
@@ -109,7 +110,7 @@ def _clamp_variance(var: torch.Tensor) -> torch.Tensor:
     """Raise variances below MIN_VARIANCE to it (design §4.1), warning once per call."""
     if bool((var < MIN_VARIANCE).any()):
         warnings.warn(
-            f"Snapping negative variance to {MIN_VARIANCE:g} (smallest variance was {float(var.min()):.3g})",
+            f"Snapping negative variance to {MIN_VARIANCE:g} (smallest variance was {float(var.detach().min()):.3g})",
             RuntimeWarning,
             stacklevel=3,
         )

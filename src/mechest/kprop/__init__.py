@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from mechest.errors import MechestError
+from mechest.kprop.engine import propagate_general
 from mechest.kprop.gaussian import covariance_propagation, mean_field
 from mechest.kprop.result import Propagation
 from mechest.mlp import MLP
@@ -15,12 +16,20 @@ VARIANTS = ("simple", "augment")
 
 
 def propagate(net: MLP, order: int, variant: str = "simple") -> Propagation:
-    """Propagate the cumulants of x ~ N(0, I) through ``net`` to order ``order`` (K) in ``variant``."""
+    """Propagate the cumulants of x ~ N(0, I) through ``net`` to order ``order`` (K) in ``variant``.
+
+    K = 1 and K = 2 simple use the closed Gaussian recursions of mechest.kprop.gaussian; everything else runs
+    the general diagram engine (which agrees with them; see tests).
+    """
+    if not 1 <= order <= MAX_ORDER:
+        raise MechestError(f"order must be between 1 and {MAX_ORDER}, got {order}")
+    if variant not in VARIANTS:
+        raise MechestError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     if order == 1:
         return mean_field(net)
     if order == 2 and variant == "simple":
         return covariance_propagation(net)
-    raise MechestError(f"order {order} with variant {variant!r} is not implemented yet (orders 1, 2 simple are)")
+    return propagate_general(net, order, variant)
 
 
 __all__ = ["MAX_ORDER", "VARIANTS", "Propagation", "propagate"]

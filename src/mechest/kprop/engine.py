@@ -1,0 +1,140 @@
+"""General cumulant propagation for any order K ≤ 4 and variant (design §2-§5), unfactorised.
+
+The state between layers is a *tower*: for each tracked degree d a harmonic piece (HTensor) standing for
+the projection P_{≥r}(κ_d) with r = r_x(d) (design §4.6). Each layer applies
+
+1. the exact linear step to every piece: core ← W^{⊗s} core, metric ← W M Wᵀ, κ_1 ← W κ_1 + b;
+2. the nonlinear step, slice by slice: power cumulants pK_p by connected Edgeworth diagram sums (§4.3),
+   pK → K by the vector-partition coefficients C(ρ) (§4.4), then projection back to harmonic pieces (§4.5).
+
+Every diagram term is a broadcast product over the m = len(p) coordinates of a slice: one factor per block v
+(the type-v slice of κ_|v|, laid on the coordinates in supp v) and one Wick coefficient w_i(k_j, p_j) per
+coordinate.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mechest.kprop.plan import Plan, SliceTerm, compile_plan
+from mechest.kprop.result import Propagation
+from mechest.mlp import MLP
+from mechest.tensors.diagonal_slices import symmetrize_slice, zero_repeated
+from mechest.tensors.harmonic import HTensor, linear_map, map_metric, project_slices, slice_of
+from mechest.wick import wick_table
+
+Tower = dict[int, HTensor]
+Slices = dict[tuple[int, ...], torch.Tensor]
+
+
+def input_tower(dim: int, plan: Plan, like: torch.Tensor) -> Tower:
+    """x ~ N(0, I): κ_1 = 0 and κ_2 = I, projected onto the tracked pieces (κ_2 = Sym(1·I) when r_x(2) = 1)."""
+    zeros = torch.zeros(dim, dtype=like.dtype, device=like.device)
+    eye = torch.eye(dim, dtype=like.dtype, device=like.device)
+    one = torch.ones((), dtype=like.dtype, device=like.device)
+    second = HTensor(eye) if plan.radial[2] == 0 else HTensor(one, 1, None, n=dim)
+    return {1: HTensor(zeros), 2: second}
+
+
+def linear_step(tower: Tower, weight: torch.Tensor, bias: torch.Tensor | None, degrees: set[int]) -> Tower:
+    """The exact image of every piece of degree in ``degrees`` under z = W a + b (one shared W M Wᵀ)."""
+    needs_metric = any(piece.r > 0 for d, piece in tower.items() if d in degrees)
+    metric = map_metric(weight) if needs_metric else None
+    out = {degree: linear_map(piece, weight, metric) for degree, piece in tower.items() if degree in degrees}
+    if bias is not None:
+        out[1] = HTensor(out[1].core + bias)
+    return out
+
+
+def block_slices(tower: Tower, plan: Plan) -> dict[tuple[int, tuple[int, ...]], torch.Tensor]:
+    """Every slice (degree, type q) of the input cumulants that some diagram block reads."""
+    return {(degree, q): slice_of(tower[degree], q) for degree, q in plan.block_types if degree in tower}
+
+
+def broadcast(tensor: torch.Tensor, axes: tuple[int, ...], m: int) -> torch.Tensor:
+    """Lay ``tensor`` (one axis per entry of ``axes``, in that order) on axes ``axes`` of an m-axis product."""
+    order = sorted(range(len(axes)), key=lambda position: axes[position])
+    placed = tensor.permute(*order) if len(axes) > 1 else tensor
+    shape = [1] * m
+    for axis in sorted(axes):
+        shape[axis] = tensor.shape[0]
+    return placed.reshape(shape)
+
+
+def term_value(term: SliceTerm, slices: dict, wick: torch.Tensor, p: tuple[int, ...]) -> torch.Tensor | None:
+    """c(ν)·|orbit|·Π_v κ_v · Π_j w(k_j, p_j) for one representative diagram, broadcast over m axes."""
+    m = len(p)
+    value = None
+    for block in term.blocks:
+        key = (block.degree, block.slice_type)
+        if key not in slices:
+            return None
+        factor = broadcast(slices[key], block.axes, m)
+        value = factor if value is None else value * factor
+    for axis, (k, power) in enumerate(zip(term.derivatives, p)):
+        factor = broadcast(wick[k, power], (axis,), m)
+        value = factor if value is None else value * factor
+    return term.coefficient * value
+
+
+def power_cumulants(plan: Plan, slices: dict, wick: torch.Tensor) -> Slices:
+    """pK_p for every tracked slice type: connected diagram sums, symmetrised, zero on repeated indices."""
+    out: Slices = {}
+    for p in plan.slice_types:
+        total = None
+        for term in plan.diagrams[p]:
+            value = term_value(term, slices, wick, p)
+            if value is not None:
+                total = value if total is None else total + value
+        if len(p) > 1:
+            total = zero_repeated(symmetrize_slice(total, p))
+        out[p] = total
+    return out
+
+
+def cumulants_from_power_cumulants(plan: Plan, power: Slices) -> Slices:
+    """K_p = Σ_ρ C(ρ) Π_{u∈ρ} pK_u (design §4.4), zero on repeated indices."""
+    out: Slices = {}
+    for p in plan.slice_types:
+        m = len(p)
+        total = None
+        for conversion in plan.conversions[p]:
+            value = None
+            for part in conversion.parts:
+                factor = broadcast(power[part.slice_type], part.axes, m)
+                value = factor if value is None else value * factor
+            value = conversion.coefficient * value
+            total = value if total is None else total + value
+        out[p] = zero_repeated(total) if m > 1 else total
+    return out
+
+
+def nonlinear_step(tower: Tower, activation: str, plan: Plan) -> Tower:
+    """Approximate cumulants of a = φ(z) from the tower of z, as harmonic pieces with identity metric."""
+    mean = tower[1].core
+    variance = slice_of(tower[2], (2,))
+    wick = wick_table(activation, mean, variance, plan.k_max, plan.p_max)
+    power = power_cumulants(plan, block_slices(tower, plan), wick)
+    cumulant_slices = cumulants_from_power_cumulants(plan, power)
+    out: Tower = {}
+    for degree, radial in plan.radial.items():
+        of_degree = {p: s for p, s in cumulant_slices.items() if sum(p) == degree}
+        out[degree] = project_slices(of_degree, mean.numel(), degree, radial)
+    return out
+
+
+def propagate_general(net: MLP, order: int, variant: str) -> Propagation:
+    """Propagate x ~ N(0, I) through ``net`` keeping the pieces of (order, variant); unfactorised."""
+    plan = compile_plan(order, variant)
+    tower = input_tower(net.input_dim, plan, net.weights[0])
+    all_degrees = set(plan.radial)
+    layer_means, layer_covs = [], []
+    for layer in range(net.depth):
+        tower = linear_step(tower, net.weights[layer], net.biases[layer], all_degrees)
+        tower = nonlinear_step(tower, net.activations[layer], plan)
+        layer_means.append(tower[1].core)
+        layer_covs.append(tower[2].to_dense())
+    output_degrees = {d for d in (1, 2, 3) if d in tower}
+    out = linear_step(tower, net.weights[-1], net.biases[-1], output_degrees)
+    third = out[3].to_dense() if 3 in out else None
+    return Propagation(out[1].core, out[2].to_dense(), layer_means, layer_covs, third)

@@ -1,0 +1,98 @@
+"""The propagation plan for one (K, variant): which pieces, slices, diagrams and conversions (no tensors).
+
+Compiled once from mechest.combinatorics and cached; the engine only executes it. A block v of a diagram on a
+slice with m coordinates reads the type-q slice of κ_|v|, q = the nonzero entries of v in non-increasing
+order, laid on the coordinates supp(v) sorted to match q (larger v_j first, ties by coordinate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from mechest.combinatorics import (
+    Diagram,
+    IntPartition,
+    Vector,
+    admissible_diagrams,
+    d_max,
+    power_to_cumulant_terms,
+    power_type,
+    radial_index,
+    tracked_slice_types,
+)
+
+
+@dataclass(frozen=True)
+class Factor:
+    """A slice of type ``slice_type`` (of a degree-``degree`` tensor) laid on product axes ``axes``."""
+
+    degree: int
+    slice_type: IntPartition
+    axes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SliceTerm:
+    """One orbit of diagrams: coefficient c(ν)·|orbit|, block factors, and Wick derivative orders k_j."""
+
+    coefficient: float
+    blocks: tuple[Factor, ...]
+    derivatives: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """One term C(ρ) Π_{u∈ρ} pK_u of the power-cumulant → cumulant map for a slice."""
+
+    coefficient: float
+    parts: tuple[Factor, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the engine needs for one (order, variant)."""
+
+    order: int
+    variant: str
+    radial: dict[int, int]
+    slice_types: tuple[IntPartition, ...]
+    diagrams: dict[IntPartition, tuple[SliceTerm, ...]]
+    conversions: dict[IntPartition, tuple[Conversion, ...]]
+    block_types: frozenset[tuple[int, IntPartition]]
+    k_max: int
+    p_max: int
+
+
+def factor_of(v: Vector) -> Factor:
+    """The slice of κ_|v| (or pK_v) that vector v denotes, and the axes it lies on."""
+    axes = tuple(sorted((j for j, x in enumerate(v) if x), key=lambda j: (-v[j], j)))
+    return Factor(sum(v), power_type(v), axes)
+
+
+def slice_term(diagram: Diagram, coefficient: float, m: int) -> SliceTerm:
+    derivatives = tuple(sum(v[j] for v in diagram) for j in range(m))
+    return SliceTerm(coefficient, tuple(factor_of(v) for v in diagram), derivatives)
+
+
+@cache
+def compile_plan(order: int, variant: str) -> Plan:
+    """Enumerate the tracked pieces, slice types, diagram orbits and pK → K terms for (order, variant)."""
+    radial = {d: r for d in range(1, d_max(order, variant) + 1) if (r := radial_index(d, order, variant)) >= 0}
+    slice_types = tracked_slice_types(order, variant)
+    diagrams = {
+        p: tuple(slice_term(t.diagram, float(t.coefficient) * t.orbit_size, len(p))
+                 for t in admissible_diagrams(p, order, variant))
+        for p in slice_types
+    }
+    conversions = {
+        p: tuple(Conversion(float(c), tuple(factor_of(u) for u in rho)) for c, rho in power_to_cumulant_terms(p))
+        for p in slice_types
+    }
+    needed = {part.slice_type for terms in conversions.values() for term in terms for part in term.parts}
+    missing = needed - set(slice_types)
+    if missing:
+        raise AssertionError(f"power-cumulant slices {sorted(missing)} are needed but not tracked")
+    block_types = frozenset((b.degree, b.slice_type) for terms in diagrams.values() for t in terms for b in t.blocks)
+    k_max = max(max(t.derivatives) for terms in diagrams.values() for t in terms)
+    return Plan(order, variant, radial, slice_types, diagrams, conversions, block_types, k_max, max(radial))

@@ -1,0 +1,1 @@
+"""Representations of symmetric tensors (design §5): diagonal slices and harmonic pieces."""
