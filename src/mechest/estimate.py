@@ -22,7 +22,8 @@ class Estimate:
     """An estimate of E[M(x)], x ~ N(0, I), per output coordinate, and what it cost.
 
     For Monte Carlo ``stderr`` = sqrt(variance / samples) and ``variance`` is the per-coordinate sample
-    variance; for kprop ``cov`` is the output covariance as propagated at that order.
+    variance; for kprop ``cov`` is the output covariance as propagated at that order and ``third`` the
+    output's third cumulant tensor (orders K ≥ 3, else None).
     FLOPs follow mechest.flops (random-number generation is not counted).
     """
 
@@ -33,6 +34,7 @@ class Estimate:
     order: int | None = None
     variant: str | None = None
     cov: torch.Tensor | None = None
+    third: torch.Tensor | None = None
     stderr: torch.Tensor | None = None
     variance: torch.Tensor | None = None
     samples: int | None = None
@@ -94,7 +96,8 @@ def kprop_estimate(net: MLP, order: int, variant: str, dtype: torch.dtype) -> Es
     with FlopCounter() as counter:
         result = propagate(net, order, variant)
     seconds = time.perf_counter() - start
-    return Estimate("kprop", result.mean, counter.total, seconds, order=order, variant=variant, cov=result.cov)
+    return Estimate("kprop", result.mean, counter.total, seconds, order=order, variant=variant, cov=result.cov,
+                    third=result.third)
 
 
 def monte_carlo_estimate(

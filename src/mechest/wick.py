@@ -6,7 +6,12 @@ Hermite polynomials:
 - relu, heaviside, sgn, abs: closed forms (derivatives are taken in the sense of distributions);
 - identity, square, cube: the k-th derivative of q^p as a polynomial, then Gaussian moments;
 - gelu (z·Φ(z)), tanh, sigmoid: Gauss–Hermite quadrature of Stein's identity
-  E[g^{(k)}(Z)] = σ^{-k} E[He_k(X) g(μ + σX)], X ~ N(0, 1).
+  E[g^{(k)}(Z)] = σ^{-k} E[He_k(X) g(μ + σX)], X ~ N(0, 1), with 100 nodes by default as the reference
+  implementation does. Accuracy against adaptive quadrature (k ≤ 6, p ≤ 5, tests/test_wick.py): converged
+  for σ ≤ 1 except tanh (≤ 4e-8 of the integrand's size at σ = 1, 1.4e-9 absolute for p ≤ 2); at σ = 2.2 the
+  error reaches 7e-4 (tanh), 4e-7 (gelu), 4e-8 (sigmoid) of it, and 300 nodes cut that to 3e-7 (tanh).
+  Stein's form also multiplies round-off by σ^{-k}: about 2e-7 absolute at σ = 0.05, k = 6 in float64,
+  and far more in float32.
 
 Everything is vectorised over neurons (the elementwise entries of μ and σ²) and differentiable in both.
 """
@@ -73,8 +78,10 @@ def wick_table(
 ) -> torch.Tensor:
     """W[k, p, ...] = E[d^k/dz^k φ(Z)^p] for Z ~ N(mean, var) elementwise; shape (k_max+1, p_max+1, *mean.shape).
 
-    ``mean`` and ``var`` are broadcast together. Variances below 1e-10 are raised to 1e-10 with a
-    RuntimeWarning. gelu, tanh and sigmoid use a ``quadrature_nodes``-point Gauss–Hermite rule.
+    ``mean`` and ``var`` are broadcast together (the shape is their broadcast shape) and promoted to a common
+    floating dtype. Variances below 1e-10 are raised to 1e-10 with a RuntimeWarning. gelu, tanh and sigmoid
+    use a ``quadrature_nodes``-point Gauss–Hermite rule (at most 370 nodes), which loses about
+    eps·σ^{-k}·√k! to round-off and converges slowly for large σ (see the module docstring).
     """
     name = _check_name(activation)
     if k_max < 0 or p_max < 0:
@@ -84,14 +91,14 @@ def wick_table(
         raise ValueError(f"mean and var must be floating-point tensors, got {mean.dtype} and {var.dtype}")
     mean, var = torch.broadcast_tensors(mean.to(dtype), var.to(dtype))
     var = _clamp_variance(var)
-    constant = [torch.ones_like(mean)] + [torch.zeros_like(mean)] * k_max  # φ^0 = 1
+    power_zero = torch.stack([torch.ones_like(mean)] + [torch.zeros_like(mean)] * k_max)[:, None]  # φ^0 = 1
     if p_max == 0:
-        return torch.stack(constant)[:, None]
+        return power_zero
     if name in _QUADRATURE:
         positive = _quadrature(_ACTIVATIONS[name], mean, var.sqrt(), k_max, p_max, quadrature_nodes)
     else:
         positive = torch.stack([torch.stack(row) for row in _closed_form(name, mean, var, k_max, p_max)])
-    return torch.cat([torch.stack(constant)[:, None], positive], dim=1)
+    return torch.cat([power_zero, positive], dim=1)
 
 
 def second_moment(activation: str, mean: float = 0.0) -> float:
@@ -101,6 +108,7 @@ def second_moment(activation: str, mean: float = 0.0) -> float:
 
 
 def _check_name(name: str) -> str:
+    """``name`` if it is in ACTIVATION_NAMES, else a one-line ValueError listing them."""
     if name not in ACTIVATION_NAMES:
         raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATION_NAMES)}")
     return name

@@ -62,19 +62,32 @@ def broadcast(tensor: torch.Tensor, axes: tuple[int, ...], m: int) -> torch.Tens
 
 
 def term_value(term: SliceTerm, slices: dict, wick: torch.Tensor, p: tuple[int, ...]) -> torch.Tensor | None:
-    """c(ν)·|orbit|·Π_v κ_v · Π_j w(k_j, p_j) for one representative diagram, broadcast over m axes."""
+    """c(ν)·|orbit|·Π_v κ_v · Π_j w(k_j, p_j) for one representative diagram, broadcast over m axes.
+
+    Cheap factors go first: everything on a single axis is multiplied into one vector per axis, each vector
+    into the smallest multi-axis block that holds its axis, and only then are the blocks multiplied out.
+    """
+    if any((block.degree, block.slice_type) not in slices for block in term.blocks):
+        return None
     m = len(p)
-    value = None
+    vectors = [wick[k, power] for k, power in zip(term.derivatives, p)]
+    vectors[0] = term.coefficient * vectors[0]
+    wide = []
     for block in term.blocks:
-        key = (block.degree, block.slice_type)
-        if key not in slices:
-            return None
-        factor = broadcast(slices[key], block.axes, m)
-        value = factor if value is None else value * factor
-    for axis, (k, power) in enumerate(zip(term.derivatives, p)):
-        factor = broadcast(wick[k, power], (axis,), m)
-        value = factor if value is None else value * factor
-    return term.coefficient * value
+        if len(block.axes) == 1:
+            vectors[block.axes[0]] = vectors[block.axes[0]] * slices[(block.degree, block.slice_type)]
+        else:
+            wide.append([block.axes, broadcast(slices[(block.degree, block.slice_type)], block.axes, m)])
+    if not wide:
+        return vectors[0]
+    wide.sort(key=lambda entry: len(entry[0]))
+    for axis, vector in enumerate(vectors):
+        holder = next(entry for entry in wide if axis in entry[0])
+        holder[1] = holder[1] * broadcast(vector, (axis,), m)
+    value = wide[0][1]
+    for _, factor in wide[1:]:
+        value = value * factor
+    return value
 
 
 def power_cumulants(plan: Plan, slices: dict, wick: torch.Tensor) -> Slices:
@@ -85,7 +98,7 @@ def power_cumulants(plan: Plan, slices: dict, wick: torch.Tensor) -> Slices:
         for term in plan.diagrams[p]:
             value = term_value(term, slices, wick, p)
             if value is not None:
-                total = value if total is None else total + value
+                total = value if total is None else total.add_(value)
         if len(p) > 1:
             total = zero_repeated(symmetrize_slice(total, p))
         out[p] = total

@@ -236,6 +236,8 @@ def projection_core_from_slices(slices: Mapping[IntPartition, torch.Tensor], n: 
     by ``laplacian_power_slices`` and densified, so the cost is O(Σ_p n^{len p}) plus the dense
     R^{j−r} products at the core order.
     """
+    if r == 0:
+        return to_dense(slices, n, d)  # P_{≥0} is the identity
     coefficients = projection_coefficients(n, d, r)
     terms = [to_dense(laplacian_power_slices(slices, d, j), n, d - 2 * j) for j in range(r, d // 2 + 1)]
     return _horner(terms, coefficients, n)
