@@ -27,7 +27,7 @@ def gaussian_expectation(function, mean: float, std: float) -> float:
 
     lo, hi = mean - 14 * std, mean + 14 * std
     points = [p for p in NON_SMOOTH_POINTS if lo < p < hi]
-    return integrate.quad(integrand, lo, hi, points=points or None, epsabs=1e-14, epsrel=1e-13, limit=400)[0]
+    return integrate.quad(integrand, lo, hi, points=points or None, epsabs=1e-12, epsrel=1e-12, limit=400)[0]
 
 
 def one_hidden_layer_mean(net: MLP) -> np.ndarray:

@@ -61,9 +61,14 @@ def compute_truth(
     *,
     seed: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    dtype: torch.dtype = torch.float64,
     progress: bool = False,
 ) -> Truth:
-    """Run (or resume) a streaming Monte Carlo of ``samples`` inputs and write the truth file ``out``."""
+    """Run (or resume) a streaming Monte Carlo of ``samples`` inputs and write the truth file ``out``.
+
+    The forward pass runs in ``dtype`` (float32 is about 3x faster on CPU; its rounding changes each output
+    by ~1e-6 relative, far below any error we measure); moments are always accumulated in float64.
+    """
     samples = check_sample_count(samples)
     out = Path(out)
     if not out.parent.is_dir():
@@ -85,8 +90,7 @@ def compute_truth(
             })
             last_save = time.monotonic()
 
-    net64 = net.to(dtype=torch.float64)
-    moments = sample_moments(net64, samples, seed, chunk_size=chunk_size, start=start,
+    moments = sample_moments(net.to(dtype=dtype), samples, seed, chunk_size=chunk_size, start=start,
                              on_chunk=save_checkpoint, progress=progress)
     truth = Truth(moments.mean.cpu().numpy(), moments.variance.cpu().numpy(), samples, seed, fingerprint)
     write_npz_atomically(out, {

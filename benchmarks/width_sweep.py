@@ -1,0 +1,100 @@
+"""MSE of kprop against width, per order K and variant, on He-init ReLU nets (issue: higher orders).
+
+For each width and seed: a random net (4 hidden layers), a Monte Carlo ground truth cached on disk under
+RESULTS/truths/<fingerprint>-<samples>.npz, and kprop for K = 1..4 in both variants. Prints, per
+(K, variant, width), the seed-averaged MSE/Var with the truth's noise floor subtracted, the wall-clock time,
+and the fitted slope of log MSE against log width (it should be close to -K). Writes every run to
+RESULTS/width_sweep.csv.
+
+Run: python benchmarks/width_sweep.py [--widths 16 32 64 128] [--seeds 3] [--samples 1e8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mechest.kprop import propagate
+from mechest.mlp import MLP, random_mlp
+from mechest.tables import format_table
+from mechest.truth import Truth, compute_truth, load_truth, score
+
+CONFIGURATIONS = [(1, "simple")] + [(order, variant) for order in (2, 3, 4) for variant in ("simple", "augment")]
+
+
+def cached_truth(net: MLP, samples: int, directory: Path, seed: int) -> Truth:
+    """The Monte Carlo truth of ``net`` with ``samples`` inputs, computed once and kept on disk."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{net.fingerprint()[:16]}-{samples}.npz"
+    if path.is_file():
+        return load_truth(path)
+    return compute_truth(net, samples, path, seed=seed, dtype=torch.float32, progress=True)
+
+
+def fitted_slope(widths: list[int], values: list[float]) -> float:
+    """Least-squares slope of log(value) against log(width), over the positive values."""
+    points = [(math.log(w), math.log(v)) for w, v in zip(widths, values) if v > 0]
+    if len(points) < 2:
+        return float("nan")
+    x, y = np.array(points).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--samples", type=float, default=1e8)
+    parser.add_argument("--max-k4-width", type=int, default=64, help="widest net for unfactored K = 4")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    args = parser.parse_args()
+    samples = int(args.samples)
+    records = []
+    for width in args.widths:
+        for seed in range(args.seeds):
+            net = random_mlp(width, args.depth, "relu", seed=seed)
+            truth = cached_truth(net, samples, args.results / "truths", seed=1000 + seed)
+            for order, variant in CONFIGURATIONS:
+                if order == 4 and width > args.max_k4_width:
+                    continue
+                start = time.perf_counter()
+                mean = propagate(net, order, variant).mean
+                seconds = time.perf_counter() - start
+                measured = score(mean, truth)
+                records.append({"width": width, "seed": seed, "order": order, "variant": variant,
+                                "mse": measured.mse, "noise_floor": measured.noise_floor,
+                                "variance": measured.variance, "mse_over_var": measured.relative,
+                                "seconds": seconds})
+                print(f"n={width} seed={seed} K={order} {variant}: MSE/Var {measured.relative:.3g} "
+                      f"({seconds:.2f} s)", flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    with open(args.results / "width_sweep.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    rows = []
+    for order, variant in CONFIGURATIONS:
+        widths, values, times = [], [], []
+        for width in args.widths:
+            runs = [r for r in records if (r["width"], r["order"], r["variant"]) == (width, order, variant)]
+            if runs:
+                widths.append(width)
+                values.append(float(np.mean([r["mse_over_var"] for r in runs])))
+                times.append(float(np.mean([r["seconds"] for r in runs])))
+        rows.append([f"K={order} {variant}"] + [f"{v:.2e}" for v in values] + ["—"] * (len(args.widths) - len(values))
+                    + [f"{fitted_slope(widths, values):.2f}", " / ".join(f"{t:.2f}" for t in times)])
+    header = ["config"] + [f"n={w}" for w in args.widths] + ["slope", "seconds per net"]
+    print(f"\nMSE/Var (noise floor subtracted), mean over {args.seeds} seeds, depth {args.depth}, "
+          f"truth {samples:.0e} samples")
+    print(format_table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
