@@ -54,6 +54,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS, default="kprop")
     parser.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
     parser.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
+    parser.add_argument("--factored", action="store_true",
+                        help="carry the top cumulant in factored (CP) form (design §6; K = 3 simple so far)")
     parser.add_argument("--samples", type=sample_count, help="Monte Carlo sample count, e.g. 1e6")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -104,7 +106,8 @@ def network_from(args: argparse.Namespace) -> MLP:
 
 
 def run_estimate(args: argparse.Namespace, net: MLP) -> Estimate:
-    return estimate(net, args.method, order=args.order, variant=args.variant, samples=args.samples,
+    return estimate(net, args.method, order=args.order, variant=args.variant, factored=args.factored,
+                    samples=args.samples,
                     seed=args.seed, dtype=args.dtype, progress=True)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mechest.errors import MechestError
 from mechest.kprop.engine import propagate_general
+from mechest.kprop.factored import propagate_factored
 from mechest.kprop.gaussian import covariance_propagation, mean_field
 from mechest.kprop.result import Propagation
 from mechest.mlp import MLP
@@ -15,16 +16,22 @@ MAX_ORDER = 4
 VARIANTS = ("simple", "augment")
 
 
-def propagate(net: MLP, order: int, variant: str = "simple") -> Propagation:
+def propagate(net: MLP, order: int, variant: str = "simple", factored: bool = False) -> Propagation:
     """Propagate the cumulants of x ~ N(0, I) through ``net`` to order ``order`` (K) in ``variant``.
 
     K = 1 and K = 2 simple use the closed Gaussian recursions of mechest.kprop.gaussian; everything else runs
-    the general diagram engine (which agrees with them; see tests).
+    the general diagram engine (which agrees with them; see tests). ``factored=True`` carries the order-K
+    cumulant in CP form (design §6; so far K = 3 simple); for K ≤ 2 it changes nothing.
     """
     if not 1 <= order <= MAX_ORDER:
         raise MechestError(f"order must be between 1 and {MAX_ORDER}, got {order}")
     if variant not in VARIANTS:
         raise MechestError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    if factored and order >= 3:
+        if (order, variant) != (3, "simple"):
+            raise MechestError(f"factored propagation is implemented for order 3 simple only, not order {order} "
+                               f"{variant}; drop --factored to run it unfactored")
+        return propagate_factored(net, order, variant)
     if order == 1:
         return mean_field(net)
     if order == 2 and variant == "simple":
