@@ -93,7 +93,11 @@ def to_dense(slices: Mapping[IntPartition, torch.Tensor], n: int, d: int) -> tor
     out = torch.zeros((n,) * d, dtype=dtype, device=device)
     for blocks in set_partitions(d):
         p, axis_of_position = _canonical_layout(blocks)
-        if p in prepared:
+        if p not in prepared:
+            continue
+        if axis_of_position == tuple(range(d)):  # the all-distinct pattern is the tensor itself: a plain add
+            out = out + prepared[p]
+        else:
             index = tuple(_along_axis(torch.arange(n, device=device), a, len(p)) for a in axis_of_position)
             out = out.index_put(index, prepared[p], accumulate=True)
     return out
