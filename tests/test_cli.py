@@ -59,13 +59,21 @@ def test_truth_and_score(capsys, net_file, tmp_path) -> None:
     assert record["noise_floor"] == pytest.approx(record["variance"] / 20000)
 
 
+def truncated_copy(path: str) -> str:
+    """The first half of a valid .npz file (a corrupt archive)."""
+    data = open(path, "rb").read()
+    target = path + ".truncated.npz"
+    open(target, "wb").write(data[: len(data) // 2])
+    return target
+
+
 def bad_file(tmp_path, name: str, **arrays) -> str:
     path = tmp_path / name
     np.savez(path, **arrays)
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["nan", "shape", "activation", "missing"])
+@pytest.mark.parametrize("case", ["nan", "shape", "activation", "missing", "npy", "truncated"])
 def test_bad_weight_files_give_one_line_and_exit_2(capsys, tmp_path, case: str) -> None:
     files = {
         "nan": lambda: bad_file(tmp_path, "nan.npz", weight_0=np.array([[np.nan, 1.0], [0.0, 1.0]])),
@@ -74,6 +82,8 @@ def test_bad_weight_files_give_one_line_and_exit_2(capsys, tmp_path, case: str) 
         "activation": lambda: bad_file(tmp_path, "act.npz", weight_0=np.ones((2, 2)), weight_1=np.ones((2, 2)),
                                        activation=np.array(["swish"])),
         "missing": lambda: str(tmp_path / "absent.npz"),
+        "npy": lambda: (np.save(tmp_path / "single.npy", np.ones((2, 2))), str(tmp_path / "single.npy"))[1],
+        "truncated": lambda: truncated_copy(bad_file(tmp_path, "whole.npz", weight_0=np.ones((9, 9)))),
     }
     code, out, err = run(capsys, "estimate", "--weights", files[case](), "--method", "kprop", "--order", "2", "--json")
     assert code == 2 and out == ""
@@ -86,6 +96,9 @@ def test_bad_weight_files_give_one_line_and_exit_2(capsys, tmp_path, case: str) 
     ["estimate", "--order", "9"],
     ["estimate", "--method", "mc"],
     ["estimate", "--activation", "swish"],
+    ["estimate", "--method", "mc", "--samples", "10", "--seed", "-1"],
+    ["net", "--width", "4", "--seed", str(2**70), "--out", "never-written.npz"],
+    ["demo", "--reference-samples", "1"],
     ["frobnicate"],
 ])
 def test_bad_options_give_one_line_and_exit_2(argv) -> None:
@@ -98,3 +111,11 @@ def test_no_half_written_output(capsys, tmp_path) -> None:
     target = tmp_path / "missing-dir" / "net.npz"
     code, _, err = run(capsys, "net", "--width", "4", "--out", str(target))
     assert code == 2 and "cannot write" in err and not target.exists()
+
+
+def test_score_refuses_monte_carlo_with_the_truths_own_seed(capsys, net_file, tmp_path) -> None:
+    truth = str(tmp_path / "truth.npz")
+    assert run(capsys, "truth", "--weights", net_file, "--samples", "1000", "--seed", "4", "--out", truth)[0] == 0
+    code, _, err = run(capsys, "score", "--weights", net_file, "--truth", truth, "--method", "mc",
+                       "--samples", "100", "--seed", "4")
+    assert code == 2 and "own seed" in err

@@ -30,11 +30,13 @@ def test_general_engine_reproduces_covariance_propagation() -> None:
     torch.testing.assert_close(general.cov, closed.cov, rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("depth", [0, 2])
 @pytest.mark.parametrize("order, variant", HIGHER)
-def test_linear_network_is_exact(order: int, variant: str) -> None:
-    net = random_mlp(4, 2, "identity", bias_mean=0.2, bias_var=0.1, seed=1)
+def test_linear_network_is_exact(order: int, variant: str, depth: int) -> None:
+    """Identity activations, rectangular layers (3 inputs, width 4, 2 outputs): mean and covariance exact."""
+    net = random_mlp(4, depth, "identity", input_dim=3, output_dim=2, bias_mean=0.2, bias_var=0.1, seed=1)
     result = propagate(net, order, variant)
-    product, mean = torch.eye(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    product, mean = torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
     for weight, bias in zip(net.weights, net.biases):
         mean, product = weight @ mean + bias, weight @ product
     torch.testing.assert_close(result.mean, mean, rtol=0, atol=1e-12)

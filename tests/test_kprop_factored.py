@@ -81,12 +81,12 @@ def test_factored_equals_unfactored_simple(activation: str, width: int, depth: i
     for layer, state in enumerate(hidden_states(net, plan)):
         tower = nonlinear_step(linear_step(tower, net.weights[layer], net.biases[layer], set(tower)),
                                net.activations[layer], plan)
-        torch.testing.assert_close(state.third.to_dense(), tower[3].to_dense(), rtol=0, atol=1e-8)
+        torch.testing.assert_close(state.third.to_dense(), tower[3].to_dense(), rtol=0, atol=1e-12)
         for degree in (1, 2, 4):
-            torch.testing.assert_close(state.tower[degree].to_dense(), tower[degree].to_dense(), rtol=0, atol=1e-8)
+            torch.testing.assert_close(state.tower[degree].to_dense(), tower[degree].to_dense(), rtol=0, atol=1e-12)
     factored, unfactored = propagate_factored(net, 3, "simple"), propagate_general(net, 3, "simple")
-    torch.testing.assert_close(factored.mean, unfactored.mean, rtol=0, atol=1e-8)
-    torch.testing.assert_close(factored.cov, unfactored.cov, rtol=0, atol=1e-8)
+    torch.testing.assert_close(factored.mean, unfactored.mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(factored.cov, unfactored.cov, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)

@@ -11,7 +11,7 @@ from mechest.errors import MechestError
 from mechest.estimate import estimate
 from mechest.flops import FlopCounter
 from mechest.mlp import MLP, random_mlp
-from mechest.montecarlo import RunningMoments, chunk_sizes, sample_moments
+from mechest.montecarlo import RunningMoments, chunk_count, chunk_size_of, sample_moments
 
 
 def test_merge_equals_moments_of_concatenation() -> None:
@@ -26,8 +26,9 @@ def test_merge_equals_moments_of_concatenation() -> None:
 
 
 def test_chunk_sizes_cover_the_sample_count() -> None:
-    assert chunk_sizes(10, 4) == [4, 4, 2]
-    assert chunk_sizes(8, 4) == [4, 4]
+    assert [chunk_size_of(c, 10, 4) for c in range(chunk_count(10, 4))] == [4, 4, 2]
+    assert [chunk_size_of(c, 8, 4) for c in range(chunk_count(8, 4))] == [4, 4]
+    assert chunk_count(10**30, 2**16) * 2**16 >= 10**30  # no per-chunk list: huge counts are fine
 
 
 def test_resumed_run_is_bit_identical() -> None:

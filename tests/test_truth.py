@@ -60,3 +60,30 @@ def test_unwritable_output_and_bad_truth_files(tmp_path) -> None:
     np.savez(tmp_path / "other.npz", something=np.zeros(2))
     with pytest.raises(MechestError, match="not a mechest truth file"):
         load_truth(tmp_path / "other.npz")
+
+
+def test_checkpoint_of_another_dtype_is_not_resumed(tmp_path, monkeypatch) -> None:
+    """float32 and float64 draw different sample streams: a float32 checkpoint must not seed a float64 run."""
+    import torch
+
+    net = random_mlp(4, 2, seed=0)
+    reference = compute_truth(net, 2048, tmp_path / "whole.npz", seed=3, chunk_size=512)
+    monkeypatch.setattr(mechest.truth, "CHECKPOINT_SECONDS", 0.0)
+    original = mechest.montecarlo.chunk_moments
+
+    def failing(net, seed, chunk, size):
+        if chunk == 2:
+            raise KeyboardInterrupt
+        return original(net, seed, chunk, size)
+
+    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", failing)
+    with pytest.raises(KeyboardInterrupt):
+        compute_truth(net, 2048, tmp_path / "part.npz", seed=3, chunk_size=512, dtype=torch.float32)
+    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", original)
+    resumed = compute_truth(net, 2048, tmp_path / "part.npz", seed=3, chunk_size=512)
+    np.testing.assert_array_equal(resumed.mean, reference.mean)
+
+
+def test_zero_variance_gives_nan_relative_error() -> None:
+    truth = Truth(np.array([1.0]), np.array([0.0]), 10, 0, "x")
+    assert np.isnan(score(np.array([1.0]), truth).relative)

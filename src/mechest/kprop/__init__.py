@@ -16,6 +16,14 @@ MAX_ORDER = 4
 VARIANTS = ("simple", "augment")
 
 
+def check_options(order: int, variant: str) -> None:
+    """Raise a one-line MechestError unless 1 ≤ order ≤ MAX_ORDER and the variant is known."""
+    if not 1 <= order <= MAX_ORDER:
+        raise MechestError(f"order must be between 1 and {MAX_ORDER}, got {order}")
+    if variant not in VARIANTS:
+        raise MechestError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+
+
 def propagate(net: MLP, order: int, variant: str = "simple", factored: bool = False) -> Propagation:
     """Propagate the cumulants of x ~ N(0, I) through ``net`` to order ``order`` (K) in ``variant``.
 
@@ -23,10 +31,7 @@ def propagate(net: MLP, order: int, variant: str = "simple", factored: bool = Fa
     the general diagram engine (which agrees with them; see tests). ``factored=True`` carries the order-K
     cumulant in CP form (design §6; so far K = 3 simple); for K ≤ 2 it changes nothing.
     """
-    if not 1 <= order <= MAX_ORDER:
-        raise MechestError(f"order must be between 1 and {MAX_ORDER}, got {order}")
-    if variant not in VARIANTS:
-        raise MechestError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    check_options(order, variant)
     if factored and order >= 3:
         if (order, variant) != (3, "simple"):
             raise MechestError(f"factored propagation is implemented for order 3 simple only, not order {order} "
@@ -39,4 +44,4 @@ def propagate(net: MLP, order: int, variant: str = "simple", factored: bool = Fa
     return propagate_general(net, order, variant)
 
 
-__all__ = ["MAX_ORDER", "VARIANTS", "Propagation", "propagate"]
+__all__ = ["MAX_ORDER", "VARIANTS", "Propagation", "check_options", "propagate"]
