@@ -431,7 +431,7 @@ def test_is_hypertree_examples() -> None:
 
 
 def test_factored_term_sets() -> None:
-    """SIMPLE/BASE keep every term (factored = unfactored); AUGMENT drops non-hypertree top-slice diagrams."""
+    """SIMPLE/BASE keep every term; AUGMENT drops non-hypertree top-slice diagrams and κ_K all-distinct products."""
     for variant in ("simple", "base"):
         for K in (3, 4):
             for p in tracked_slice_types(K, variant):
@@ -445,5 +445,9 @@ def test_factored_term_sets() -> None:
         for t in admissible_diagrams(top, K, "augment"):
             if top in t.diagram and len(t.diagram) > 1:  # κ_K's all-distinct block times other blocks
                 assert not factored_keeps_term(top, t.diagram, K)
-        below_top = (2,) + (1,) * (K - 2)
-        assert all(factored_keeps_term(below_top, t.diagram, K) for t in admissible_diagrams(below_top, K, "augment"))
+        below_top = (2,) + (1,) * (K - 1)
+        products = [t.diagram for t in admissible_diagrams(below_top, K, "augment")
+                    if len(t.diagram) > 1 and any(sum(v) == K and max(v) == 1 for v in t.diagram)]
+        assert products  # κ_K's all-distinct block times a κ_2 edge, dropped below the top slice too
+        for t in admissible_diagrams(below_top, K, "augment"):
+            assert factored_keeps_term(below_top, t.diagram, K) == (t.diagram not in products)

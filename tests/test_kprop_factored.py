@@ -1,4 +1,4 @@
-"""Factored K = 3 propagation (design §6): equals the unfactorised engine, the goldens, and never forms n³."""
+"""Factored K = 3 propagation (design §6): equals the dense engine on its term set, the goldens, costs O(n³)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from mechest.flops import FlopCounter
 from mechest.kprop.engine import input_tower, linear_step, nonlinear_step, propagate_general
 from mechest.kprop.factored import (
     FactoredTensor,
+    contract_vector,
     dense_slice_types,
     factored_linear_map,
     factored_plan,
@@ -20,6 +21,8 @@ from mechest.kprop.factored import (
     hidden_states,
     lower_slice_factors,
     propagate_factored,
+    reads_top,
+    split_dense_plan,
 )
 from mechest.kprop.plan import compile_plan
 from mechest.mlp import random_mlp
@@ -65,18 +68,36 @@ def test_simple_k3_skips_the_all_distinct_and_trace_free_slices() -> None:
 
 
 def test_unsupported_configurations_are_refused() -> None:
-    for order, variant in ((2, "simple"), (4, "simple"), (3, "augment")):
+    for order, variant in ((2, "simple"), (4, "simple"), (4, "augment")):
         with pytest.raises(MechestError):
             factored_plan(order, variant)
-    with pytest.raises(NotImplementedError):
-        dense_slice_types(compile_plan(3, "augment"))
 
 
+def test_augment_k3_traces_only_the_doubled_slice_of_kappa4() -> None:
+    """AUGMENT reads κ_4's (2,1,1) slice through one cap; its pieces with κ_3/pK_3 all-distinct come from factors."""
+    plan = factored_plan(3, "augment")
+    types = dense_slice_types(plan)
+    assert (1, 1, 1) not in types and (2, 1, 1) in types
+    dense, traced = split_dense_plan(plan)
+    assert set(traced.terms) == set(traced.conversions) == {(2, 1, 1)}
+    assert all(len(term.blocks) == 1 for term in traced.terms[(2, 1, 1)])
+    assert not any(reads_top(term) for p in dense.slice_types for term in dense.diagrams[p])
+
+
+def test_contract_vector_matches_the_dense_contraction() -> None:
+    tensor, vector = random_factored(6, 4, 2), torch.randn(6, dtype=torch.float64)
+    expected = torch.einsum("abc,a->bc", tensor.to_dense(), vector)
+    torch.testing.assert_close(contract_vector(tensor, vector), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["simple", "augment"])
 @pytest.mark.parametrize("activation, width, depth, seed", NETS)
-def test_factored_equals_unfactored_simple(activation: str, width: int, depth: int, seed: int) -> None:
-    """Every hidden layer: same κ_1, κ_2, κ_4 trace, and κ_3 (densified here only for the check)."""
+def test_factored_equals_unfactored_on_its_term_set(variant: str, activation: str, width: int, depth: int,
+                                                     seed: int) -> None:
+    """Every hidden layer: same κ_1, κ_2, κ_4 piece, and κ_3 (densified here only for the check), as the dense
+    engine run on the same diagrams (all of them for SIMPLE, the factored term set for AUGMENT)."""
     net = random_mlp(width, depth, activation, bias_mean=0.1, bias_var=0.05, seed=seed)
-    plan = compile_plan(3, "simple")
+    plan = compile_plan(3, variant, "factored")
     tower = input_tower(width, plan, net.weights[0])
     for layer, state in enumerate(hidden_states(net, plan)):
         tower = nonlinear_step(linear_step(tower, net.weights[layer], net.biases[layer], set(tower)),
@@ -84,15 +105,19 @@ def test_factored_equals_unfactored_simple(activation: str, width: int, depth: i
         torch.testing.assert_close(state.third.to_dense(), tower[3].to_dense(), rtol=0, atol=1e-12)
         for degree in (1, 2, 4):
             torch.testing.assert_close(state.tower[degree].to_dense(), tower[degree].to_dense(), rtol=0, atol=1e-12)
-    factored, unfactored = propagate_factored(net, 3, "simple"), propagate_general(net, 3, "simple")
+    factored, unfactored = propagate_factored(net, 3, variant), propagate_general(net, 3, variant, "factored")
     torch.testing.assert_close(factored.mean, unfactored.mean, rtol=0, atol=1e-12)
     torch.testing.assert_close(factored.cov, unfactored.cov, rtol=0, atol=1e-12)
+    if variant == "simple":  # SIMPLE loses nothing: the factored term set is the full one
+        full = propagate_general(net, 3, variant)
+        torch.testing.assert_close(factored.mean, full.mean, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("variant", ["simple", "augment"])
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
-def test_matches_reference_factored_goldens(goldens, name: str) -> None:
-    data, tag = goldens[name], "K3__simple__factored"
-    result = propagate_factored(golden_network(data), 3, "simple")
+def test_matches_reference_factored_goldens(goldens, name: str, variant: str) -> None:
+    data, tag = goldens[name], f"K3__{variant}__factored"
+    result = propagate_factored(golden_network(data), 3, variant)
     np.testing.assert_allclose(result.mean.numpy(), data[f"mean__{tag}"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(result.cov.numpy(), data[f"cov__{tag}"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(np.stack([m.numpy() for m in result.layer_means]), data[f"act_mean__{tag}"],
@@ -136,19 +161,23 @@ def test_no_width_cubed_tensor_is_ever_allocated() -> None:
     assert watch.most == 3
 
 
-def flops_per_extra_layer(width: int, factored: bool) -> int:
+def flops_per_extra_layer(width: int, factored: bool, variant: str = "simple") -> int:
     """FLOPs of a depth-3 run minus those of a depth-2 run on nets with the same first layers."""
-    propagate = propagate_factored if factored else propagate_general
     counts = []
     for depth in (2, 3):
+        net = random_mlp(width, depth, "relu", seed=8)
         with FlopCounter() as counter:
-            propagate(random_mlp(width, depth, "relu", seed=8), 3, "simple")
+            if factored:
+                propagate_factored(net, 3, variant)
+            else:
+                propagate_general(net, 3, variant)
         counts.append(counter.total)
     return counts[1] - counts[0]
 
 
-def test_cost_of_a_layer_is_cubic_in_width() -> None:
+@pytest.mark.parametrize("variant", ["simple", "augment"])
+def test_cost_of_a_layer_is_cubic_in_width(variant: str) -> None:
     """Doubling n multiplies a warm layer's FLOPs by about 8 factored (n³·l), but about 16 unfactorised (n⁴)."""
-    factored = flops_per_extra_layer(32, True) / flops_per_extra_layer(16, True)
-    unfactored = flops_per_extra_layer(32, False) / flops_per_extra_layer(16, False)
+    factored = flops_per_extra_layer(32, True, variant) / flops_per_extra_layer(16, True, variant)
+    unfactored = flops_per_extra_layer(32, False, variant) / flops_per_extra_layer(16, False, variant)
     assert 6 < factored < 9 < unfactored

@@ -69,7 +69,7 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
     parser.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
     parser.add_argument("--factored", action="store_true",
-                        help="carry the top cumulant in factored (CP) form (design §6; K = 3 simple so far)")
+                        help="carry the top cumulant in factored form (design §6; K = 3 both variants, K = 4 simple)")
     parser.add_argument("--samples", type=sample_count, help="Monte Carlo sample count, e.g. 1e6")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -370,11 +370,14 @@ def is_hypertree(diagram: Diagram) -> bool:
 
 
 def factored_keeps_term(p: IntPartition, diagram: Diagram, K: int) -> bool:
-    """Whether factored propagation (K = 3, 4) keeps ν on slice p.
+    """Whether factored propagation (K = 3, 4) keeps ν on slice p (the reference's term set, design §6).
 
-    Only the top slice p = (1,)*K is restricted: there ν must be a hypertree. This also drops every product of
-    κ_K's all-distinct block (1,…,1) with other blocks, which design §6 lists separately: an admissible partner
-    block either shares ≥ 2 vertices with it or is a single-coordinate block that exceeds the budget.
-    Every SIMPLE/BASE diagram passes; AUGMENT loses some (e.g. the κ_2 triangle at K = 3).
+    Two rules: on the top slice p = (1,)*K, ν must be a hypertree; on every slice, κ_K's all-distinct block
+    (1,…,1) may only appear alone (its products with other blocks are dropped). Every SIMPLE/BASE diagram
+    passes; AUGMENT loses some (e.g. the κ_2 triangle on the top slice, κ_3 × κ_2 on slice (2,1,1) at K = 3).
+    The rule set is pinned by the reference's factored AUGMENT goldens, which it reproduces to round-off.
     """
+    reads_top_block = any(sum(v) == K and max(v) == 1 for v in diagram)
+    if reads_top_block and len(diagram) > 1:
+        return False
     return p != (1,) * K or is_hypertree(diagram)

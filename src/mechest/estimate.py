@@ -81,7 +81,7 @@ def estimate(
 
     - ``method="kprop"``: cumulant propagation to order ``order`` (1..4) in ``variant`` "simple" or
       "augment"; float64 unless ``dtype`` says otherwise. Differentiable with respect to the weights.
-      ``factored=True`` carries the top cumulant in CP form (design §6; K = 3 simple so far).
+      ``factored=True`` carries the top cumulant in factored form (design §6; K = 3 both variants, K = 4 simple).
     - ``method="mc"``: Monte Carlo with ``samples`` inputs drawn from ``seed``, streamed in chunks.
     """
     if method == "kprop":
@@ -98,7 +98,7 @@ def kprop_estimate(net: MLP, order: int, variant: str, factored: bool, dtype: to
     check_options(order, variant)
     net = net.to(dtype=dtype)
     if order >= 2:
-        compile_plan(order, variant)  # enumerating diagrams is a one-time cost per process, not part of a run
+        compile_plan(order, variant, "factored" if factored else "full")  # one-time enumeration, not part of a run
     start = time.perf_counter()
     result = propagate(net, order, variant, factored)
     seconds = time.perf_counter() - start

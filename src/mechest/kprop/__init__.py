@@ -8,6 +8,7 @@ from __future__ import annotations
 from mechest.errors import MechestError
 from mechest.kprop.engine import propagate_general
 from mechest.kprop.factored import propagate_factored
+from mechest.kprop.factored4 import propagate_factored4
 from mechest.kprop.gaussian import covariance_propagation, mean_field
 from mechest.kprop.result import Propagation
 from mechest.mlp import MLP
@@ -29,14 +30,18 @@ def propagate(net: MLP, order: int, variant: str = "simple", factored: bool = Fa
 
     K = 1 and K = 2 simple use the closed Gaussian recursions of mechest.kprop.gaussian; everything else runs
     the general diagram engine (which agrees with them; see tests). ``factored=True`` carries the order-K
-    cumulant in CP form (design §6; so far K = 3 simple); for K ≤ 2 it changes nothing.
+    cumulant in factored form (design §6: K = 3 both variants, K = 4 simple). It equals the unfactorised estimate for SIMPLE; for AUGMENT it
+    evaluates the reference's factored term set (mechest.combinatorics.factored_keeps_term). For K ≤ 2 it changes
+    nothing.
     """
     check_options(order, variant)
-    if factored and order >= 3:
-        if (order, variant) != (3, "simple"):
-            raise MechestError(f"factored propagation is implemented for order 3 simple only, not order {order} "
-                               f"{variant}; drop --factored to run it unfactored")
+    if factored and order == 3:
         return propagate_factored(net, order, variant)
+    if factored and order == 4:
+        if variant != "simple":
+            raise MechestError("factored propagation at order 4 is implemented for the simple variant only; "
+                               "drop --factored to run order 4 augment unfactored")
+        return propagate_factored4(net, order, variant)
     if order == 1:
         return mean_field(net)
     if order == 2 and variant == "simple":

@@ -136,9 +136,13 @@ def nonlinear_step(tower: Tower, activation: str, plan: Plan) -> Tower:
     return out
 
 
-def propagate_general(net: MLP, order: int, variant: str) -> Propagation:
-    """Propagate x ~ N(0, I) through ``net`` keeping the pieces of (order, variant); unfactorised."""
-    plan = compile_plan(order, variant)
+def propagate_general(net: MLP, order: int, variant: str, term_set: str = "full") -> Propagation:
+    """Propagate x ~ N(0, I) through ``net`` keeping the pieces of (order, variant); unfactorised.
+
+    ``term_set="factored"`` evaluates only the diagrams that factored propagation keeps (see compile_plan): the
+    dense oracle for factored AUGMENT.
+    """
+    plan = compile_plan(order, variant, term_set)
     tower = input_tower(net.input_dim, plan, net.weights[0])
     all_degrees = set(plan.radial)
     layer_means, layer_covs = [], []

@@ -49,16 +49,24 @@ from mechest.kprop.engine import (
     linear_step,
     power_cumulants,
 )
-from mechest.kprop.plan import Factor, Plan, SliceTerm, compile_plan
+from mechest.kprop.plan import Conversion, Factor, Plan, SliceTerm, compile_plan
 from mechest.kprop.result import Propagation
 from mechest.mlp import MLP
-from mechest.tensors.diagonal_slices import LETTERS, symmetrize, zero_repeated
-from mechest.tensors.harmonic import project_slices, slice_of
+from mechest.tensors.diagonal_slices import LETTERS, symmetrize, symmetrize_slice, zero_repeated
+from mechest.tensors.harmonic import (
+    HTensor,
+    cap_weight,
+    laplacian_power_slices,
+    project_slices,
+    projection_core_from_laplacians,
+    slice_of,
+    slice_products,
+)
 from mechest.wick import wick_table
 
 ORDER = 3
 TOP: IntPartition = (1,) * ORDER
-VARIANTS = ("simple",)
+VARIANTS = ("simple", "augment")
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,10 +174,9 @@ def reads_at_radial_index(p: IntPartition, r: int) -> bool:
 
 
 def dense_slice_types(plan: Plan) -> tuple[IntPartition, ...]:
-    """The tracked slices computed densely: those some projection reads, except TOP, closed under pK → K.
+    """The tracked slices computed densely: those some projection reads, closed under pK → K, except TOP.
 
-    Raises NotImplementedError if the closure needs TOP densely (e.g. AUGMENT's (2,1,1) slice at K = 3) or if a
-    dense slice reads κ_3's all-distinct block.
+    TOP enters other slices only through ``split_dense_plan``'s traced terms.
     """
     wanted = {p for p in plan.slice_types if reads_at_radial_index(p, plan.radial[sum(p)]) and p != TOP}
     frontier = list(wanted)
@@ -177,13 +184,59 @@ def dense_slice_types(plan: Plan) -> tuple[IntPartition, ...]:
         p = frontier.pop()
         for conversion in plan.conversions[p]:
             for part in conversion.parts:
-                if part.slice_type not in wanted:
+                if part.slice_type not in wanted and part.slice_type != TOP:
                     wanted.add(part.slice_type)
                     frontier.append(part.slice_type)
-    reads_top = [p for p in wanted for term in plan.diagrams[p] for block in term.blocks if block.slice_type == TOP]
-    if TOP in wanted or reads_top:
-        raise NotImplementedError(f"factored {plan.variant} K={plan.order} needs the all-distinct slice densely")
     return tuple(p for p in plan.slice_types if p in wanted)
+
+
+def reads_top(term: SliceTerm) -> bool:
+    """Whether a diagram term reads κ_3's all-distinct block (never formed densely)."""
+    return any((block.degree, block.slice_type) == (ORDER, TOP) for block in term.blocks)
+
+
+def converts_top(conversion: Conversion) -> bool:
+    """Whether a pK → K term multiplies the new all-distinct pK_3 (held only in factored form)."""
+    return any(part.slice_type == TOP for part in conversion.parts)
+
+
+@dataclass(frozen=True)
+class Traced:
+    """What the dense slices need from the all-distinct 3-tensors, per slice p = (2, 1, 1) (AUGMENT).
+
+    ``terms``: diagrams c·w(k_0, 2)(a) w(k_1, 1)(b) w(k_2, 1)(c)·κ_3[a, b, c] (the previous layer's κ_3);
+    ``conversions``: pK → K terms c·pK_3[a, b, c]·Π (single-coordinate pK factors), the new pK_3.
+    """
+
+    terms: dict[IntPartition, tuple[SliceTerm, ...]]
+    conversions: dict[IntPartition, tuple[Conversion, ...]]
+
+
+def split_dense_plan(plan: Plan) -> tuple[Plan, Traced]:
+    """The plan of the dense slices without anything that reads an all-distinct 3-tensor, and those pieces.
+
+    The pieces must lie on slices (2, 1, …, 1) whose projection reads them only through one cap on the doubled
+    coordinate (radial index 1), whose pK_p enters K_p alone with coefficient 1 and no other slice's K, with
+    κ_3/pK_3 as the only multi-coordinate factor: ``traced_laplacian`` then adds them from the factors.
+    """
+    types = dense_slice_types(plan)
+    terms = {p: tuple(t for t in plan.diagrams[p] if reads_top(t)) for p in types}
+    conversions = {p: tuple(c for c in plan.conversions[p] if converts_top(c)) for p in types}
+    traced = Traced({p: t for p, t in terms.items() if t}, {p: c for p, c in conversions.items() if c})
+    for p in set(traced.terms) | set(traced.conversions):
+        own = [c for c in plan.conversions[p] if any(part.slice_type == p for part in c.parts)]
+        elsewhere = [q for q in types if q != p and any(part.slice_type == p for c in plan.conversions[q]
+                                                         for part in c.parts)]
+        singles = all(len(part.axes) == 1 or part.slice_type == TOP
+                      for c in traced.conversions.get(p, ()) for part in c.parts)
+        if (p != (2,) + (1,) * (ORDER - 1) or plan.radial[sum(p)] != 1 or elsewhere or not singles
+                or len(own) != 1 or own[0].coefficient != 1 or len(own[0].parts) != 1
+                or any(len(t.blocks) != 1 for t in traced.terms.get(p, ()))):
+            raise NotImplementedError(f"factored {plan.variant} K={plan.order}: cannot trace slice {p}")
+    dense = replace(plan, slice_types=types,
+                    diagrams={p: tuple(t for t in plan.diagrams[p] if not reads_top(t)) for p in types},
+                    conversions={p: tuple(c for c in plan.conversions[p] if not converts_top(c)) for p in types})
+    return dense, traced
 
 
 def check_top_is_power_cumulant(plan: Plan) -> None:
@@ -207,54 +260,164 @@ def carried_term_factors(term: SliceTerm, third: FactoredTensor, wick: torch.Ten
     return FactoredTensor((w * first, w * second, term.coefficient * w * last))
 
 
-def oriented(block: Factor, slices: dict, centre: int) -> torch.Tensor:
-    """A two-axis block as the matrix E[k, x] with k the index on ``centre``."""
-    matrix = slices[(block.degree, block.slice_type)]
-    return matrix if block.axes[0] == centre else matrix.T
+Forest = tuple[list[torch.Tensor], dict[tuple[int, int], torch.Tensor]]
 
 
-def path_term_factors(term: SliceTerm, slices: dict, wick: torch.Tensor) -> FactoredTensor:
-    """A hypertree term made of two-axis blocks through one centre axis c, as rank n CP factors.
+def block_forests(block: Factor, slices: dict, tower: Tower) -> list[Forest]:
+    """A diagram block on the all-distinct slice as a sum of forests: vectors per vertex and matrices per edge.
 
-    value[i] = coef · Π_a v_a(i_a) · E(i_c, i_a) · E'(i_c, i_b), with v_a = w(k_a, 1) and E, E' the products of
-    the parallel blocks on the edges {c, a} and {c, b}; column k is
-    (v_a ⊙ E[k, :], v_b ⊙ E'[k, :], coef·v_c(k)·e_k).
+    Blocks on one or two coordinates are one vector or one edge matrix E[i_u, i_v] (u < v). A three-coordinate
+    block of a harmonic piece Sym(C ⊗ M^{⊗r}) (κ_4's (2,1,1) slice in AUGMENT) expands into its slice products
+    (``slice_products``), each a product of vectors and matrices on the block's coordinates.
     """
-    edges: dict[frozenset[int], list[Factor]] = {}
-    for block in term.blocks:
-        edges.setdefault(frozenset(block.axes), []).append(block)
+    ones = torch.ones_like(tower[1].core)
+    if len(block.axes) < 3:
+        return [_forest_of(((LETTERS[: len(block.axes)], slices[(block.degree, block.slice_type)]),), block.axes,
+                           ones)]
+    forests = []
+    for weight, factors in slice_products(tower[block.degree], block.slice_type):
+        vectors, edges = _forest_of(factors, block.axes, ones)
+        vectors[block.axes[0]] = weight * vectors[block.axes[0]]
+        forests.append((vectors, edges))
+    return forests
+
+
+def _forest_of(factors, axes: tuple[int, ...], ones: torch.Tensor) -> Forest:
+    """Vectors and edge matrices on the TOP coordinates from einsum factors over letters (letter t ↔ axes[t])."""
+    vectors = [ones] * ORDER
+    edges: dict[tuple[int, int], torch.Tensor] = {}
+    for subscripts, operand in factors:
+        coordinates = [axes[LETTERS.index(letter)] for letter in subscripts]
+        if len(set(coordinates)) == 1 and operand.ndim <= 2:
+            vector = operand if operand.ndim == 1 else torch.diagonal(operand)
+            vectors[coordinates[0]] = vectors[coordinates[0]] * vector
+        elif len(coordinates) == 2 and len(set(coordinates)) == 2:
+            u, v = coordinates
+            matrix = operand if u < v else operand.T
+            key = (min(u, v), max(u, v))
+            edges[key] = edges[key] * matrix if key in edges else matrix
+        else:
+            raise NotImplementedError(f"a factor {subscripts} on {len(coordinates)} coordinates")
+    return vectors, edges
+
+
+def forest_factors(vectors: list[torch.Tensor], edges: dict[tuple[int, int], torch.Tensor]) -> FactoredTensor:
+    """Π_j v_j(i_j) Π_{(u,v)} E_uv(i_u, i_v) on three coordinates (a forest of ≤ 2 edges) in CP form.
+
+    Factoring through one index k of a vertex that touches every edge (the centre of a two-edge path, or an end
+    of a single edge) gives rank n: column k has e_k·v_c(k) on the centre, v_x ⊙ E(k, ·) on each neighbour x and
+    v_w on a vertex w without edges. No edges: rank 1.
+    """
+    n = vectors[0].shape[0]
+    if not edges:
+        return FactoredTensor(tuple(vector[:, None] for vector in vectors))
     shared = set.intersection(*(set(edge) for edge in edges))
-    if len(edges) != 2 or len(shared) != 1:
-        raise NotImplementedError(f"not a two-edge path on {TOP}: {term.blocks}")
-    centre = shared.pop()
+    if len(edges) > 2 or not shared:
+        raise NotImplementedError(f"not a forest with a centre: edges {sorted(edges)}")
+    centre = min(shared)
+    factors = [vector[:, None].expand(n, n) for vector in vectors]
+    factors[centre] = torch.diag(vectors[centre])
+    for (u, v), matrix in edges.items():
+        other, oriented = (v, matrix) if u == centre else (u, matrix.T)
+        factors[other] = vectors[other][:, None] * oriented.T
+    return FactoredTensor(tuple(factors))
+
+
+def hypertree_term_factors(term: SliceTerm, slices: dict, tower: Tower, wick: torch.Tensor) -> FactoredTensor:
+    """A hypertree term on the all-distinct slice (no κ_3 all-distinct block) as CP factors, rank ≤ n per forest."""
     vectors = [wick[k, power] for k, power in zip(term.derivatives, TOP, strict=True)]
-    legs = []
-    for edge, blocks in edges.items():
-        (other,) = edge - {centre}
-        matrix = torch.stack([oriented(block, slices, centre) for block in blocks]).prod(dim=0)
-        legs.append(vectors[other][:, None] * matrix.T)
-    return FactoredTensor((legs[0], legs[1], torch.diag(term.coefficient * vectors[centre])))
+    vectors[0] = term.coefficient * vectors[0]
+    forests: list[Forest] = [(vectors, {})]
+    for block in term.blocks:
+        expanded = []
+        for vectors, edges in forests:
+            for block_vectors, block_edges in block_forests(block, slices, tower):
+                merged = dict(edges)
+                for key, matrix in block_edges.items():
+                    merged[key] = merged[key] * matrix if key in merged else matrix
+                expanded.append(([a * b for a, b in zip(vectors, block_vectors, strict=True)], merged))
+        forests = expanded
+    return concatenate([forest_factors(vectors, edges) for vectors, edges in forests])
 
 
-def top_slice_factors(plan: Plan, slices: dict, third: FactoredTensor, wick: torch.Tensor) -> FactoredTensor:
-    """pK_(1,1,1) = K_(1,1,1) on distinct indices, as CP factors: the carried κ_3 block plus one path per orbit."""
+def top_slice_factors(plan: Plan, slices: dict, state: FactoredState, wick: torch.Tensor) -> FactoredTensor:
+    """pK_(1,1,1) = K_(1,1,1) on distinct indices, as CP factors: the carried κ_3 block plus the hypertree terms."""
     parts = []
     for term in plan.diagrams[TOP]:
-        if len(term.blocks) == 1 and term.blocks[0].slice_type == TOP:
-            parts.append(carried_term_factors(term, third, wick))
+        if any(block.degree != ORDER and block.degree not in state.tower for block in term.blocks):
+            continue  # a cumulant not tracked yet (the input has only κ_1 and κ_2)
+        if reads_top(term):
+            if len(term.blocks) != 1:
+                raise NotImplementedError(f"κ_3's all-distinct block times other blocks: {term.blocks}")
+            parts.append(carried_term_factors(term, state.third, wick))
         else:
-            parts.append(path_term_factors(term, slices, wick))
+            parts.append(hypertree_term_factors(term, slices, state.tower, wick))
     return concatenate(parts)
+
+
+def contract_vector(tensor: FactoredTensor, vector: torch.Tensor) -> torch.Tensor:
+    """Σ_a v_a T[a, b, c] for T = Sym(Σ_r A_r ⊗ B_r ⊗ C_r): the n×n matrix, O(n²R).
+
+    Each of the three factors takes the contracted leg in a third of the permutations, so the result is
+    (1/3)·Σ over that choice of (vᵀF)·sym(G ⊗ H) for the other two factors G, H.
+    """
+    first, second, third = tensor.factors
+    total = sum(((g * (vector @ f)) @ h.T) for f, g, h in ((first, second, third), (second, first, third),
+                                                           (third, first, second)))
+    return (total + total.T) / 6
+
+
+def traced_laplacian(p: IntPartition, coefficient: float, vectors: list[torch.Tensor],
+                     tensor: FactoredTensor) -> torch.Tensor:
+    """The (1,1) slice of L¹ of c·v_0(a) v_1(b) v_2(c)·X[a, b, c] laid on slice p = (2,1,1), X in CP form.
+
+    One cap on the doubled coordinate a sums over a ∉ {b, c}: Σ_a v_0(a) X[a,b,c] − v_0(b) X[b,b,c] −
+    v_0(c) X[c,c,b], from the contraction and the (2,1) slice of the factors (O(n²R), valid for any full
+    tensor X, exact or not on repeated indices), times the cap weight of ``laplacian_power_slices``.
+    """
+    caps = (1,) + (0,) * (len(p) - 1)
+    q = p[1:]
+    doubled, left, right = vectors
+    double_slice = factored_slice(tensor, (2, 1))
+    summed = contract_vector(tensor, doubled) - doubled[:, None] * double_slice - doubled[None, :] * double_slice.T
+    value = coefficient * cap_weight(p, caps, q) * left[:, None] * right[None, :] * summed
+    return zero_repeated(symmetrize_slice(value, q))
+
+
+def traced_laplacians(traced: Traced, degree: int, previous: FactoredTensor, top: FactoredTensor,
+                      wick: torch.Tensor, power: Slices) -> list[tuple[IntPartition, torch.Tensor]]:
+    """Every traced piece of slices of ``degree``, as (q, value) additions to the slices of L¹."""
+    out = []
+    for p, terms in traced.terms.items():
+        if sum(p) == degree:
+            for term in terms:
+                vectors = [wick[k, power_] for k, power_ in zip(term.derivatives, p, strict=True)]
+                out.append((p[1:], traced_laplacian(p, term.coefficient, vectors, previous)))
+    for p, conversions in traced.conversions.items():
+        if sum(p) == degree:
+            for conversion in conversions:
+                vectors = [torch.ones_like(wick[0, 1]) for _ in p]
+                for part in conversion.parts:
+                    if part.slice_type != TOP:
+                        vectors[part.axes[0]] = vectors[part.axes[0]] * power[part.slice_type]
+                out.append((p[1:], traced_laplacian(p, conversion.coefficient, vectors, top)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Steps and propagation
 
 
-def read_block_slices(state: FactoredState, plan: Plan, types: tuple[IntPartition, ...]) -> dict:
-    """Every (degree, q) slice read by the diagrams of ``types`` and of TOP, except κ_3's all-distinct one."""
-    needed = {(block.degree, block.slice_type) for p in (*types, TOP) for term in plan.diagrams[p]
-              for block in term.blocks if (block.degree, block.slice_type) != (ORDER, TOP)}
+def read_block_slices(state: FactoredState, plan: Plan, dense_plan: Plan) -> dict:
+    """Every (degree, q) slice read by the dense diagrams, and the ≤ 2-coordinate blocks of the TOP terms.
+
+    κ_3's all-distinct block is never formed; three-coordinate blocks of the TOP terms are read in factored form
+    by ``block_forests``.
+    """
+    needed = {(block.degree, block.slice_type) for p in dense_plan.slice_types for term in dense_plan.diagrams[p]
+              for block in term.blocks}
+    needed |= {(block.degree, block.slice_type) for term in plan.diagrams[TOP] for block in term.blocks
+               if len(block.axes) < ORDER}
     return {
         (degree, q): factored_slice(state.third, q) if degree == ORDER else slice_of(state.tower[degree], q)
         for degree, q in needed
@@ -269,26 +432,40 @@ def factored_linear_step(state: FactoredState, weight: torch.Tensor, bias: torch
 
 
 def factored_nonlinear_step(state: FactoredState, activation: str, plan: Plan) -> FactoredState:
-    """Cumulants of a = φ(z): dense slices as in the engine, κ_3 as top factors plus the lower-slice correction."""
+    """Cumulants of a = φ(z): dense slices as in the engine, κ_3 as top factors plus the lower-slice correction.
+
+    Whatever dense slices need from an all-distinct 3-tensor enters their projection through
+    ``traced_laplacians`` (AUGMENT).
+    """
     mean = state.tower[1].core
     wick = wick_table(activation, mean, slice_of(state.tower[2], (2,)), plan.k_max, plan.p_max)
-    dense_plan = replace(plan, slice_types=dense_slice_types(plan))
-    slices = read_block_slices(state, plan, dense_plan.slice_types)
-    cumulants = cumulants_from_power_cumulants(dense_plan, power_cumulants(dense_plan, slices, wick))
-    third = with_exact_lower_slices(top_slice_factors(plan, slices, state.third, wick), cumulants)
-    tower = {
-        degree: project_slices({p: s for p, s in cumulants.items() if sum(p) == degree}, mean.numel(), degree, r)
-        for degree, r in plan.radial.items()
-        if degree != ORDER
-    }
-    return FactoredState(tower, third)
+    dense_plan, traced = split_dense_plan(plan)
+    slices = read_block_slices(state, plan, dense_plan)
+    power = power_cumulants(dense_plan, slices, wick)
+    cumulants = cumulants_from_power_cumulants(dense_plan, power)
+    top = top_slice_factors(plan, slices, state, wick)
+    n = mean.numel()
+    tower = {}
+    for degree, r in plan.radial.items():
+        if degree == ORDER:
+            continue
+        of_degree = {p: s for p, s in cumulants.items() if sum(p) == degree}
+        extra = traced_laplacians(traced, degree, state.third, top, wick, power)
+        if not extra:
+            tower[degree] = project_slices(of_degree, n, degree, r)
+            continue
+        laplacians = {j: laplacian_power_slices(of_degree, degree, j) for j in range(r, degree // 2 + 1)}
+        for q, value in extra:
+            laplacians[r][q] = laplacians[r][q] + value
+        tower[degree] = HTensor(projection_core_from_laplacians(laplacians, n, degree, r), r, n=n)
+    return FactoredState(tower, with_exact_lower_slices(top, cumulants))
 
 
 def factored_plan(order: int, variant: str) -> Plan:
     """The compiled plan, after checking that the factored path supports (order, variant)."""
     if order != ORDER or variant not in VARIANTS:
         raise MechestError(f"factored propagation supports order {ORDER} in {VARIANTS}, got {order} {variant!r}")
-    plan = compile_plan(order, variant)
+    plan = compile_plan(order, variant, "factored")
     check_top_is_power_cumulant(plan)
     return plan
 

@@ -16,6 +16,7 @@ from mechest.combinatorics import (
     Vector,
     admissible_diagrams,
     d_max,
+    factored_keeps_term,
     power_to_cumulant_terms,
     power_type,
     radial_index,
@@ -55,6 +56,7 @@ class Plan:
 
     order: int
     variant: str
+    term_set: str
     radial: dict[int, int]
     slice_types: tuple[IntPartition, ...]
     diagrams: dict[IntPartition, tuple[SliceTerm, ...]]
@@ -75,14 +77,24 @@ def slice_term(diagram: Diagram, coefficient: float, m: int) -> SliceTerm:
     return SliceTerm(coefficient, tuple(factor_of(v) for v in diagram), derivatives)
 
 
+TERM_SETS = ("full", "factored")
+
+
 @cache
-def compile_plan(order: int, variant: str) -> Plan:
-    """Enumerate the tracked pieces, slice types, diagram orbits and pK → K terms for (order, variant)."""
+def compile_plan(order: int, variant: str, term_set: str = "full") -> Plan:
+    """Enumerate the tracked pieces, slice types, diagram orbits and pK → K terms for (order, variant).
+
+    ``term_set="factored"`` keeps only the diagrams that factored propagation evaluates
+    (``factored_keeps_term``: hypertrees on the all-distinct slice); it differs from "full" only for AUGMENT.
+    """
+    if term_set not in TERM_SETS:
+        raise ValueError(f"unknown term set {term_set!r}; expected one of {TERM_SETS}")
     radial = {d: r for d in range(1, d_max(order, variant) + 1) if (r := radial_index(d, order, variant)) >= 0}
     slice_types = tracked_slice_types(order, variant)
     diagrams = {
         p: tuple(slice_term(t.diagram, float(t.coefficient) * t.orbit_size, len(p))
-                 for t in admissible_diagrams(p, order, variant))
+                 for t in admissible_diagrams(p, order, variant)
+                 if term_set == "full" or factored_keeps_term(p, t.diagram, order))
         for p in slice_types
     }
     conversions = {
@@ -95,4 +107,4 @@ def compile_plan(order: int, variant: str) -> Plan:
         raise AssertionError(f"power-cumulant slices {sorted(missing)} are needed but not tracked")
     block_types = frozenset((b.degree, b.slice_type) for terms in diagrams.values() for t in terms for b in t.blocks)
     k_max = max(max(t.derivatives) for terms in diagrams.values() for t in terms)
-    return Plan(order, variant, radial, slice_types, diagrams, conversions, block_types, k_max, max(radial))
+    return Plan(order, variant, term_set, radial, slice_types, diagrams, conversions, block_types, k_max, max(radial))

@@ -193,7 +193,7 @@ def laplacian_power_slices(slices: Mapping[IntPartition, torch.Tensor], d: int, 
     for p, s in slices.items():
         for caps in _cap_distributions(p, j):
             q, kept_axes, summed_axes = _capped_layout(p, caps)
-            weight = _cap_weight(p, caps, q)
+            weight = cap_weight(p, caps, q)
             term = s.sum(dim=summed_axes) if summed_axes else s
             term = weight * term.permute(_rank_order(kept_axes))
             out[q] = out[q] + term if q in out else term
@@ -221,7 +221,7 @@ def _rank_order(kept_axes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(ranks.index(axis) for axis in kept_axes)
 
 
-def _cap_weight(p: IntPartition, caps: tuple[int, ...], q: IntPartition) -> float:
+def cap_weight(p: IntPartition, caps: tuple[int, ...], q: IntPartition) -> float:
     """N(p)/N(q) · j! Π_b (p_b)_{2g_b} / g_b!  with j = Σ g_b."""
     weight = Fraction(math.factorial(sum(caps)) * set_partition_count_of_type(p), set_partition_count_of_type(q))
     for part, g in zip(p, caps, strict=True):
@@ -238,8 +238,14 @@ def projection_core_from_slices(slices: Mapping[IntPartition, torch.Tensor], n: 
     """
     if r == 0:
         return to_dense(slices, n, d)  # P_{≥0} is the identity
+    laplacians = {j: laplacian_power_slices(slices, d, j) for j in range(r, d // 2 + 1)}
+    return projection_core_from_laplacians(laplacians, n, d, r)
+
+
+def projection_core_from_laplacians(laplacians: Mapping[int, Slices], n: int, d: int, r: int) -> torch.Tensor:
+    """Core of P_{≥r} T = Σ_{j ≥ r} ā_j R^{j−r} L^j T, given the diagonal slices of every L^j T, j = r..⌊d/2⌋."""
     coefficients = projection_coefficients(n, d, r)
-    terms = [to_dense(laplacian_power_slices(slices, d, j), n, d - 2 * j) for j in range(r, d // 2 + 1)]
+    terms = [to_dense(laplacians[j], n, d - 2 * j) for j in range(r, d // 2 + 1)]
     return _horner(terms, coefficients, n)
 
 
@@ -272,26 +278,35 @@ def slice_of(h: HTensor, p: IntPartition) -> torch.Tensor:
     At index ι, Sym(C ⊗ M^{⊗r})[ι] is the average, over the d!/(s! 2^r r!) splittings of the d
     positions into s core positions and r unordered pairs, of C[ι_core] Π_pairs M[ι_pair]. On a type-p
     slice a splitting only matters through how many core positions fall in each block and through the
-    multigraph its pairs draw on the blocks; each such class is one einsum term. With the identity
-    metric, pairs joining two distinct blocks vanish and loops contribute 1.
+    multigraph its pairs draw on the blocks; each such class is one einsum term (``slice_products``).
+    """
+    blocks = LETTERS[: len(p)]
+    out = torch.zeros((h.n,) * len(p), dtype=h.core.dtype, device=h.core.device)
+    for weight, factors in slice_products(h, p):
+        subscripts = ",".join(subscript for subscript, _ in factors)
+        out = out + weight * torch.einsum(f"{subscripts}->{blocks}", *(operand for _, operand in factors))
+    return zero_repeated(out)
+
+
+def slice_products(h: HTensor, p: IntPartition) -> Iterator[tuple[float, tuple[tuple[str, torch.Tensor], ...]]]:
+    """The terms of the type-p slice of Sym(C ⊗ M^{⊗r}): (weight, ((subscripts, operand), …)), block b = LETTERS[b].
+
+    Off the repeated indices the slice is Σ weight · Π operand[subscripts]. With the identity metric, pairs
+    joining two distinct blocks vanish (those terms are skipped) and loops contribute 1 (a ones vector keeps
+    every block covered).
     """
     if sum(p) != h.order:
         raise ValueError(f"partition {p} does not match an HTensor of order {h.order}")
     blocks = LETTERS[: len(p)]
-    out = torch.zeros((h.n,) * len(p), dtype=h.core.dtype, device=h.core.device)
     for term in _slice_terms(p, h.core_order, h.r):
         if h.metric is None:
             if term.has_cross_edge:
                 continue
-            uncovered = [letter for letter in blocks if letter not in term.core_subscripts]
             ones = torch.ones(h.n, dtype=h.core.dtype, device=h.core.device)
-            subscripts = [term.core_subscripts, *uncovered]
-            operands = [h.core, *([ones] * len(uncovered))]
+            uncovered = [letter for letter in blocks if letter not in term.core_subscripts]
+            yield term.weight, ((term.core_subscripts, h.core), *((letter, ones) for letter in uncovered))
         else:
-            subscripts = [term.core_subscripts, *term.metric_subscripts]
-            operands = [h.core, *([h.metric] * len(term.metric_subscripts))]
-        out = out + term.weight * torch.einsum(f"{','.join(subscripts)}->{blocks}", *operands)
-    return zero_repeated(out)
+            yield term.weight, ((term.core_subscripts, h.core), *((m, h.metric) for m in term.metric_subscripts))
 
 
 @lru_cache(maxsize=None)
