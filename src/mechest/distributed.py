@@ -62,16 +62,22 @@ def chunk_moments_on_cpu(net: MLP, device: str, seed: int, chunk: int, size: int
     return chunk_moments(net.to(device=device), seed, chunk, size).to("cpu")
 
 
+def network_task(net: MLP) -> MLP:
+    """The task whose result is the network. Unlike scattered data it can be recomputed from its own
+    description, so the network survives losing every worker that held a copy (Dask also drops copies)."""
+    return net
+
+
 def dask_runner(client: Client) -> ChunkRunner:
     """A ChunkRunner that computes chunks as tasks on ``client``'s cluster, yielding them as they finish.
 
-    The network is sent to every worker once; at most TASKS_PER_THREAD tasks per worker thread are
+    The network is sent to the cluster once, as a task; at most TASKS_PER_THREAD tasks per worker thread are
     queued at a time, so the client holds few out-of-order chunks however long the run.
     """
 
     def run(net: MLP, seed: int, samples: int, chunk_size: int, chunks: Iterable[int]) -> Iterator[tuple[int, RunningMoments]]:
         device = str(net.device)
-        shared = client.scatter(net.to(device="cpu"), broadcast=True, hash=False)
+        shared = client.submit(network_task, net.to(device="cpu"), pure=False)
         todo = iter(chunks)
         chunk_of: dict = {}
         running = as_completed(with_results=True)
