@@ -128,6 +128,36 @@ def test_cli_truth_on_a_cluster_writes_the_same_arrays(client, capsys, tmp_path)
     capsys.readouterr()
 
 
+def test_interrupted_cli_truth_resumes_to_the_same_arrays(capsys, tmp_path, monkeypatch) -> None:
+    weights, whole, part = (str(tmp_path / name) for name in ("net.npz", "whole.npz", "part.npz"))
+    assert main(["net", "--width", "8", "--depth", "2", "--seed", "1", "--out", weights]) == 0
+    common = ["truth", "--weights", weights, "--samples", "5e3", "--seed", "1", "--chunk-size", "512"]
+    assert main(common + ["--out", whole]) == 0
+    original = mechest.montecarlo.chunk_moments
+
+    def interrupted_at_chunk_6(net, seed, chunk, size):
+        if chunk == 6:
+            raise KeyboardInterrupt
+        return original(net, seed, chunk, size)
+
+    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", interrupted_at_chunk_6)
+    assert main(common + ["--out", part]) == 130
+    assert not Path(part).exists() and checkpoint_path(Path(part)).exists()
+    computed = []
+
+    def recorded(net, seed, chunk, size):
+        computed.append(chunk)
+        return original(net, seed, chunk, size)
+
+    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", recorded)
+    assert main(common + ["--out", part]) == 0
+    assert computed == list(range(6, 10)), "the rerun should compute only the chunks the checkpoint lacks"
+    with np.load(whole) as a, np.load(part) as b:
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+    capsys.readouterr()
+
+
 def test_cli_truth_rejects_bad_cluster_options(capsys, tmp_path) -> None:
     weights = str(tmp_path / "net.npz")
     assert main(["net", "--width", "4", "--depth", "1", "--out", weights]) == 0
