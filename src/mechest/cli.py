@@ -9,7 +9,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
 
 from mechest.device import DEVICES, resolve_device
 from mechest.errors import MechestError
@@ -17,6 +20,7 @@ from mechest.estimate import DTYPES, METHODS, Estimate, estimate
 from mechest.kprop import MAX_ORDER, VARIANTS
 from mechest.demo import run_demo
 from mechest.mlp import MAX_SEED, MLP, load, random_mlp
+from mechest.montecarlo import ChunkRunner, run_chunks_locally
 from mechest.tables import format_table
 from mechest.truth import check_output_path, compute_truth, load_truth, score
 from mechest.wick import ACTIVATION_NAMES
@@ -93,6 +97,31 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
                         help="where to compute: cpu (default), cuda, or auto (cuda when available)")
 
 
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """--workers [N] and --scheduler ADDRESS: where Monte Carlo chunks run (read by ``chunk_runner``)."""
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=positive_int, nargs="?", const="auto", metavar="N",
+                         help="run Monte Carlo chunks on a local Dask cluster of N single-threaded worker "
+                              "processes (without N: one per CPU core, or one on cuda)")
+    cluster.add_argument("--scheduler", metavar="ADDRESS", help="run Monte Carlo chunks on the Dask cluster "
+                         "whose scheduler is at ADDRESS, e.g. tcp://10.0.0.1:8786")
+
+
+@contextmanager
+def chunk_runner(args: argparse.Namespace, device: torch.device) -> Iterator[ChunkRunner]:
+    """The ChunkRunner that ``add_cluster_arguments``' options ask for: this process, or a Dask cluster
+    (opened here and closed on exit)."""
+    if args.workers is None and args.scheduler is None:
+        yield run_chunks_locally
+        return
+    # dask takes a second to import: only when a cluster is asked for
+    from mechest.distributed import cluster_client, dask_runner
+
+    workers = None if args.workers == "auto" else args.workers
+    with cluster_client(args.scheduler, workers, device) as client:
+        yield dask_runner(client)
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="mechest", description="Estimate the expected output of random MLPs "
                            "by cumulant propagation (kprop) or Monte Carlo.")
@@ -126,12 +155,7 @@ def build_parser() -> OneLineParser:
     add_device_argument(truth)
     truth.add_argument("--chunk-size", type=positive_int,
                        help="samples per chunk (default 65536 on the CPU, sized to the GPU's memory on cuda)")
-    cluster = truth.add_mutually_exclusive_group()
-    cluster.add_argument("--workers", type=positive_int, nargs="?", const="auto", metavar="N",
-                         help="run the chunks on a local Dask cluster of N single-threaded worker processes "
-                              "(without N: one per CPU core, or one on cuda)")
-    cluster.add_argument("--scheduler", metavar="ADDRESS", help="run the chunks on the Dask cluster whose "
-                         "scheduler is at ADDRESS, e.g. tcp://10.0.0.1:8786")
+    add_cluster_arguments(truth)
 
     scoring = commands.add_parser("score", help="score an estimator against a truth file")
     add_network_arguments(scoring, weights="required")
@@ -175,17 +199,10 @@ def command_net(args: argparse.Namespace) -> None:
 def command_truth(args: argparse.Namespace) -> None:
     net = load(args.weights)
     check_output_path(args.out)
-    options = {"seed": args.seed, "chunk_size": args.chunk_size, "dtype": DTYPES[args.dtype],
-               "device": resolve_device(args.device), "progress": True}
-    if args.workers is None and args.scheduler is None:
-        truth = compute_truth(net, args.samples, args.out, **options)
-    else:
-        # dask takes a second to import: only when a cluster is asked for
-        from mechest.distributed import cluster_client, compute_truth_distributed
-
-        workers = None if args.workers == "auto" else args.workers
-        with cluster_client(args.scheduler, workers, options["device"]) as client:
-            truth = compute_truth_distributed(net, args.samples, args.out, client=client, **options)
+    device = resolve_device(args.device)
+    with chunk_runner(args, device) as runner:
+        truth = compute_truth(net, args.samples, args.out, seed=args.seed, chunk_size=args.chunk_size,
+                              dtype=DTYPES[args.dtype], device=device, runner=runner, progress=True)
     stderr = (truth.variance / truth.samples) ** 0.5
     print(f"wrote {args.out}: {truth.samples} samples, mean standard error {stderr.mean():.3g}")
 

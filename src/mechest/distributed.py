@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, Future, LocalCluster, as_completed
 
 from mechest.errors import MechestError
 from mechest.mlp import MLP
@@ -79,7 +79,7 @@ def dask_runner(client: Client) -> ChunkRunner:
         device = str(net.device)
         shared = client.submit(network_task, net.to(device="cpu"), pure=False)
         todo = iter(chunks)
-        chunk_of: dict = {}
+        chunk_of: dict[Future, int] = {}
         running = as_completed(with_results=True)
 
         def submit_next() -> None:
