@@ -11,13 +11,12 @@ import cloudpickle
 import numpy as np
 import pytest
 import torch
-from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 import mechest.montecarlo
 import mechest.truth
 from mechest.cli import main
-from mechest.distributed import compute_truth_distributed, dask_runner
+from mechest.distributed import cluster_client, compute_truth_distributed, dask_runner
 from mechest.mlp import random_mlp
 from mechest.montecarlo import OrderedMerge, RunningMoments, run_chunks_locally
 from mechest.truth import checkpoint_path, compute_truth, load_truth, read_checkpoint
@@ -29,9 +28,9 @@ SAMPLES, CHUNK = 24_000, 1000  # 24 chunks, the last one whole; a small net: eac
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as connected:
-            yield connected
+    """mechest's own LocalCluster of 2 single-threaded worker processes (each under a nanny that restarts it)."""
+    with cluster_client(workers=2) as connected:
+        yield connected
 
 
 @pytest.fixture(scope="module")
