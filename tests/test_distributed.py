@@ -90,6 +90,31 @@ def test_checkpoint_keeps_out_of_order_chunks(net, tmp_path) -> None:
     assert read_checkpoint(tmp_path / "c.npz", {"seed": "2"}, torch.device("cpu")) is None
 
 
+def test_resuming_with_another_sample_count_drops_only_the_partial_chunk(net, tmp_path) -> None:
+    """A checkpoint of a 5500-sample run with chunks 0-5 merged (chunk 5 a partial 500) and chunks 7, 8
+    pending: a 9000-sample run cannot split the merged prefix, so it recomputes chunks 0-6, reuses 7 and 8,
+    and equals a fresh 9000-sample run."""
+    out = tmp_path / "t.npz"
+    run = {"fingerprint": net.fingerprint(), "seed": "1", "chunk_size": str(CHUNK), "dtype": str(torch.float64),
+           "device": "cpu"}
+    merge = OrderedMerge(RunningMoments.empty(1), 0)
+    for chunk, moments in run_chunks_locally(net, 1, 5500, CHUNK, range(6)):
+        merge.add(chunk, moments)
+    for chunk, moments in run_chunks_locally(net, 1, 9000, CHUNK, [7, 8]):
+        merge.add(chunk, moments)
+    mechest.truth.write_checkpoint(checkpoint_path(out), run, merge)
+    computed = []
+
+    def recording_runner(net, seed, samples, chunk_size, chunks):
+        chunks = list(chunks)
+        computed.extend(chunks)
+        yield from run_chunks_locally(net, seed, samples, chunk_size, chunks)
+
+    fresh = compute_truth(net, 9000, tmp_path / "fresh.npz", seed=1, chunk_size=CHUNK)
+    assert_same_truth(compute_truth(net, 9000, out, seed=1, chunk_size=CHUNK, runner=recording_runner), fresh)
+    assert computed == [0, 1, 2, 3, 4, 5, 6]
+
+
 def test_distributed_truth_is_bit_identical_to_one_process(client, net, reference, tmp_path) -> None:
     truth = compute_truth_distributed(net, SAMPLES, tmp_path / "t.npz", client=client, seed=1, chunk_size=CHUNK)
     assert_same_truth(truth, reference)

@@ -99,18 +99,19 @@ def read_checkpoint(path: Path, run: dict[str, str], device: torch.device) -> Or
         return None
 
 
-def fits_run(merge: OrderedMerge, samples: int, chunk_size: int) -> OrderedMerge | None:
-    """``merge`` without the chunks whose sizes differ under ``samples`` (None if its merged chunks do).
+def fits_run(merge: OrderedMerge, samples: int, chunk_size: int) -> OrderedMerge:
+    """The chunks of ``merge`` that a run of ``samples`` can reuse.
 
     A checkpoint of the same seed and chunk size but another sample count shares every chunk except a
-    partial last one.
+    partial last one: pending chunks of the wrong size are dropped, and the merged prefix if it holds one.
     """
     total = chunk_count(samples, chunk_size)
-    if merge.next_chunk > total or merge.done.count != min(merge.next_chunk * chunk_size, samples):
-        return None
     pending = {chunk: moments for chunk, moments in merge.pending.items()
                if chunk < total and moments.count == chunk_size_of(chunk, samples, chunk_size)}
-    return OrderedMerge(merge.done, merge.next_chunk, pending)
+    if merge.next_chunk <= total and merge.done.count == min(merge.next_chunk * chunk_size, samples):
+        return OrderedMerge(merge.done, merge.next_chunk, pending)
+    empty = RunningMoments.empty(merge.done.mean.numel(), merge.done.mean.device)
+    return OrderedMerge(empty, 0, pending)
 
 
 def compute_truth(
@@ -143,8 +144,8 @@ def compute_truth(
            "device": net.device.type}
     checkpoint = checkpoint_path(out)
     saved = read_checkpoint(checkpoint, run, net.device)
-    merge = (saved and fits_run(saved, samples, chunk_size)) or OrderedMerge(
-        RunningMoments.empty(net.output_dim, net.device), 0)
+    fresh = OrderedMerge(RunningMoments.empty(net.output_dim, net.device), 0)
+    merge = fresh if saved is None else fits_run(saved, samples, chunk_size)
     total = chunk_count(samples, chunk_size)
     last_save, unsaved = time.monotonic(), False
     try:
