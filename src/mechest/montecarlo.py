@@ -104,8 +104,9 @@ class OrderedMerge:
             self.next_chunk += 1
 
     def missing(self, total: int) -> Iterator[int]:
-        """Chunks below ``total`` that are neither merged nor pending, lazily (there may be billions)."""
-        return (chunk for chunk in range(self.next_chunk, total) if chunk not in self.pending)
+        """Chunks below ``total`` that are neither merged nor pending now, lazily (there may be billions)."""
+        have = set(self.pending)  # a snapshot: chunks added while the caller iterates were yielded before
+        return (chunk for chunk in range(self.next_chunk, total) if chunk not in have)
 
     @property
     def count(self) -> int:
