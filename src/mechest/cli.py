@@ -9,15 +9,20 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+import torch
+
+from mechest.device import DEVICES, resolve_device
 from mechest.errors import MechestError
 from mechest.estimate import DTYPES, METHODS, Estimate, estimate
 from mechest.kprop import MAX_ORDER, VARIANTS
 from mechest.demo import run_demo
 from mechest.mlp import MAX_SEED, MLP, load, random_mlp
+from mechest.montecarlo import ChunkRunner, run_chunks_locally
 from mechest.tables import format_table
-from mechest.truth import compute_truth, load_truth, score
+from mechest.truth import check_output_path, compute_truth, load_truth, score
 from mechest.wick import ACTIVATION_NAMES
 
 EXIT_USAGE = 2
@@ -39,6 +44,17 @@ def sample_count(text: str) -> int:
     if not value.is_integer() or value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
     return int(value)
+
+
+def positive_int(text: str) -> int:
+    """Parse a positive whole number (a count of workers, a chunk size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def seed_value(text: str) -> int:
@@ -72,7 +88,38 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
                         help="carry the top cumulant in factored form (design §6; K = 3 both variants, K = 4 simple)")
     parser.add_argument("--samples", type=sample_count, help="Monte Carlo sample count, e.g. 1e6")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="where to compute: cpu (default), cuda, or auto (cuda when available)")
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """--workers [N] and --scheduler ADDRESS: where Monte Carlo chunks run (read by ``chunk_runner``)."""
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=positive_int, nargs="?", const="auto", metavar="N",
+                         help="run Monte Carlo chunks on a local Dask cluster of N single-threaded worker "
+                              "processes (without N: one per CPU core, or one on cuda)")
+    cluster.add_argument("--scheduler", metavar="ADDRESS", help="run Monte Carlo chunks on the Dask cluster "
+                         "whose scheduler is at ADDRESS, e.g. tcp://10.0.0.1:8786")
+
+
+@contextmanager
+def chunk_runner(args: argparse.Namespace, device: torch.device) -> Iterator[ChunkRunner]:
+    """The ChunkRunner that ``add_cluster_arguments``' options ask for: this process, or a Dask cluster
+    (opened here and closed on exit)."""
+    if args.workers is None and args.scheduler is None:
+        yield run_chunks_locally
+        return
+    # dask takes a second to import: only when a cluster is asked for
+    from mechest.distributed import cluster_client, dask_runner
+
+    workers = None if args.workers == "auto" else args.workers
+    with cluster_client(args.scheduler, workers, device) as client:
+        yield dask_runner(client)
 
 
 def build_parser() -> OneLineParser:
@@ -104,6 +151,11 @@ def build_parser() -> OneLineParser:
     truth.add_argument("--samples", type=sample_count, required=True)
     truth.add_argument("--seed", type=seed_value, default=0)
     truth.add_argument("--out", required=True, metavar="TRUTH.npz")
+    truth.add_argument("--dtype", choices=tuple(DTYPES), default="float64", help="forward-pass dtype (default float64)")
+    add_device_argument(truth)
+    truth.add_argument("--chunk-size", type=positive_int,
+                       help="samples per chunk (default 65536 on the CPU, sized to the GPU's memory on cuda)")
+    add_cluster_arguments(truth)
 
     scoring = commands.add_parser("score", help="score an estimator against a truth file")
     add_network_arguments(scoring, weights="required")
@@ -121,8 +173,7 @@ def network_from(args: argparse.Namespace) -> MLP:
 
 def run_estimate(args: argparse.Namespace, net: MLP) -> Estimate:
     return estimate(net, args.method, order=args.order, variant=args.variant, factored=args.factored,
-                    samples=args.samples,
-                    seed=args.seed, dtype=args.dtype, progress=True)
+                    samples=args.samples, seed=args.seed, dtype=args.dtype, device=args.device, progress=True)
 
 
 def command_estimate(args: argparse.Namespace) -> None:
@@ -146,7 +197,12 @@ def command_net(args: argparse.Namespace) -> None:
 
 
 def command_truth(args: argparse.Namespace) -> None:
-    truth = compute_truth(load(args.weights), args.samples, args.out, seed=args.seed, progress=True)
+    net = load(args.weights)
+    check_output_path(args.out)
+    device = resolve_device(args.device)
+    with chunk_runner(args, device) as runner:
+        truth = compute_truth(net, args.samples, args.out, seed=args.seed, chunk_size=args.chunk_size,
+                              dtype=DTYPES[args.dtype], device=device, runner=runner, progress=True)
     stderr = (truth.variance / truth.samples) ** 0.5
     print(f"wrote {args.out}: {truth.samples} samples, mean standard error {stderr.mean():.3g}")
 

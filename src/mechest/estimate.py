@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 import torch
 
+from mechest.device import resolve_device, synchronize
 from mechest.errors import MechestError
 from mechest.flops import FlopCounter, warm_up
 from mechest.kprop import check_options, propagate
 from mechest.kprop.plan import compile_plan
 from mechest.mlp import MLP
-from mechest.montecarlo import DEFAULT_CHUNK_SIZE, check_sample_count, sample_moments
+from mechest.montecarlo import check_sample_count, sample_moments
 
 METHODS = ("kprop", "mc")
 _FLOP_CACHE: dict[tuple, int] = {}
@@ -74,7 +75,8 @@ def estimate(
     samples: int | None = None,
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    device: torch.device | str | None = None,
+    chunk_size: int | None = None,
     progress: bool = False,
 ) -> Estimate:
     """Estimate the expected output of ``net`` under standard Gaussian input.
@@ -82,25 +84,34 @@ def estimate(
     - ``method="kprop"``: cumulant propagation to order ``order`` (1..4) in ``variant`` "simple" or
       "augment"; float64 unless ``dtype`` says otherwise. Differentiable with respect to the weights.
       ``factored=True`` carries the top cumulant in factored form (design §6; K = 3 both variants, K = 4 simple).
-    - ``method="mc"``: Monte Carlo with ``samples`` inputs drawn from ``seed``, streamed in chunks.
+    - ``method="mc"``: Monte Carlo with ``samples`` inputs drawn from ``seed``, streamed in chunks of
+      ``chunk_size`` (None: sized to the device's memory on CUDA).
+
+    Both run on ``device``: "cpu", "cuda", "auto" (CUDA when available) or None (where ``net`` is); the
+    returned tensors stay there. ``seconds`` is wall-clock time up to the device's last kernel.
     """
+    device = resolve_device(device, net.device)
     if method == "kprop":
-        return kprop_estimate(net, order, variant, factored, resolve_dtype(dtype, torch.float64))
+        return kprop_estimate(net.to(dtype=resolve_dtype(dtype, torch.float64), device=device), order, variant,
+                              factored)
     if method == "mc":
         if samples is None:
             raise MechestError("method 'mc' needs a sample count (samples=...)")
-        return monte_carlo_estimate(net, samples, seed, resolve_dtype(dtype, net.dtype), chunk_size, progress)
+        return monte_carlo_estimate(net.to(dtype=resolve_dtype(dtype, net.dtype), device=device), samples, seed,
+                                    chunk_size, progress)
     raise MechestError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
 
 
-def kprop_estimate(net: MLP, order: int, variant: str, factored: bool, dtype: torch.dtype) -> Estimate:
-    """Cumulant propagation: timed on its own, with FLOPs counted on a structurally identical run."""
+def kprop_estimate(net: MLP, order: int, variant: str, factored: bool) -> Estimate:
+    """Cumulant propagation on ``net``'s dtype and device: timed on its own, with FLOPs counted on a
+    structurally identical run."""
     check_options(order, variant)
-    net = net.to(dtype=dtype)
     if order >= 2:
         compile_plan(order, variant, "factored" if factored else "full")  # one-time enumeration, not part of a run
+    synchronize(net.device)
     start = time.perf_counter()
     result = propagate(net, order, variant, factored)
+    synchronize(net.device)
     seconds = time.perf_counter() - start
     flops = kprop_flops(structure_key(net), order, variant, factored, net)
     return Estimate("kprop", result.mean, flops, seconds, order=order, variant=variant, factored=factored,
@@ -129,14 +140,13 @@ def kprop_flops(key: tuple, order: int, variant: str, factored: bool, net: MLP) 
     return _FLOP_CACHE[cache_key]
 
 
-def monte_carlo_estimate(
-    net: MLP, samples: int, seed: int, dtype: torch.dtype, chunk_size: int, progress: bool
-) -> Estimate:
-    """Streaming Monte Carlo; FLOPs = samples × one forward pass (design §8)."""
+def monte_carlo_estimate(net: MLP, samples: int, seed: int, chunk_size: int | None, progress: bool) -> Estimate:
+    """Streaming Monte Carlo on ``net``'s dtype and device; FLOPs = samples × one forward pass (design §8)."""
     samples = check_sample_count(samples)
-    net = net.to(dtype=dtype)
+    synchronize(net.device)
     start = time.perf_counter()
     moments = sample_moments(net, samples, seed, chunk_size=chunk_size, progress=progress)
+    synchronize(net.device)
     seconds = time.perf_counter() - start
     variance = moments.variance
     return Estimate(

@@ -5,21 +5,44 @@ result does not depend on how chunks are scheduled, and a run can stop after any
 Per-chunk means and centred sums of squares are merged exactly in float64 (Chan et al.'s update):
 
     n = n_a + n_b,  δ = m_b - m_a,  m = m_a + δ n_b / n,  M2 = M2_a + M2_b + δ² n_a n_b / n.
+
+Chunks are always merged in chunk order (``OrderedMerge``), and a chunk's moments do not depend on torch's
+thread count (``column_sum``), so for a given seed, chunk size, dtype and device the result is the same bit
+for bit whether the chunks run in one process or on many workers, in whatever order they finish.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mechest.device import resolve_device, total_memory
 from mechest.errors import MechestError
 from mechest.mlp import MLP, check_seed
 
 DEFAULT_CHUNK_SIZE = 1 << 16
+SUM_BLOCK = 1024  # rows summed together; below torch's parallel grain size (32768), so one thread sums each block
+CUDA_MEMORY_FRACTION = 1 / 8  # share of a GPU's memory one chunk's activations may take
+MAX_CHUNK_SIZE = 1 << 24
+
+
+def column_sum(values: torch.Tensor) -> torch.Tensor:
+    """Σ_rows values for a (rows, dim) tensor, rounded the same way whatever torch's thread count.
+
+    torch splits a reduction to a single number across threads, so its rounding changes with the thread
+    count; summing fixed blocks of SUM_BLOCK rows (each reduction then has many outputs or few inputs, and
+    torch keeps each output on one thread) and then the block sums, recursively, does not.
+    """
+    rows = values.shape[0]
+    if rows <= SUM_BLOCK:
+        return values.sum(dim=0)
+    whole = rows - rows % SUM_BLOCK
+    block_sums = values[:whole].reshape(-1, SUM_BLOCK, values.shape[1]).sum(dim=1)
+    return column_sum(block_sums) + values[whole:].sum(dim=0)
 
 
 @dataclass(frozen=True)
@@ -39,8 +62,8 @@ class RunningMoments:
     def of_batch(values: torch.Tensor) -> RunningMoments:
         """Moments of a (batch, dim) block of samples."""
         values = values.to(torch.float64)
-        mean = values.mean(dim=0)
-        return RunningMoments(values.shape[0], mean, ((values - mean) ** 2).sum(dim=0))
+        mean = column_sum(values) / values.shape[0]
+        return RunningMoments(values.shape[0], mean, column_sum((values - mean) ** 2))
 
     def merge(self, other: RunningMoments) -> RunningMoments:
         """Exact combination of two disjoint sets of samples (Chan's parallel update)."""
@@ -57,6 +80,39 @@ class RunningMoments:
         """Population variance M2 / N."""
         return self.m2 / max(self.count, 1)
 
+    def to(self, device: torch.device | str) -> RunningMoments:
+        return RunningMoments(self.count, self.mean.to(device), self.m2.to(device))
+
+
+class OrderedMerge:
+    """Merges chunk moments in chunk order, whatever order they arrive in (so the rounding is always the same).
+
+    ``done`` holds the merge of chunks 0 .. next_chunk - 1; chunks that arrive early wait in ``pending``.
+    """
+
+    def __init__(self, done: RunningMoments, next_chunk: int, pending: dict[int, RunningMoments] | None = None):
+        self.done = done
+        self.next_chunk = next_chunk
+        self.pending = dict(pending or {})
+
+    def add(self, chunk: int, moments: RunningMoments) -> None:
+        """Record chunk ``chunk``'s moments and merge every chunk that is now next in order."""
+        if chunk >= self.next_chunk:
+            self.pending[chunk] = moments
+        while self.next_chunk in self.pending:
+            self.done = self.done.merge(self.pending.pop(self.next_chunk))
+            self.next_chunk += 1
+
+    def missing(self, total: int) -> Iterator[int]:
+        """Chunks below ``total`` that are neither merged nor pending now, lazily (there may be billions)."""
+        have = set(self.pending)  # a snapshot: chunks added while the caller iterates were yielded before
+        return (chunk for chunk in range(self.next_chunk, total) if chunk not in have)
+
+    @property
+    def count(self) -> int:
+        """Samples recorded so far, merged or pending."""
+        return self.done.count + sum(moments.count for moments in self.pending.values())
+
 
 def chunk_generator(seed: int, chunk: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of chunk ``chunk`` under ``seed``: independent streams, one per (seed, chunk)."""
@@ -71,6 +127,39 @@ def chunk_moments(net: MLP, seed: int, chunk: int, size: int) -> RunningMoments:
     x = torch.randn(size, net.input_dim, generator=generator, dtype=net.dtype, device=net.device)
     with torch.no_grad():
         return RunningMoments.of_batch(net(x))
+
+
+def default_chunk_size(net: MLP) -> int:
+    """DEFAULT_CHUNK_SIZE on the CPU; on CUDA the largest power of two whose activations fit in
+    CUDA_MEMORY_FRACTION of the GPU's total memory (a fixed number per GPU model, so runs stay reproducible).
+    """
+    memory = total_memory(net.device)
+    if memory is None:
+        return DEFAULT_CHUNK_SIZE
+    # a forward pass keeps every layer's output, plus two temporaries of the widest layer, plus the
+    # float64 output and its squared deviations
+    bytes_per_sample = net.dtype.itemsize * (sum(net.dims) + 2 * max(net.dims)) + 16 * net.output_dim
+    fitting = max(int(memory * CUDA_MEMORY_FRACTION) // bytes_per_sample, 1)
+    return min(1 << (fitting.bit_length() - 1), MAX_CHUNK_SIZE)
+
+
+def check_chunk_size(chunk_size: int | None, net: MLP) -> int:
+    """``chunk_size``, or the device's default when None; a MechestError unless it is positive."""
+    if chunk_size is None:
+        return default_chunk_size(net)
+    if chunk_size < 1:
+        raise MechestError(f"chunk_size must be positive, got {chunk_size}")
+    return chunk_size
+
+
+ChunkRunner = Callable[[MLP, int, int, int, Iterable[int]], Iterator[tuple[int, RunningMoments]]]
+"""runner(net, seed, samples, chunk_size, chunks) yields (chunk, moments) for each of ``chunks``, in any order."""
+
+
+def run_chunks_locally(net: MLP, seed: int, samples: int, chunk_size: int, chunks: Iterable[int]) -> Iterator[tuple[int, RunningMoments]]:
+    """The ChunkRunner of one process: each chunk's moments, computed here, in the order given."""
+    for chunk in chunks:
+        yield chunk, chunk_moments(net, seed, chunk, chunk_size_of(chunk, samples, chunk_size))
 
 
 def chunk_count(samples: int, chunk_size: int) -> int:
@@ -94,33 +183,40 @@ def check_sample_count(samples: int) -> int:
     return samples
 
 
+def progress_bar(samples: int, done: int, shown: bool) -> tqdm:
+    """A tqdm bar counting samples (hidden unless ``shown``, and then only on a terminal)."""
+    return tqdm(total=samples, initial=done, disable=None if shown else True, unit="sample", unit_scale=True)
+
+
 def sample_moments(
     net: MLP,
     samples: int,
     seed: int = 0,
     *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
+    device: torch.device | str | None = None,
     start: RunningMoments | None = None,
     on_chunk: Callable[[int, RunningMoments], None] | None = None,
     progress: bool = False,
 ) -> RunningMoments:
     """Streaming moments of the output over ``samples`` Gaussian inputs, in bounded memory.
 
+    Runs on ``device`` ("cpu", "cuda", "auto"; None: where ``net`` is), in chunks of ``chunk_size`` samples
+    (None: ``default_chunk_size``, sized to the device's memory on CUDA).
     ``start`` resumes from the moments of the first ``start.count`` samples (a whole number of chunks);
     ``on_chunk(chunk_index, moments)`` is called after each chunk (for checkpoints).
     """
     samples = check_sample_count(samples)
-    if chunk_size < 1:
-        raise MechestError(f"chunk_size must be positive, got {chunk_size}")
-    moments = start if start is not None else RunningMoments.empty(net.output_dim, net.device)
+    net = net.to(device=resolve_device(device, net.device))
+    chunk_size = check_chunk_size(chunk_size, net)
+    moments = start.to(net.device) if start is not None else RunningMoments.empty(net.output_dim, net.device)
     if moments.count % chunk_size and moments.count < samples:
         raise MechestError("can only resume from a whole number of chunks")
-    first = moments.count // chunk_size
-    with tqdm(total=samples, initial=moments.count, disable=None if progress else True, unit="sample", unit_scale=True) as bar:
-        for chunk in range(first, chunk_count(samples, chunk_size)):
-            size = chunk_size_of(chunk, samples, chunk_size)
-            moments = moments.merge(chunk_moments(net, seed, chunk, size))
-            bar.update(size)
+    chunks = range(moments.count // chunk_size, chunk_count(samples, chunk_size))
+    with progress_bar(samples, moments.count, progress) as bar:
+        for chunk, moments_of_chunk in run_chunks_locally(net, seed, samples, chunk_size, chunks):
+            moments = moments.merge(moments_of_chunk)
+            bar.update(moments_of_chunk.count)
             if on_chunk is not None:
                 on_chunk(chunk, moments)
     return moments

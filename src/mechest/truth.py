@@ -1,8 +1,9 @@
 """Ground truths (long Monte Carlo runs saved to disk) and scoring an estimate against one (design §9).
 
 A truth file (.npz) holds ``mean`` and ``variance`` (population, per output coordinate), ``samples``,
-``seed``, ``chunk_size`` and the ``fingerprint`` of the network. While a run is in progress its
-moments are checkpointed to ``<out>.checkpoint.npz``; running the same command again resumes there.
+``seed``, ``chunk_size``, ``dtype``, ``device`` and the ``fingerprint`` of the network. While a run is in
+progress its finished chunks are checkpointed to ``<out>.checkpoint.npz``; running the same command again
+resumes there.
 
 Scoring: with truth t̂ from N samples and an estimate e, E[(e_i - t̂_i)²] = (e_i - t_i)² + Var_i / N, so
 
@@ -18,9 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mechest.device import resolve_device
 from mechest.errors import MechestError
 from mechest.mlp import MLP, read_npz, write_npz_atomically
-from mechest.montecarlo import DEFAULT_CHUNK_SIZE, RunningMoments, check_sample_count, sample_moments
+from mechest.montecarlo import (
+    ChunkRunner,
+    OrderedMerge,
+    RunningMoments,
+    check_chunk_size,
+    check_sample_count,
+    chunk_count,
+    chunk_size_of,
+    progress_bar,
+    run_chunks_locally,
+)
 
 CHECKPOINT_SECONDS = 30.0
 
@@ -40,8 +52,33 @@ def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoint.npz")
 
 
-def read_checkpoint(path: Path, run: dict[str, str], device: torch.device) -> RunningMoments | None:
-    """The moments saved by an interrupted run with the same ``run`` description, if any (else None).
+def check_output_path(out: str | Path) -> Path:
+    """``out`` as a Path, or a MechestError if no file can be written there."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise MechestError(f"cannot write {out}: directory {out.parent} does not exist")
+    if out.is_dir():
+        raise MechestError(f"cannot write {out}: it is a directory")
+    return out
+
+
+def write_checkpoint(path: Path, run: dict[str, str], merge: OrderedMerge) -> None:
+    """Save the merged chunks and the chunks that finished out of order (atomically)."""
+    chunks = sorted(merge.pending)
+    dim = merge.done.mean.numel()
+    arrays = {key: np.array(value) for key, value in run.items()}
+    arrays.update(
+        count=np.array(merge.done.count), mean=merge.done.mean.cpu().numpy(), m2=merge.done.m2.cpu().numpy(),
+        next_chunk=np.array(merge.next_chunk), pending_chunks=np.array(chunks, dtype=np.int64),
+        pending_counts=np.array([merge.pending[c].count for c in chunks], dtype=np.int64),
+        pending_means=np.array([merge.pending[c].mean.cpu().numpy() for c in chunks]).reshape(-1, dim),
+        pending_m2s=np.array([merge.pending[c].m2.cpu().numpy() for c in chunks]).reshape(-1, dim),
+    )
+    write_npz_atomically(path, arrays)
+
+
+def read_checkpoint(path: Path, run: dict[str, str], device: torch.device) -> OrderedMerge | None:
+    """The chunks saved by an interrupted run with the same ``run`` description, if any (else None).
 
     An unreadable or foreign checkpoint is ignored: the run then starts from the beginning.
     """
@@ -51,10 +88,30 @@ def read_checkpoint(path: Path, run: dict[str, str], device: torch.device) -> Ru
         data = read_npz(path)
         if any(str(data[key]) != value for key, value in run.items()):
             return None
-        mean, m2 = (torch.from_numpy(data[key]).to(device) for key in ("mean", "m2"))
-        return RunningMoments(int(data["count"]), mean, m2)
+
+        def moments(count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> RunningMoments:
+            return RunningMoments(int(count), torch.from_numpy(mean).to(device), torch.from_numpy(m2).to(device))
+
+        pending = {int(chunk): moments(*row) for chunk, *row in zip(
+            data["pending_chunks"], data["pending_counts"], data["pending_means"], data["pending_m2s"], strict=True)}
+        return OrderedMerge(moments(data["count"], data["mean"], data["m2"]), int(data["next_chunk"]), pending)
     except (MechestError, KeyError, TypeError, ValueError):
         return None
+
+
+def fits_run(merge: OrderedMerge, samples: int, chunk_size: int) -> OrderedMerge:
+    """The chunks of ``merge`` that a run of ``samples`` can reuse.
+
+    A checkpoint of the same seed and chunk size but another sample count shares every chunk except a
+    partial last one: pending chunks of the wrong size are dropped, and the merged prefix if it holds one.
+    """
+    total = chunk_count(samples, chunk_size)
+    pending = {chunk: moments for chunk, moments in merge.pending.items()
+               if chunk < total and moments.count == chunk_size_of(chunk, samples, chunk_size)}
+    if merge.next_chunk <= total and merge.done.count == min(merge.next_chunk * chunk_size, samples):
+        return OrderedMerge(merge.done, merge.next_chunk, pending)
+    empty = RunningMoments.empty(merge.done.mean.numel(), merge.done.mean.device)
+    return OrderedMerge(empty, 0, pending)
 
 
 def compute_truth(
@@ -63,45 +120,54 @@ def compute_truth(
     out: str | Path,
     *,
     seed: int = 0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    runner: ChunkRunner = run_chunks_locally,
     progress: bool = False,
 ) -> Truth:
     """Run (or resume) a streaming Monte Carlo of ``samples`` inputs and write the truth file ``out``.
 
     The forward pass runs in ``dtype`` (float32 is about 3x faster on CPU; its rounding changes each output
-    by ~1e-6 relative, far below any error we measure); moments are always accumulated in float64.
+    by ~1e-6 relative, far below any error we measure) on ``device`` (None: where ``net`` is); moments are
+    always accumulated in float64. ``runner`` computes the chunks: in this process by default, or on a
+    Dask cluster (``mechest.distributed``). Chunks are merged in chunk order as they arrive, so the result
+    is the same bit for bit for any runner. Finished chunks are checkpointed every CHECKPOINT_SECONDS and
+    when the run is interrupted; running the same call again resumes from the checkpoint.
     """
     samples = check_sample_count(samples)
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise MechestError(f"cannot write {out}: directory {out.parent} does not exist")
-    if out.is_dir():
-        raise MechestError(f"cannot write {out}: it is a directory")
+    out = check_output_path(out)
     fingerprint = net.fingerprint()
+    net = net.to(dtype=dtype, device=resolve_device(device, net.device))
+    chunk_size = check_chunk_size(chunk_size, net)
+    run = {"fingerprint": fingerprint, "seed": str(seed), "chunk_size": str(chunk_size), "dtype": str(dtype),
+           "device": net.device.type}
     checkpoint = checkpoint_path(out)
-    run = {"fingerprint": fingerprint, "seed": str(seed), "chunk_size": str(chunk_size), "dtype": str(dtype)}
-    start = read_checkpoint(checkpoint, run, net.device)
-    if start is not None and start.count > samples:
-        start = None
-    last_save = time.monotonic()
-
-    def save_checkpoint(chunk: int, moments: RunningMoments) -> None:
-        """Every CHECKPOINT_SECONDS, after a full chunk, save the moments so far (resumable)."""
-        nonlocal last_save
-        if moments.count % chunk_size == 0 and time.monotonic() - last_save >= CHECKPOINT_SECONDS:
-            arrays = {key: np.array(value) for key, value in run.items()}
-            arrays.update(count=np.array(moments.count), mean=moments.mean.cpu().numpy(),
-                          m2=moments.m2.cpu().numpy())
-            write_npz_atomically(checkpoint, arrays)
-            last_save = time.monotonic()
-
-    moments = sample_moments(net.to(dtype=dtype), samples, seed, chunk_size=chunk_size, start=start,
-                             on_chunk=save_checkpoint, progress=progress)
-    truth = Truth(moments.mean.cpu().numpy(), moments.variance.cpu().numpy(), samples, seed, fingerprint)
+    saved = read_checkpoint(checkpoint, run, net.device)
+    fresh = OrderedMerge(RunningMoments.empty(net.output_dim, net.device), 0)
+    merge = fresh if saved is None else fits_run(saved, samples, chunk_size)
+    total = chunk_count(samples, chunk_size)
+    last_save, unsaved = time.monotonic(), False
+    try:
+        with progress_bar(samples, merge.count, progress) as bar:
+            for chunk, moments in runner(net, seed, samples, chunk_size, merge.missing(total)):
+                merge.add(chunk, moments.to(net.device))
+                bar.update(moments.count)
+                unsaved = True
+                if time.monotonic() - last_save >= CHECKPOINT_SECONDS:
+                    write_checkpoint(checkpoint, run, merge)
+                    last_save, unsaved = time.monotonic(), False
+    except BaseException:
+        if unsaved:  # interrupted (Ctrl-C, a failed worker): keep every chunk that finished
+            write_checkpoint(checkpoint, run, merge)
+        raise
+    if merge.next_chunk != total:
+        raise RuntimeError(f"the chunk runner returned {merge.next_chunk} of {total} chunks in order")
+    truth = Truth(merge.done.mean.cpu().numpy(), merge.done.variance.cpu().numpy(), samples, seed, fingerprint)
     write_npz_atomically(out, {
         "mean": truth.mean, "variance": truth.variance, "samples": np.array(samples), "seed": np.array(seed),
-        "chunk_size": np.array(chunk_size), "fingerprint": np.array(fingerprint),
+        "chunk_size": np.array(chunk_size), "fingerprint": np.array(fingerprint), "dtype": np.array(str(dtype)),
+        "device": np.array(net.device.type),
     })
     checkpoint.unlink(missing_ok=True)
     return truth
