@@ -1,7 +1,7 @@
 """kprop against Monte Carlo on one device (a GPU by default): wall-clock and FLOPs at widths 256 and 1024.
 
 For each width (He-init ReLU, ``--depth`` hidden layers, seed 0) it times kprop K = 1, K = 2 (simple and
-augment) and factored K = 3 simple, and Monte Carlo at a fixed set of sample counts (giving the time per
+augment), factored K = 3 (both variants) and K = 4 simple (up to width 256), and Monte Carlo at a fixed set of sample counts (giving the time per
 sample). Every timing is the best of ``--repeats`` runs after a warm-up run, each ended by a device
 synchronize (inside ``mechest.estimate``). With ``--truth-samples N`` it also samples a truth of N inputs and
 prints each kprop estimate's MSE/Var, the Monte Carlo sample count with the same expected error
@@ -26,7 +26,9 @@ from mechest.montecarlo import default_chunk_size, sample_moments
 from mechest.tables import format_table
 from mechest.truth import Truth, score
 
-KPROP_CONFIGURATIONS = [(1, "simple", False), (2, "simple", False), (2, "augment", False), (3, "simple", True)]
+KPROP_CONFIGURATIONS = [(1, "simple", False), (2, "simple", False), (2, "augment", False), (3, "simple", True),
+                        (3, "augment", True), (4, "simple", True)]
+MAX_K4_WIDTH = 256  # pair-factored κ_4 holds R·n² numbers, R ≈ 11n after 4 layers: 12 GB at width 1024
 DEFAULTS = {  # device type -> (widths, Monte Carlo sample counts, truth samples)
     "cuda": ([256, 1024], [10**5, 10**6, 10**7], 10**8),
     "cpu": ([64, 256], [10**3, 10**4], 0),
@@ -95,7 +97,10 @@ def main() -> None:
         print(f"width {width}: forward pass {net.flops_per_sample():.3e} FLOPs/sample, "
               f"Monte Carlo chunk {default_chunk_size(net)}", flush=True)
         truth = sampled_truth(net, truth_samples) if truth_samples else None
+        configurations = args.configurations
+        args.configurations = [c for c in configurations if c[0] < 4 or width <= MAX_K4_WIDTH]
         print(format_table(header, bench_width(net, args, truth)), flush=True)
+        args.configurations = configurations
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
 

@@ -1,7 +1,7 @@
 """FLOPs and wall-clock of kprop per (width, K, variant, factored) on He-init ReLU nets with 4 hidden layers.
 
 FLOPs are counted from the operations run (mechest.flops); seconds are the best of ``--repeats`` uncounted
-runs. Run: python benchmarks/kprop_cost.py [--widths 16 32 64 128] [--max-k4-width 64]
+runs. Run: python benchmarks/kprop_cost.py [--widths 16 32 64 128] [--max-k4-width 64] [--factored-only]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from mechest.tables import format_table
 
 CONFIGURATIONS = [(1, "simple", False)] + [
     (order, variant, False) for order in (2, 3, 4) for variant in ("simple", "augment")
-] + [(3, "simple", True)]
+] + [(3, "simple", True), (3, "augment", True), (4, "simple", True)]
 
 
 def main() -> None:
@@ -24,13 +24,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-k4-width", type=int, default=64)
     parser.add_argument("--max-k4-augment-width", type=int, default=32)
+    parser.add_argument("--max-factored-k4-width", type=int, default=128)
+    parser.add_argument("--factored-only", action="store_true", help="only the factored configurations")
     args = parser.parse_args()
     rows = []
     for width in args.widths:
         net = random_mlp(width, args.depth, "relu", seed=0)
         forward = net.flops_per_sample()
         for order, variant, factored in CONFIGURATIONS:
-            widest = args.max_k4_augment_width if variant == "augment" else args.max_k4_width
+            if args.factored_only and not factored:
+                continue
+            widest = args.max_factored_k4_width if factored else (
+                args.max_k4_augment_width if variant == "augment" else args.max_k4_width)
             if order == 4 and width > widest:
                 continue
             runs = [estimate(net, "kprop", order=order, variant=variant, factored=factored)
