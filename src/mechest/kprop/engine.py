@@ -14,6 +14,8 @@ coordinate.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
 
 from mechest.kprop.plan import Plan, SliceTerm, compile_plan
@@ -143,15 +145,25 @@ def propagate_general(net: MLP, order: int, variant: str, term_set: str = "full"
     dense oracle for factored AUGMENT.
     """
     plan = compile_plan(order, variant, term_set)
-    tower = input_tower(net.input_dim, plan, net.weights[0])
-    all_degrees = set(plan.radial)
+
+    def hidden_towers() -> Iterator[Tower]:
+        tower = input_tower(net.input_dim, plan, net.weights[0])
+        for layer in range(net.depth):
+            tower = linear_step(tower, net.weights[layer], net.biases[layer], set(plan.radial))
+            tower = nonlinear_step(tower, net.activations[layer], plan)
+            yield tower
+
+    return collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), hidden_towers())
+
+
+def collect_propagation(net: MLP, first: Tower, hidden: Iterable[Tower]) -> Propagation:
+    """The result from the towers after every hidden layer: their means and covariances, and the output's mean,
+    covariance and (where the tower holds a dense κ_3 piece) third cumulant through the last linear map."""
+    tower = first
     layer_means, layer_covs = [], []
-    for layer in range(net.depth):
-        tower = linear_step(tower, net.weights[layer], net.biases[layer], all_degrees)
-        tower = nonlinear_step(tower, net.activations[layer], plan)
+    for tower in hidden:
         layer_means.append(tower[1].core)
         layer_covs.append(tower[2].to_dense())
-    output_degrees = {d for d in (1, 2, 3) if d in tower}
-    out = linear_step(tower, net.weights[-1], net.biases[-1], output_degrees)
+    out = linear_step(tower, net.weights[-1], net.biases[-1], {d for d in (1, 2, 3) if d in tower})
     third = out[3].to_dense() if 3 in out else None
     return Propagation(out[1].core, out[2].to_dense(), layer_means, layer_covs, third)

@@ -44,6 +44,7 @@ from mechest.errors import MechestError
 from mechest.kprop.engine import (
     Slices,
     Tower,
+    collect_propagation,
     cumulants_from_power_cumulants,
     input_tower,
     linear_step,
@@ -487,11 +488,5 @@ def propagate_factored(net: MLP, order: int, variant: str) -> Propagation:
     O(n³R)).
     """
     plan = factored_plan(order, variant)
-    tower = input_tower(net.input_dim, plan, net.weights[0])
-    layer_means, layer_covs = [], []
-    for state in hidden_states(net, plan):
-        tower = state.tower
-        layer_means.append(tower[1].core)
-        layer_covs.append(tower[2].to_dense())
-    out = linear_step(tower, net.weights[-1], net.biases[-1], {1, 2})
-    return Propagation(out[1].core, out[2].to_dense(), layer_means, layer_covs, None)
+    hidden = (state.tower for state in hidden_states(net, plan))
+    return collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), hidden)

@@ -36,6 +36,7 @@ from mechest.combinatorics import IntPartition
 from mechest.errors import MechestError
 from mechest.kprop.engine import (
     Tower,
+    collect_propagation,
     cumulants_from_power_cumulants,
     input_tower,
     linear_step,
@@ -296,11 +297,5 @@ def hidden_states4(net: MLP, plan: Plan) -> Iterator[PairFactoredState]:
 def propagate_factored4(net: MLP, order: int, variant: str) -> Propagation:
     """Propagate x ~ N(0, I) through ``net`` at K = 4 SIMPLE with κ_4 pair-factored; same result as the engine."""
     plan = factored_plan4(order, variant)
-    tower = input_tower(net.input_dim, plan, net.weights[0])
-    layer_means, layer_covs = [], []
-    for state in hidden_states4(net, plan):
-        tower = state.tower
-        layer_means.append(tower[1].core)
-        layer_covs.append(tower[2].to_dense())
-    out = linear_step(tower, net.weights[-1], net.biases[-1], {1, 2, 3})
-    return Propagation(out[1].core, out[2].to_dense(), layer_means, layer_covs, out[3].to_dense())
+    hidden = (state.tower for state in hidden_states4(net, plan))
+    return collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), hidden)
