@@ -20,6 +20,7 @@ from mechest.tail import (
     lpe,
     marginal_cumulants,
     monte_carlo,
+    saddlepoint_tail,
     tail_probability,
     wilson_interval,
 )
@@ -69,10 +70,38 @@ def test_edgeworth_tail_of_a_gamma_distribution_converges_at_its_rate() -> None:
     assert large[0] < 1e-4
 
 
+def test_saddlepoint_tail_of_a_gamma_distribution_converges_at_its_rate() -> None:
+    """Lugannani–Rice on Gamma(m, 1)'s CGF truncated after κ_4: the omitted κ_5 s⁵/5! at ŝ ~ 3/√m and the formula's
+    own error are both O(m^(-3/2)), so the relative error at t = μ + 3σ falls like m^(-3/2)."""
+    def error(m: int) -> float:
+        cumulants = torch.tensor([[m], [m], [2.0 * m], [6.0 * m]], dtype=torch.float64)
+        t = m + 3 * math.sqrt(m)
+        value, valid = saddlepoint_tail(cumulants, t)
+        assert bool(valid.all())
+        return abs(float(value) / gammaincc(m, t) - 1)
+
+    assert math.log(error(1600) / error(6400)) / math.log(4) == pytest.approx(1.5, abs=0.2)
+
+
+def test_saddlepoint_is_exact_for_a_gaussian_and_falls_back_without_a_saddlepoint() -> None:
+    gaussian = torch.tensor([[0.3, -1.0], [2.0, 0.5], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    value, valid = saddlepoint_tail(gaussian, 4.0)
+    exact = 0.5 * torch.erfc((4.0 - gaussian[0]) / (gaussian[1].sqrt() * math.sqrt(2)))
+    torch.testing.assert_close(value, exact, rtol=1e-12, atol=0)
+    assert bool(valid.all())
+    # K'(s) = s - s³ never exceeds 2/√27 < 1: no saddlepoint for t = 1, so the Edgeworth value is returned.
+    flat = torch.tensor([[0.0], [1.0], [0.0], [-6.0]], dtype=torch.float64)
+    value, valid = saddlepoint_tail(flat, 1.0)
+    assert not bool(valid.any())
+    torch.testing.assert_close(value, hermite_tail(flat, 1.0), rtol=0, atol=0)
+
+
 def test_lower_tail_is_the_upper_tail_of_the_negated_variable() -> None:
     cumulants = torch.tensor([[0.4], [1.3], [0.2], [0.1]], dtype=torch.float64)
     negated = cumulants * torch.tensor([[-1.0], [1.0], [-1.0], [1.0]], dtype=torch.float64)
     torch.testing.assert_close(hermite_tail(cumulants, -2.0, upper=False), hermite_tail(negated, 2.0), rtol=1e-15, atol=0)
+    torch.testing.assert_close(saddlepoint_tail(cumulants, -2.0, upper=False)[0], saddlepoint_tail(negated, 2.0)[0],
+                               rtol=1e-13, atol=0)
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
@@ -83,7 +112,7 @@ def test_first_layer_is_exact(order: int, upper: bool) -> None:
     mean, sigma = net.biases[0], net.weights[0].norm(dim=1)
     t = 1.5 if upper else -1.5
     exact = 0.5 * torch.erfc((t - mean) / (sigma * math.sqrt(2)) * (1 if upper else -1))
-    for method in ("lpe", "edgeworth"):
+    for method in ("lpe", "edgeworth", "saddlepoint"):
         result = tail_probability(net, 1, t, method, upper=upper, order=order)
         torch.testing.assert_close(result.prob, exact, rtol=1e-12, atol=0)
 
