@@ -121,13 +121,14 @@ def errors_of(row: dict, band: tuple[float, float]) -> dict:
     """Relative errors of the clipped estimate over neurons whose true probability is in ``band``."""
     samples = row["truth_samples"]
     true = np.asarray(row["truth_counts"]) / samples
-    estimate = np.clip(np.asarray(row["raw"]), 0.0, 1.0)
+    raw = np.asarray(row["raw"])
+    estimate = np.clip(raw, 0.0, 1.0)
     keep = (true >= band[0]) & (true <= band[1])
     n_eq = row["flops"] / row["mc_flops_per_sample"]
     rel = np.abs(estimate[keep] / true[keep] - 1)
     truth_rse = np.sqrt((1 - true[keep]) / (samples * true[keep]))
     return dict(fallbacks=row.get("fallbacks", 0), neurons=int(keep.sum()), rel=rel, truth_rse=truth_rse, true=true[keep], n_eq=n_eq, flops=row["flops"],
-                clipped=int(((np.asarray(row["raw"]) < 0) | (np.asarray(row["raw"]) > 1)).sum()),
+                clipped=int(((raw < 0) | (raw > 1))[keep].sum()), negative=int((raw < 0)[keep].sum()),
                 rarer_than_mc=(1 / n_eq) / true[keep])
 
 
@@ -150,9 +151,22 @@ def summarise(records: list[dict], band: tuple[float, float]) -> list[dict]:
             median_rel_error_100x=float(np.median(at_100x)) if at_100x.size else None,
             median_truth_rse=float(np.median(np.concatenate([part["truth_rse"] for part in parts]))),
             clipped=int(sum(part["clipped"] for part in parts)),
+            negative=int(sum(part["negative"] for part in parts)),
             saddlepoint_fallbacks=int(sum(part["fallbacks"] for part in parts)),
         ))
     return summary
+
+
+def markdown_table(summary: list[dict]) -> str:
+    """The docs/results.md table: one row per (layer, method)."""
+    lines = ["| layer | method | FLOPs | N_eq | neurons in band | median rel. error | neurons with p ≤ 1/(100 N_eq) "
+             "| their median rel. error | clipped | saddlepoint fallbacks |", "|---" * 10 + "|"]
+    for row in summary:
+        at_100x = "–" if row["median_rel_error_100x"] is None else f"{row['median_rel_error_100x']:.1%}"
+        lines.append(f"| {row['layer']} | {row['method']} | {row['flops']:.2e} | {row['n_eq']:.3g} | {row['neurons']} "
+                     f"| {row['median_rel_error']:.1%} | {row['neurons_100x']} | {at_100x} | {row['clipped']} "
+                     f"| {row['saddlepoint_fallbacks']} |")
+    return "\n".join(lines)
 
 
 def plot(records: list[dict], methods: list[str], out: Path) -> None:
@@ -166,7 +180,7 @@ def plot(records: list[dict], methods: list[str], out: Path) -> None:
             true = np.concatenate([part["true"] for part in parts])
             rel = np.concatenate([part["rel"] for part in parts])
             n_eq = parts[0]["n_eq"]
-            axis.scatter(true, np.maximum(rel, 1e-5), s=4, alpha=0.5, color=colours[name],
+            axis.scatter(true, np.maximum(rel, 1e-5), s=4, alpha=0.5, color=colours[name], rasterized=True,
                          label=f"{name} ({n_eq:.3g} MC-equal samples)")
             grid = np.logspace(-8, 0, 50)
             axis.plot(grid, 1 / np.sqrt(n_eq * grid), "--", color=colours[name], linewidth=1)
@@ -182,7 +196,7 @@ def plot(records: list[dict], methods: list[str], out: Path) -> None:
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     for suffix in (".png", ".pdf"):
-        fig.savefig(out.with_suffix(suffix), dpi=150)
+        fig.savefig(out.with_suffix(suffix), dpi=110)
     plt.close(fig)
 
 
@@ -204,8 +218,10 @@ def main() -> None:
         for seed in args.seeds:
             write_json(RESULTS / f"tail_bench_seed{seed}.json", run([seed]))
     records = [row for path in sorted(RESULTS.glob("tail_bench_seed*.json")) for row in json.loads(path.read_text())]
-    for row in summarise(records, (1e-6, 1e-4)):
+    summary = summarise(records, (1e-6, 1e-4))
+    for row in summary:
         print(json.dumps(row))
+    print(markdown_table(summary))
     plot(records, ["lpe K=2 simple", "lpe K=3 simple factored", "edgeworth K=3 simple", "saddlepoint K=2 augment",
                   "saddlepoint K=3 simple"], FIGURE)
 
