@@ -2,9 +2,9 @@
 
 Networks: ``random_mlp(256, 3, "relu", seed=s)``; layer 2 is the pre-activation after one ReLU layer and layer 4
 (the output) the one after three. Ground truth: exact exceedance counts over 4.87·10⁹ Gaussian inputs per
-network, computed on a GPU (float32 forward pass, int64 counts) and stored in benchmarks/data/
-tail_truth_seed{s}.npz with the network's fingerprint (checked here) by benchmarks/tail_truth_gpu.py. The truth's relative standard error per
-neuron is sqrt((1 - p) / (N p)).
+network, computed on a GPU by benchmarks/tail_truth_gpu.py (float32 forward pass, int64 counts) and stored in
+benchmarks/data/tail_truth_seed{s}.npz with the network's fingerprint (checked here). The truth's relative
+standard error per neuron is sqrt((1 - p) / (N p)).
 
 Estimators: LPE (Heaviside unit + kprop) at the orders that run in seconds at width 256, and the Edgeworth,
 Gram–Charlier and saddlepoint tails of the propagated marginal cumulants (computed once per layer and order,
