@@ -22,6 +22,7 @@ from mechest.demo import run_demo
 from mechest.mlp import MAX_SEED, MLP, load, random_mlp
 from mechest.montecarlo import ChunkRunner, run_chunks_locally
 from mechest.tables import format_table
+from mechest.tail import METHODS as TAIL_METHODS, tail_probability
 from mechest.truth import check_output_path, compute_truth, load_truth, score
 from mechest.wick import ACTIVATION_NAMES
 
@@ -162,6 +163,22 @@ def build_parser() -> OneLineParser:
     scoring.add_argument("--truth", required=True, metavar="TRUTH.npz")
     scoring.add_argument("--seed", type=seed_value, default=1, help="Monte Carlo seed (default 1)")
     add_method_arguments(scoring)
+
+    tail = commands.add_parser("tail", help="per-neuron tail probabilities P(z_i > t) of one layer")
+    add_network_arguments(tail)
+    tail.add_argument("--layer", type=int, required=True,
+                      help="pre-activation of hidden layer L, from 1 (1 = W_0 x + b_0; depth + 1 = output)")
+    tail.add_argument("--threshold", type=float, required=True, help="threshold t")
+    tail.add_argument("--lower", action="store_true", help="estimate P(z_i < t) instead of P(z_i > t)")
+    tail.add_argument("--method", choices=("kprop",) + TAIL_METHODS, default="kprop",
+                      help="kprop (= lpe: Heaviside unit + kprop), edgeworth, or mc (default kprop)")
+    tail.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
+    tail.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
+    tail.add_argument("--factored", action="store_true", help="factored (CP) top cumulant (lpe only)")
+    tail.add_argument("--samples", type=sample_count, help="Monte Carlo sample count, e.g. 1e6")
+    tail.add_argument("--seed", type=seed_value, default=0, help="Monte Carlo seed, and the random net's seed")
+    tail.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")
+    tail.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -231,8 +248,27 @@ def command_demo(args: argparse.Namespace) -> None:
     print(run_demo(args.width, args.depth, args.reference_samples, args.seed))
 
 
+def command_tail(args: argparse.Namespace) -> None:
+    method = "lpe" if args.method == "kprop" else args.method
+    result = tail_probability(network_from(args), args.layer, args.threshold, method, upper=not args.lower,
+                              order=args.order, variant=args.variant, factored=args.factored,
+                              samples=args.samples, seed=args.seed, dtype=args.dtype, progress=True)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return
+    event = f"z < {result.threshold:g}" if args.lower else f"z > {result.threshold:g}"
+    label = f"mc N={result.samples}" if method == "mc" else f"{method} K={result.order} {result.variant}"
+    print(f"P({event}) at layer {result.layer}, {label}: {result.flops:.3e} FLOPs, {result.seconds:.3f} s")
+    if result.clipped:
+        print(f"note: {result.clipped} raw estimates fell outside [0, 1] and were clipped")
+    columns = [result.prob] + ([result.low, result.high] if method == "mc" else [])
+    header = ["neuron", "prob"] + (["95% low", "95% high"] if method == "mc" else [])
+    rows = [[i] + [float(column[i]) for column in columns] for i in range(result.prob.numel())]
+    print(format_table(header, rows))
+
+
 COMMANDS = {"estimate": command_estimate, "net": command_net, "truth": command_truth, "score": command_score,
-            "demo": command_demo}
+            "demo": command_demo, "tail": command_tail}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

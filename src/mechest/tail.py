@@ -1,0 +1,322 @@
+"""Rare-event probabilities P(z_i > t) (or P(z_i < t)) of one layer's pre-activations, every neuron at once.
+
+Layer L counts pre-activations from 1: layer 1 is z = W_0 x + b_0, layer L is W_{L-1} a_{L-2} + b_{L-1}, and
+layer depth + 1 is the network's output. Write s = +1 for the upper tail and s = -1 for the lower one; then
+P(s·z_i > s·t) is the probability of the event. Three estimators:
+
+- ``lpe`` (design §9.1, "low-probability estimation"): the network up to z, then a Heaviside unit
+  1{s·(z - t) > 0} (the bias -s·t folded into the last linear map), then a 1×n output map. The propagated mean
+  of the Heaviside layer is the probability. At every order kprop's mean of a unit reads only the marginal
+  cumulants of its input: with x = (t - μ)/σ for the event z > t,
+
+      P = Φ̄(x) + κ_3/6 · w_H(3) + κ_4/24 · w_H(4),   w_H(k) = E[∂^k 1{Z > t}] = σ^(-k) He_{k-1}(x) ϕ(x),
+
+  the first-order Gram–Charlier tail.
+- ``edgeworth``: the Edgeworth tail from z_i's propagated marginal cumulants (μ, σ², κ_3, κ_4), standardised
+  γ_1 = κ_3/σ³, γ_2 = κ_4/σ⁴:
+
+      P(z > t) = Φ̄(x) + ϕ(x)·[γ_1/6 · He_2(x) + γ_2/24 · He_3(x) + γ_1²/72 · He_5(x)],
+
+  i.e. the LPE value plus the γ_1² term of the same order (n^-1) that the diagram expansion leaves out.
+- ``saddlepoint``: Lugannani–Rice on the cumulant generating function truncated after κ_4,
+  K(s) = μs + σ²s²/2 + κ_3 s³/6 + κ_4 s⁴/24: solve K'(ŝ) = t, then with w = sign(ŝ)·sqrt(2(ŝt − K(ŝ))) and
+  u = ŝ·sqrt(K''(ŝ)),
+
+      P(z > t) = Φ̄(w) + ϕ(w)·(1/u − 1/w).
+
+  Where the truncated K has no saddlepoint on the branch through s = 0 (K'' ≤ 0 somewhere on [0, ŝ]), or t is
+  within 1e-4 σ of μ (where the formula is 0/0), the Edgeworth value is used; ``fallbacks`` counts those neurons.
+- ``mc``: Monte Carlo counts of the event, with Wilson 95% intervals.
+
+Truncated expansions can leave [0, 1]; estimates are clipped there and ``TailEstimate.clipped`` says how many.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from mechest.errors import MechestError
+from mechest.estimate import kprop_flops, resolve_dtype, structure_key
+from mechest.flops import FlopCounter, warm_up
+from mechest.gaussian import normal_cdf, normal_pdf
+from mechest.kprop import check_options, propagate
+from mechest.kprop.engine import input_tower, linear_step, nonlinear_step
+from mechest.kprop.plan import compile_plan
+from mechest.mlp import MLP
+from mechest.montecarlo import DEFAULT_CHUNK_SIZE, check_sample_count, chunk_count, chunk_generator, chunk_size_of
+from mechest.tensors.harmonic import slice_of
+
+METHODS = ("lpe", "edgeworth", "saddlepoint", "mc")
+WILSON_Z = 1.959963984540054  # two-sided 95% normal quantile
+MIN_VARIANCE = 1e-10  # the engine's variance floor (design §4.1)
+NEWTON_STEPS = 80
+NEWTON_MAX_STEP = 1.0  # in units of s; keeps Newton on the branch through s = 0
+
+
+@dataclass
+class TailEstimate:
+    """Per-neuron tail probabilities of one layer and what they cost.
+
+    ``prob`` is clipped to [0, 1]; ``raw`` is the value before clipping. Monte Carlo also fills ``samples``,
+    ``counts`` and the Wilson 95% interval ``low``..``high``.
+    """
+
+    method: str
+    layer: int
+    threshold: float
+    upper: bool
+    raw: torch.Tensor
+    flops: int
+    seconds: float
+    order: int | None = None
+    variant: str | None = None
+    factored: bool = False
+    fallbacks: int = 0
+    samples: int | None = None
+    counts: torch.Tensor | None = None
+    low: torch.Tensor | None = None
+    high: torch.Tensor | None = None
+
+    @property
+    def prob(self) -> torch.Tensor:
+        return self.raw.clamp(0.0, 1.0)
+
+    @property
+    def clipped(self) -> int:
+        """How many neurons' raw estimates fell outside [0, 1]."""
+        return int(((self.raw < 0) | (self.raw > 1)).sum())
+
+    def to_dict(self) -> dict:
+        """The JSON-ready summary printed by ``mechest tail --json``."""
+        record: dict = {"method": self.method, "layer": self.layer, "threshold": self.threshold,
+                        "tail": "upper" if self.upper else "lower", "prob": self.prob.tolist(),
+                        "flops": int(self.flops), "seconds": self.seconds, "clipped": self.clipped}
+        if self.method == "mc":
+            record.update(samples=self.samples, counts=self.counts.tolist(), low=self.low.tolist(),
+                          high=self.high.tolist())
+        else:
+            record.update(order=self.order, variant=self.variant, factored=self.factored)
+        if self.method == "saddlepoint":
+            record.update(fallbacks=self.fallbacks)
+        return record
+
+
+def check_layer(net: MLP, layer: int) -> int:
+    """Return ``layer`` unless it is outside 1..depth + 1 (then a one-line MechestError)."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= net.depth + 1:
+        raise MechestError(f"layer must be between 1 and {net.depth + 1} (the output) for this network, got {layer}")
+    return layer
+
+
+def check_threshold(threshold: float) -> float:
+    threshold = float(threshold)
+    if not math.isfinite(threshold):
+        raise MechestError(f"the threshold must be a finite number, got {threshold}")
+    return threshold
+
+
+def truncate(net: MLP, layer: int) -> MLP:
+    """The network whose output is the pre-activation of ``layer`` (its first ``layer`` linear maps)."""
+    check_layer(net, layer)
+    return MLP(list(net.weights[:layer]), list(net.biases[:layer]), list(net.activations[:layer - 1]))
+
+
+def heaviside_net(net: MLP, layer: int, threshold: float, upper: bool = True) -> MLP:
+    """``net`` up to ``layer``, then hidden unit 1{s·(z - t) > 0} per neuron, then a 1×n all-ones output map.
+
+    The output map is 1×n so that pushing the top cumulant through it costs O(n^K), not O(n^(K+1)).
+    """
+    prefix = truncate(net, layer)
+    sign = 1.0 if upper else -1.0
+    last = prefix.weights[-1]
+    bias = prefix.biases[-1] if prefix.biases[-1] is not None else torch.zeros_like(last[:, 0])
+    weights = prefix.weights[:-1] + [sign * last, torch.ones_like(last[:1])]
+    biases = prefix.biases[:-1] + [sign * (bias - check_threshold(threshold)), None]
+    return MLP(weights, biases, prefix.activations + ["heaviside"])
+
+
+def lpe(net: MLP, layer: int, threshold: float, upper: bool = True, *, order: int = 2, variant: str = "simple",
+        factored: bool = False, dtype: torch.dtype | str | None = None) -> TailEstimate:
+    """Method 1: propagate through the Heaviside network and read the mean of its Heaviside layer."""
+    check_options(order, variant)
+    augmented = heaviside_net(net, layer, threshold, upper).to(dtype=resolve_dtype(dtype, torch.float64))
+    if order >= 2:
+        compile_plan(order, variant)
+    start = time.perf_counter()
+    result = propagate(augmented, order, variant, factored)
+    seconds = time.perf_counter() - start
+    flops = kprop_flops(structure_key(augmented), order, variant, factored, augmented)
+    return TailEstimate("lpe", layer, float(threshold), upper, result.layer_means[-1], flops, seconds,
+                        order=order, variant=variant, factored=factored)
+
+
+def marginal_cumulants(net: MLP, layer: int, order: int = 2, variant: str = "simple") -> torch.Tensor:
+    """Rows μ_i, σ_i², κ_3(i,i,i), κ_4(i,i,i,i) of the pre-activation of ``layer`` as kprop propagates them.
+
+    Runs the unfactorised engine's layer steps on ``truncate(net, layer)`` and reads the single-index slice of
+    each tracked cumulant after the last linear map (an untracked degree gives 0). Every (order, variant)
+    of mechest.kprop is accepted; K = 1's second cumulant is its trace part, as in mean field.
+    """
+    check_options(order, variant)
+    prefix = truncate(net, layer)
+    plan = compile_plan(order, variant)
+    degrees = set(plan.radial)
+    tower = input_tower(prefix.input_dim, plan, prefix.weights[0])
+    for hidden in range(prefix.depth):
+        tower = linear_step(tower, prefix.weights[hidden], prefix.biases[hidden], degrees)
+        tower = nonlinear_step(tower, prefix.activations[hidden], plan)
+    tower = linear_step(tower, prefix.weights[-1], prefix.biases[-1], degrees)
+    zeros = torch.zeros_like(tower[1].core)
+    return torch.stack([slice_of(tower[d], (d,)) if d in tower else zeros for d in (1, 2, 3, 4)])
+
+
+def hermite_tail(cumulants: torch.Tensor, threshold: float, upper: bool = True,
+                 skew_squared: bool = True) -> torch.Tensor:
+    """Edgeworth tail P(s·z > s·t) from rows (μ, σ², κ_3, κ_4); ``skew_squared=False`` drops the γ_1² term.
+
+    The lower tail is the upper tail of -z, whose cumulants are (-μ, σ², -κ_3, κ_4) at threshold -t.
+    """
+    mean, variance, third, fourth = cumulants
+    sign = 1.0 if upper else -1.0
+    sigma = variance.clamp_min(MIN_VARIANCE).sqrt()
+    x = sign * (threshold - mean) / sigma
+    g1 = sign * third / sigma**3
+    g2 = fourth / sigma**4
+    he2, he3, he5 = x * x - 1, x**3 - 3 * x, x**5 - 10 * x**3 + 15 * x
+    correction = g1 / 6 * he2 + g2 / 24 * he3
+    if skew_squared:
+        correction = correction + g1 * g1 / 72 * he5
+    return normal_cdf(-x) + normal_pdf(x) * correction
+
+
+def saddlepoint_tail(cumulants: torch.Tensor, threshold: float, upper: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lugannani–Rice tail P(s·z > s·t) from the quartic-truncated CGF, and where it applied (else Edgeworth).
+
+    Newton's method on K'(s) = t from s = 0 with steps capped at NEWTON_MAX_STEP; the saddlepoint is accepted
+    when it solves the equation and K'' > 0 on all of [0, ŝ] (K'' is a quadratic: check both ends and its vertex).
+    """
+    sign = 1.0 if upper else -1.0
+    mean, variance, third, fourth = cumulants * torch.tensor([[sign], [1.0], [sign], [1.0]], dtype=cumulants.dtype)
+    t = sign * threshold
+    variance = variance.clamp_min(MIN_VARIANCE)
+
+    def slope(s: torch.Tensor) -> torch.Tensor:
+        return mean + variance * s + third * s**2 / 2 + fourth * s**3 / 6
+
+    def curvature(s: torch.Tensor) -> torch.Tensor:
+        return variance + third * s + fourth * s**2 / 2
+
+    s = torch.zeros_like(mean)
+    for _ in range(NEWTON_STEPS):
+        step = (slope(s) - t) / curvature(s).clamp_min(MIN_VARIANCE)
+        s = s - step.clamp(-NEWTON_MAX_STEP, NEWTON_MAX_STEP)
+    vertex = torch.where(fourth > 0, -third / fourth.clamp_min(1e-300), torch.zeros_like(s))
+    vertex_inside = (fourth > 0) & (vertex * s > 0) & (vertex.abs() < s.abs())
+    convex = (curvature(s) > 0) & ~(vertex_inside & (curvature(vertex) <= 0))
+    solved = (slope(s) - t).abs() <= 1e-9 * (1 + abs(t))
+    valid = solved & convex & (s.abs() * variance.sqrt() > 1e-4)
+    s = torch.where(valid, s, torch.ones_like(s))  # keep the formula finite where it is not used
+    cgf = mean * s + variance * s**2 / 2 + third * s**3 / 6 + fourth * s**4 / 24
+    w = torch.sign(s) * (2 * (s * t - cgf)).clamp_min(0).sqrt()
+    u = s * curvature(s).clamp_min(MIN_VARIANCE).sqrt()
+    lugannani_rice = normal_cdf(-w) + normal_pdf(w) * (1 / u - 1 / w)
+    return torch.where(valid, lugannani_rice, hermite_tail(cumulants, threshold, upper)), valid
+
+
+def from_marginals(net: MLP, layer: int, threshold: float, upper: bool = True, *, method: str = "edgeworth",
+                   order: int = 2, variant: str = "simple", dtype: torch.dtype | str | None = None) -> TailEstimate:
+    """Methods 2 and 3: the Edgeworth or saddlepoint tail of the propagated marginal cumulants.
+
+    FLOPs are counted on the run itself (the counter adds microseconds per operation).
+    """
+    check_options(order, variant)
+    threshold = check_threshold(threshold)
+    net = net.to(dtype=resolve_dtype(dtype, torch.float64))
+    if order >= 2:
+        compile_plan(order, variant)
+    warm_up()
+    start = time.perf_counter()
+    with FlopCounter() as counter:
+        cumulants = marginal_cumulants(net, layer, order, variant)
+        if method == "saddlepoint":
+            raw, valid = saddlepoint_tail(cumulants, threshold, upper)
+        else:
+            raw, valid = hermite_tail(cumulants, threshold, upper), torch.ones_like(cumulants[0], dtype=torch.bool)
+    seconds = time.perf_counter() - start
+    return TailEstimate(method, layer, threshold, upper, raw, counter.total, seconds, order=order, variant=variant,
+                        fallbacks=int((~valid).sum()))
+
+
+def wilson_interval(counts: torch.Tensor, samples: int, z: float = WILSON_Z) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wilson score interval for a binomial proportion: (p̂ + z²/2N ∓ z·sqrt(p̂(1-p̂)/N + z²/4N²)) / (1 + z²/N)."""
+    p = counts.to(torch.float64) / samples
+    centre = p + z * z / (2 * samples)
+    half = z * torch.sqrt(p * (1 - p) / samples + z * z / (4 * samples * samples))
+    scale = 1 + z * z / samples
+    return ((centre - half) / scale).clamp_min(0.0), ((centre + half) / scale).clamp_max(1.0)
+
+
+def exceedance_counts(net: MLP, samples: int, seed: int, threshold: float, upper: bool,
+                      chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False) -> torch.Tensor:
+    """Exact int64 counts #{s·(z_i - t) > 0} of the output z of ``net`` over ``samples`` inputs from ``seed``.
+
+    Chunk c uses mechest.montecarlo's generator of (seed, c), so a count does not depend on the chunking order.
+    """
+    counts = torch.zeros(net.output_dim, dtype=torch.int64, device=net.device)
+    sign = 1.0 if upper else -1.0
+    with torch.no_grad(), tqdm(total=samples, disable=None if progress else True, unit="sample",
+                               unit_scale=True) as bar:
+        for chunk in range(chunk_count(samples, chunk_size)):
+            size = chunk_size_of(chunk, samples, chunk_size)
+            generator = chunk_generator(seed, chunk, net.device)
+            x = torch.randn(size, net.input_dim, generator=generator, dtype=net.dtype, device=net.device)
+            counts += (sign * (net(x) - threshold) > 0).sum(dim=0)
+            bar.update(size)
+    return counts
+
+
+def monte_carlo(net: MLP, layer: int, threshold: float, upper: bool = True, *, samples: int, seed: int = 0,
+                dtype: torch.dtype | str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                progress: bool = False) -> TailEstimate:
+    """Monte Carlo: the fraction of ``samples`` inputs whose pre-activation crosses ``threshold``.
+
+    FLOPs = samples × (one forward pass up to ``layer`` + 1 comparison per neuron), random numbers not counted.
+    """
+    samples = check_sample_count(samples)
+    threshold = check_threshold(threshold)
+    prefix = truncate(net, layer).to(dtype=resolve_dtype(dtype, net.dtype))
+    start = time.perf_counter()
+    counts = exceedance_counts(prefix, samples, seed, threshold, upper, chunk_size, progress)
+    seconds = time.perf_counter() - start
+    low, high = wilson_interval(counts, samples)
+    flops = samples * (prefix.flops_per_sample() + prefix.output_dim)
+    return TailEstimate("mc", layer, threshold, upper, counts.to(torch.float64) / samples, flops, seconds,
+                        samples=samples, counts=counts, low=low, high=high)
+
+
+def tail_probability(net: MLP, layer: int, threshold: float, method: str = "lpe", *, upper: bool = True,
+                     order: int = 2, variant: str = "simple", factored: bool = False, samples: int | None = None,
+                     seed: int = 0, dtype: torch.dtype | str | None = None, progress: bool = False) -> TailEstimate:
+    """P(z_i > t) (``upper``) or P(z_i < t) for every neuron of the pre-activation of ``layer`` (from 1).
+
+    ``method``: "lpe" (Heaviside unit + kprop at ``order``/``variant``/``factored``), "edgeworth" or
+    "saddlepoint" (tail formulas from the propagated marginal cumulants; unfactorised), or "mc" (``samples``
+    Gaussian inputs from ``seed``).
+    """
+    check_layer(net, layer)
+    if method == "lpe":
+        return lpe(net, layer, threshold, upper, order=order, variant=variant, factored=factored, dtype=dtype)
+    if method in ("edgeworth", "saddlepoint"):
+        if factored:
+            raise MechestError(f"the {method} tail reads the unfactorised propagation; drop --factored")
+        return from_marginals(net, layer, threshold, upper, method=method, order=order, variant=variant, dtype=dtype)
+    if method == "mc":
+        if samples is None:
+            raise MechestError("method 'mc' needs a sample count (samples=...)")
+        return monte_carlo(net, layer, threshold, upper, samples=samples, seed=seed, dtype=dtype, progress=progress)
+    raise MechestError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
