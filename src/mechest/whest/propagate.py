@@ -1,0 +1,299 @@
+"""Cumulant propagation for bias-free ReLU MLPs on any NumPy-like array namespace ``xp``.
+
+This file is self-contained (stdlib only): ``mechest whestbench export`` copies it verbatim into the estimator
+package, where ``xp`` is ``flopscope.numpy`` and every FLOP is metered. It uses only operations that numpy,
+flopscope.numpy and torch share (``@``, ``*``, ``.T``, ``xp.sum/diag/eye/exp/sqrt/maximum/concatenate``,
+``xp.einsum``); the one that differs, the normal cdf, comes in through ``Backend``.
+
+Convention (as mechest.MLP): column vectors, each weight out×in, z_l = W_l a_{l-1}, a_l = relu(z_l),
+x ~ N(0, I). ``hidden_means`` returns E[a_l] for every hidden layer l = 0..L−1 as a list of vectors.
+
+- K = 1 (mean field) and K = 2 simple (covariance propagation): the closed Gaussian recursions of
+  mechest.kprop.gaussian.
+- K = 3 simple, factored (design §6, mechest.kprop.factored): κ_3 = Sym(Σ_r A_r ⊗ B_r ⊗ C_r) in CP form,
+  κ_4 kept as its pure trace c·Sym(M ⊗ M), κ_1 and κ_2 dense. The diagram terms, the pK → K conversions, the
+  slices of the trace piece and its projection coefficients are *data* (``spec``), generated from mechest's
+  compiled plan by mechest.whest.spec at export time; this file only executes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MIN_VARIANCE = 1e-10
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array namespace and its normal cdf Φ (the one operation numpy, torch and flopscope name differently)."""
+
+    xp: Any
+    normal_cdf: Callable[[Any], Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Wick coefficients of ReLU: w(k, p) = E[∂^k relu(Z)^p], Z ~ N(μ, σ²)  (mechest.wick._relu)
+
+
+def hermite_he(n: int, x: Any) -> list[Any]:
+    """Probabilists' Hermite polynomials He_0..He_n at x: He_{j+1} = x He_j − j He_{j−1}."""
+    values = [x * 0 + 1, x]
+    for j in range(1, n):
+        values.append(x * values[j] - j * values[j - 1])
+    return values[: n + 1]
+
+
+def relu_wick(backend: Backend, mean: Any, var: Any, k_max: int, p_max: int) -> list[list[Any]]:
+    """table[k][p] = E[∂^k ReLU(Z)^p] for k ≤ k_max, p ≤ p_max (variances floored at MIN_VARIANCE).
+
+    p = 1: k = 0: σϕ(α) + μΦ(α); k = 1: Φ(α); k ≥ 2: (−1)^k σ^{1−k} He_{k−2}(α) ϕ(α), α = μ/σ.
+    k ≥ p ≥ 1: p!·w(k−p+1, 1). k < p: (p)_k Σ_j C(p−k, j) μ^{p−k−j} σ^j T_j(α), T_j = E[X^j 1{X > −α}].
+    """
+    xp = backend.xp
+    std = xp.sqrt(xp.maximum(var, MIN_VARIANCE))
+    alpha = mean / std
+    pdf = xp.exp(-0.5 * alpha * alpha) * INV_SQRT_2PI
+    cdf = backend.normal_cdf(alpha)
+    first = [std * pdf + mean * cdf, cdf]
+    hermite = hermite_he(max(k_max - 2, 0), alpha)
+    first += [(-1) ** k * std ** (1 - k) * hermite[k - 2] * pdf for k in range(2, k_max + 1)]
+    truncated = [cdf, pdf]
+    for j in range(2, p_max + 1):
+        truncated.append((j - 1) * truncated[j - 2] + (-alpha) ** (j - 1) * pdf)
+
+    def entry(k: int, p: int) -> Any:
+        if p == 0:
+            return mean * 0 + (1 if k == 0 else 0)
+        if k >= p:
+            return math.factorial(p) * first[k - p + 1]
+        m = p - k
+        total = sum(math.comb(m, j) * mean ** (m - j) * std**j * truncated[j] for j in range(m + 1))
+        return math.perm(p, k) * total
+
+    return [[entry(k, p) for p in range(p_max + 1)] for k in range(k_max + 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# K = 1 and K = 2 simple (mechest.kprop.gaussian)
+
+
+def symmetric_product(weight: Any, cov: Any | None) -> Any:
+    """W Σ Wᵀ (W Wᵀ when ``cov`` is None, the identity), symmetrised against round-off."""
+    product = weight @ weight.T if cov is None else weight @ cov @ weight.T
+    return (product + product.T) / 2
+
+
+def mean_field_means(backend: Backend, weights: Sequence[Any]) -> list[Any]:
+    """K = 1: Gaussian marginals, second cumulant kept as its trace part c·I."""
+    xp = backend.xp
+    mean, trace, means = None, 1.0, []
+    for weight in weights:
+        pre_mean = weight @ mean if mean is not None else xp.zeros(weight.shape[0], dtype=weight.dtype)
+        pre_var = trace * xp.sum(weight * weight, axis=1)
+        table = relu_wick(backend, pre_mean, pre_var, 0, 2)
+        mean = table[0][1]
+        trace = xp.sum(table[0][2] - mean * mean) / mean.shape[0]
+        means.append(mean)
+    return means
+
+
+def covariance_means(backend: Backend, weights: Sequence[Any]) -> list[Any]:
+    """K = 2 simple: Cov(a_i, a_j) = w_i(1,1) w_j(1,1) Σ_ij off the diagonal, Var a_i = w_i(0,2) − w_i(0,1)²."""
+    xp = backend.xp
+    mean, cov, means = None, None, []
+    for weight in weights:
+        pre_mean = weight @ mean if mean is not None else xp.zeros(weight.shape[0], dtype=weight.dtype)
+        pre_cov = symmetric_product(weight, cov)
+        table = relu_wick(backend, pre_mean, xp.diag(pre_cov), 1, 2)
+        mean, slope = table[0][1], table[1][1]
+        cov = off_diagonal(xp, slope[:, None] * pre_cov * slope[None, :]) + xp.diag(table[0][2] - mean * mean)
+        means.append(mean)
+    return means
+
+
+def off_diagonal(xp: Any, matrix: Any) -> Any:
+    """The matrix with its diagonal set to zero (the (1,1) slice of a symmetric 2-tensor)."""
+    return matrix - xp.diag(xp.diag(matrix))
+
+
+# ---------------------------------------------------------------------------------------------
+# K = 3 simple, factored (mechest.kprop.factored), executing the exported plan ``spec``
+
+SUPPORTED_RADIAL = {"1": 0, "2": 0, "3": 0, "4": 2}
+TOP = (1, 1, 1)
+
+
+def check_spec(spec: dict) -> None:
+    """Refuse a plan this executor does not implement (it handles κ_1, κ_2 dense, κ_3 factored, κ_4 as trace)."""
+    if spec.get("order") != 3 or spec.get("radial") != SUPPORTED_RADIAL:
+        raise ValueError(f"unsupported plan: order {spec.get('order')}, radial {spec.get('radial')}")
+    if any(len(p) > 2 for p in spec["dense_types"]):
+        raise ValueError("dense slices with more than two coordinates are not supported")
+
+
+def zero_repeated(xp: Any, value: Any) -> Any:
+    """Zero on repeated indices: nothing for a vector, the diagonal for a matrix."""
+    return off_diagonal(xp, value) if len(value.shape) == 2 else value
+
+
+def third_slices(factors: tuple[Any, Any, Any]) -> tuple[Any, Any]:
+    """Slices (3) and (2,1) of Sym(Σ_r A_r⊗B_r⊗C_r), the latter not yet zeroed on its diagonal.
+
+    On (3) all 3! assignments of factors to positions agree: Σ_r A B C. On (2,1) an assignment matters only
+    through the lone factor on the single position; the three classes are equally large, so the slice is
+    their average ((A∘B)Cᵀ + (A∘C)Bᵀ + (B∘C)Aᵀ) / 3.
+    """
+    a, b, c = factors
+    cubic = (a * b * c).sum(axis=1)
+    double = ((a * b) @ c.T + (a * c) @ b.T + (b * c) @ a.T) / 3
+    return cubic, double
+
+
+def trace_slices(xp: Any, spec: dict, trace: tuple[Any, Any]) -> dict:
+    """Slices of the κ_4 piece c·Sym(M ⊗ M): Σ_terms weight·einsum(metric blocks), the terms from the spec."""
+    scalar, metric = trace
+    out = {}
+    for entry in spec["trace_slices"]:
+        q = tuple(entry["q"])
+        blocks = "abcdefgh"[: len(q)]
+        value = sum(term["weight"] * xp.einsum(",".join(term["metric"]) + "->" + blocks,
+                                               *([metric] * len(term["metric"])))
+                    for term in entry["terms"])
+        out[(spec["trace_degree"], q)] = zero_repeated(xp, scalar * value)
+    return out
+
+
+def term_value(term: dict, slices: dict, wick: list[list[Any]], p: tuple[int, ...]) -> Any | None:
+    """c·Π_blocks κ_block · Π_j w(k_j, p_j) on a slice with m = len(p) ≤ 2 coordinates (None if a block is absent)."""
+    keys = [(degree, tuple(q)) for degree, q, _ in term["blocks"]]
+    if any(key not in slices for key in keys):
+        return None
+    vectors = [wick[k][power] for k, power in zip(term["k"], p, strict=True)]
+    vectors[0] = term["c"] * vectors[0]
+    matrices = []
+    for key, (_, _, axes) in zip(keys, term["blocks"], strict=True):
+        if len(axes) == 1:
+            vectors[axes[0]] = vectors[axes[0]] * slices[key]
+        else:
+            matrices.append(slices[key] if list(axes) == [0, 1] else slices[key].T)
+    if len(p) == 1:
+        return vectors[0]
+    value = vectors[0][:, None] * matrices[0] * vectors[1][None, :]
+    for matrix in matrices[1:]:
+        value = value * matrix
+    return value
+
+
+def placed(value: Any, axes: Sequence[int], m: int) -> Any:
+    """A slice laid on ``axes`` of an m-coordinate product (m ≤ 2)."""
+    if m == 1 or len(axes) == 2:
+        return value if list(axes) in ([0], [0, 1]) else value.T
+    return value[:, None] if axes[0] == 0 else value[None, :]
+
+
+def dense_cumulants(xp: Any, spec: dict, slices: dict, wick: list[list[Any]]) -> dict:
+    """K_p for the dense slice types: power cumulants by diagram sums, then pK → K (design §4.3–4.4)."""
+    power = {}
+    for entry in spec["diagrams"]:
+        p = tuple(entry["p"])
+        if p == TOP:
+            continue
+        values = [v for term in entry["terms"] if (v := term_value(term, slices, wick, p)) is not None]
+        total = sum(values[1:], values[0])
+        if len(p) == 2 and p[0] == p[1]:
+            total = (total + total.T) / 2
+        power[p] = zero_repeated(xp, total)
+    cumulants = {}
+    for entry in spec["conversions"]:
+        p, m = tuple(entry["p"]), len(entry["p"])
+        total = None
+        for term in entry["terms"]:
+            value = None
+            for q, axes in term["parts"]:
+                factor = placed(power[tuple(q)], axes, m)
+                value = factor if value is None else value * factor
+            value = term["c"] * value
+            total = value if total is None else total + value
+        cumulants[p] = zero_repeated(xp, total)
+    return cumulants
+
+
+def top_factors(xp: Any, spec: dict, slices: dict, third: tuple | None, wick: list[list[Any]]) -> list[tuple]:
+    """pK_(1,1,1) = K_(1,1,1) on distinct indices as CP factors: the carried κ_3 block and one path per orbit."""
+    (entry,) = [e for e in spec["diagrams"] if tuple(e["p"]) == TOP]
+    parts = []
+    for term in entry["terms"]:
+        vectors = [wick[k][1] for k in term["k"]]
+        if len(term["blocks"]) == 1 and tuple(term["blocks"][0][1]) == TOP:
+            if third is None:
+                continue
+            if len(set(term["k"])) != 1:
+                raise ValueError(f"carried block needs equal Wick orders, got {term['k']}")
+            w = vectors[0][:, None]
+            parts.append((w * third[0], w * third[1], term["c"] * w * third[2]))
+            continue
+        edges: dict[frozenset, list] = {}
+        for degree, q, axes in term["blocks"]:
+            edges.setdefault(frozenset(axes), []).append((degree, tuple(q), axes))
+        (centre,) = set.intersection(*(set(edge) for edge in edges))
+        legs = []
+        for edge, blocks in edges.items():
+            (other,) = edge - {centre}
+            matrix = None
+            for degree, q, axes in blocks:
+                oriented = slices[(degree, q)] if axes[0] == centre else slices[(degree, q)].T
+                matrix = oriented if matrix is None else matrix * oriented
+            legs.append(vectors[other][:, None] * matrix.T)
+        parts.append((legs[0], legs[1], xp.diag(term["c"] * vectors[centre])))
+    return parts
+
+
+def concatenate(xp: Any, parts: list[tuple]) -> tuple:
+    """Sym(Σ) of CP tensors: their columns side by side."""
+    return tuple(xp.concatenate([part[t] for part in parts], axis=1) for t in range(3))
+
+
+def corrected_third(xp: Any, spec: dict, top: tuple, cumulants: dict) -> tuple:
+    """``top`` plus Sym(Σ_a e_a⊗e_a⊗h_a), h_a = N(2,1)·g_(2,1)[a,:] + N(3)·g_(3)[a]·e_a: exact (3), (2,1) slices."""
+    cubic, double = third_slices(top)
+    cubic = cumulants[(3,)] - cubic
+    double = cumulants[(2, 1)] - off_diagonal(xp, double)
+    n = cubic.shape[0]
+    identity = xp.eye(n, dtype=cubic.dtype)
+    h = spec["lower_slice_counts"]["2,1"] * double.T + spec["lower_slice_counts"]["3"] * xp.diag(cubic)
+    return concatenate(xp, [top, (identity, identity, h)])
+
+
+def factored_means(backend: Backend, weights: Sequence[Any], spec: dict) -> list[Any]:
+    """K = 3 simple with κ_3 factored; E[a_l] for every hidden layer (equals mechest's propagate_factored)."""
+    check_spec(spec)
+    xp = backend.xp
+    mean = cov = trace = third = None
+    means = []
+    for weight in weights:
+        n = weight.shape[0]
+        pre_mean = weight @ mean if mean is not None else xp.zeros(n, dtype=weight.dtype)
+        gram = symmetric_product(weight, None) if cov is None or trace is not None else None
+        pre_cov = gram if cov is None else symmetric_product(weight, cov)
+        if third is not None:
+            third = tuple(weight @ factor for factor in third)
+        slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
+        if third is not None:
+            cubic, double = third_slices(third)
+            slices[(3, (3,))] = cubic
+            slices[(3, (2, 1))] = off_diagonal(xp, double)
+        if trace is not None:
+            slices.update(trace_slices(xp, spec, (trace, gram)))
+        wick = relu_wick(backend, pre_mean, xp.diag(pre_cov), spec["k_max"], spec["p_max"])
+        cumulants = dense_cumulants(xp, spec, slices, wick)
+        third = corrected_third(xp, spec, concatenate(xp, top_factors(xp, spec, slices, third, wick)), cumulants)
+        mean = cumulants[(1,)]
+        cov = xp.diag(cumulants[(2,)]) + cumulants[(1, 1)]
+        trace = spec["projection"][n] * sum(weight_p * cumulants[tuple(p)].sum()
+                                            for p, weight_p in spec["trace_laplacian"])
+        means.append(mean)
+    return means
