@@ -64,3 +64,12 @@ def test_factored_differs_from_covariance_propagation() -> None:
     """Guard against a K = 3 path that silently reduces to K = 2: the third cumulant must change the means."""
     weights = whest_weights(24, 4, seed=3)
     assert np.abs(xp_layer_means(weights, 3) - xp_layer_means(weights, 2)).max() > 1e-6
+
+
+def test_same_code_runs_on_torch() -> None:
+    """The executor uses only operations torch shares with numpy and flopscope.numpy."""
+    weights = whest_weights(12, 3, seed=4)
+    backend = xprop.Backend(torch, lambda x: 0.5 * torch.special.erfc(-x / 2**0.5))
+    columns = [torch.as_tensor(w.T.copy()) for w in weights]
+    got = torch.stack(xprop.factored_means(backend, columns, factored_spec(max_width=64))).numpy()
+    np.testing.assert_allclose(got, mechest_layer_means(weights, 3, factored=True), rtol=0, atol=TOLERANCE)

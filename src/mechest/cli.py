@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from mechest.errors import MechestError
 from mechest.estimate import DTYPES, METHODS, Estimate, estimate
@@ -19,6 +20,9 @@ from mechest.mlp import MAX_SEED, MLP, load, random_mlp
 from mechest.tables import format_table
 from mechest.truth import compute_truth, load_truth, score
 from mechest.wick import ACTIVATION_NAMES
+from mechest.whest.export import export_package
+from mechest.whest.score import ROUNDS as WHEST_ROUNDS
+from mechest.whest.score import score_round
 
 EXIT_USAGE = 2
 
@@ -110,7 +114,29 @@ def build_parser() -> OneLineParser:
     scoring.add_argument("--truth", required=True, metavar="TRUTH.npz")
     scoring.add_argument("--seed", type=seed_value, default=1, help="Monte Carlo seed (default 1)")
     add_method_arguments(scoring)
+
+    whest = commands.add_parser("whestbench", help="WhestBench entry: export our estimator, score it locally")
+    whest_commands = whest.add_subparsers(dest="whest_command", required=True, parser_class=OneLineParser)
+    export = whest_commands.add_parser("export", help="write a self-contained WhestBench estimator package")
+    add_export_arguments(export)
+    export.add_argument("--out", required=True, metavar="DIR")
+    whest_score = whest_commands.add_parser("score", help="bake/reuse a local dataset; score us and the baselines")
+    whest_score.add_argument("--round", choices=tuple(WHEST_ROUNDS), default="warmup")
+    whest_score.add_argument("--n-mlps", type=sample_count, default=3)
+    whest_score.add_argument("--samples", type=sample_count, default=10**6, help="Monte Carlo samples per truth")
+    whest_score.add_argument("--width", type=int, help="override the round's width (quick checks)")
+    whest_score.add_argument("--depth", type=int, help="override the round's depth (quick checks)")
+    whest_score.add_argument("--data-dir", default="results/whestbench", help="where datasets are cached")
+    whest_score.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--order", type=int, default=3, help="highest order K the package may use (1-3)")
+    parser.add_argument("--budget-fraction", type=float, default=0.5,
+                        help="largest predicted FLOPs as a fraction of the budget (default 0.5)")
+    parser.add_argument("--min-window", type=int, default=2,
+                        help="fewest layers worth carrying κ_3 through when all of them do not fit (default 2)")
 
 
 def network_from(args: argparse.Namespace) -> MLP:
@@ -175,7 +201,28 @@ def command_demo(args: argparse.Namespace) -> None:
     print(run_demo(args.width, args.depth, args.reference_samples, args.seed))
 
 
-COMMANDS = {"estimate": command_estimate, "net": command_net, "truth": command_truth, "score": command_score,
+def command_whestbench(args: argparse.Namespace) -> None:
+    if args.whest_command == "export":
+        out = export_package(args.out, args.order, args.budget_fraction, args.min_window)
+        print(f"wrote {out}: check it with `whest validate --estimator {out / 'estimator.py'}`")
+        return
+    root = Path(args.data_dir)
+    rows, floor, dataset = score_round(args.round, args.n_mlps, args.samples, root, root / "package",
+                                       args.width, args.depth)
+    if args.json:
+        print(json.dumps({"round": args.round, "dataset": str(dataset), "samples": args.samples,
+                          "noise_floor": floor, "results": [row.__dict__ for row in rows]}))
+        return
+    ours = rows[0].score
+    print(f"{args.round}: {dataset} ({args.n_mlps} MLPs, truths from {args.samples:.3g} samples, "
+          f"noise floor avg_variance/S = {floor:.3g})")
+    print(format_table(["estimator", "score", "final MSE", "MSE/noise floor", "FLOPs", "effective compute",
+                        "failed", "max s", "score / ours"],
+                       [[r.name, r.score, r.final_mse, r.final_mse / floor, r.flops, r.effective_compute, r.failed,
+                         r.seconds, r.score / ours] for r in rows]))
+
+
+COMMANDS = {"whestbench": command_whestbench, "estimate": command_estimate, "net": command_net, "truth": command_truth, "score": command_score,
             "demo": command_demo}
 
 
