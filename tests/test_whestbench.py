@@ -92,6 +92,8 @@ def test_exported_estimator_equals_mechest_and_picks_order_by_budget(package: Pa
     np.testing.assert_allclose(got, expected_means(weights, 3), rtol=0, atol=1e-10)
     assert estimator.plan(16, 4, HUGE_BUDGET)[0] == (3, None)
     tight = 2 * xprop.factored_flops(1024, 16, 4) * estimator.config["safety"]
+    assert estimator.plan(1024, 16, int(tight))[0] == (2, None)  # windowing is opt-in
+    estimator.config["min_window"] = 2
     order, window = estimator.plan(1024, 16, int(tight))[0]
     assert order == 3 and 4 <= window < 15
     assert estimator.plan(1024, 16, 10**9)[0] == (1, None)

@@ -127,6 +127,12 @@ def build_parser() -> OneLineParser:
     whest_score.add_argument("--width", type=int, help="override the round's width (quick checks)")
     whest_score.add_argument("--depth", type=int, help="override the round's depth (quick checks)")
     whest_score.add_argument("--data-dir", default="results/whestbench", help="where datasets are cached")
+    whest_score.add_argument("--truths", metavar="TRUTHS.npz",
+                             help="replace the baked targets by longer Monte Carlo means (see docs/whestbench.md)")
+    whest_score.add_argument("--flops-only", action="store_true",
+                             help="price FLOPs only: no residual-time price or gate, no wall-time cap")
+    whest_score.add_argument("--budget-fraction", type=float, default=0.5,
+                             help="our package's largest predicted FLOPs as a fraction of the budget")
     whest_score.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -135,8 +141,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--order", type=int, default=3, help="highest order K the package may use (1-3)")
     parser.add_argument("--budget-fraction", type=float, default=0.5,
                         help="largest predicted FLOPs as a fraction of the budget (default 0.5)")
-    parser.add_argument("--min-window", type=int, default=2,
-                        help="fewest layers worth carrying κ_3 through when all of them do not fit (default 2)")
+    parser.add_argument("--min-window", type=int, default=0,
+                        help="if K=3 over all layers does not fit, carry κ_3 through the last m >= this many "
+                             "layers instead (0, the default: never)")
 
 
 def network_from(args: argparse.Namespace) -> MLP:
@@ -207,15 +214,16 @@ def command_whestbench(args: argparse.Namespace) -> None:
         print(f"wrote {out}: check it with `whest validate --estimator {out / 'estimator.py'}`")
         return
     root = Path(args.data_dir)
+    truths = Path(args.truths) if args.truths else None
     rows, floor, dataset = score_round(args.round, args.n_mlps, args.samples, root, root / "package",
-                                       args.width, args.depth)
+                                       args.width, args.depth, truths, args.flops_only, args.budget_fraction)
     if args.json:
-        print(json.dumps({"round": args.round, "dataset": str(dataset), "samples": args.samples,
+        print(json.dumps({"round": args.round, "dataset": str(dataset),
                           "noise_floor": floor, "results": [row.__dict__ for row in rows]}))
         return
     ours = rows[0].score
-    print(f"{args.round}: {dataset} ({args.n_mlps} MLPs, truths from {args.samples:.3g} samples, "
-          f"noise floor avg_variance/S = {floor:.3g})")
+    rules = "FLOPs only" if args.flops_only else f"{args.round} rules"
+    print(f"{args.round} ({rules}): {dataset} ({args.n_mlps} MLPs, noise floor avg_variance/S = {floor:.3g})")
     print(format_table(["estimator", "score", "final MSE", "MSE/noise floor", "FLOPs", "effective compute",
                         "failed", "max s", "score / ours"],
                        [[r.name, r.score, r.final_mse, r.final_mse / floor, r.flops, r.effective_compute, r.failed,

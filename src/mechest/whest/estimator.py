@@ -5,8 +5,10 @@ verbatim copy of mechest/whest/propagate.py); ``mechest_plan.json`` holds the ex
 ``mechest_config.json`` the options chosen at export. It never reads a dataset or a ground truth.
 
 Choice per network (width n, depth L, budget B), by the predicted FLOPs (propagate.*_flops, in float32 units):
-the largest K ≤ max_order whose cost fits in fraction·B, where K = 3 may carry κ_3 through only the last m
-layers (the largest m that fits); K = 2 otherwise, K = 1 if even that does not fit. Any non-finite mean makes
+the largest K ≤ max_order whose cost fits in fraction·B; K = 2 otherwise, K = 1 if even that does not fit.
+With min_window > 0 (opt-in), a K = 3 that does not fit may instead carry κ_3 through only the last m ≥ min_window
+layers (the largest m that fits); off by default, because measured at 256×8 it recovers little of K = 3's gain
+(docs/whestbench.md). Any non-finite mean makes
 it fall back to the next lower order, so the output is always finite.
 """
 
@@ -56,7 +58,7 @@ class Estimator(BaseEstimator):
             else:
                 window = max((m for m in range(1, depth) if propagate.factored_flops(width, depth, m) <= allowed),
                              default=0)
-                if window >= self.config["min_window"]:
+                if self.config["min_window"] and window >= self.config["min_window"]:
                     choices.append((3, window))
         if self.config["max_order"] >= 2 and propagate.covariance_flops(width, depth) <= allowed:
             choices.append((2, None))
@@ -74,8 +76,10 @@ class Estimator(BaseEstimator):
 
     def predict(self, mlp: MLP, budget: int) -> fnp.ndarray:
         weights = [w.T for w in mlp.weights]  # WhestBench's h @ W is mechest's W.T @ h
-        for order, window in self.plan(mlp.width, mlp.depth, budget):
-            out = self.run(weights, order, window)
-            if math.isfinite(float(fnp.sum(out))):
-                return out
+        with warnings.catch_warnings():  # flopscope's symmetry notes: printing them costs residual time
+            warnings.simplefilter("ignore")
+            for order, window in self.plan(mlp.width, mlp.depth, budget):
+                out = self.run(weights, order, window)
+                if math.isfinite(float(fnp.sum(out))):
+                    return out
         return fnp.zeros((mlp.depth, mlp.width), dtype=fnp.float32)

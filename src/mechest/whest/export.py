@@ -22,14 +22,14 @@ def package_config(max_order: int, budget_fraction: float, min_window: int, safe
         raise MechestError(f"--order must be 1, 2 or 3 for WhestBench, got {max_order}")
     if not 0 < budget_fraction <= 1:
         raise MechestError(f"--budget-fraction must be in (0, 1], got {budget_fraction}")
-    if min_window < 1:
-        raise MechestError(f"--min-window must be at least 1, got {min_window}")
+    if min_window < 0:
+        raise MechestError(f"--min-window must be 0 (never window) or more, got {min_window}")
     if safety < 1:
         raise MechestError(f"--safety must be at least 1, got {safety}")
     return {"max_order": max_order, "budget_fraction": budget_fraction, "min_window": min_window, "safety": safety}
 
 
-def export_package(out: str | Path, max_order: int = 3, budget_fraction: float = 0.5, min_window: int = 2,
+def export_package(out: str | Path, max_order: int = 3, budget_fraction: float = 0.5, min_window: int = 0,
                    safety: float = 1.2) -> Path:
     """Write estimator.py, its propagation module, the K = 3 plan and the config into ``out`` (atomically)."""
     config = package_config(max_order, budget_fraction, min_window, safety)

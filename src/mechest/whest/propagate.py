@@ -136,9 +136,16 @@ def covariance_means(backend: Backend, weights: Sequence[Any]) -> list[Any]:
     return means
 
 
+_OFF_DIAGONAL_MASKS: dict = {}
+
+
 def off_diagonal(xp: Any, matrix: Any) -> Any:
-    """The matrix with its diagonal set to zero (the (1,1) slice of a symmetric 2-tensor)."""
-    return matrix - xp.diag(xp.diag(matrix))
+    """The matrix with its diagonal set to zero (the (1,1) slice of a symmetric 2-tensor): times 1 − I, the mask
+    cached per (namespace, width, dtype) so that it costs one operation."""
+    key = (xp.__name__, matrix.shape[0], str(matrix.dtype))
+    if key not in _OFF_DIAGONAL_MASKS:
+        _OFF_DIAGONAL_MASKS[key] = 1 - xp.eye(matrix.shape[0], dtype=matrix.dtype)
+    return matrix * _OFF_DIAGONAL_MASKS[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +198,8 @@ def term_value(term: dict, slices: dict, wick: list[list[Any]], p: tuple[int, ..
     if any(key not in slices for key in keys):
         return None
     vectors = [wick[k][power] for k, power in zip(term["k"], p, strict=True)]
-    vectors[0] = term["c"] * vectors[0]
+    if term["c"] != 1:
+        vectors[0] = term["c"] * vectors[0]
     matrices = []
     for key, (_, _, axes) in zip(keys, term["blocks"], strict=True):
         if len(axes) == 1:
@@ -234,9 +242,12 @@ def dense_cumulants(xp: Any, spec: dict, slices: dict, wick: list[list[Any]]) ->
             for q, axes in term["parts"]:
                 factor = placed(power[tuple(q)], axes, m)
                 value = factor if value is None else value * factor
-            value = term["c"] * value
+            if term["c"] != 1:
+                value = term["c"] * value
             total = value if total is None else total + value
-        cumulants[p] = zero_repeated(xp, total)
+        # a product with a 2-axis power cumulant (zero on the diagonal already) needs no zeroing
+        zeroed = all(any(len(axes) == 2 for _, axes in term["parts"]) for term in entry["terms"])
+        cumulants[p] = total if zeroed or m == 1 else zero_repeated(xp, total)
     return cumulants
 
 

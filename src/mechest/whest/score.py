@@ -87,8 +87,12 @@ def bake(root: Path, width: int, depth: int, n_mlps: int, samples: int) -> Path:
     return target
 
 
-def rule_arguments(rules) -> list[str]:
-    """whest run flags that reproduce a round's rulebook."""
+def rule_arguments(rules, flops_only: bool = False) -> list[str]:
+    """whest run flags that reproduce a round's rulebook; ``flops_only`` prices FLOPs alone (C = F, no residual
+    gate, no wall-time cap), to compare estimators independently of this machine's Python speed."""
+    if flops_only:
+        return ["--flop-budget", str(rules.flop_budget), "--lambda-flops-per-second", "0",
+                "--no-residual-wall-time-limit", "--wall-time-limit", "100000"]
     out = ["--flop-budget", str(rules.flop_budget), "--lambda-flops-per-second", str(rules.lambda_flops_per_second),
            "--wall-time-limit", str(rules.wall_time_limit_s)]
     if rules.residual_wall_time_limit_s is None:
@@ -96,8 +100,10 @@ def rule_arguments(rules) -> list[str]:
     return out + ["--residual-wall-time-limit", str(rules.residual_wall_time_limit_s)]
 
 
-def score_estimator(name: str, estimator: Path, class_name: str | None, dataset: Path, rules) -> Scored:
-    arguments = ["run", "--estimator", str(estimator), "--dataset", str(dataset), "--json", *rule_arguments(rules)]
+def score_estimator(name: str, estimator: Path, class_name: str | None, dataset: Path, rules,
+                    flops_only: bool = False) -> Scored:
+    arguments = ["run", "--estimator", str(estimator), "--dataset", str(dataset), "--json",
+                 *rule_arguments(rules, flops_only)]
     if class_name is not None:
         arguments += ["--class", class_name]
     results = json.loads(run_whest(arguments))["results"]
@@ -117,16 +123,74 @@ def noise_floor(dataset: Path) -> float:
     return sum(variances) / len(variances) / metadata["n_samples"]
 
 
+def baseline_file(root: Path, name: str) -> Path:
+    """A one-line estimator file for a shipped baseline (whestbench.estimators uses package-relative imports)."""
+    path = root / "baselines" / f"{name}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"from whestbench.estimators import {name} as Estimator  # noqa: F401\n")
+    return path
+
+
+def with_truths(dataset: Path, truths: Path) -> Path:
+    """A copy of ``dataset`` whose targets are replaced by longer Monte Carlo means from ``truths``.
+
+    ``truths`` is an .npz with ``samples``, and per MLP i ``means{i}`` (depth × width), ``var{i}`` (the final
+    layer's mean per-neuron variance) and ``wsum{i}`` (Σ of its weights, checked against the dataset's so a
+    truth never lands on another network). Used where whest's CPU bake cannot afford enough samples.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        data = np.load(truths)
+        samples = int(data["samples"])
+    except (OSError, ValueError, KeyError) as error:
+        raise MechestError(f"cannot read truths {truths}: {error}") from None
+    target = dataset.with_name(f"{dataset.name}-truth{samples:.0e}".replace("+", ""))
+    if (target / "metadata.json").exists():
+        return target
+    staging = dataset.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(dataset, staging)
+    index = 0
+    for path in sorted((staging / "data").glob("*.parquet")):
+        table = pq.read_table(path)
+        rows = table.to_pylist()
+        for row in rows:
+            if f"means{index}" not in data:
+                raise MechestError(f"{truths} has no truth for MLP {index} of {dataset}")
+            weight_sum = float(np.asarray(row["weights"], dtype=np.float64).sum())
+            if abs(weight_sum - float(data[f"wsum{index}"])) > 1e-6 * max(1.0, abs(weight_sum)):
+                raise MechestError(f"{truths} MLP {index} was computed for other weights than {dataset}")
+            means = np.asarray(data[f"means{index}"], dtype=np.float32)
+            row["all_layer_means"] = means.tolist()
+            row["final_means"] = means[-1].tolist()
+            row["avg_variance"] = float(data[f"var{index}"])
+            index += 1
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    metadata = json.loads((staging / "metadata.json").read_text())
+    metadata["n_samples"] = samples
+    metadata["mechest_truths"] = f"targets replaced from {truths.name}: {samples} samples per MLP"
+    (staging / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    os.replace(staging, target)
+    return target
+
+
 def score_round(round_name: str, n_mlps: int, samples: int, root: Path, package: Path,
-                width: int | None = None, depth: int | None = None) -> tuple[list[Scored], float, Path]:
-    """Bake/reuse the round's dataset, export our package to ``package``, score ours and the baselines."""
+                width: int | None = None, depth: int | None = None,
+                truths: Path | None = None, flops_only: bool = False,
+                budget_fraction: float = 0.5) -> tuple[list[Scored], float, Path]:
+    """Bake/reuse the round's dataset (optionally with longer truths), export our package to ``package``, score
+    ours and the baselines under the round's rules."""
     if n_mlps < 1 or samples < 2:
         raise MechestError(f"need --n-mlps >= 1 and --samples >= 2, got {n_mlps} and {samples}")
     rules = round_rules(round_name)
     dataset = bake(root, width or rules.width, depth or rules.depth, n_mlps, samples)
-    export_package(package)
-    import whestbench.estimators as shipped
-
-    rows = [score_estimator("mechest kprop", package / "estimator.py", "Estimator", dataset, rules)]
-    rows += [score_estimator(name, Path(shipped.__file__), name, dataset, rules) for name in BASELINES]
+    if truths is not None:
+        dataset = with_truths(dataset, truths)
+    export_package(package, budget_fraction=budget_fraction)
+    rows = [score_estimator("mechest kprop", package / "estimator.py", "Estimator", dataset, rules, flops_only)]
+    rows += [score_estimator(name, baseline_file(root, name), "Estimator", dataset, rules, flops_only)
+             for name in BASELINES]
     return rows, noise_floor(dataset), dataset
