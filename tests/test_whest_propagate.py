@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +76,10 @@ def test_same_code_runs_on_torch() -> None:
     columns = [torch.as_tensor(w.T.copy()) for w in weights]
     got = torch.stack(xprop.factored_means(backend, columns, factored_spec(max_width=64))).numpy()
     np.testing.assert_allclose(got, mechest_layer_means(weights, 3, factored=True), rtol=0, atol=TOLERANCE)
+
+
+def test_cli_does_not_need_the_whestbench_extra() -> None:
+    """mechest's CLI and the executor import neither whestbench nor flopscope (an optional extra)."""
+    code = ("import sys, mechest.cli, mechest.whest.propagate, mechest.whest.export; "
+            "assert 'whestbench' not in sys.modules and 'flopscope' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

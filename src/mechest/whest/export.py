@@ -9,9 +9,10 @@ import tempfile
 from pathlib import Path
 
 from mechest.errors import MechestError
-from mechest.whest import estimator as estimator_module
-from mechest.whest import propagate as propagate_module
 from mechest.whest.spec import factored_spec
+
+# Copied, not imported: estimator.py imports whestbench and flopscope, which are an optional extra.
+SOURCES = Path(__file__).resolve().parent
 
 FILES = ("estimator.py", "mechest_propagate.py", "mechest_plan.json", "mechest_config.json")
 
@@ -39,8 +40,8 @@ def export_package(out: str | Path, max_order: int = 3, budget_fraction: float =
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".whest-export-", dir=target.parent))
     try:
-        shutil.copyfile(estimator_module.__file__, staging / "estimator.py")
-        shutil.copyfile(propagate_module.__file__, staging / "mechest_propagate.py")
+        shutil.copyfile(SOURCES / "estimator.py", staging / "estimator.py")
+        shutil.copyfile(SOURCES / "propagate.py", staging / "mechest_propagate.py")
         (staging / "mechest_plan.json").write_text(json.dumps(factored_spec()))
         (staging / "mechest_config.json").write_text(json.dumps(config, indent=1))
         if target.exists():
