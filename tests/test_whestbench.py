@@ -127,3 +127,27 @@ def test_export_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     assert main(["whestbench", "export", "--out", str(tmp_path / "taken")]) == 2
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_with_truths_replaces_targets_of_the_same_networks_only(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from mechest.whest.score import bake, noise_floor, with_truths
+
+    dataset = bake(tmp_path, width=4, depth=2, n_mlps=2, samples=100)
+    rows = [row for f in sorted((dataset / "data").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+    truths = {"samples": 10**6}
+    for i, row in enumerate(rows):
+        truths |= {f"means{i}": np.full((2, 4), i + 0.5), f"var{i}": 2.0 * (i + 1),
+                   f"wsum{i}": float(np.asarray(row["weights"], dtype=np.float64).sum())}
+    np.savez(tmp_path / "truths.npz", **truths)
+    replaced = with_truths(dataset, tmp_path / "truths.npz")
+    new = [row for f in sorted((replaced / "data").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+    for i, row in enumerate(new):
+        np.testing.assert_array_equal(np.asarray(row["all_layer_means"]), np.full((2, 4), i + 0.5))
+        np.testing.assert_array_equal(np.asarray(row["weights"]), np.asarray(rows[i]["weights"]))
+    assert noise_floor(replaced) == pytest.approx((2.0 + 4.0) / 2 / 10**6)
+    truths["wsum1"] += 1.0
+    np.savez(tmp_path / "other.npz", **truths)
+    with pytest.raises(MechestError, match="other weights"):
+        with_truths(dataset, tmp_path / "other.npz")

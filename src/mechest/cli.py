@@ -230,7 +230,8 @@ def command_whestbench(args: argparse.Namespace) -> None:
                          r.seconds, r.score / ours] for r in rows]))
 
 
-COMMANDS = {"whestbench": command_whestbench, "estimate": command_estimate, "net": command_net, "truth": command_truth, "score": command_score,
+COMMANDS = {"whestbench": command_whestbench, "estimate": command_estimate, "net": command_net, "truth": command_truth,
+            "score": command_score,
             "demo": command_demo}
 
 

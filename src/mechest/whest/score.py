@@ -9,6 +9,7 @@ per-neuron variance, stored in the dataset), printed next to every MSE.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -145,9 +146,10 @@ def with_truths(dataset: Path, truths: Path) -> Path:
     try:
         data = np.load(truths)
         samples = int(data["samples"])
+        digest = hashlib.sha256(truths.read_bytes()).hexdigest()[:12]  # names the copy, reused if present
     except (OSError, ValueError, KeyError) as error:
         raise MechestError(f"cannot read truths {truths}: {error}") from None
-    target = dataset.with_name(f"{dataset.name}-truth{samples:.0e}".replace("+", ""))
+    target = dataset.with_name(f"{dataset.name}-truth{samples:.0e}-{digest}".replace("+", ""))
     if (target / "metadata.json").exists():
         return target
     staging = dataset.with_name(f".{target.name}.partial")
