@@ -178,12 +178,15 @@ def third_slices(a: Any, c: Any) -> tuple[Any, Any]:
     return (a * a * c).sum(axis=1), ((a * a) @ c.T + 2 * ((a * c) @ a.T)) / 3
 
 
-def trace_slices(xp: Any, spec: dict, trace: tuple[Any, Any]) -> dict:
-    """Slices of the κ_4 piece c·Sym(M ⊗ M): Σ_terms weight·einsum(metric blocks), the terms from the spec."""
+def trace_slices(xp: Any, spec: dict, trace: tuple[Any, Any], only: tuple | None = None) -> dict:
+    """Slices of the κ_4 piece c·Sym(M ⊗ M): Σ_terms weight·einsum(metric blocks), the terms from the spec
+    (only slice ``only`` if given)."""
     scalar, metric = trace
     out = {}
     for entry in spec["trace_slices"]:
         q = tuple(entry["q"])
+        if only is not None and q != only:
+            continue
         blocks = "abcdefgh"[: len(q)]
         value = sum(term["weight"] * xp.einsum(",".join(term["metric"]) + "->" + blocks,
                                                *([metric] * len(term["metric"])))
@@ -221,12 +224,13 @@ def placed(value: Any, axes: Sequence[int], m: int) -> Any:
     return value[:, None] if axes[0] == 0 else value[None, :]
 
 
-def dense_cumulants(xp: Any, spec: dict, slices: dict, wick: list[list[Any]]) -> dict:
-    """K_p for the dense slice types: power cumulants by diagram sums, then pK → K (design §4.3–4.4)."""
+def dense_cumulants(xp: Any, spec: dict, slices: dict, wick: Any, only: tuple | None = None) -> dict:
+    """K_p for the dense slice types (only K_``only`` and what it needs, if given): power cumulants by diagram
+    sums, then pK → K (design §4.3–4.4)."""
     power = {}
     for entry in spec["diagrams"]:
         p = tuple(entry["p"])
-        if p == TOP:
+        if p == TOP or (only is not None and sum(p) > sum(only)):
             continue
         values = [v for term in entry["terms"] if (v := term_value(term, slices, wick, p)) is not None]
         total = sum(values[1:], values[0])
@@ -236,6 +240,8 @@ def dense_cumulants(xp: Any, spec: dict, slices: dict, wick: list[list[Any]]) ->
     cumulants = {}
     for entry in spec["conversions"]:
         p, m = tuple(entry["p"]), len(entry["p"])
+        if only is not None and p != only:
+            continue
         total = None
         for term in entry["terms"]:
             value = None
@@ -324,7 +330,7 @@ def factored_means(backend: Backend, weights: Sequence[Any], spec: dict, window:
     first_carried = 0 if window is None else max(depth - window, 0)
     mean = cov = trace = third = None
     means = []
-    for layer, weight in enumerate(weights):
+    for layer, weight in enumerate(weights[:-1]):
         n = weight.shape[0]
         pre_mean = weight @ mean if mean is not None else xp.zeros(n, dtype=weight.dtype)
         gram = symmetric_product(weight, None) if cov is None or trace is not None else None
@@ -342,21 +348,42 @@ def factored_means(backend: Backend, weights: Sequence[Any], spec: dict, window:
         mean = cumulants[(1,)]
         cov = xp.diag(cumulants[(2,)]) + cumulants[(1, 1)]
         means.append(mean)
-        if layer + 1 < first_carried or layer + 1 == depth:
+        if layer + 1 < first_carried:
             third = trace = None
             continue
         third = corrected_third(xp, spec, top_factors(xp, spec, slices, third, wick), cumulants)
         trace = spec["projection"][n] * sum(weight_p * cumulants[tuple(p)].sum()
                                             for p, weight_p in spec["trace_laplacian"])
+    means.append(last_mean(backend, spec, weights[-1], mean, cov, trace, third))
     return means
+
+
+def last_mean(backend: Backend, spec: dict, weight: Any, mean: Any | None, cov: Any | None, trace: Any | None,
+              third: tuple | None) -> Any:
+    """E[a_{L−1}] alone: pK_(1) reads only the diagonals of κ_2, κ_3 and κ_4, so the last layer skips the
+    (2,1) slice of κ_3 and the off-diagonal of W Σ Wᵀ (same value as the full step)."""
+    xp = backend.xp
+    n = weight.shape[0]
+    pre_mean = weight @ mean if mean is not None else xp.zeros(n, dtype=weight.dtype)
+    pre_var = (weight * weight).sum(axis=1) if cov is None else ((weight @ cov) * weight).sum(axis=1)
+    slices = {}
+    if third is not None:
+        a, c = (weight @ factor for factor in third)
+        slices[(3, (3,))] = (a * a * c).sum(axis=1)
+    if trace is not None:
+        gram_diagonal = xp.diag((weight * weight).sum(axis=1))  # a one-coordinate slice reads only M_aa
+        slices.update(trace_slices(xp, spec, (trace, gram_diagonal), only=(spec["trace_degree"],)))
+    wick = relu_wick(backend, pre_mean, pre_var, spec["k_max"], spec["p_max"])
+    return dense_cumulants(xp, spec, slices, wick, only=(1,))[(1,)]
 
 
 def factored_flops(width: int, depth: int, window: int | None = None) -> int:
     """Leading-order FLOPs of ``factored_means`` (float32 units): per layer 6n³ for W Σ Wᵀ and W Wᵀ, 4n³ for
-    the new path columns' slices, and 16n³·l for mapping the 2n·l carried columns of κ_3 and reading their
-    (2,1) slice."""
+    the new path columns' slices, and 16n³·j for mapping the 2n·j carried columns of κ_3 and reading their
+    (2,1) slice; the last layer only 2n³ + 8n³·j (diagonals). With e carried layers (L − 1, or the window):
+    n³(10L − 8 + 8e²)."""
     carried = depth - 1 if window is None else min(window, depth - 1)
-    return width**3 * (10 * depth + 8 * carried * (carried + 1))
+    return width**3 * (10 * depth - 8 + 8 * carried**2)
 
 
 def covariance_flops(width: int, depth: int) -> int:
