@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -25,6 +26,9 @@ from mechest.tables import format_table
 from mechest.tail import METHODS as TAIL_METHODS, tail_probability
 from mechest.truth import check_output_path, compute_truth, load_truth, score
 from mechest.wick import ACTIVATION_NAMES
+from mechest.whest.export import export_package
+from mechest.whest.score import ROUNDS as WHEST_ROUNDS
+from mechest.whest.score import score_round
 
 EXIT_USAGE = 2
 
@@ -179,7 +183,35 @@ def build_parser() -> OneLineParser:
     tail.add_argument("--seed", type=seed_value, default=0, help="Monte Carlo seed, and the random net's seed")
     tail.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")
     tail.add_argument("--json", action="store_true", help="print one JSON object")
+    whest = commands.add_parser("whestbench", help="WhestBench entry: export our estimator, score it locally")
+    whest_commands = whest.add_subparsers(dest="whest_command", required=True, parser_class=OneLineParser)
+    export = whest_commands.add_parser("export", help="write a self-contained WhestBench estimator package")
+    add_export_arguments(export)
+    export.add_argument("--out", required=True, metavar="DIR")
+    whest_score = whest_commands.add_parser("score", help="bake/reuse a local dataset; score us and the baselines")
+    whest_score.add_argument("--round", choices=tuple(WHEST_ROUNDS), default="warmup")
+    whest_score.add_argument("--n-mlps", type=sample_count, default=3)
+    whest_score.add_argument("--samples", type=sample_count, default=10**6, help="Monte Carlo samples per truth")
+    whest_score.add_argument("--width", type=int, help="override the round's width (quick checks)")
+    whest_score.add_argument("--depth", type=int, help="override the round's depth (quick checks)")
+    whest_score.add_argument("--data-dir", default="results/whestbench", help="where datasets are cached")
+    whest_score.add_argument("--truths", metavar="TRUTHS.npz",
+                             help="replace the baked targets by longer Monte Carlo means (see docs/whestbench.md)")
+    whest_score.add_argument("--flops-only", action="store_true",
+                             help="price FLOPs only: no residual-time price or gate, no wall-time cap")
+    whest_score.add_argument("--budget-fraction", type=float, default=0.5,
+                             help="our package's largest predicted FLOPs as a fraction of the budget")
+    whest_score.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--order", type=int, default=3, help="highest order K the package may use (1-3)")
+    parser.add_argument("--budget-fraction", type=float, default=0.5,
+                        help="largest predicted FLOPs as a fraction of the budget (default 0.5)")
+    parser.add_argument("--min-window", type=int, default=0,
+                        help="if K=3 over all layers does not fit, carry κ_3 through the last m >= this many "
+                             "layers instead (0, the default: never)")
 
 
 def network_from(args: argparse.Namespace) -> MLP:
@@ -267,8 +299,30 @@ def command_tail(args: argparse.Namespace) -> None:
     print(format_table(header, rows))
 
 
+def command_whestbench(args: argparse.Namespace) -> None:
+    if args.whest_command == "export":
+        out = export_package(args.out, args.order, args.budget_fraction, args.min_window)
+        print(f"wrote {out}: check it with `whest validate --estimator {out / 'estimator.py'}`")
+        return
+    root = Path(args.data_dir)
+    truths = Path(args.truths) if args.truths else None
+    rows, floor, dataset = score_round(args.round, args.n_mlps, args.samples, root, root / "package",
+                                       args.width, args.depth, truths, args.flops_only, args.budget_fraction)
+    if args.json:
+        print(json.dumps({"round": args.round, "dataset": str(dataset),
+                          "noise_floor": floor, "results": [row.__dict__ for row in rows]}))
+        return
+    ours = rows[0].score
+    rules = "FLOPs only" if args.flops_only else f"{args.round} rules"
+    print(f"{args.round} ({rules}): {dataset} ({args.n_mlps} MLPs, noise floor avg_variance/S = {floor:.3g})")
+    print(format_table(["estimator", "score", "final MSE", "MSE/noise floor", "FLOPs", "effective compute",
+                        "failed", "max s", "score / ours"],
+                       [[r.name, r.score, r.final_mse, r.final_mse / floor, r.flops, r.effective_compute, r.failed,
+                         r.seconds, r.score / ours] for r in rows]))
+
+
 COMMANDS = {"estimate": command_estimate, "net": command_net, "truth": command_truth, "score": command_score,
-            "demo": command_demo, "tail": command_tail}
+            "demo": command_demo, "tail": command_tail, "whestbench": command_whestbench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""WhestBench entry: mechest's cumulant propagation as a FLOP-metered WhestBench estimator."""

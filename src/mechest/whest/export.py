@@ -1,0 +1,53 @@
+"""``mechest whestbench export``: write a self-contained WhestBench estimator package."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from mechest.errors import MechestError
+from mechest.whest.spec import factored_spec
+
+# Copied, not imported: estimator.py imports whestbench and flopscope, which are an optional extra.
+SOURCES = Path(__file__).resolve().parent
+
+FILES = ("estimator.py", "mechest_propagate.py", "mechest_plan.json", "mechest_config.json")
+
+
+def package_config(max_order: int, budget_fraction: float, min_window: int, safety: float) -> dict:
+    """The options the estimator reads at setup (checked here, so the package never holds a bad value)."""
+    if max_order not in (1, 2, 3):
+        raise MechestError(f"--order must be 1, 2 or 3 for WhestBench, got {max_order}")
+    if not 0 < budget_fraction <= 1:
+        raise MechestError(f"--budget-fraction must be in (0, 1], got {budget_fraction}")
+    if min_window < 0:
+        raise MechestError(f"--min-window must be 0 (never window) or more, got {min_window}")
+    if safety < 1:
+        raise MechestError(f"--safety must be at least 1, got {safety}")
+    return {"max_order": max_order, "budget_fraction": budget_fraction, "min_window": min_window, "safety": safety}
+
+
+def export_package(out: str | Path, max_order: int = 3, budget_fraction: float = 0.5, min_window: int = 0,
+                   safety: float = 1.2) -> Path:
+    """Write estimator.py, its propagation module, the K = 3 plan and the config into ``out`` (atomically)."""
+    config = package_config(max_order, budget_fraction, min_window, safety)
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(p.name not in FILES for p in target.iterdir())):
+        raise MechestError(f"{target} exists and is not an earlier export; choose another --out")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".whest-export-", dir=target.parent))
+    try:
+        shutil.copyfile(SOURCES / "estimator.py", staging / "estimator.py")
+        shutil.copyfile(SOURCES / "propagate.py", staging / "mechest_propagate.py")
+        (staging / "mechest_plan.json").write_text(json.dumps(factored_spec()))
+        (staging / "mechest_config.json").write_text(json.dumps(config, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,85 @@
+"""The array-namespace propagation (mechest.whest.propagate) equals mechest's torch propagation, in plain numpy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import mechest
+from mechest.whest import propagate as xprop
+from mechest.whest.mapping import mechest_net
+from mechest.whest.spec import factored_spec
+
+scipy_special = pytest.importorskip("scipy.special")
+
+NUMPY = xprop.Backend(np, scipy_special.ndtr)
+TOLERANCE = 1e-10
+
+
+def whest_weights(width: int, depth: int, seed: int) -> list[np.ndarray]:
+    """He-init square weights in WhestBench's row convention, W ~ N(0, 2/width)."""
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0.0, np.sqrt(2.0 / width), size=(width, width)) for _ in range(depth)]
+
+
+def mechest_layer_means(weights: list[np.ndarray], order: int, factored: bool = False) -> np.ndarray:
+    prop = mechest.kprop.propagate(mechest_net(weights), order, "simple", factored=factored)
+    return torch.stack(prop.layer_means).numpy()
+
+
+def xp_layer_means(weights: list[np.ndarray], order: int) -> np.ndarray:
+    columns = [w.T for w in weights]
+    if order == 1:
+        means = xprop.mean_field_means(NUMPY, columns)
+    elif order == 2:
+        means = xprop.covariance_means(NUMPY, columns)
+    else:
+        means = xprop.factored_means(NUMPY, columns, factored_spec(max_width=64))
+    return np.stack(means)
+
+
+def test_mapping_reproduces_whestbench_forward_pass() -> None:
+    weights = whest_weights(8, 3, seed=0)
+    x = np.random.default_rng(1).normal(size=(5, 8))
+    hidden = mechest_net(weights).forward_layers(torch.as_tensor(x))
+    h = x
+    for layer, weight in enumerate(weights):
+        h = np.maximum(h @ weight, 0.0)
+        np.testing.assert_allclose(hidden[layer].numpy(), h, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(hidden[-1].numpy(), h, rtol=0, atol=1e-12)  # identity output map
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize(("width", "depth", "seed"), [(6, 1, 0), (12, 3, 1), (24, 4, 2)])
+def test_xp_matches_torch_propagation(order: int, width: int, depth: int, seed: int) -> None:
+    weights = whest_weights(width, depth, seed)
+    expected = mechest_layer_means(weights, order, factored=order == 3)
+    got = xp_layer_means(weights, order)
+    assert got.shape == (depth, width)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+
+
+def test_factored_differs_from_covariance_propagation() -> None:
+    """Guard against a K = 3 path that silently reduces to K = 2: the third cumulant must change the means."""
+    weights = whest_weights(24, 4, seed=3)
+    assert np.abs(xp_layer_means(weights, 3) - xp_layer_means(weights, 2)).max() > 1e-6
+
+
+def test_same_code_runs_on_torch() -> None:
+    """The executor uses only operations torch shares with numpy and flopscope.numpy."""
+    weights = whest_weights(12, 3, seed=4)
+    backend = xprop.Backend(torch, lambda x: 0.5 * torch.special.erfc(-x / 2**0.5))
+    columns = [torch.as_tensor(w.T.copy()) for w in weights]
+    got = torch.stack(xprop.factored_means(backend, columns, factored_spec(max_width=64))).numpy()
+    np.testing.assert_allclose(got, mechest_layer_means(weights, 3, factored=True), rtol=0, atol=TOLERANCE)
+
+
+def test_cli_does_not_need_the_whestbench_extra() -> None:
+    """mechest's CLI and the executor import neither whestbench nor flopscope (an optional extra)."""
+    code = ("import sys, mechest.cli, mechest.whest.propagate, mechest.whest.export; "
+            "assert 'whestbench' not in sys.modules and 'flopscope' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,153 @@
+"""The WhestBench package: runs on flopscope.numpy, equals mechest's propagation, picks K within the budget,
+and passes ``whest validate``. Skipped when whestbench/flopscope are not installed (the [whestbench] extra)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+flops = pytest.importorskip("flopscope")
+fnp = pytest.importorskip("flopscope.numpy")
+whestbench = pytest.importorskip("whestbench")
+
+import mechest  # noqa: E402
+from mechest.cli import main  # noqa: E402
+from mechest.errors import MechestError  # noqa: E402
+from mechest.whest import propagate as xprop  # noqa: E402
+from mechest.whest.export import export_package  # noqa: E402
+from mechest.whest.mapping import mechest_net  # noqa: E402
+from mechest.whest.spec import factored_spec  # noqa: E402
+
+FLOPSCOPE = xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x))
+HUGE_BUDGET = 10**15
+
+
+def whest_weights(width: int, depth: int, seed: int, dtype=np.float64) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0.0, np.sqrt(2.0 / width), size=(width, width)).astype(dtype) for _ in range(depth)]
+
+
+def expected_means(weights: list[np.ndarray], order: int) -> np.ndarray:
+    prop = mechest.kprop.propagate(mechest_net(weights), order, "simple", factored=order == 3)
+    return torch.stack(prop.layer_means).numpy()
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_package(tmp_path_factory.mktemp("whest") / "package")
+
+
+def load_estimator(package: Path):
+    spec = importlib.util.spec_from_file_location("exported_estimator", package / "estimator.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(package))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(package))
+    assert module.propagate.__file__ == str(package / "mechest_propagate.py")  # the vendored copy, not mechest
+    return module.Estimator()
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_flopscope_backend_matches_torch_propagation(order: int) -> None:
+    weights = whest_weights(16, 3, seed=order)
+    columns = [fnp.asarray(w.T) for w in weights]
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True):
+        if order == 3:
+            means = xprop.factored_means(FLOPSCOPE, columns, factored_spec(max_width=64))
+        elif order == 2:
+            means = xprop.covariance_means(FLOPSCOPE, columns)
+        else:
+            means = xprop.mean_field_means(FLOPSCOPE, columns)
+        got = np.asarray(fnp.stack(means))
+    np.testing.assert_allclose(got, expected_means(weights, order), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(("width", "depth", "window"), [(32, 4, None), (64, 4, None), (64, 6, 2)])
+def test_predicted_flops_bound_the_metered_flops(width: int, depth: int, window: int | None) -> None:
+    """The estimator chooses by the leading term n³(10L + 8m(m+1)); from n = 32 on it is within 20% of the
+    metered FLOPs (the package divides the budget by safety = 1.2 on top)."""
+    columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
+        xprop.factored_means(xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x).astype(x.dtype)), columns,
+                             factored_spec(max_width=64), window)
+        metered = context.flops_used
+    ratio = metered / xprop.factored_flops(width, depth, window)
+    assert 0.8 <= ratio <= 1.2, ratio
+
+
+def test_exported_estimator_equals_mechest_and_picks_order_by_budget(package: Path) -> None:
+    estimator = load_estimator(package)
+    weights = whest_weights(16, 4, seed=5)
+    mlp = whestbench.MLP(width=16, depth=4, weights=[fnp.asarray(w) for w in weights])
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True):
+        got = np.asarray(estimator.predict(mlp, HUGE_BUDGET))
+    np.testing.assert_allclose(got, expected_means(weights, 3), rtol=0, atol=1e-10)
+    assert estimator.plan(16, 4, HUGE_BUDGET)[0] == (3, None)
+    tight = 2 * xprop.factored_flops(1024, 16, 4) * estimator.config["safety"]
+    assert estimator.plan(1024, 16, int(tight))[0] == (2, None)  # windowing is opt-in
+    estimator.config["min_window"] = 2
+    order, window = estimator.plan(1024, 16, int(tight))[0]
+    assert order == 3 and 4 <= window < 15
+    assert estimator.plan(1024, 16, 10**9)[0] == (1, None)
+
+
+def test_exported_estimator_falls_back_on_non_finite_means(package: Path) -> None:
+    estimator = load_estimator(package)
+    weights = whest_weights(8, 2, seed=6)
+    weights[1][0, 0] = np.inf
+    mlp = whestbench.MLP(width=8, depth=2, weights=[fnp.asarray(w) for w in weights])
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True):
+        got = np.asarray(estimator.predict(mlp, HUGE_BUDGET))
+    assert got.shape == (2, 8) and np.isfinite(got).all()
+
+
+def test_whest_validate_accepts_the_package(package: Path) -> None:
+    whest = Path(sys.executable).with_name("whest")
+    done = subprocess.run([str(whest), "validate", "--estimator", str(package / "estimator.py")],
+                          capture_output=True, text=True, cwd=package)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(list(package.iterdir())) <= 50 and sum(p.stat().st_size for p in package.iterdir()) < 50 * 2**20
+
+
+def test_export_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(MechestError):
+        export_package(tmp_path / "out", max_order=4)
+    assert main(["whestbench", "export", "--out", str(tmp_path / "out"), "--budget-fraction", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    assert main(["whestbench", "export", "--out", str(tmp_path / "taken")]) == 2
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_with_truths_replaces_targets_of_the_same_networks_only(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from mechest.whest.score import bake, noise_floor, with_truths
+
+    dataset = bake(tmp_path, width=4, depth=2, n_mlps=2, samples=100)
+    rows = [row for f in sorted((dataset / "data").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+    truths = {"samples": 10**6}
+    for i, row in enumerate(rows):
+        truths |= {f"means{i}": np.full((2, 4), i + 0.5), f"var{i}": 2.0 * (i + 1),
+                   f"wsum{i}": float(np.asarray(row["weights"], dtype=np.float64).sum())}
+    np.savez(tmp_path / "truths.npz", **truths)
+    replaced = with_truths(dataset, tmp_path / "truths.npz")
+    new = [row for f in sorted((replaced / "data").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+    for i, row in enumerate(new):
+        np.testing.assert_array_equal(np.asarray(row["all_layer_means"]), np.full((2, 4), i + 0.5))
+        np.testing.assert_array_equal(np.asarray(row["weights"]), np.asarray(rows[i]["weights"]))
+    assert noise_floor(replaced) == pytest.approx((2.0 + 4.0) / 2 / 10**6)
+    truths["wsum1"] += 1.0
+    np.savez(tmp_path / "other.npz", **truths)
+    with pytest.raises(MechestError, match="other weights"):
+        with_truths(dataset, tmp_path / "other.npz")
