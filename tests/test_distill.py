@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mechest.distill import (
+    attached,
     expected_loss,
     gaussian_activation_moments,
     init_student,
@@ -106,6 +107,19 @@ def test_gradient_matches_finite_differences(order: int) -> None:
         return expected_loss(net, teacher, order)
 
     assert torch.autograd.gradcheck(loss, tuple(params), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_attached_sequential_receives_the_gradient() -> None:
+    """A user's nn.Sequential student: the loss and its gradient equal those of the same MLP's leaf tensors."""
+    student, teacher = pair(depth=2)
+    model = student.to_sequential()
+    loss = expected_loss(attached(model), teacher)
+    loss.backward()
+    reference = expected_loss(student, teacher)
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-13, atol=0)
+    torch.testing.assert_close(model[0].weight.grad, student.weights[0].grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(model[4].bias.grad, student.biases[2].grad, rtol=1e-12, atol=1e-14)
 
 
 def test_sampled_loss_is_mean_squared_error() -> None:

@@ -24,10 +24,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from mechest.errors import MechestError
 from mechest.kprop import check_options, propagate
-from mechest.mlp import MLP, random_mlp
+from mechest.mlp import MLP, from_sequential, random_mlp
 from mechest.wick import MIN_VARIANCE, wick_table
 
 HERMITE_TERMS = 24
@@ -160,6 +161,15 @@ def init_student(teacher: MLP, width: int, seed: int = 0) -> MLP:
     weights = [w.detach().clone().requires_grad_(True) for w in net.weights]
     biases = [torch.zeros(w.shape[0], dtype=w.dtype, device=w.device, requires_grad=True) for w in net.weights]
     return MLP(weights, biases, list(net.activations))
+
+
+def attached(model: nn.Sequential) -> MLP:
+    """The MLP of an ``nn.Sequential`` that *shares* its parameters (no copy), so gradients of
+    ``expected_loss`` reach ``model.parameters()``; ``mechest.from_sequential`` checks the layout.
+    """
+    activations = from_sequential(model).activations
+    linears = [module for module in model if isinstance(module, nn.Linear)]
+    return MLP([linear.weight for linear in linears], [linear.bias for linear in linears], activations)
 
 
 def parameters(net: MLP) -> list[torch.Tensor]:
