@@ -126,7 +126,7 @@ def test_sampled_loss_is_mean_squared_error() -> None:
     student, teacher = pair(depth=1)
     x = torch.randn(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     expected = sum(float(((student(row[None]) - teacher(row[None])) ** 2).sum().detach()) for row in x) / 7
-    assert float(sampled_loss(student, teacher, x)) == pytest.approx(expected, rel=1e-12)
+    assert float(sampled_loss(student, teacher, x).detach()) == pytest.approx(expected, rel=1e-12)
 
 
 def test_zero_hidden_layers_is_closed_form() -> None:
