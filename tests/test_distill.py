@@ -53,9 +53,9 @@ def test_one_hidden_layer_matches_monte_carlo(activation: str) -> None:
     """Exact for one hidden layer: within 5 standard errors of 10^6 samples (about 1e-3 relative)."""
     student, teacher = pair(depth=1, activation=activation)
     mean, stderr = monte_carlo_loss(student, teacher, 10**6, seed=3)
-    for order in (2, 3):
-        estimate = float(expected_loss(student, teacher, order).detach())
-        assert abs(estimate - mean) < 5 * stderr, (order, estimate, mean, stderr)
+    for order, method in ((2, "kprop"), (3, "kprop"), (2, "mehler")):
+        estimate = float(expected_loss(student, teacher, order, method=method).detach())
+        assert abs(estimate - mean) < 5 * stderr, (order, method, estimate, mean, stderr)
 
 
 @pytest.mark.slow
@@ -96,15 +96,15 @@ def test_mehler_series_matches_bivariate_quadrature() -> None:
     assert float(gaussian_activation_moments("tanh", mean, cov, terms=1)[1][0, 1]) != pytest.approx(cross, abs=1e-3)
 
 
-@pytest.mark.parametrize("order", [2, 3])
-def test_gradient_matches_finite_differences(order: int) -> None:
+@pytest.mark.parametrize("order, method", [(2, "kprop"), (3, "kprop"), (2, "mehler")])
+def test_gradient_matches_finite_differences(order: int, method: str) -> None:
     student, teacher = pair(depth=2, teacher_width=3, student_width=2, activation="tanh")
     params = list(student.weights) + list(student.biases)
 
     def loss(*values: torch.Tensor) -> torch.Tensor:
         count = len(student.weights)
         net = MLP(list(values[:count]), list(values[count:]), student.activations)
-        return expected_loss(net, teacher, order)
+        return expected_loss(net, teacher, order, method=method)
 
     assert torch.autograd.gradcheck(loss, tuple(params), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -120,6 +120,16 @@ def test_attached_sequential_receives_the_gradient() -> None:
     torch.testing.assert_close(loss, reference, rtol=1e-13, atol=0)
     torch.testing.assert_close(model[0].weight.grad, student.weights[0].grad, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(model[4].bias.grad, student.biases[2].grad, rtol=1e-12, atol=1e-14)
+
+
+def test_mehler_closure_is_zero_for_a_student_equal_to_its_teacher() -> None:
+    """For φ = square the Mehler series ends at k = 2, so the Gaussian closure at every layer sees a copy of the
+    teacher as perfectly correlated with it: estimate 0 (round-off). K = 2 propagation keeps only the k = 1 term
+    of the inner student–teacher covariance and does not."""
+    teacher = random_mlp(5, 3, "square", input_dim=4, output_dim=3, init="manual", weight_var=0.5, seed=1)
+    scale = float(expected_loss(init_student(teacher, 5, seed=2), teacher, method="mehler").detach())
+    assert abs(float(expected_loss(teacher, teacher, method="mehler"))) < 1e-12 * scale
+    assert float(expected_loss(teacher, teacher, 2)) > 1e-3 * scale
 
 
 def test_sampled_loss_is_mean_squared_error() -> None:
@@ -148,6 +158,8 @@ def test_mismatched_networks_are_refused() -> None:
         expected_loss(init_student(random_mlp(6, 2, "tanh", input_dim=4, output_dim=3), 5), teacher)
     with pytest.raises(MechestError, match="order"):
         expected_loss(init_student(teacher, 5), teacher, order=1)
+    with pytest.raises(MechestError, match="method"):
+        expected_loss(init_student(teacher, 5), teacher, method="exact")
 
 
 def test_mechanistic_training_beats_initialisation_and_reports_equal_flops(tmp_path) -> None:

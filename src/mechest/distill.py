@@ -17,6 +17,11 @@ pre-activations z (mean μ, covariance Σ), then takes the last nonlinear step e
 summed to HERMITE_TERMS terms. With one hidden layer z is exactly Gaussian, so the estimate is exact up to
 that truncation (whose tail is at most |ρ_ij|^(k+1) times the unexplained variances). K = 2 covariance
 propagation alone keeps only the k = 1 term; ``hermite_terms=1`` reproduces it.
+
+``method="mehler"`` instead takes *every* nonlinear step that way (the Gaussian closure with exact bivariate
+moments: each layer's pre-activations treated as jointly Gaussian with the propagated mean and covariance).
+It costs what K = 2 costs, and unlike K = 2 it keeps the full correlation between a student unit and a
+teacher unit, so a student equal to the teacher gets an estimate near 0.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from mechest.mlp import MLP, from_sequential, random_mlp
 from mechest.wick import MIN_VARIANCE, wick_table
 
 HERMITE_TERMS = 24
+METHODS = ("kprop", "mehler")
 
 
 def check_pair(student: MLP, teacher: MLP) -> None:
@@ -111,6 +117,19 @@ def gaussian_activation_moments(
     return out_mean.to(dtype), out_cov.to(dtype)
 
 
+def gaussian_closure(net: MLP, terms: int = HERMITE_TERMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output mean and covariance of ``net`` with every pre-activation vector taken as jointly Gaussian and each
+    nonlinear step done by ``gaussian_activation_moments``; exact for nets with at most one hidden layer."""
+    mean = net.biases[0] if net.biases[0] is not None else net.weights[0].new_zeros(net.weights[0].shape[0])
+    cov = net.weights[0] @ net.weights[0].T
+    for layer in range(net.depth):
+        act_mean, act_cov = gaussian_activation_moments(net.activations[layer], mean, cov, terms)
+        weight, bias = net.weights[layer + 1], net.biases[layer + 1]
+        mean = weight @ act_mean if bias is None else weight @ act_mean + bias
+        cov = weight @ act_cov @ weight.T
+    return mean, cov
+
+
 def prefix(net: MLP) -> MLP:
     """The network up to the last hidden layer's pre-activations (depth − 1 hidden layers)."""
     return MLP(net.weights[:-1], net.biases[:-1], net.activations[:-1])
@@ -123,13 +142,18 @@ def expected_loss(
     variant: str = "simple",
     *,
     factored: bool = False,
+    method: str = "kprop",
     hermite_terms: int = HERMITE_TERMS,
 ) -> torch.Tensor:
     """Estimate of E_{x~N(0,I)} ‖S(x) − T(x)‖² as a differentiable torch scalar (see the module docstring).
 
-    Order K ≥ 2 (K = 1 carries no cross-covariance between student and teacher). Exact (to the Mehler
-    truncation ``hermite_terms``) when the networks have one hidden layer, or none.
+    ``method="kprop"``: order-K propagation (K ≥ 2; K = 1 carries no student–teacher covariance) up to the last
+    hidden layer, then the exact Gaussian last step. ``method="mehler"``: the Gaussian closure at every layer
+    (``order``, ``variant``, ``factored`` unused). Both are exact (to the Mehler truncation ``hermite_terms``)
+    when the networks have one hidden layer, or none.
     """
+    if method not in METHODS:
+        raise MechestError(f"unknown distillation method {method!r}; expected one of {', '.join(METHODS)}")
     check_options(order, variant)
     if order < 2:
         raise MechestError("the distillation loss needs order K >= 2 (K = 1 drops the student-teacher covariance)")
@@ -137,8 +161,12 @@ def expected_loss(
     if joint.depth == 0:
         mean, cov = joint.biases[0], joint.weights[0] @ joint.weights[0].T
         return mean @ mean + torch.trace(cov)
-    hidden = propagate(prefix(joint), order, variant, factored)
-    act_mean, act_cov = gaussian_activation_moments(joint.activations[-1], hidden.mean, hidden.cov, hermite_terms)
+    if method == "mehler":
+        mean, cov = gaussian_closure(prefix(joint), hermite_terms)
+    else:
+        hidden = propagate(prefix(joint), order, variant, factored)
+        mean, cov = hidden.mean, hidden.cov
+    act_mean, act_cov = gaussian_activation_moments(joint.activations[-1], mean, cov, hermite_terms)
     out_weight, out_bias = joint.weights[-1], joint.biases[-1]
     out_mean = out_weight @ act_mean + out_bias
     return out_mean @ out_mean + (act_cov * (out_weight.T @ out_weight)).sum()
