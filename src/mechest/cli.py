@@ -123,6 +123,8 @@ def add_distill_parser(commands: argparse._SubParsersAction) -> None:
     distill.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 2..{MAX_ORDER} (default 2)")
     distill.add_argument("--variant", choices=VARIANTS, default="simple")
     distill.add_argument("--factored", action="store_true", help="factored propagation (K = 3 simple)")
+    distill.add_argument("--method", choices=("kprop", "mehler"), default="kprop",
+                         help="kprop: order-K propagation; mehler: Gaussian closure at every layer (default kprop)")
     distill.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 1e-2)")
     distill.add_argument("--baseline-lr", type=float, help="Adam learning rate of ordinary training (default --lr)")
     distill.add_argument("--batch-size", type=int, default=256, help="minibatch of ordinary training (default 256)")
@@ -205,7 +207,8 @@ def command_distill(args: argparse.Namespace) -> None:
 
     teacher = load(args.teacher, dtype=DTYPES[args.dtype])
     config = DistillConfig(args.student_width, args.steps, args.order, args.variant, args.factored, args.lr,
-                           args.baseline_lr, args.batch_size, args.seed, args.log_every, args.test_samples)
+                           args.baseline_lr, args.batch_size, args.seed, args.log_every, args.test_samples,
+                           args.method)
     student, runs = distill(teacher, config, baseline=not args.no_baseline, progress=True)
     student.save(args.out)
     if args.plot:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from mechest.distill import expected_loss, init_student, parameters, sampled_loss, squared_error_network
+from mechest.distill import METHODS, expected_loss, init_student, parameters, sampled_loss, squared_error_network
 from mechest.errors import MechestError
 from mechest.flops import FlopCounter, warm_up
 from mechest.kprop import check_options
@@ -51,9 +51,10 @@ class TrainingRun:
         return {**asdict(self), "flops": self.flops}
 
 
-def mechanistic_objective(teacher: MLP, order: int = 2, variant: str = "simple", factored: bool = False) -> Objective:
-    """Step-independent objective: the order-K estimate of E‖S − T‖²."""
-    return lambda student, step: expected_loss(student, teacher, order, variant, factored=factored)
+def mechanistic_objective(teacher: MLP, order: int = 2, variant: str = "simple", factored: bool = False,
+                          method: str = "kprop") -> Objective:
+    """Step-independent objective: the estimate of E‖S − T‖² (order K, or the Mehler closure)."""
+    return lambda student, step: expected_loss(student, teacher, order, variant, factored=factored, method=method)
 
 
 def sampled_objective(teacher: MLP, batch_size: int, seed: int = 0) -> Objective:
@@ -150,9 +151,12 @@ class DistillConfig:
     seed: int = 0
     log_every: int = 10
     test_samples: int = 1 << 14
+    method: str = "kprop"
 
     def __post_init__(self) -> None:
         check_options(self.order, self.variant)
+        if self.method not in METHODS:
+            raise MechestError(f"unknown distillation method {self.method!r}; expected one of {', '.join(METHODS)}")
         if self.order < 2:
             raise MechestError("mechanistic distillation needs order K >= 2")
         if self.width < 1 or self.steps < 1 or self.batch_size < 1 or self.log_every < 1:
@@ -164,6 +168,8 @@ class DistillConfig:
 
 
 def mechanistic_label(config: DistillConfig) -> str:
+    if config.method == "mehler":
+        return "mechanistic, Mehler closure"
     factored = " factored" if config.factored else ""
     return f"mechanistic K={config.order} {config.variant}{factored}"
 
@@ -174,7 +180,7 @@ def distill(teacher: MLP, config: DistillConfig, *, baseline: bool = True,
     with the same FLOP budget (as many whole steps as fit). Returns the mechanistic student and the runs.
     """
     student = init_student(teacher, config.width, config.seed)
-    objective = mechanistic_objective(teacher, config.order, config.variant, config.factored)
+    objective = mechanistic_objective(teacher, config.order, config.variant, config.factored, config.method)
     runs = [fit(student, teacher, objective, config.steps, lr=config.lr, label=mechanistic_label(config),
                 log_every=config.log_every, test_samples=config.test_samples, progress=progress)]
     if baseline:
