@@ -124,7 +124,7 @@ def fit(
             loss = objective(student, step)
             loss.backward()
             optimizer.step()
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss.detach()):
                 raise MechestError(f"{label}: the loss became {float(loss)} at step {step}; lower --lr")
             if step % log_every == 0 or step == steps:
                 run.seconds += time.perf_counter() - start
