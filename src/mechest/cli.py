@@ -202,6 +202,7 @@ def build_parser() -> OneLineParser:
     whest_score.add_argument("--budget-fraction", type=float, default=0.5,
                              help="our package's largest predicted FLOPs as a fraction of the budget")
     whest_score.add_argument("--json", action="store_true", help="print one JSON object")
+    add_distill_parser(commands)
     return parser
 
 
@@ -212,6 +213,31 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-window", type=int, default=0,
                         help="if K=3 over all layers does not fit, carry κ_3 through the last m >= this many "
                              "layers instead (0, the default: never)")
+
+
+def add_distill_parser(commands: argparse._SubParsersAction) -> None:
+    distill = commands.add_parser("distill", help="train a narrower student on a teacher by mechanistic distillation "
+                                  "(and ordinary training at equal FLOPs)")
+    distill.add_argument("--teacher", required=True, metavar="FILE.npz", help="teacher network file")
+    distill.add_argument("--student-width", type=int, required=True, help="hidden width of the student")
+    distill.add_argument("--steps", type=int, default=200, help="mechanistic Adam steps (default 200)")
+    distill.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 2..{MAX_ORDER} (default 2)")
+    distill.add_argument("--variant", choices=VARIANTS, default="simple")
+    distill.add_argument("--factored", action="store_true", help="factored propagation (K = 3 simple)")
+    distill.add_argument("--method", choices=("kprop", "mehler"), default="kprop",
+                         help="kprop: order-K propagation; mehler: Gaussian closure at every layer (default kprop)")
+    distill.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 1e-2)")
+    distill.add_argument("--baseline-lr", type=float, help="Adam learning rate of ordinary training (default --lr)")
+    distill.add_argument("--batch-size", type=int, default=256, help="minibatch of ordinary training (default 256)")
+    distill.add_argument("--no-baseline", action="store_true", help="skip ordinary training")
+    distill.add_argument("--seed", type=seed_value, default=0, help="student init and minibatch seed")
+    distill.add_argument("--log-every", type=int, default=10, help="mechanistic steps between true-loss evaluations")
+    distill.add_argument("--test-samples", type=sample_count, default=1 << 14,
+                         help="held-out Monte Carlo inputs for the true loss (default 16384)")
+    distill.add_argument("--dtype", choices=tuple(DTYPES), default="float64")
+    distill.add_argument("--out", required=True, metavar="STUDENT.npz", help="where to write the trained student")
+    distill.add_argument("--plot", metavar="LOSS.png", help="true loss against training FLOPs")
+    distill.add_argument("--json", metavar="LOG.json", help="write every run's log as JSON")
 
 
 def network_from(args: argparse.Namespace) -> MLP:
@@ -321,8 +347,41 @@ def command_whestbench(args: argparse.Namespace) -> None:
                          r.seconds, r.score / ours] for r in rows]))
 
 
+def command_distill(args: argparse.Namespace) -> None:
+    from mechest.plots import plot_runs  # matplotlib loads only for this command
+    from mechest.training import DistillConfig, distill
+
+    teacher = load(args.teacher, dtype=DTYPES[args.dtype])
+    config = DistillConfig(args.student_width, args.steps, args.order, args.variant, args.factored, args.lr,
+                           args.baseline_lr, args.batch_size, args.seed, args.log_every, args.test_samples,
+                           args.method)
+    student, runs = distill(teacher, config, baseline=not args.no_baseline, progress=True)
+    student.save(args.out)
+    if args.plot:
+        plot_runs(runs, args.plot, f"teacher {args.teacher} → student width {args.student_width}")
+    if args.json:
+        write_text_atomically(args.json, json.dumps([run.to_dict() for run in runs]))
+    rows = [[run.label, run.steps[-1], run.flops[-1], run.true_loss[0], run.true_loss[-1], run.stderr[-1],
+             run.true_loss[0] / run.true_loss[-1], run.seconds] for run in runs]
+    print(format_table(["run", "steps", "FLOPs", "initial loss", "final loss", "stderr", "reduction", "seconds"], rows))
+    print(f"wrote {args.out}")
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file (never a half-written file)."""
+    temporary = f"{path}.partial"
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise MechestError(f"cannot write {path}: {error.strerror or error}") from None
+
+
 COMMANDS = {"estimate": command_estimate, "net": command_net, "truth": command_truth, "score": command_score,
-            "demo": command_demo, "tail": command_tail, "whestbench": command_whestbench}
+            "demo": command_demo, "tail": command_tail, "whestbench": command_whestbench, "distill": command_distill}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
