@@ -6,11 +6,14 @@ Errors in what the user passed are printed as one line on stderr with exit code 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from mechest import bench, results
 from mechest.errors import MechestError
 from mechest.estimate import DTYPES, METHODS, Estimate, estimate
 from mechest.kprop import MAX_ORDER, VARIANTS
@@ -110,6 +113,36 @@ def build_parser() -> OneLineParser:
     scoring.add_argument("--truth", required=True, metavar="TRUTH.npz")
     scoring.add_argument("--seed", type=seed_value, default=1, help="Monte Carlo seed (default 1)")
     add_method_arguments(scoring)
+
+    sweep = commands.add_parser("bench", help="MSE-vs-compute benchmark of kprop against Monte Carlo (tables, "
+                                "results store, figures)")
+    sweep.add_argument("--quick", action="store_true", help="small widths and few samples (a few minutes)")
+    sweep.add_argument("--widths", type=int, nargs="+", help="widths at the main depth (full: 16 32 64 128 256)")
+    sweep.add_argument("--depth", type=int, help="hidden layers of the width sweep (default 4)")
+    sweep.add_argument("--depths", type=int, nargs="+", help="depths of the depth sweep (default 1 2 3 4)")
+    sweep.add_argument("--depth-width", type=int, help="width of the depth sweep (full: 64, quick: 16)")
+    sweep.add_argument("--seeds", type=seed_value, nargs="+", help="network seeds (full: 0 1 2, quick: 0 1)")
+    sweep.add_argument("--orders", type=int, nargs="+", help=f"kprop orders (default 1..{MAX_ORDER})")
+    sweep.add_argument("--variants", choices=VARIANTS, nargs="+", help="kprop variants (default both)")
+    sweep.add_argument("--truth-samples", type=sample_count, help="truth sample count (full: 1e8, quick: 1e6)")
+    sweep.add_argument("--max-truth-flops", type=float, help="cap on a new truth's FLOPs: wide nets get fewer "
+                       "samples unless a cached truth has enough (full: 1e12, quick: 5e10)")
+    sweep.add_argument("--max-flops", type=float, help="skip kprop configurations predicted above this many "
+                       "FLOPs (full: 2e11, quick: 1e9)")
+    sweep.add_argument("--mc-samples", type=sample_count, nargs="+", help="Monte Carlo sample counts "
+                       "(full: 1e1 … 1e5)")
+    sweep.add_argument("--repeats", type=int, help="timed runs per measurement, fastest kept (full: 2)")
+    sweep.add_argument("--dtype", choices=tuple(DTYPES), help="kprop precision (default float64)")
+    sweep.add_argument("--results", type=Path, help="results directory (default results)")
+    sweep.add_argument("--truths", type=Path, nargs="+", default=[],
+                       help="extra directories of cached truth files (<fingerprint>-<samples>.npz)")
+    sweep.add_argument("--no-plots", action="store_true", help="skip the figures")
+
+    listing = commands.add_parser("results", help="print the runs table of a results directory")
+    listing.add_argument("--results", type=Path, default=Path("results"), help="results directory")
+    listing.add_argument("--where", nargs="+", default=[], metavar="COLUMN=VALUE", help="keep matching rows")
+    listing.add_argument("--columns", nargs="+", metavar="COLUMN", help="columns to print (default: a summary)")
+    listing.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     return parser
 
 
@@ -175,8 +208,53 @@ def command_demo(args: argparse.Namespace) -> None:
     print(run_demo(args.width, args.depth, args.reference_samples, args.seed))
 
 
+def command_bench(args: argparse.Namespace) -> None:
+    base = bench.QUICK if args.quick else bench.BenchSettings()
+    settings = bench.with_overrides(
+        base, widths=tuple(args.widths) if args.widths else None, depth=args.depth,
+        depths=tuple(args.depths) if args.depths else None, depth_width=args.depth_width,
+        seeds=tuple(args.seeds) if args.seeds else None, orders=tuple(args.orders) if args.orders else None,
+        variants=tuple(args.variants) if args.variants else None, truth_samples=args.truth_samples,
+        max_truth_flops=args.max_truth_flops, max_flops=args.max_flops,
+        mc_samples=tuple(args.mc_samples) if args.mc_samples else None, repeats=args.repeats, dtype=args.dtype,
+        results=args.results, truth_dirs=tuple(args.truths), plots=not args.no_plots)
+    run_id, rows, _ = bench.run_bench(settings)
+    print(f"\nrun {run_id}: {len(rows)} rows written to {results.runs_dir(settings.results)}")
+    print(format_table(*bench.summary_table(rows, settings)))
+    print("\nMSE against width (log-log slopes):")
+    print("\n".join(bench.width_slopes(rows, settings)))
+    print("\nHeadline:")
+    print("\n".join(bench.headline_summary(rows, *settings.headline)))
+    if settings.plots:
+        from mechest.plots import make_plots  # matplotlib is imported only when plotting
+
+        paths = make_plots(rows, settings, results.figures_dir(settings.results))
+        print(f"\nfigures: {', '.join(str(path) for path in paths)}")
+
+
+SUMMARY_COLUMNS = ("run_id", "width", "depth", "net_seed", "method", "order", "variant", "factored", "samples",
+                   "flops_raw", "seconds", "mse_over_var")
+
+
+def command_results(args: argparse.Namespace) -> None:
+    columns = args.columns or list(SUMMARY_COLUMNS)
+    unknown = [column for column in columns if column not in results.COLUMNS]
+    if unknown:
+        raise MechestError(f"unknown column {unknown[0]!r}; expected among {', '.join(results.COLUMNS)}")
+    filters = [results.parse_filter(text) for text in args.where]
+    rows = results.filter_rows(results.read_runs(args.results).to_pylist(), filters)
+    table = [[row[column] for column in columns] for row in rows]
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(table)
+        return
+    print(format_table(columns, table))
+    print(f"{len(rows)} rows")
+
+
 COMMANDS = {"estimate": command_estimate, "net": command_net, "truth": command_truth, "score": command_score,
-            "demo": command_demo}
+            "demo": command_demo, "bench": command_bench, "results": command_results}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,13 @@ Rules, per aten operation:
   log, erf, tanh, sigmoid, relu, ...): one FLOP per output entry;
 - sum and prod: (r - 1) per output entry, i.e. input size - output size; mean: r per output entry;
 - everything else (views, copies, comparisons, clamps, indexing, random-number generation): 0.
+
+Besides this raw count, ``FlopCounter.discounted`` applies design §8's symmetric-storage discount the way a
+symmetric tensor kernel would: an operation whose output is symmetric in its last d ≥ 2 axes (all of size n)
+is charged only for the C(n+d−1, d) distinct entries, i.e. its raw FLOPs times
+slice_factor = C(n+d−1, d) / n^d (≈ 1/d! for large n). Symmetry is detected on the output's values, so
+contractions that torch reshapes into matrix products with non-symmetric intermediates are not discounted
+(the reference's contract_factor discounts those too): this discount is a lower bound on the reference's.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from functools import cache
+from math import comb
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -48,8 +56,32 @@ def _operation_flops(name: str, args: tuple, out: object) -> int:
     return 0
 
 
+def symmetric_axes(tensor: torch.Tensor) -> int:
+    """The largest d ≥ 2 such that ``tensor`` is symmetric under permuting its last d axes (all of one size
+    n ≥ 2), up to round-off; 0 if there is none."""
+    if not tensor.is_floating_point() or tensor.dim() < 2 or tensor.shape[-1] < 2:
+        return 0
+    n = tensor.shape[-1]
+    equal = 0
+    while equal < tensor.dim() and tensor.shape[-1 - equal] == n:
+        equal += 1
+    scale = float(tensor.abs().max()) if tensor.numel() else 0.0
+    tolerance = 1e-9 * scale if tensor.dtype == torch.float64 else 1e-5 * scale
+    for d in range(equal, 1, -1):
+        axes = range(tensor.dim() - d, tensor.dim() - 1)
+        if all(bool(((tensor - tensor.transpose(a, a + 1)).abs() <= tolerance).all()) for a in axes):
+            return d
+    return 0
+
+
+def slice_factor(n: int, d: int) -> float:
+    """Distinct entries of a symmetric d-tensor over n indices, C(n+d−1, d), over its n^d stored entries."""
+    return comb(n + d - 1, d) / n**d
+
+
 class FlopCounter(TorchDispatchMode):
-    """Context manager that counts the FLOPs of every torch operation run inside it.
+    """Context manager that counts the FLOPs of every torch operation run inside it (``total``), and with
+    ``discount=True`` also the symmetric-storage-discounted count (``discounted``, see the module docstring).
 
     >>> with FlopCounter() as counter:
     ...     y = torch.ones(4, 3) @ torch.ones(3, 2)
@@ -57,9 +89,11 @@ class FlopCounter(TorchDispatchMode):
     48
     """
 
-    def __init__(self) -> None:
+    def __init__(self, discount: bool = False) -> None:
         super().__init__()
         self.by_operation: Counter[str] = Counter()
+        self.discount = discount
+        self.discounted = 0.0
 
     @property
     def total(self) -> int:
@@ -71,6 +105,9 @@ class FlopCounter(TorchDispatchMode):
         flops = _operation_flops(name, args, out)
         if flops:
             self.by_operation[name] += flops
+            if self.discount:
+                d = symmetric_axes(out)
+                self.discounted += flops * (slice_factor(out.shape[-1], d) if d else 1.0)
         return out
 
 
