@@ -142,14 +142,17 @@ def wanted_truth_samples(net: MLP, samples: int, max_truth_flops: float) -> int:
     return max(MIN_TRUTH_SAMPLES, min(samples, int(max_truth_flops // net.flops_per_sample())))
 
 
-def ground_truth(net: MLP, seed: int, settings: BenchSettings) -> Truth:
+def ground_truth(net: MLP, seed: int, settings: BenchSettings) -> Truth | None:
     """A cached truth with enough samples, or a new one computed into RESULTS/truths (float32 forward pass,
-    float64 accumulation; mechest.truth)."""
+    float64 accumulation; mechest.truth); None when a new one would have fewer than min_truth_samples
+    samples under the truth FLOP cap (too noisy to score the best estimates)."""
     wanted = wanted_truth_samples(net, settings.truth_samples, settings.max_truth_flops)
     own = make_directory(truths_dir(settings.results))
     cached = find_truth(net, wanted, [own, *settings.truth_dirs])
     if cached is not None:
         return cached
+    if wanted < settings.min_truth_samples:
+        return None
     return compute_truth(net, wanted, own / f"{net.fingerprint()}-{wanted}.npz",
                          seed=TRUTH_SEED_OFFSET + seed, dtype=torch.float32, progress=True)
 
@@ -166,6 +169,7 @@ class BenchSettings:
     activation: str = "relu"
     truth_samples: int = 10**8
     max_truth_flops: float = 1e12
+    min_truth_samples: int = 10**7
     max_flops: float = 2e11
     mc_samples: tuple[int, ...] = (10, 100, 1000, 10_000, 100_000)
     repeats: int = 2
@@ -195,8 +199,10 @@ class BenchSettings:
                 raise MechestError(f"every {what} must be a positive whole number, got {list(values)}")
         if not self.seeds or min(self.seeds) < 0:
             raise MechestError(f"seeds must be non-negative, got {list(self.seeds)}")
-        if self.truth_samples < MIN_TRUTH_SAMPLES or self.max_truth_flops <= 0 or self.max_flops <= 0:
-            raise MechestError(f"truth samples must be ≥ {MIN_TRUTH_SAMPLES} and the FLOP caps positive")
+        if min(self.truth_samples, self.min_truth_samples) < MIN_TRUTH_SAMPLES:
+            raise MechestError(f"truth sample counts must be at least {MIN_TRUTH_SAMPLES}")
+        if self.max_truth_flops <= 0 or self.max_flops <= 0:
+            raise MechestError("the FLOP caps must be positive")
         for directory in self.truth_dirs:
             if not Path(directory).is_dir():
                 raise MechestError(f"truth directory {directory} does not exist")
@@ -204,7 +210,7 @@ class BenchSettings:
 
 
 QUICK = BenchSettings(widths=(16, 32, 64), depths=(1, 2, 3, 4), depth_width=16, seeds=(0, 1),
-                      truth_samples=10**6, max_truth_flops=5e10, max_flops=1e9, mc_samples=(10, 100, 1000, 10_000),
+                      truth_samples=10**6, max_truth_flops=5e10, min_truth_samples=10**5, max_flops=1e9, mc_samples=(10, 100, 1000, 10_000),
                       repeats=1)
 
 
@@ -257,10 +263,9 @@ def plan_configs(settings: BenchSettings) -> Plan:
     return plan
 
 
-def bench_network(net: MLP, width: int, seed: int, configs: Sequence[Config], settings: BenchSettings,
-                  bar: tqdm) -> list[dict]:
-    """Rows for one network: its truth, each kprop configuration, Monte Carlo at each sample count."""
-    truth = ground_truth(net, seed, settings)
+def bench_network(net: MLP, width: int, seed: int, truth: Truth, configs: Sequence[Config],
+                  settings: BenchSettings, bar: tqdm) -> list[dict]:
+    """Rows for one network: each kprop configuration and Monte Carlo at each sample count, scored."""
     rows = []
     for config in configs:
         bar.set_postfix_str(f"n={width} L={net.depth} seed={seed} {config.label}")
@@ -295,7 +300,13 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> tu
     with tqdm(total=total, unit="run", desc="bench") as bar:
         for part, (width, depth, seed) in enumerate(jobs):
             net = random_mlp(width, depth, settings.activation, seed=seed)
-            network_rows = bench_network(net, width, seed, plan.runnable[width, depth], settings, bar)
+            truth = ground_truth(net, seed, settings)
+            if truth is None:
+                log(f"skipped: width {width}, depth {depth}, seed {seed}: no cached truth and a new one under "
+                    f"--max-truth-flops would have fewer than {settings.min_truth_samples:.3g} samples")
+                bar.update(len(plan.runnable[width, depth]) + len(settings.mc_samples))
+                continue
+            network_rows = bench_network(net, width, seed, truth, plan.runnable[width, depth], settings, bar)
             stamped = [{"run_id": run_id, "time": utc_now(), "machine": machine, **row} for row in network_rows]
             write_part(settings.results, run_id, part, stamped)
             rows.extend(stamped)
@@ -407,13 +418,15 @@ def headline_summary(rows: Sequence[dict], width: int, depth: int) -> list[str]:
                  f"{points[front[0]]['flops_raw']:.3g} FLOPs ({points[front[0]]['flops_raw'] / forward:.3g} forward "
                  "passes) kprop has no configuration")
     fit = fit_mc_time(rows, width, depth)
-    best = front[-1]
-    if fit is not None and points[best]["mse_over_var"] > 0:
-        mc_seconds = fit.seconds(1 / points[best]["mse_over_var"])
-        lines.append(f"wall-clock: best configuration {best.label} takes {points[best]['seconds']:.3g} s for MSE/Var "
-                     f"{points[best]['mse_over_var']:.3g}; Monte Carlo needs {1 / points[best]['mse_over_var']:.3g} "
-                     f"samples = {mc_seconds:.3g} s (fit {fit.overhead:.3g} s + {fit.per_sample:.3g} s/sample): "
-                     f"kprop is {mc_seconds / points[best]['seconds']:.3g}x faster")
+    if fit is not None:
+        lines.append(f"Monte Carlo wall-clock fit: {fit.overhead:.3g} s + {fit.per_sample:.3g} s per sample")
+        for config in reversed(front):
+            point = points[config]
+            if point["mse_over_var"] > 0:
+                mc_seconds = fit.seconds(1 / point["mse_over_var"])
+                lines.append(f"wall-clock, {config.label}: {point['seconds']:.3g} s for MSE/Var "
+                             f"{point['mse_over_var']:.3g}; Monte Carlo needs {1 / point['mse_over_var']:.3g} samples "
+                             f"= {mc_seconds:.3g} s: ratio {mc_seconds / point['seconds']:.3g}")
     for config, point in points.items():
         if config.order == 3 and config.factored:
             lines.append(f"{config.label}: {point['seconds']:.3g} s, {point['flops_raw']:.3g} FLOPs")

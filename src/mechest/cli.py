@@ -127,6 +127,8 @@ def build_parser() -> OneLineParser:
     sweep.add_argument("--truth-samples", type=sample_count, help="truth sample count (full: 1e8, quick: 1e6)")
     sweep.add_argument("--max-truth-flops", type=float, help="cap on a new truth's FLOPs: wide nets get fewer "
                        "samples unless a cached truth has enough (full: 1e12, quick: 5e10)")
+    sweep.add_argument("--min-truth-samples", type=sample_count, help="skip a net with no cached truth when a new "
+                       "one under --max-truth-flops would have fewer samples (full: 1e7, quick: 1e5)")
     sweep.add_argument("--max-flops", type=float, help="skip kprop configurations predicted above this many "
                        "FLOPs (full: 2e11, quick: 1e9)")
     sweep.add_argument("--mc-samples", type=sample_count, nargs="+", help="Monte Carlo sample counts "
@@ -137,6 +139,8 @@ def build_parser() -> OneLineParser:
     sweep.add_argument("--truths", type=Path, nargs="+", default=[],
                        help="extra directories of cached truth files (<fingerprint>-<samples>.npz)")
     sweep.add_argument("--no-plots", action="store_true", help="skip the figures")
+    sweep.add_argument("--report", nargs="+", metavar="RUN_ID", help="run nothing: summarise and plot the rows "
+                       "of these earlier runs from the results directory (e.g. a width-256 run and the rest)")
 
     listing = commands.add_parser("results", help="print the runs table of a results directory")
     listing.add_argument("--results", type=Path, default=Path("results"), help="results directory")
@@ -215,11 +219,18 @@ def command_bench(args: argparse.Namespace) -> None:
         depths=tuple(args.depths) if args.depths else None, depth_width=args.depth_width,
         seeds=tuple(args.seeds) if args.seeds else None, orders=tuple(args.orders) if args.orders else None,
         variants=tuple(args.variants) if args.variants else None, truth_samples=args.truth_samples,
-        max_truth_flops=args.max_truth_flops, max_flops=args.max_flops,
+        max_truth_flops=args.max_truth_flops, min_truth_samples=args.min_truth_samples, max_flops=args.max_flops,
         mc_samples=tuple(args.mc_samples) if args.mc_samples else None, repeats=args.repeats, dtype=args.dtype,
         results=args.results, truth_dirs=tuple(args.truths), plots=not args.no_plots)
-    run_id, rows, _ = bench.run_bench(settings)
-    print(f"\nrun {run_id}: {len(rows)} rows written to {results.runs_dir(settings.results)}")
+    if args.report:
+        wanted = set(args.report)
+        rows = [row for row in results.read_runs(settings.results).to_pylist() if row["run_id"] in wanted]
+        missing = wanted - {row["run_id"] for row in rows}
+        if missing:
+            raise MechestError(f"no rows of run {sorted(missing)[0]} in {results.runs_dir(settings.results)}")
+    else:
+        run_id, rows, _ = bench.run_bench(settings)
+        print(f"\nrun {run_id}: {len(rows)} rows written to {results.runs_dir(settings.results)}")
     print(format_table(*bench.summary_table(rows, settings)))
     print("\nMSE against width (log-log slopes):")
     print("\n".join(bench.width_slopes(rows, settings)))
