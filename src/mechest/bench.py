@@ -19,7 +19,6 @@ kprop points are compared with.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -209,9 +208,9 @@ class BenchSettings:
         return self
 
 
-QUICK = BenchSettings(widths=(16, 32, 64), depths=(1, 2, 3, 4), depth_width=16, seeds=(0, 1),
-                      truth_samples=10**6, max_truth_flops=5e10, min_truth_samples=10**5, max_flops=1e9, mc_samples=(10, 100, 1000, 10_000),
-                      repeats=1)
+QUICK = BenchSettings(widths=(16, 32, 64), depths=(1, 2, 3, 4), depth_width=16, seeds=(0, 1), orders=(1, 2, 3),
+                      truth_samples=10**6, max_truth_flops=5e10, min_truth_samples=10**5, max_flops=1.2e9,
+                      mc_samples=(10, 100, 1000, 10_000), repeats=1)
 
 
 def fastest(run: Callable[[], Estimate], repeats: int) -> Estimate:

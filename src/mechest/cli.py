@@ -122,7 +122,7 @@ def build_parser() -> OneLineParser:
     sweep.add_argument("--depths", type=int, nargs="+", help="depths of the depth sweep (default 1 2 3 4)")
     sweep.add_argument("--depth-width", type=int, help="width of the depth sweep (full: 64, quick: 16)")
     sweep.add_argument("--seeds", type=seed_value, nargs="+", help="network seeds (full: 0 1 2, quick: 0 1)")
-    sweep.add_argument("--orders", type=int, nargs="+", help=f"kprop orders (default 1..{MAX_ORDER})")
+    sweep.add_argument("--orders", type=int, nargs="+", help=f"kprop orders (full: 1..{MAX_ORDER}, quick: 1..3)")
     sweep.add_argument("--variants", choices=VARIANTS, nargs="+", help="kprop variants (default both)")
     sweep.add_argument("--truth-samples", type=sample_count, help="truth sample count (full: 1e8, quick: 1e6)")
     sweep.add_argument("--max-truth-flops", type=float, help="cap on a new truth's FLOPs: wide nets get fewer "
@@ -130,7 +130,7 @@ def build_parser() -> OneLineParser:
     sweep.add_argument("--min-truth-samples", type=sample_count, help="skip a net with no cached truth when a new "
                        "one under --max-truth-flops would have fewer samples (full: 1e7, quick: 1e5)")
     sweep.add_argument("--max-flops", type=float, help="skip kprop configurations predicted above this many "
-                       "FLOPs (full: 2e11, quick: 1e9)")
+                       "FLOPs (full: 2e11, quick: 1.2e9)")
     sweep.add_argument("--mc-samples", type=sample_count, nargs="+", help="Monte Carlo sample counts "
                        "(full: 1e1 … 1e5)")
     sweep.add_argument("--repeats", type=int, help="timed runs per measurement, fastest kept (full: 2)")
