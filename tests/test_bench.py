@@ -13,7 +13,9 @@ from mechest.bench import BenchSettings, Config, FlopCount
 from mechest.cli import main
 from mechest.errors import MechestError
 from mechest.estimate import estimate
+from mechest import truth as truth_module
 from mechest.mlp import random_mlp
+from mechest.montecarlo import RunningMoments, sample_moments
 from mechest.results import read_runs, truths_dir
 from mechest.truth import compute_truth, score
 
@@ -75,6 +77,35 @@ def test_truth_cache_finds_prefix_and_full_names_with_enough_samples(tmp_path) -
     assert bench.find_truth(net, 2500, [tmp_path]).samples == 3000
     assert bench.find_truth(net, 3001, [tmp_path]) is None
     assert bench.find_truth(other, 10, [tmp_path]).fingerprint == other.fingerprint()
+
+
+def test_checkpoints_of_unfinished_truth_runs_count_as_truths(tmp_path, monkeypatch) -> None:
+    net = random_mlp(4, 1, "relu", seed=0)
+    out = tmp_path / f"{net.fingerprint()}-100000.npz"
+    monkeypatch.setattr(truth_module, "CHECKPOINT_SECONDS", 0.0)  # checkpoint after every chunk
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real_merge = RunningMoments.merge
+    calls = []
+
+    def merge_then_stop(self, other):
+        calls.append(1)
+        if len(calls) > 3:
+            interrupt()
+        return real_merge(self, other)
+
+    monkeypatch.setattr(RunningMoments, "merge", merge_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        compute_truth(net, 100_000, out, seed=5, chunk_size=1000)
+    monkeypatch.undo()
+    partial = bench.find_truth(net, 1, [tmp_path])
+    assert not out.exists() and partial.samples == 3000
+    expected = sample_moments(net, 3000, 5, chunk_size=1000)
+    np.testing.assert_allclose(partial.mean, expected.mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(partial.variance, expected.variance.numpy(), rtol=1e-12)
+    assert bench.find_truth(net, 3001, [tmp_path]) is None
 
 
 def test_pareto_front_and_monte_carlo_line() -> None:

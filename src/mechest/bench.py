@@ -4,8 +4,9 @@ A sweep over networks (He-init, one activation): widths at a fixed depth, plus d
 per (width, depth). For every network:
 
 - a Monte Carlo ground truth, looked up in the truth caches (``<fingerprint>-<N>.npz`` or the 16-character
-  prefix of the fingerprint, any N at least the wanted sample count) or computed once into
-  ``RESULTS/truths``; the wanted count is min(samples, max_truth_flops / forward FLOPs);
+  prefix of the fingerprint, and the checkpoints of unfinished truth runs; the one with the most samples, if
+  at least the wanted count) or computed once into ``RESULTS/truths``; the wanted count is
+  min(samples, max_truth_flops / forward FLOPs);
 - every kprop configuration (order K, variant, factored) that is implemented and whose predicted FLOPs stay
   under the cap, timed (fastest of ``repeats`` runs) and scored; FLOPs counted raw and discounted
   (mechest.flops);
@@ -32,13 +33,14 @@ from mechest.errors import MechestError
 from mechest.estimate import Estimate, estimate, structure_key
 from mechest.flops import FlopCounter, warm_up
 from mechest.kprop import MAX_ORDER, VARIANTS, propagate
-from mechest.mlp import MLP, random_mlp
+from mechest.mlp import MLP, random_mlp, read_npz
 from mechest.results import machine_description, make_directory, new_run_id, truths_dir, utc_now, write_part
 from mechest.truth import Truth, compute_truth, load_truth, score
 
 TRUTH_SEED_OFFSET = 1000  # truth of the net with seed s uses seed 1000 + s (as the project's cached truths)
 MC_SEED_OFFSET = 5000  # Monte Carlo estimates of net s use seed 5000 + s: never the truth's samples
 MIN_TRUTH_SAMPLES = 1000
+CHECKPOINT_SUFFIX = ".npz.checkpoint.npz"  # mechest.truth.checkpoint_path of OUT.npz
 
 
 @dataclass(frozen=True)
@@ -114,27 +116,38 @@ def predicted_flops(config: Config, width: int, depth: int, activation: str, pro
     return probe * (width / small) ** cost_degree(config)
 
 
-def truth_candidates(net: MLP, directories: Sequence[Path]) -> list[tuple[int, Path]]:
-    """(samples, path) of cached truth files for ``net`` in ``directories``, most samples first."""
+def checkpoint_truth(path: Path) -> Truth:
+    """The truth so far of an unfinished ``compute_truth`` run, read from its checkpoint: a valid truth with
+    the samples done so far (population variance M2 / count)."""
+    data = read_npz(path)
+    try:
+        count = int(data["count"])
+        return Truth(data["mean"], data["m2"] / max(count, 1), count, int(data["seed"]), str(data["fingerprint"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise MechestError(f"cannot read {path}: not a mechest truth checkpoint ({error})") from None
+
+
+def cached_truths(net: MLP, directories: Sequence[Path]) -> list[Truth]:
+    """Truths of ``net`` in ``directories``, most samples first: finished files ``<fingerprint>-<N>.npz``
+    (or the 16-character prefix of the fingerprint) and the checkpoints of unfinished runs."""
     fingerprint = net.fingerprint()
     found = []
     for directory in directories:
         for path in Path(directory).glob(f"{fingerprint[:16]}*-*.npz"):
-            stem, _, count = path.name[: -len(".npz")].rpartition("-")
-            if count.isdigit() and fingerprint.startswith(stem):
-                found.append((int(count), path))
-    return sorted(found, reverse=True)
+            is_checkpoint = path.name.endswith(CHECKPOINT_SUFFIX)
+            stem = path.name[: -len(CHECKPOINT_SUFFIX if is_checkpoint else ".npz")]
+            prefix, _, count = stem.rpartition("-")
+            if count.isdigit() and fingerprint.startswith(prefix) and not path.name.endswith(".partial.npz"):
+                truth = checkpoint_truth(path) if is_checkpoint else load_truth(path)
+                if truth.fingerprint == fingerprint and truth.samples > 0:
+                    found.append(truth)
+    return sorted(found, key=lambda truth: truth.samples, reverse=True)
 
 
 def find_truth(net: MLP, wanted: int, directories: Sequence[Path]) -> Truth | None:
     """The cached truth of ``net`` with the most samples, if it has at least ``wanted``; else None."""
-    for samples, path in truth_candidates(net, directories):
-        if samples < wanted:
-            return None
-        truth = load_truth(path)
-        if truth.fingerprint == net.fingerprint() and truth.samples == samples:
-            return truth
-    return None
+    truths = cached_truths(net, directories)
+    return truths[0] if truths and truths[0].samples >= wanted else None
 
 
 def wanted_truth_samples(net: MLP, samples: int, max_truth_flops: float) -> int:
