@@ -23,7 +23,7 @@ import torch
 
 from mechest.distill import init_student
 from mechest.mlp import random_mlp
-from mechest.plots import plot_runs
+from mechest.training_plots import plot_runs
 from mechest.training import TrainingRun, fit, mechanistic_objective, sampled_objective, step_flops
 
 TEACHER_WIDTH, INPUT_DIM, OUTPUT_DIM = 256, 32, 8

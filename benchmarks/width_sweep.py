@@ -6,25 +6,26 @@ RESULTS/truths/<fingerprint>-<samples>.npz, and kprop for K = 1..4 in both varia
 and the fitted slope of log MSE against log width (it should be close to -K). Writes every run to
 RESULTS/width_sweep.csv.
 
-Run: python benchmarks/width_sweep.py [--widths 16 32 64 128] [--seeds 3] [--samples 1e8]
+`mechest bench` is the general form of this sweep (it also times Monte Carlo, counts FLOPs and plots); this
+script keeps the exact table of docs/results.md. Run: python benchmarks/width_sweep.py [--widths 16 32 64 128] [--seeds 3] [--samples 1e8]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mechest.bench import find_truth, fitted_slope
 from mechest.kprop import propagate
 from mechest.kprop.plan import compile_plan
 from mechest.mlp import MLP, random_mlp
 from mechest.tables import format_table
-from mechest.truth import Truth, compute_truth, load_truth, score
+from mechest.truth import Truth, compute_truth, score
 
 CONFIGURATIONS = [(1, "simple")] + [(order, variant) for order in (2, 3, 4) for variant in ("simple", "augment")]
 
@@ -32,19 +33,11 @@ CONFIGURATIONS = [(1, "simple")] + [(order, variant) for order in (2, 3, 4) for 
 def cached_truth(net: MLP, samples: int, directory: Path, seed: int) -> Truth:
     """The Monte Carlo truth of ``net`` with ``samples`` inputs, computed once and kept on disk."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{net.fingerprint()[:16]}-{samples}.npz"
-    if path.is_file():
-        return load_truth(path)
-    return compute_truth(net, samples, path, seed=seed, dtype=torch.float32, progress=True)
-
-
-def fitted_slope(widths: list[int], values: list[float]) -> float:
-    """Least-squares slope of log(value) against log(width), over the positive values."""
-    points = [(math.log(w), math.log(v)) for w, v in zip(widths, values) if v > 0]
-    if len(points) < 2:
-        return float("nan")
-    x, y = np.array(points).T
-    return float(np.polyfit(x, y, 1)[0])
+    cached = find_truth(net, samples, [directory])
+    if cached is not None:
+        return cached
+    return compute_truth(net, samples, directory / f"{net.fingerprint()}-{samples}.npz", seed=seed,
+                         dtype=torch.float32, progress=True)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ Errors in what the user passed are printed as one line on stderr with exit code 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from mechest import bench, results
 from mechest.device import DEVICES, resolve_device
 from mechest.errors import MechestError
 from mechest.estimate import DTYPES, METHODS, Estimate, estimate
@@ -203,6 +205,39 @@ def build_parser() -> OneLineParser:
                              help="our package's largest predicted FLOPs as a fraction of the budget")
     whest_score.add_argument("--json", action="store_true", help="print one JSON object")
     add_distill_parser(commands)
+    sweep = commands.add_parser("bench", help="MSE-vs-compute benchmark of kprop against Monte Carlo (tables, "
+                                "results store, figures)")
+    sweep.add_argument("--quick", action="store_true", help="small widths and few samples (a few minutes)")
+    sweep.add_argument("--widths", type=int, nargs="+", help="widths at the main depth (full: 16 32 64 128 256)")
+    sweep.add_argument("--depth", type=int, help="hidden layers of the width sweep (default 4)")
+    sweep.add_argument("--depths", type=int, nargs="+", help="depths of the depth sweep (default 1 2 3 4)")
+    sweep.add_argument("--depth-width", type=int, help="width of the depth sweep (full: 64, quick: 16)")
+    sweep.add_argument("--seeds", type=seed_value, nargs="+", help="network seeds (full: 0 1 2, quick: 0 1)")
+    sweep.add_argument("--orders", type=int, nargs="+", help=f"kprop orders (full: 1..{MAX_ORDER}, quick: 1..3)")
+    sweep.add_argument("--variants", choices=VARIANTS, nargs="+", help="kprop variants (default both)")
+    sweep.add_argument("--truth-samples", type=sample_count, help="truth sample count (full: 1e8, quick: 1e6)")
+    sweep.add_argument("--max-truth-flops", type=float, help="cap on a new truth's FLOPs: wide nets get fewer "
+                       "samples unless a cached truth has enough (full: 1e12, quick: 5e10)")
+    sweep.add_argument("--min-truth-samples", type=sample_count, help="skip a net with no cached truth when a new "
+                       "one under --max-truth-flops would have fewer samples (full: 1e7, quick: 1e5)")
+    sweep.add_argument("--max-flops", type=float, help="skip kprop configurations predicted above this many "
+                       "FLOPs (full: 2e11, quick: 1.2e9)")
+    sweep.add_argument("--mc-samples", type=sample_count, nargs="+", help="Monte Carlo sample counts "
+                       "(full: 1e1 … 1e5)")
+    sweep.add_argument("--repeats", type=int, help="timed runs per measurement, fastest kept (full: 2)")
+    sweep.add_argument("--dtype", choices=tuple(DTYPES), help="kprop precision (default float64)")
+    sweep.add_argument("--results", type=Path, help="results directory (default results)")
+    sweep.add_argument("--truths", type=Path, nargs="+", default=[],
+                       help="extra directories of cached truth files (<fingerprint>-<samples>.npz)")
+    sweep.add_argument("--no-plots", action="store_true", help="skip the figures")
+    sweep.add_argument("--report", nargs="+", metavar="RUN_ID", help="run nothing: summarise and plot the rows "
+                       "of these earlier runs from the results directory (e.g. a width-256 run and the rest)")
+
+    listing = commands.add_parser("results", help="print the runs table of a results directory")
+    listing.add_argument("--results", type=Path, default=Path("results"), help="results directory")
+    listing.add_argument("--where", nargs="+", default=[], metavar="COLUMN=VALUE", help="keep matching rows")
+    listing.add_argument("--columns", nargs="+", metavar="COLUMN", help="columns to print (default: a summary)")
+    listing.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     return parser
 
 
@@ -348,7 +383,7 @@ def command_whestbench(args: argparse.Namespace) -> None:
 
 
 def command_distill(args: argparse.Namespace) -> None:
-    from mechest.plots import plot_runs  # matplotlib loads only for this command
+    from mechest.training_plots import plot_runs  # matplotlib loads only for this command
     from mechest.training import DistillConfig, distill
 
     teacher = load(args.teacher, dtype=DTYPES[args.dtype])
@@ -380,8 +415,61 @@ def write_text_atomically(path: str, text: str) -> None:
         raise MechestError(f"cannot write {path}: {error.strerror or error}") from None
 
 
+def command_bench(args: argparse.Namespace) -> None:
+    base = bench.QUICK if args.quick else bench.BenchSettings()
+    settings = bench.with_overrides(
+        base, widths=tuple(args.widths) if args.widths else None, depth=args.depth,
+        depths=tuple(args.depths) if args.depths else None, depth_width=args.depth_width,
+        seeds=tuple(args.seeds) if args.seeds else None, orders=tuple(args.orders) if args.orders else None,
+        variants=tuple(args.variants) if args.variants else None, truth_samples=args.truth_samples,
+        max_truth_flops=args.max_truth_flops, min_truth_samples=args.min_truth_samples, max_flops=args.max_flops,
+        mc_samples=tuple(args.mc_samples) if args.mc_samples else None, repeats=args.repeats, dtype=args.dtype,
+        results=args.results, truth_dirs=tuple(args.truths), plots=not args.no_plots)
+    if args.report:
+        wanted = set(args.report)
+        rows = [row for row in results.read_runs(settings.results).to_pylist() if row["run_id"] in wanted]
+        missing = wanted - {row["run_id"] for row in rows}
+        if missing:
+            raise MechestError(f"no rows of run {sorted(missing)[0]} in {results.runs_dir(settings.results)}")
+    else:
+        run_id, rows, _ = bench.run_bench(settings)
+        print(f"\nrun {run_id}: {len(rows)} rows written to {results.runs_dir(settings.results)}")
+    print(format_table(*bench.summary_table(rows, settings)))
+    print("\nMSE against width (log-log slopes):")
+    print("\n".join(bench.width_slopes(rows, settings)))
+    print("\nHeadline:")
+    print("\n".join(bench.headline_summary(rows, *settings.headline)))
+    if settings.plots:
+        from mechest.plots import make_plots  # matplotlib is imported only when plotting
+
+        paths = make_plots(rows, settings, results.figures_dir(settings.results))
+        print(f"\nfigures: {', '.join(str(path) for path in paths)}")
+
+
+SUMMARY_COLUMNS = ("run_id", "width", "depth", "net_seed", "method", "order", "variant", "factored", "samples",
+                   "flops_raw", "seconds", "mse_over_var")
+
+
+def command_results(args: argparse.Namespace) -> None:
+    columns = args.columns or list(SUMMARY_COLUMNS)
+    unknown = [column for column in columns if column not in results.COLUMNS]
+    if unknown:
+        raise MechestError(f"unknown column {unknown[0]!r}; expected among {', '.join(results.COLUMNS)}")
+    filters = [results.parse_filter(text) for text in args.where]
+    rows = results.filter_rows(results.read_runs(args.results).to_pylist(), filters)
+    table = [[row[column] for column in columns] for row in rows]
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(table)
+        return
+    print(format_table(columns, table))
+    print(f"{len(rows)} rows")
+
+
 COMMANDS = {"estimate": command_estimate, "net": command_net, "truth": command_truth, "score": command_score,
-            "demo": command_demo, "tail": command_tail, "whestbench": command_whestbench, "distill": command_distill}
+            "demo": command_demo, "bench": command_bench, "results": command_results, "tail": command_tail,
+            "whestbench": command_whestbench, "distill": command_distill}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,48 @@
+"""Plots of training runs (matplotlib, Agg backend), written atomically."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from mechest.errors import MechestError  # noqa: E402
+from mechest.training import TrainingRun  # noqa: E402
+
+
+def plot_runs(runs: Sequence[TrainingRun], path: str | Path, title: str = "") -> None:
+    """True held-out loss (± 2 standard errors) against training FLOPs, log-log, one line per run.
+
+    The initial loss (0 FLOPs) is drawn as a dashed horizontal line.
+    """
+    path = Path(path)
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    for run in runs:
+        flops, loss, stderr = run.flops[1:], run.true_loss[1:], run.stderr[1:]
+        line, = axes.plot(flops, loss, marker=".", label=run.label)
+        axes.fill_between(flops, [m - 2 * s for m, s in zip(loss, stderr)], [m + 2 * s for m, s in zip(loss, stderr)],
+                          color=line.get_color(), alpha=0.2)
+    if runs:
+        axes.axhline(runs[0].true_loss[0], color="grey", linestyle="--", label="initial student")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("training FLOPs (forward + backward)")
+    axes.set_ylabel("true loss E‖S(x) − T(x)‖² (held-out)")
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8)
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    temporary = path.with_name(path.name + ".partial.png")
+    try:
+        figure.savefig(temporary, dpi=120)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise MechestError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        plt.close(figure)
