@@ -11,6 +11,7 @@ from mechest.errors import MechestError
 from mechest.estimate import estimate
 from mechest.kprop import propagate
 from mechest.mlp import random_mlp
+from mechest.truth import score
 from mechest.montecarlo import (
     CUDA_MEMORY_FRACTION,
     DEFAULT_CHUNK_SIZE,
@@ -109,3 +110,34 @@ def test_truth_on_cuda_is_reproducible(tmp_path) -> None:
     first = compute_truth(net, 50_000, tmp_path / "a.npz", seed=1, device="cuda", chunk_size=4096)
     second = compute_truth(net, 50_000, tmp_path / "b.npz", seed=1, device="cuda", chunk_size=4096)
     assert (first.mean == second.mean).all() and (first.variance == second.variance).all()
+
+
+@CUDA
+def test_bench_on_cuda_runs_kprop_monte_carlo_and_truths_there(tmp_path) -> None:
+    """`mechest bench --device cuda`: every estimate and the new truths run on the GPU; kprop rows equal CPU's."""
+    import dataclasses
+
+    from mechest import bench
+
+    tiny = bench.BenchSettings(widths=(6,), depth=2, depths=(2,), depth_width=6, seeds=(0,), truth_samples=20_000,
+                               max_truth_flops=1e9, min_truth_samples=1000, max_flops=1e7, mc_samples=(100,),
+                               repeats=1, orders=(1, 2), plots=False)
+    _, gpu_rows, _ = bench.run_bench(dataclasses.replace(tiny, results=tmp_path / "gpu", device="cuda"),
+                                     log=lambda line: None)
+    truth = bench.find_truth(random_mlp(6, 2, "relu", seed=0), 1, [tmp_path / "gpu" / "truths"])
+    assert truth is not None and truth.samples == 20_000
+    cpu_estimate = estimate(random_mlp(6, 2, "relu", seed=0), "kprop", order=2)
+    gpu_row = next(r for r in gpu_rows if r["method"] == "kprop" and (r["order"], r["variant"]) == (2, "simple"))
+    expected = score(cpu_estimate.mean, truth)
+    assert abs(gpu_row["mse"] - expected.mse) <= 1e-10 * max(expected.mse, 1e-30) + 1e-15
+
+
+@CUDA
+def test_distill_on_cuda(tmp_path, capsys) -> None:
+    """`mechest distill --device cuda` trains on the GPU and writes a student."""
+    teacher = tmp_path / "teacher.npz"
+    random_mlp(12, 1, "relu", input_dim=4, output_dim=2, seed=0).save(teacher)
+    out = tmp_path / "student.npz"
+    assert main(["distill", "--teacher", str(teacher), "--student-width", "6", "--steps", "5", "--log-every", "5",
+                 "--test-samples", "1000", "--no-baseline", "--device", "cuda", "--out", str(out)]) == 0
+    assert out.is_file()

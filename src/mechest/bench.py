@@ -34,6 +34,7 @@ from mechest.estimate import Estimate, estimate, structure_key
 from mechest.flops import FlopCounter, warm_up
 from mechest.kprop import MAX_ORDER, VARIANTS, propagate
 from mechest.mlp import MLP, random_mlp, read_npz
+from mechest.montecarlo import ChunkRunner, run_chunks_locally
 from mechest.results import machine_description, make_directory, new_run_id, truths_dir, utc_now, write_part
 from mechest.truth import Truth, compute_truth, load_truth, score
 
@@ -154,10 +155,11 @@ def wanted_truth_samples(net: MLP, samples: int, max_truth_flops: float) -> int:
     return max(MIN_TRUTH_SAMPLES, min(samples, int(max_truth_flops // net.flops_per_sample())))
 
 
-def ground_truth(net: MLP, seed: int, settings: BenchSettings) -> Truth | None:
+def ground_truth(net: MLP, seed: int, settings: BenchSettings, runner: ChunkRunner = run_chunks_locally) -> Truth | None:
     """A cached truth with enough samples, or a new one computed into RESULTS/truths (float32 forward pass,
     float64 accumulation; mechest.truth); None when a new one would have fewer than min_truth_samples
-    samples under the truth FLOP cap (too noisy to score the best estimates)."""
+    samples under the truth FLOP cap (too noisy to score the best estimates). Chunks run on ``runner`` (this
+    process, or a Dask cluster) and ``settings.device``."""
     wanted = wanted_truth_samples(net, settings.truth_samples, settings.max_truth_flops)
     own = make_directory(truths_dir(settings.results))
     cached = find_truth(net, wanted, [own, *settings.truth_dirs])
@@ -166,7 +168,8 @@ def ground_truth(net: MLP, seed: int, settings: BenchSettings) -> Truth | None:
     if wanted < settings.min_truth_samples:
         return None
     return compute_truth(net, wanted, own / f"{net.fingerprint()}-{wanted}.npz",
-                         seed=TRUTH_SEED_OFFSET + seed, dtype=torch.float32, progress=True)
+                         seed=TRUTH_SEED_OFFSET + seed, dtype=torch.float32, device=settings.device, runner=runner,
+                         progress=True)
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ class BenchSettings:
     orders: tuple[int, ...] = tuple(range(1, MAX_ORDER + 1))
     variants: tuple[str, ...] = VARIANTS
     dtype: str = "float64"
+    device: str = "cpu"
     results: Path = Path("results")
     truth_dirs: tuple[Path, ...] = ()
     plots: bool = True
@@ -282,21 +286,24 @@ def bench_network(net: MLP, width: int, seed: int, truth: Truth, configs: Sequen
     for config in configs:
         bar.set_postfix_str(f"n={width} L={net.depth} seed={seed} {config.label}")
         result = fastest(lambda: estimate(net, "kprop", order=config.order, variant=config.variant,
-                                          factored=config.factored, dtype=settings.dtype), settings.repeats)
+                                          factored=config.factored, dtype=settings.dtype, device=settings.device),
+                         settings.repeats)
         rows.append(row_of(net, width, seed, truth, result, count_flops(net, config), settings.dtype))
         bar.update()
     for samples in settings.mc_samples:
         bar.set_postfix_str(f"n={width} L={net.depth} seed={seed} Monte Carlo N={samples}")
-        result = fastest(lambda: estimate(net, "mc", samples=samples, seed=MC_SEED_OFFSET + seed, dtype="float32"),
-                         settings.repeats)
+        result = fastest(lambda: estimate(net, "mc", samples=samples, seed=MC_SEED_OFFSET + seed, dtype="float32",
+                                          device=settings.device), settings.repeats)
         flops = samples * net.flops_per_sample()
         rows.append(row_of(net, width, seed, truth, result, FlopCount(flops, flops), "float32"))
         bar.update()
     return rows
 
 
-def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> tuple[str, list[dict], Plan]:
-    """Run the sweep; write every network's rows to the results store as soon as they are done.
+def run_bench(settings: BenchSettings, log: Callable[[str], None] = print,
+              runner: ChunkRunner = run_chunks_locally) -> tuple[str, list[dict], Plan]:
+    """Run the sweep; write every network's rows to the results store as soon as they are done (new truths'
+    Monte Carlo chunks on ``runner``).
 
     Returns the run id, all rows of this run, and the plan (with the skipped configurations).
     """
@@ -312,7 +319,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> tu
     with tqdm(total=total, unit="run", desc="bench") as bar:
         for part, (width, depth, seed) in enumerate(jobs):
             net = random_mlp(width, depth, settings.activation, seed=seed)
-            truth = ground_truth(net, seed, settings)
+            truth = ground_truth(net, seed, settings, runner)
             if truth is None:
                 log(f"skipped: width {width}, depth {depth}, seed {seed}: no cached truth and a new one under "
                     f"--max-truth-flops would have fewer than {settings.min_truth_samples:.3g} samples")

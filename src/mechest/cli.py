@@ -230,6 +230,8 @@ def build_parser() -> OneLineParser:
     sweep.add_argument("--truths", type=Path, nargs="+", default=[],
                        help="extra directories of cached truth files (<fingerprint>-<samples>.npz)")
     sweep.add_argument("--no-plots", action="store_true", help="skip the figures")
+    add_device_argument(sweep)
+    add_cluster_arguments(sweep)
     sweep.add_argument("--report", nargs="+", metavar="RUN_ID", help="run nothing: summarise and plot the rows "
                        "of these earlier runs from the results directory (e.g. a width-256 run and the rest)")
 
@@ -270,6 +272,7 @@ def add_distill_parser(commands: argparse._SubParsersAction) -> None:
     distill.add_argument("--test-samples", type=sample_count, default=1 << 14,
                          help="held-out Monte Carlo inputs for the true loss (default 16384)")
     distill.add_argument("--dtype", choices=tuple(DTYPES), default="float64")
+    add_device_argument(distill)
     distill.add_argument("--out", required=True, metavar="STUDENT.npz", help="where to write the trained student")
     distill.add_argument("--plot", metavar="LOSS.png", help="true loss against training FLOPs")
     distill.add_argument("--json", metavar="LOG.json", help="write every run's log as JSON")
@@ -386,7 +389,7 @@ def command_distill(args: argparse.Namespace) -> None:
     from mechest.training_plots import plot_runs  # matplotlib loads only for this command
     from mechest.training import DistillConfig, distill
 
-    teacher = load(args.teacher, dtype=DTYPES[args.dtype])
+    teacher = load(args.teacher, dtype=DTYPES[args.dtype]).to(device=resolve_device(args.device))
     config = DistillConfig(args.student_width, args.steps, args.order, args.variant, args.factored, args.lr,
                            args.baseline_lr, args.batch_size, args.seed, args.log_every, args.test_samples,
                            args.method)
@@ -424,7 +427,7 @@ def command_bench(args: argparse.Namespace) -> None:
         variants=tuple(args.variants) if args.variants else None, truth_samples=args.truth_samples,
         max_truth_flops=args.max_truth_flops, min_truth_samples=args.min_truth_samples, max_flops=args.max_flops,
         mc_samples=tuple(args.mc_samples) if args.mc_samples else None, repeats=args.repeats, dtype=args.dtype,
-        results=args.results, truth_dirs=tuple(args.truths), plots=not args.no_plots)
+        results=args.results, truth_dirs=tuple(args.truths), plots=not args.no_plots, device=args.device)
     if args.report:
         wanted = set(args.report)
         rows = [row for row in results.read_runs(settings.results).to_pylist() if row["run_id"] in wanted]
@@ -432,7 +435,8 @@ def command_bench(args: argparse.Namespace) -> None:
         if missing:
             raise MechestError(f"no rows of run {sorted(missing)[0]} in {results.runs_dir(settings.results)}")
     else:
-        run_id, rows, _ = bench.run_bench(settings)
+        with chunk_runner(args, resolve_device(args.device)) as runner:
+            run_id, rows, _ = bench.run_bench(settings, runner=runner)
         print(f"\nrun {run_id}: {len(rows)} rows written to {results.runs_dir(settings.results)}")
     print(format_table(*bench.summary_table(rows, settings)))
     print("\nMSE against width (log-log slopes):")

@@ -180,13 +180,14 @@ def sampled_loss(student: MLP, teacher: MLP, inputs: torch.Tensor) -> torch.Tens
 
 
 def init_student(teacher: MLP, width: int, seed: int = 0) -> MLP:
-    """A He-init student of ``width`` with the teacher's depth, dims and activations, zero biases everywhere.
+    """A He-init student of ``width`` with the teacher's depth, dims and activations, zero biases everywhere,
+    on the teacher's device (drawn on the CPU, so the same seed gives the same student everywhere).
 
     Every weight and bias is a leaf tensor with requires_grad, ready for a torch optimizer.
     """
     net = random_mlp(width, teacher.depth, teacher.activations, input_dim=teacher.input_dim,
                      output_dim=teacher.output_dim, seed=seed, dtype=teacher.dtype)
-    weights = [w.detach().clone().requires_grad_(True) for w in net.weights]
+    weights = [w.detach().to(teacher.device).requires_grad_(True) for w in net.weights]
     biases = [torch.zeros(w.shape[0], dtype=w.dtype, device=w.device, requires_grad=True) for w in net.weights]
     return MLP(weights, biases, list(net.activations))
 
