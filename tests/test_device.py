@@ -11,7 +11,6 @@ from mechest.errors import MechestError
 from mechest.estimate import estimate
 from mechest.kprop import propagate
 from mechest.mlp import random_mlp
-from mechest.truth import score
 from mechest.montecarlo import (
     CUDA_MEMORY_FRACTION,
     DEFAULT_CHUNK_SIZE,
@@ -19,6 +18,7 @@ from mechest.montecarlo import (
     default_chunk_size,
     sample_moments,
 )
+from mechest.truth import score
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
