@@ -188,7 +188,7 @@ def init_student(teacher: MLP, width: int, seed: int = 0) -> MLP:
     net = random_mlp(width, teacher.depth, teacher.activations, input_dim=teacher.input_dim,
                      output_dim=teacher.output_dim, seed=seed, dtype=teacher.dtype)
     weights = [w.detach().to(teacher.device).requires_grad_(True) for w in net.weights]
-    biases = [torch.zeros(w.shape[0], dtype=w.dtype, device=w.device, requires_grad=True) for w in net.weights]
+    biases = [torch.zeros(w.shape[0], dtype=w.dtype, device=teacher.device, requires_grad=True) for w in net.weights]
     return MLP(weights, biases, list(net.activations))
 
 
