@@ -51,7 +51,7 @@ def test_estimate_random_network_without_weights_and_table_output(capsys) -> Non
 
 def test_truth_and_score(capsys, net_file, tmp_path) -> None:
     truth = str(tmp_path / "truth.npz")
-    assert run(capsys, "truth", "--weights", net_file, "--samples", "20000", "--out", truth)[0] == 0
+    assert run(capsys, "truth", "--weights", net_file, "--samples", "20000", "--workers", "0", "--out", truth)[0] == 0
     code, out, _ = run(capsys, "score", "--weights", net_file, "--truth", truth, "--method", "kprop", "--order", "2",
                        "--json")
     record = json.loads(out)
@@ -115,7 +115,7 @@ def test_no_half_written_output(capsys, tmp_path) -> None:
 
 def test_score_refuses_monte_carlo_with_the_truths_own_seed(capsys, net_file, tmp_path) -> None:
     truth = str(tmp_path / "truth.npz")
-    assert run(capsys, "truth", "--weights", net_file, "--samples", "1000", "--seed", "4", "--out", truth)[0] == 0
+    assert run(capsys, "truth", "--weights", net_file, "--samples", "1000", "--seed", "4", "--workers", "0", "--out", truth)[0] == 0
     code, _, err = run(capsys, "score", "--weights", net_file, "--truth", truth, "--method", "mc",
                        "--samples", "100", "--seed", "4")
     assert code == 2 and "own seed" in err

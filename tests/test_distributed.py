@@ -140,22 +140,26 @@ def test_interrupted_distributed_run_resumes_to_the_same_numbers(client, net, re
 
 
 def test_cli_truth_on_a_cluster_writes_the_same_arrays(client, capsys, tmp_path) -> None:
-    weights, one, many = (str(tmp_path / name) for name in ("net.npz", "one.npz", "many.npz"))
+    """In this process (--workers 0), on an existing cluster (--scheduler) and on the default embedded
+    LocalCluster (no option): the same arrays."""
+    weights, one, many, default = (str(tmp_path / name) for name in ("net.npz", "one.npz", "many.npz", "d.npz"))
     assert main(["net", "--width", "8", "--depth", "2", "--seed", "1", "--out", weights]) == 0
     common = ["truth", "--weights", weights, "--samples", "5e3", "--seed", "1", "--chunk-size", "512"]
-    assert main(common + ["--out", one]) == 0
+    assert main(common + ["--out", one, "--workers", "0"]) == 0
     assert main(common + ["--out", many, "--scheduler", client.scheduler.address]) == 0
-    with np.load(one) as a, np.load(many) as b:
-        assert a.files == b.files
-        for key in a.files:
-            np.testing.assert_array_equal(a[key], b[key])
+    assert main(common + ["--out", default]) == 0
+    for other in (many, default):
+        with np.load(one) as a, np.load(other) as b:
+            assert a.files == b.files
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key])
     capsys.readouterr()
 
 
 def test_interrupted_cli_truth_resumes_to_the_same_arrays(capsys, tmp_path, monkeypatch) -> None:
     weights, whole, part = (str(tmp_path / name) for name in ("net.npz", "whole.npz", "part.npz"))
     assert main(["net", "--width", "8", "--depth", "2", "--seed", "1", "--out", weights]) == 0
-    common = ["truth", "--weights", weights, "--samples", "5e3", "--seed", "1", "--chunk-size", "512"]
+    common = ["truth", "--weights", weights, "--samples", "5e3", "--seed", "1", "--chunk-size", "512", "--workers", "0"]
     assert main(common + ["--out", whole]) == 0
     original = mechest.montecarlo.chunk_moments
 
@@ -186,7 +190,7 @@ def test_cli_truth_rejects_bad_cluster_options(capsys, tmp_path) -> None:
     weights = str(tmp_path / "net.npz")
     assert main(["net", "--width", "4", "--depth", "1", "--out", weights]) == 0
     common = ["truth", "--weights", weights, "--samples", "100", "--out", str(tmp_path / "t.npz")]
-    for extra in (["--workers", "0"], ["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--chunk-size", "-1"]):
+    for extra in (["--workers", "-1"], ["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--chunk-size", "-1"]):
         with pytest.raises(SystemExit) as exit_info:
             main(common + extra)
         assert exit_info.value.code == 2

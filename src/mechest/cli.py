@@ -10,8 +10,8 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from mechest.estimate import DTYPES, METHODS, Estimate, estimate
 from mechest.kprop import MAX_ORDER, VARIANTS
 from mechest.demo import run_demo
 from mechest.mlp import MAX_SEED, MLP, load, random_mlp
-from mechest.montecarlo import ChunkRunner, run_chunks_locally
+from mechest.montecarlo import ChunkRunner, RunningMoments, run_chunks_locally
 from mechest.tables import format_table
 from mechest.tail import METHODS as TAIL_METHODS, tail_probability
 from mechest.truth import check_output_path, compute_truth, load_truth, score
@@ -53,15 +53,25 @@ def sample_count(text: str) -> int:
     return int(value)
 
 
-def positive_int(text: str) -> int:
-    """Parse a positive whole number (a count of workers, a chunk size)."""
+def whole_number(text: str, minimum: int) -> int:
+    """Parse a whole number ≥ ``minimum``."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """A count of workers (0: none)."""
+    return whole_number(text, 0)
+
+
+def positive_int(text: str) -> int:
+    """A positive whole number (a chunk size)."""
+    return whole_number(text, 1)
 
 
 def seed_value(text: str) -> int:
@@ -107,26 +117,39 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     """--workers [N] and --scheduler ADDRESS: where Monte Carlo chunks run (read by ``chunk_runner``)."""
     cluster = parser.add_mutually_exclusive_group()
-    cluster.add_argument("--workers", type=positive_int, nargs="?", const="auto", metavar="N",
-                         help="run Monte Carlo chunks on a local Dask cluster of N single-threaded worker "
-                              "processes (without N: one per CPU core, or one on cuda)")
+    cluster.add_argument("--workers", type=non_negative_int, nargs="?", const="auto", metavar="N",
+                         help="run Monte Carlo chunks on an embedded Dask LocalCluster of N single-threaded worker "
+                              "processes (default, or without N: one per CPU core, one on cuda); 0: in this "
+                              "process, no cluster")
     cluster.add_argument("--scheduler", metavar="ADDRESS", help="run Monte Carlo chunks on the Dask cluster "
                          "whose scheduler is at ADDRESS, e.g. tcp://10.0.0.1:8786")
 
 
 @contextmanager
 def chunk_runner(args: argparse.Namespace, device: torch.device) -> Iterator[ChunkRunner]:
-    """The ChunkRunner that ``add_cluster_arguments``' options ask for: this process, or a Dask cluster
-    (opened here and closed on exit)."""
-    if args.workers is None and args.scheduler is None:
+    """The ChunkRunner that ``add_cluster_arguments``' options ask for: this process (``--workers 0``), or a Dask
+    cluster, opened when a chunk first needs computing (a run with nothing to compute starts none) and closed on
+    exit. The result is the same bit for bit either way."""
+    if args.workers == 0:
         yield run_chunks_locally
         return
-    # dask takes a second to import: only when a cluster is asked for
-    from mechest.distributed import cluster_client, dask_runner
+    workers = None if args.workers in (None, "auto") else args.workers
+    with ExitStack() as stack:
+        runners: list[ChunkRunner] = []
 
-    workers = None if args.workers == "auto" else args.workers
-    with cluster_client(args.scheduler, workers, device) as client:
-        yield dask_runner(client)
+        def run_on_cluster(net: MLP, seed: int, samples: int, chunk_size: int,
+                           chunks: Iterable[int]) -> Iterator[tuple[int, RunningMoments]]:
+            chunks = list(chunks)
+            if not chunks:
+                return
+            if not runners:
+                # dask takes a second to import: only when a cluster is needed
+                from mechest.distributed import cluster_client, dask_runner
+
+                runners.append(dask_runner(stack.enter_context(cluster_client(args.scheduler, workers, device))))
+            yield from runners[0](net, seed, samples, chunk_size, chunks)
+
+        yield run_on_cluster
 
 
 def build_parser() -> OneLineParser:
