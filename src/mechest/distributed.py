@@ -52,7 +52,7 @@ def cluster_client(scheduler: str | None = None, workers: int | None = None,
             yield client
         return
     cluster = LocalCluster(n_workers=workers or machine_workers(device), threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+                           dashboard_address=":0", silence_logs=logging.ERROR)
     with cluster, Client(cluster) as client:
         yield client
 
