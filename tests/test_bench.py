@@ -24,11 +24,12 @@ TINY = BenchSettings(widths=(4, 6), depth=2, depths=(1, 2), depth_width=4, seeds
                      repeats=1, orders=(1, 2, 3))
 
 
-def test_configurations_factor_only_from_order_3_and_k1_has_one_variant() -> None:
+def test_configurations_factor_only_from_order_3_and_k1_has_simple_and_isotropic() -> None:
     configs = bench.all_configs()
-    assert Config(1, "simple") in configs and Config(1, "augment") not in configs
+    assert Config(1, "simple") in configs and Config(1, "isotropic") in configs
+    assert Config(1, "augment") not in configs
     assert {c.order for c in configs if c.factored} == {3, 4}
-    assert len(configs) == len(set(configs)) == 1 + 2 * 3 + 2 * 2
+    assert len(configs) == len(set(configs)) == 2 + 2 * 3 + 2 * 2
 
 
 def test_unimplemented_configurations_are_skipped_and_listed(monkeypatch) -> None:
@@ -47,7 +48,7 @@ def test_unimplemented_configurations_are_skipped_and_listed(monkeypatch) -> Non
         bench.unavailable_reason.cache_clear()
     assert all(not c.factored for configs in plan.runnable.values() for c in configs)
     assert sum("not implemented" in line for line in plan.skipped) == 2  # K = 3 simple and augment, factored
-    assert all(len(configs) == 5 for configs in plan.runnable.values())  # K=1, K=2 ×2, K=3 ×2
+    assert all(len(configs) == 6 for configs in plan.runnable.values())  # K=1 ×2, K=2 ×2, K=3 ×2
 
 
 def test_flop_cap_skips_what_it_predicts_too_expensive() -> None:

@@ -58,13 +58,14 @@ class Config:
 
 
 def all_configs(orders: Iterable[int] = range(1, MAX_ORDER + 1), variants: Iterable[str] = VARIANTS) -> list[Config]:
-    """K = 1 (mean field: the variant does not matter), then every (K ≥ 2, variant), unfactored and for
-    K ≥ 3 factored (factoring changes nothing for K ≤ 2)."""
+    """K = 1 (mean field: simple and augment coincide) and K = 1 isotropic (cheaper still), then every
+    (K ≥ 2, variant), unfactored and for K ≥ 3 factored (factoring changes nothing for K ≤ 2)."""
     configs = []
     for order in orders:
+        if order == 1:
+            configs += [Config(1, "simple"), Config(1, "isotropic")]
+            continue
         for variant in variants:
-            if order == 1 and variant != "simple":
-                continue
             configs.append(Config(order, variant))
             if order >= 3:
                 configs.append(Config(order, variant, factored=True))

@@ -20,7 +20,7 @@ from mechest import bench, results
 from mechest.device import DEVICES, resolve_device
 from mechest.errors import MechestError
 from mechest.estimate import DTYPES, METHODS, Estimate, estimate
-from mechest.kprop import MAX_ORDER, VARIANTS
+from mechest.kprop import ALL_VARIANTS, MAX_ORDER, VARIANTS
 from mechest.demo import run_demo
 from mechest.mlp import MAX_SEED, MLP, load, random_mlp
 from mechest.montecarlo import ChunkRunner, RunningMoments, run_chunks_locally
@@ -100,7 +100,8 @@ def add_network_arguments(parser: argparse.ArgumentParser, *, weights: str = "op
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS, default="kprop")
     parser.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
-    parser.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
+    parser.add_argument("--variant", choices=ALL_VARIANTS, default="simple",
+                        help="kprop variant (default simple; isotropic: K = 1 only, the cheapest estimate)")
     parser.add_argument("--factored", action="store_true",
                         help="carry the top cumulant in factored form (design §6; K = 3 both variants, K = 4 simple)")
     parser.add_argument("--samples", type=sample_count, help="Monte Carlo sample count, e.g. 1e6")

@@ -22,8 +22,9 @@ from mechest.bench import (  # noqa: E402
 )
 from mechest.results import make_directory  # noqa: E402
 
-MARKERS = {("simple", False): "o", ("augment", False): "s", ("simple", True): "^", ("augment", True): "D"}
-VARIANT_STYLES = {"simple": "-", "augment": "--"}
+MARKERS = {("simple", False): "o", ("augment", False): "s", ("simple", True): "^", ("augment", True): "D",
+           ("isotropic", False): "v"}
+VARIANT_STYLES = {"simple": "-", "augment": "--", "isotropic": ":"}
 
 
 def colour(order: int) -> str:

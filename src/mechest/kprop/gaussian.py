@@ -9,7 +9,15 @@ and w_i(k, p) = E[∂^k φ(Z)^p], Z ~ N(μ_i, σ_i²), are its Wick coefficients
 - K = 2 (covariance propagation): E[a_i] = w_i(0, 1), Var a_i = w_i(0, 2) - w_i(0, 1)², and
   Cov(a_i, a_j) = w_i(1, 1) w_j(1, 1) Σ_ij for i ≠ j (first Hermite term); Σ ← W Σ Wᵀ at each linear map.
 
-Both are exact when there is one hidden layer (the pre-activations are then exactly Gaussian).
+- K = 1 isotropic: as K = 1, with the pre-activation variances kept as their trace part too:
+  σ_i² ≈ c·tr(W Wᵀ)/n_out for every i, with tr(W Wᵀ)/n_out (the mean squared row norm) estimated from
+  ISOTROPIC_TRACE_ROWS evenly spaced rows of W, and the input's zero mean not multiplied through W.
+  It costs one matrix-vector product per linear map but the first, plus ~80 FLOPs per neuron for the
+  Gaussian integrals: less than one forward pass of a single input once the width is over ~150 (ReLU),
+  the cheapest kprop estimate. Its squared error is about 2x that of K = 1 on He-init ReLU nets.
+
+K = 1 and K = 2 are exact when there is one hidden layer (the pre-activations are then exactly Gaussian);
+K = 1 isotropic is exact there only if W's rows have equal norms.
 """
 
 from __future__ import annotations
@@ -28,6 +36,11 @@ def linear_mean(net: MLP, layer: int, mean: torch.Tensor) -> torch.Tensor:
     return out if bias is None else out + bias
 
 
+def scaled_identity(scale: torch.Tensor, size: int) -> torch.Tensor:
+    """scale·I of side ``size``, written without multiplying the n² zeros."""
+    return torch.diag(scale.expand(size))
+
+
 def mean_field(net: MLP) -> Propagation:
     """Order K = 1: Gaussian marginals with a trace-only second cumulant."""
     mean = torch.zeros(net.input_dim, dtype=net.dtype, device=net.device)
@@ -41,9 +54,41 @@ def mean_field(net: MLP) -> Propagation:
         mean = table[0, 1]
         trace_coefficient = (table[0, 2] - mean * mean).mean()
         layer_means.append(mean)
-        layer_covs.append(trace_coefficient * torch.eye(mean.numel(), dtype=net.dtype, device=net.device))
+        layer_covs.append(scaled_identity(trace_coefficient, mean.numel()))
     last = net.weights[-1]
     out_cov = torch.diag(trace_coefficient * (last * last).sum(dim=1))
+    return Propagation(linear_mean(net, net.depth, mean), out_cov, layer_means, layer_covs)
+
+
+ISOTROPIC_TRACE_ROWS = 8
+"""Rows of W read to estimate tr(W Wᵀ)/n_out in the isotropic mean field (relative error ≈ sqrt(2/(8·n_in))
+for i.i.d. weights; all rows when W has fewer)."""
+
+
+def mean_squared_row_norm(weight: torch.Tensor, rows: int = ISOTROPIC_TRACE_ROWS) -> torch.Tensor:
+    """tr(W Wᵀ)/n_out = mean_i Σ_k W_ik², estimated from ``rows`` evenly spaced rows of W."""
+    sampled = weight[:: max(1, weight.shape[0] // rows)][:rows]
+    return (sampled * sampled).sum() / sampled.shape[0]
+
+
+def isotropic_mean_field(net: MLP) -> Propagation:
+    """Order K = 1 with every second cumulant kept as a multiple of the identity (see module docstring)."""
+    mean: torch.Tensor | None = None  # None stands for the input's zero mean
+    trace_coefficient = torch.ones((), dtype=net.dtype, device=net.device)
+    layer_means, layer_covs = [], []
+    for layer in range(net.depth):
+        weight, bias = net.weights[layer], net.biases[layer]
+        pre_mean = torch.zeros(weight.shape[0], dtype=net.dtype, device=net.device) if mean is None \
+            else weight @ mean
+        pre_mean = pre_mean if bias is None else pre_mean + bias
+        pre_var = (trace_coefficient * mean_squared_row_norm(weight)).expand(weight.shape[0])
+        table = wick_table(net.activations[layer], pre_mean, pre_var, k_max=0, p_max=2)
+        mean = table[0, 1]
+        trace_coefficient = (table[0, 2] - mean * mean).mean()
+        layer_means.append(mean)
+        layer_covs.append(scaled_identity(trace_coefficient, mean.numel()))
+    last = net.weights[-1]
+    out_cov = scaled_identity(trace_coefficient * mean_squared_row_norm(last), last.shape[0])
     return Propagation(linear_mean(net, net.depth, mean), out_cov, layer_means, layer_covs)
 
 
