@@ -24,7 +24,7 @@ import torch
 from mechest.distill import init_student
 from mechest.mlp import random_mlp
 from mechest.training_plots import plot_runs
-from mechest.training import TrainingRun, fit, mechanistic_objective, sampled_objective, step_flops
+from mechest.training import LR_SCHEDULES, TrainingRun, fit, mechanistic_objective, sampled_objective, step_flops
 
 TEACHER_WIDTH, INPUT_DIM, OUTPUT_DIM = 256, 32, 8
 
@@ -46,7 +46,7 @@ def experiment(width: int, depth: int, orders: list[int], steps: int, args: argp
     for label, objective in estimators:  # K = 3 runs factored: Θ(n³L²) instead of Θ(n⁴L)
         student = init_student(teacher, width, seed=0)
         runs.append(fit(student, teacher, objective, steps, lr=args.lr, label=label, log_every=args.log_every,
-                        test_samples=args.test_samples, progress=True))
+                        test_samples=args.test_samples, progress=True, lr_schedule=args.lr_schedule))
     budget = max(run.flops[-1] for run in runs)
     student = init_student(teacher, width, seed=0)
     objective = sampled_objective(teacher, args.batch_size, seed=0)
@@ -54,7 +54,8 @@ def experiment(width: int, depth: int, orders: list[int], steps: int, args: argp
     ordinary_steps = budget // per_step
     log_every = max(1, ordinary_steps * args.log_every // steps)
     runs.append(fit(student, teacher, objective, ordinary_steps, lr=args.lr, label=f"ordinary, batch {args.batch_size}",
-                    log_every=log_every, test_samples=args.test_samples, flops_per_step=per_step, progress=True))
+                    log_every=log_every, test_samples=args.test_samples, flops_per_step=per_step, progress=True,
+                    lr_schedule=args.lr_schedule))
     return runs
 
 
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--mehler", action="store_true", help="also train on the Mehler-closure estimate")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--test-samples", type=int, default=1 << 14)

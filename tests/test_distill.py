@@ -23,7 +23,7 @@ from mechest.kprop import propagate
 from mechest.cli import main
 from mechest.mlp import MLP, load, random_mlp
 from mechest.montecarlo import sample_moments
-from mechest.training import DistillConfig, distill
+from mechest.training import COSINE_FINAL_FRACTION, DistillConfig, distill, fit, lr_factor, mechanistic_objective
 
 
 def pair(depth: int, activation: str = "relu", teacher_width: int = 6, student_width: int = 5) -> tuple[MLP, MLP]:
@@ -173,6 +173,34 @@ def test_mechanistic_training_beats_initialisation_and_reports_equal_flops(tmp_p
     assert ordinary.true_loss[0] == mechanistic.true_loss[0]  # same initial student, same held-out inputs
     budget = mechanistic.flops[-1]
     assert budget - ordinary.flops_per_step < ordinary.flops[-1] <= budget
+
+
+def test_cosine_schedule_runs_from_the_initial_rate_to_one_percent_of_it() -> None:
+    assert [lr_factor("constant", step, 10) for step in (0, 5, 10)] == [1.0, 1.0, 1.0]
+    assert lr_factor("cosine", 0, 10) == pytest.approx(1.0, rel=1e-15)
+    assert lr_factor("cosine", 5, 10) == pytest.approx((1 + COSINE_FINAL_FRACTION) / 2, rel=1e-15)
+    assert lr_factor("cosine", 10, 10) == pytest.approx(COSINE_FINAL_FRACTION, rel=1e-15)
+    factors = [lr_factor("cosine", step, 10) for step in range(11)]
+    assert all(a > b for a, b in zip(factors, factors[1:]))
+    with pytest.raises(MechestError, match="schedule"):
+        lr_factor("step", 0, 10)
+
+
+def test_fit_applies_the_schedule_to_adam(monkeypatch) -> None:
+    """The rate Adam uses at each step is lr · lr_factor(schedule, step, steps)."""
+    teacher = random_mlp(8, 1, input_dim=3, output_dim=2, seed=1)
+    seen: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    objective = mechanistic_objective(teacher, 2)
+    fit(init_student(teacher, 4), teacher, objective, 4, lr=0.1, label="cosine", log_every=4, test_samples=64,
+        lr_schedule="cosine")
+    assert seen == pytest.approx([0.1 * lr_factor("cosine", step, 4) for step in range(4)], rel=1e-12)
 
 
 def test_distill_command_writes_student_plot_and_log(tmp_path) -> None:

@@ -26,6 +26,7 @@ from mechest.mlp import MAX_SEED, MLP, load, random_mlp
 from mechest.montecarlo import ChunkRunner, RunningMoments, run_chunks_locally
 from mechest.tables import format_table
 from mechest.tail import METHODS as TAIL_METHODS, tail_probability
+from mechest.training import LR_SCHEDULES
 from mechest.truth import check_output_path, compute_truth, load_truth, score
 from mechest.wick import ACTIVATION_NAMES
 from mechest.whest.export import export_package
@@ -289,6 +290,8 @@ def add_distill_parser(commands: argparse._SubParsersAction) -> None:
                          help="kprop: order-K propagation; mehler: Gaussian closure at every layer (default kprop)")
     distill.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 1e-2)")
     distill.add_argument("--baseline-lr", type=float, help="Adam learning rate of ordinary training (default --lr)")
+    distill.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                         help="constant, or cosine decay to 1%% of --lr over the run (both trainers; default constant)")
     distill.add_argument("--batch-size", type=int, default=256, help="minibatch of ordinary training (default 256)")
     distill.add_argument("--no-baseline", action="store_true", help="skip ordinary training")
     distill.add_argument("--seed", type=seed_value, default=0, help="student init and minibatch seed")
@@ -416,7 +419,7 @@ def command_distill(args: argparse.Namespace) -> None:
     teacher = load(args.teacher, dtype=DTYPES[args.dtype]).to(device=resolve_device(args.device))
     config = DistillConfig(args.student_width, args.steps, args.order, args.variant, args.factored, args.lr,
                            args.baseline_lr, args.batch_size, args.seed, args.log_every, args.test_samples,
-                           args.method)
+                           args.method, args.lr_schedule)
     student, runs = distill(teacher, config, baseline=not args.no_baseline, progress=True)
     student.save(args.out)
     if args.plot:

@@ -13,6 +13,7 @@ inputs (seeded chunks, the same inputs at every evaluation), never seen in train
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,8 @@ from mechest.mlp import MLP
 from mechest.montecarlo import chunk_generator, sample_moments
 
 Objective = Callable[[MLP, int], torch.Tensor]
+LR_SCHEDULES = ("constant", "cosine")
+COSINE_FINAL_FRACTION = 0.01  # the cosine schedule ends at 1% of the initial learning rate
 TEST_SEED = 2**62  # held-out inputs use a seed that minibatch seeds (small integers) never reach
 
 
@@ -87,6 +90,17 @@ def step_flops(student: MLP, objective: Objective) -> int:
     return counter.total
 
 
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """Learning rate of step ``step`` (0-based) out of ``steps``, as a fraction of the initial one:
+    1 (constant), or f + (1 − f)(1 + cos(π·step/steps))/2 with f = COSINE_FINAL_FRACTION (cosine)."""
+    if schedule not in LR_SCHEDULES:
+        raise MechestError(f"unknown learning-rate schedule {schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
+    if schedule == "constant" or steps <= 0:
+        return 1.0
+    final = COSINE_FINAL_FRACTION
+    return final + (1 - final) * (1 + math.cos(math.pi * step / steps)) / 2
+
+
 def fit(
     student: MLP,
     teacher: MLP,
@@ -99,15 +113,19 @@ def fit(
     test_samples: int,
     flops_per_step: int | None = None,
     progress: bool = False,
+    lr_schedule: str = "constant",
 ) -> TrainingRun:
     """Adam on ``objective`` for ``steps`` steps, updating the student in place; true loss every ``log_every``.
+    The learning rate follows ``lr_schedule`` (``lr_factor``).
 
     ``flops_per_step`` is counted with ``step_flops`` unless given.
     """
     if steps < 0 or log_every < 1 or not lr > 0:
         raise MechestError(f"need steps >= 0, log_every >= 1 and lr > 0, got {steps}, {log_every}, {lr}")
     run = TrainingRun(label, flops_per_step or step_flops(student, objective))
+    lr_factor(lr_schedule, 0, steps)  # rejects an unknown schedule before any work
     optimizer = torch.optim.Adam(parameters(student), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(lr_schedule, step, steps))
 
     def record(step: int, value: float) -> None:
         mean, stderr = true_loss(student, teacher, test_samples)
@@ -124,6 +142,7 @@ def fit(
             loss = objective(student, step)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             if not torch.isfinite(loss.detach()):
                 raise MechestError(f"{label}: the loss became {float(loss)} at step {step}; lower --lr")
             if step % log_every == 0 or step == steps:
@@ -152,9 +171,11 @@ class DistillConfig:
     log_every: int = 10
     test_samples: int = 1 << 14
     method: str = "kprop"
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         check_options(self.order, self.variant)
+        lr_factor(self.lr_schedule, 0, self.steps)
         if self.method not in METHODS:
             raise MechestError(f"unknown distillation method {self.method!r}; expected one of {', '.join(METHODS)}")
         if self.order < 2:
@@ -182,7 +203,8 @@ def distill(teacher: MLP, config: DistillConfig, *, baseline: bool = True,
     student = init_student(teacher, config.width, config.seed)
     objective = mechanistic_objective(teacher, config.order, config.variant, config.factored, config.method)
     runs = [fit(student, teacher, objective, config.steps, lr=config.lr, label=mechanistic_label(config),
-                log_every=config.log_every, test_samples=config.test_samples, progress=progress)]
+                log_every=config.log_every, test_samples=config.test_samples, progress=progress,
+                lr_schedule=config.lr_schedule)]
     if baseline:
         ordinary = init_student(teacher, config.width, config.seed)
         sampled = sampled_objective(teacher, config.batch_size, config.seed)
@@ -194,5 +216,6 @@ def distill(teacher: MLP, config: DistillConfig, *, baseline: bool = True,
         log_every = max(1, round(config.log_every * steps / config.steps))
         runs.append(fit(ordinary, teacher, sampled, steps, lr=config.baseline_lr or config.lr,
                         label=f"ordinary, batch {config.batch_size}", log_every=log_every,
-                        test_samples=config.test_samples, flops_per_step=per_step, progress=progress))
+                        test_samples=config.test_samples, flops_per_step=per_step, progress=progress,
+                        lr_schedule=config.lr_schedule))
     return student, runs
