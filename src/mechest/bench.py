@@ -431,12 +431,14 @@ def headline_summary(rows: Sequence[dict], width: int, depth: int) -> list[str]:
                      f"Monte Carlo needs {forward / points[best_ratio]['mse_over_var']:.3g})")
     front = pareto_front(points)
     failures = front_below_mc_line(points, forward)
+    cheapest = points[front[0]]["flops_raw"]
+    coverage = ("its cheapest point costs at most one forward pass, so it covers every budget from one forward pass on"
+                if cheapest <= forward else
+                f"below {cheapest:.3g} FLOPs ({cheapest / forward:.3g} forward passes) kprop has no configuration")
     lines.append(f"Pareto front ({', '.join(c.label for c in front)}) "
                  + ("lies below the Monte Carlo line from " if not failures else "is NOT below the Monte Carlo line: "
                     + "; ".join(failures) + "; checked from ")
-                 + f"{points[front[0]]['flops_raw']:.3g} to {points[front[-1]]['flops_raw']:.3g} FLOPs; below "
-                 f"{points[front[0]]['flops_raw']:.3g} FLOPs ({points[front[0]]['flops_raw'] / forward:.3g} forward "
-                 "passes) kprop has no configuration")
+                 + f"{cheapest:.3g} to {points[front[-1]]['flops_raw']:.3g} FLOPs; {coverage}")
     fit = fit_mc_time(rows, width, depth)
     if fit is not None:
         lines.append(f"Monte Carlo wall-clock fit: {fit.overhead:.3g} s + {fit.per_sample:.3g} s per sample")
