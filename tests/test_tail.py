@@ -136,6 +136,33 @@ def test_factored_lpe_equals_unfactored() -> None:
     assert factored.factored and factored.flops > 0
 
 
+@pytest.mark.parametrize("layer", [1, 2, 4])
+def test_factored_marginals_equal_unfactored_for_simple(layer: int) -> None:
+    """μ, σ², κ_3 (read from the CP factors) and κ_4 (its trace piece) match the dense engine."""
+    net = random_mlp(10, 3, seed=3, bias_mean=0.1, bias_var=0.05)
+    dense, factored = (marginal_cumulants(net, layer, 3, "simple", factored=flag) for flag in (False, True))
+    torch.testing.assert_close(factored, dense, rtol=1e-11, atol=1e-14)
+    assert layer == 1 or factored[2].abs().max() > 1e-3  # a nonzero κ_3 after a ReLU layer
+
+
+def test_factored_augment_marginals_follow_the_factored_term_set() -> None:
+    """AUGMENT factored drops terms on purpose (design §6): it equals the dense engine under that term set."""
+    from mechest.kprop.plan import compile_plan
+    from mechest.tail import dense_marginals, truncate
+
+    net = random_mlp(10, 2, seed=5)
+    factored = marginal_cumulants(net, 3, 3, "augment", factored=True)
+    expected = dense_marginals(truncate(net, 3), compile_plan(3, "augment", "factored"))
+    torch.testing.assert_close(factored, expected, rtol=1e-11, atol=1e-14)
+
+
+def test_factored_saddlepoint_equals_unfactored() -> None:
+    net = random_mlp(12, 2, seed=2)
+    dense, factored = (tail_probability(net, 3, 2.0, "saddlepoint", order=3, factored=flag) for flag in (False, True))
+    torch.testing.assert_close(factored.raw, dense.raw, rtol=1e-10, atol=1e-14)
+    assert factored.factored and not dense.factored
+
+
 def test_heaviside_net_layout() -> None:
     net = random_mlp(6, 3, seed=0)
     augmented = heaviside_net(net, 2, 0.5, upper=False)
@@ -202,8 +229,8 @@ def test_bad_options() -> None:
         tail_probability(net, 1, 1.0, "mc")
     with pytest.raises(MechestError, match="positive"):
         tail_probability(net, 1, 1.0, "mc", samples=-3)
-    with pytest.raises(MechestError, match="unfactorised"):
-        tail_probability(net, 1, 1.0, "edgeworth", order=3, factored=True)
+    with pytest.raises(MechestError, match="order 3"):
+        tail_probability(net, 1, 1.0, "edgeworth", order=2, factored=True)
     with pytest.raises(MechestError, match="order"):
         tail_probability(net, 1, 1.0, order=7)
 

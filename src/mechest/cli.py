@@ -205,7 +205,8 @@ def build_parser() -> OneLineParser:
                       help="kprop (= lpe: Heaviside unit + kprop), edgeworth, or mc (default kprop)")
     tail.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
     tail.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
-    tail.add_argument("--factored", action="store_true", help="factored (CP) top cumulant (lpe only)")
+    tail.add_argument("--factored", action="store_true",
+                      help="factored (CP) top cumulant: lpe at K = 3 and K = 4 simple, edgeworth and saddlepoint at K = 3")
     tail.add_argument("--samples", type=sample_count, help="Monte Carlo sample count, e.g. 1e6")
     tail.add_argument("--seed", type=seed_value, default=0, help="Monte Carlo seed, and the random net's seed")
     tail.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")

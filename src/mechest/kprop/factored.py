@@ -481,6 +481,23 @@ def hidden_states(net: MLP, plan: Plan) -> Iterator[FactoredState]:
         yield state
 
 
+def output_marginals(net: MLP, order: int, variant: str) -> torch.Tensor:
+    """Rows μ_i, σ_i², κ_3(i,i,i), κ_4(i,i,i,i) of ``net``'s output (its last pre-activation) with κ_3 factored.
+
+    κ_3(i,i,i) = Σ_r (WA)_ir (WB)_ir (WC)_ir is read from the factors in O(nR); κ_4 is its tracked trace piece
+    (0 where the plan does not carry degree 4). The same values as the unfactorised engine for SIMPLE.
+    """
+    plan = factored_plan(order, variant)
+    state = FactoredState(input_tower(net.input_dim, plan, net.weights[0]),
+                          empty_factored(net.input_dim, net.weights[0]))
+    for state in hidden_states(net, plan):
+        pass
+    state = factored_linear_step(state, net.weights[-1], net.biases[-1])
+    mean = state.tower[1].core
+    fourth = slice_of(state.tower[4], (4,)) if 4 in state.tower else torch.zeros_like(mean)
+    return torch.stack([mean, slice_of(state.tower[2], (2,)), factored_slice(state.third, (ORDER,)), fourth])
+
+
 def propagate_factored(net: MLP, order: int, variant: str) -> Propagation:
     """Propagate x ~ N(0, I) through ``net`` at (order, variant) with κ_3 factored; same result as the engine.
 
