@@ -9,7 +9,7 @@ from mechest.errors import MechestError
 from mechest.kprop.engine import propagate_general
 from mechest.kprop.factored import propagate_factored
 from mechest.kprop.factored4 import propagate_factored4
-from mechest.kprop.gaussian import covariance_propagation, isotropic_mean_field, mean_field
+from mechest.kprop.gaussian import covariance_propagation, mean_field
 from mechest.kprop.result import Propagation
 from mechest.mlp import MLP
 
@@ -48,7 +48,7 @@ def propagate(net: MLP, order: int, variant: str = "simple", factored: bool = Fa
                                "drop --factored to run order 4 augment unfactored")
         return propagate_factored4(net, order, variant)
     if variant == "isotropic":
-        return isotropic_mean_field(net)
+        return mean_field(net, isotropic=True)
     if order == 1:
         return mean_field(net)
     if order == 2 and variant == "simple":
