@@ -1,4 +1,4 @@
-"""Ground-truth exceedance counts for benchmarks/tail_bench.py, on a GPU (this is the script that made
+"""Ground-truth exceedance counts for `mechest tail-bench`, on a GPU (this is the script that made
 benchmarks/data/tail_truth_seed{0,1}.npz: 250 s per network on one H100, 4.87·10⁹ samples each).
 
 For ``random_mlp(256, 3, "relu", seed=s)`` it counts, per neuron, how many Gaussian inputs put the pre-activation

@@ -19,6 +19,7 @@ import torch
 from mechest import bench, results
 from mechest.device import DEVICES, resolve_device
 from mechest.errors import MechestError
+from mechest.files import write_text_atomically
 from mechest.estimate import DTYPES, METHODS, Estimate, estimate
 from mechest.kprop import ALL_VARIANTS, MAX_ORDER, VARIANTS
 from mechest.demo import run_demo
@@ -211,6 +212,17 @@ def build_parser() -> OneLineParser:
     tail.add_argument("--seed", type=seed_value, default=0, help="Monte Carlo seed, and the random net's seed")
     tail.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")
     tail.add_argument("--json", action="store_true", help="print one JSON object")
+    tail_bench = commands.add_parser("tail-bench", help="the tail-probability experiment: every tail estimator "
+                                     "against exact exceedance counts, at equal FLOPs with Monte Carlo")
+    tail_bench.add_argument("--truths", default="benchmarks/data", metavar="DIR",
+                            help="folder of tail_truth_seed{S}.npz files (default benchmarks/data)")
+    tail_bench.add_argument("--seeds", type=seed_value, nargs="+", default=[0, 1], help="network seeds (default 0 1)")
+    tail_bench.add_argument("--width", type=int, default=256, help="width (default 256)")
+    tail_bench.add_argument("--depth", type=int, default=3, help="hidden ReLU layers (default 3)")
+    tail_bench.add_argument("--make-truths", type=sample_count, metavar="SAMPLES",
+                            help="count the truths of seeds that have none with SAMPLES inputs on this machine")
+    tail_bench.add_argument("--results", default="results", help="results directory (default results)")
+    tail_bench.add_argument("--replot", action="store_true", help="summarise the saved records of --seeds, run nothing")
     whest = commands.add_parser("whestbench", help="WhestBench entry: export our estimator, score it locally")
     whest_commands = whest.add_subparsers(dest="whest_command", required=True, parser_class=OneLineParser)
     export = whest_commands.add_parser("export", help="write a self-contained WhestBench estimator package")
@@ -391,6 +403,27 @@ def command_tail(args: argparse.Namespace) -> None:
     print(format_table(header, rows))
 
 
+def command_tail_bench(args: argparse.Namespace) -> None:
+    from mechest.tail_bench import TailBenchSettings, make_truth, markdown_table, plot, run_tail_bench
+
+    if args.width < 1 or args.depth < 1:
+        raise MechestError("--width and --depth must be positive")
+    settings = TailBenchSettings(width=args.width, depth=args.depth, layers=(2, args.depth + 1),
+                                 seeds=tuple(args.seeds), truths=Path(args.truths), results=Path(args.results))
+    if args.make_truths and not args.replot:
+        for seed in settings.seeds:
+            if not settings.truth_path(seed).is_file():
+                print(f"wrote {make_truth(settings, seed, args.make_truths)}", flush=True)
+    records, summary, ladders = run_tail_bench(settings, rerun=not args.replot)
+    print(markdown_table(summary))
+    for ladder in ladders:
+        median = "–" if ladder["median_rel_error"] is None else f"{ladder['median_rel_error']:.1%}"
+        print(f"budget ladder, layer {ladder['layer']}: median relative error {median} over {ladder['covered']} "
+              f"band neurons; {ladder['uncovered']} band neurons have a budget no ladder method fits")
+    for path in plot(records, settings, settings.results / "figures" / "tail_bench"):
+        print(f"wrote {path}")
+
+
 def command_whestbench(args: argparse.Namespace) -> None:
     if args.whest_command == "export":
         out = export_package(args.out, args.order, args.budget_fraction, args.min_window)
@@ -431,19 +464,6 @@ def command_distill(args: argparse.Namespace) -> None:
              run.true_loss[0] / run.true_loss[-1], run.seconds] for run in runs]
     print(format_table(["run", "steps", "FLOPs", "initial loss", "final loss", "stderr", "reduction", "seconds"], rows))
     print(f"wrote {args.out}")
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file (never a half-written file)."""
-    temporary = f"{path}.partial"
-    try:
-        with open(temporary, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except OSError as error:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise MechestError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def command_bench(args: argparse.Namespace) -> None:
@@ -501,7 +521,7 @@ def command_results(args: argparse.Namespace) -> None:
 
 COMMANDS = {"estimate": command_estimate, "net": command_net, "truth": command_truth, "score": command_score,
             "demo": command_demo, "bench": command_bench, "results": command_results, "tail": command_tail,
-            "whestbench": command_whestbench, "distill": command_distill}
+            "tail-bench": command_tail_bench, "whestbench": command_whestbench, "distill": command_distill}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

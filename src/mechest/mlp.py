@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mechest.errors import MechestError
+from mechest.files import write_npz_atomically
 from mechest.wick import ACTIVATION_NAMES, activation_function, second_moment
 
 _TORCH_MODULE_NAMES: dict[type[nn.Module], str] = {
@@ -396,15 +397,3 @@ def numeric_tensor(array: np.ndarray, name: str, dtype: torch.dtype) -> torch.Te
     if not np.issubdtype(array.dtype, np.number):
         raise MechestError(f"{name} is not numeric (dtype {array.dtype})")
     return torch.from_numpy(np.asarray(array, dtype=np.float64)).to(dtype)
-
-
-def write_npz_atomically(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays to ``path`` through a temporary file, so a failure never leaves a half-written file."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".partial.npz")
-    try:
-        np.savez(temporary, **arrays)
-        temporary.replace(path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise MechestError(f"cannot write {path}: {error.strerror or error}") from None

@@ -21,7 +21,8 @@ import torch
 
 from mechest.device import resolve_device
 from mechest.errors import MechestError
-from mechest.mlp import MLP, read_npz, write_npz_atomically
+from mechest.files import write_npz_atomically
+from mechest.mlp import MLP, read_npz
 from mechest.montecarlo import (
     ChunkRunner,
     OrderedMerge,
