@@ -16,6 +16,7 @@ from mechest.tail_bench import (
     budget_ladder,
     errors_of,
     exceedance_table,
+    label,
     make_truth,
     summarise,
 )
@@ -93,3 +94,12 @@ def test_command_refuses_missing_or_foreign_truths(tmp_path, capsys) -> None:
     assert "different network" in capsys.readouterr().err
     assert main(argv + ["--replot"]) == 2
     assert "run without --replot" in capsys.readouterr().err
+
+
+def test_one_hidden_layer_benches_its_output_layer_once(tmp_path, capsys) -> None:
+    argv = ["tail-bench", "--width", "6", "--depth", "1", "--seeds", "0", "--truths", str(tmp_path / "truths"),
+            "--results", str(tmp_path / "res"), "--make-truths", "5000"]
+    assert main(argv) == 0
+    records = json.loads((tmp_path / "res" / "tail" / "tail_bench_seed0.json").read_text())
+    assert {row["layer"] for row in records} == {2}
+    assert len(records) == len({(label(row), row["threshold"], row["upper"]) for row in records})

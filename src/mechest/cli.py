@@ -408,7 +408,7 @@ def command_tail_bench(args: argparse.Namespace) -> None:
 
     if args.width < 1 or args.depth < 1:
         raise MechestError("--width and --depth must be positive")
-    settings = TailBenchSettings(width=args.width, depth=args.depth, layers=(2, args.depth + 1),
+    settings = TailBenchSettings(width=args.width, depth=args.depth, layers=tuple(sorted({2, args.depth + 1})),
                                  seeds=tuple(args.seeds), truths=Path(args.truths), results=Path(args.results))
     if args.make_truths and not args.replot:
         for seed in settings.seeds:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,7 @@ class TailBenchSettings:
     results: Path = Path("results")
     marginal_configs: tuple = MARGINAL_CONFIGS
     lpe_configs: tuple = LPE_CONFIGS
-    band: tuple[float, float] = field(default=BAND)
+    band: tuple[float, float] = BAND
 
     def network(self, seed: int) -> MLP:
         return random_mlp(self.width, self.depth, "relu", seed=seed)

@@ -34,10 +34,10 @@ def propagate(net: MLP, order: int, variant: str = "simple", factored: bool = Fa
     """Propagate the cumulants of x ~ N(0, I) through ``net`` to order ``order`` (K) in ``variant``.
 
     K = 1 (also in its K = 1-only "isotropic" variant) and K = 2 simple use the closed Gaussian recursions of
-    mechest.kprop.gaussian; everything else runs the general diagram engine (which agrees with them; see tests). ``factored=True`` carries the order-K
-    cumulant in factored form (design §6: K = 3 both variants, K = 4 simple). It equals the unfactorised estimate for SIMPLE; for AUGMENT it
-    evaluates the reference's factored term set (mechest.combinatorics.factored_keeps_term). For K ≤ 2 it changes
-    nothing.
+    mechest.kprop.gaussian; everything else runs the general diagram engine (which agrees with them; see
+    tests). ``factored=True`` carries the order-K cumulant in factored form (design §6: K = 3 both variants,
+    K = 4 simple). It equals the unfactorised estimate for SIMPLE; for AUGMENT it evaluates the reference's
+    factored term set (mechest.combinatorics.factored_keeps_term). For K ≤ 2 it changes nothing.
     """
     check_options(order, variant)
     if factored and order == 3:
