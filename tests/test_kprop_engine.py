@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from mechest.estimate import estimate
-from mechest.kprop import propagate
+from mechest.kprop import engine, propagate, summed
 from mechest.kprop.engine import propagate_general
 from mechest.kprop.gaussian import covariance_propagation
-from mechest.kprop.plan import compile_plan
+from mechest.kprop.plan import compile_plan, reads_at_radial_index
 from mechest.mlp import MLP, random_mlp
+from mechest.tensors.diagonal_slices import from_dense, symmetrize
+from mechest.tensors.harmonic import project_slices
 
 HIGHER = [(order, variant) for order in (2, 3, 4) for variant in ("simple", "augment")]
 
@@ -140,3 +142,48 @@ def test_plans_track_the_design_towers() -> None:
     }
     for (order, variant), radial in expected.items():
         assert compile_plan(order, variant).radial == radial
+
+
+
+def force_summed_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluate summed slices (mechest.kprop.summed) whatever the width, so small nets exercise that path."""
+    monkeypatch.setattr(engine, "split_summed", lambda plan, width, min_width: summed.split_summed(plan, width, 0))
+
+
+@pytest.mark.parametrize("order", [3, 4])
+def test_summed_slices_give_the_dense_result(order: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """K = 3 / 4 AUGMENT with the (2, 1, …, 1) slice evaluated as its capped sum equals forming the slice."""
+    net = random_mlp(5, 3, "gelu", input_dim=4, bias_mean=0.1, bias_var=0.05, seed=3)
+    plan = compile_plan(order, "augment")
+    assert summed.split_summed(plan, 5)[1] == ()  # below MIN_WIDTH: formed densely
+    assert summed.split_summed(plan, 5, 0)[1] == ((2,) + (1,) * (order - 1),)
+    dense = propagate_general(net, order, "augment")
+    force_summed_slices(monkeypatch)
+    with_sums = propagate_general(net, order, "augment")
+    torch.testing.assert_close(with_sums.mean, dense.mean, rtol=0, atol=1e-13)
+    torch.testing.assert_close(with_sums.cov, dense.cov, rtol=0, atol=1e-13)
+    for ours, theirs in zip(with_sums.layer_means, dense.layer_means, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-13)
+
+
+def test_summed_slices_are_differentiable(monkeypatch: pytest.MonkeyPatch) -> None:
+    force_summed_slices(monkeypatch)
+    net = random_mlp(3, 2, "tanh", bias_mean=0.2, seed=0)
+    weights = [w.clone().requires_grad_(True) for w in net.weights]
+
+    def output_mean(*params: torch.Tensor) -> torch.Tensor:
+        return propagate_general(MLP(list(params), net.biases, net.activations), 3, "augment").mean
+
+    assert torch.autograd.gradcheck(output_mean, weights, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("degree, r", [(4, 2), (5, 1), (6, 3), (4, 1)])
+def test_projection_reads_only_the_slices_the_plan_computes(degree: int, r: int) -> None:
+    """Slices with Σ_b ⌊p_b/2⌋ < r (never formed by the engine) do not change P_{≥r} T."""
+    generator = torch.Generator().manual_seed(degree + 7 * r)
+    tensor = symmetrize(torch.randn((4,) * degree, generator=generator, dtype=torch.float64))
+    slices = from_dense(tensor)
+    read = {p: s for p, s in slices.items() if reads_at_radial_index(p, r)}
+    assert len(read) < len(slices)
+    torch.testing.assert_close(project_slices(read, 4, degree, r).core, project_slices(slices, 4, degree, r).core,
+                               rtol=0, atol=1e-12)

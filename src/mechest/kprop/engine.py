@@ -20,9 +20,19 @@ import torch
 
 from mechest.kprop.plan import Plan, SliceTerm, compile_plan
 from mechest.kprop.result import Propagation
+from mechest.kprop.summed import MIN_WIDTH as SUMMED_MIN_WIDTH
+from mechest.kprop.summed import capped_laplacian_term, split_summed, summed_cumulant
 from mechest.mlp import MLP
 from mechest.tensors.diagonal_slices import symmetrize_slice, zero_repeated
-from mechest.tensors.harmonic import HTensor, linear_map, map_metric, project_slices, slice_of
+from mechest.tensors.harmonic import (
+    HTensor,
+    laplacian_power_slices,
+    linear_map,
+    map_metric,
+    project_slices,
+    projection_core_from_laplacians,
+    slice_of,
+)
 from mechest.wick import wick_table
 
 Tower = dict[int, HTensor]
@@ -63,11 +73,12 @@ def broadcast(tensor: torch.Tensor, axes: tuple[int, ...], m: int) -> torch.Tens
     return placed.reshape(shape)
 
 
-def term_value(term: SliceTerm, slices: dict, wick: torch.Tensor, p: tuple[int, ...]) -> torch.Tensor | None:
-    """c(ν)·|orbit|·Π_v κ_v · Π_j w(k_j, p_j) for one representative diagram, broadcast over m axes.
+def term_factors(term: SliceTerm, slices: dict, wick: torch.Tensor, p: tuple[int, ...]) -> list[torch.Tensor] | None:
+    """Broadcast factors whose product is c(ν)·|orbit|·Π_v κ_v · Π_j w(k_j, p_j) for one representative diagram.
 
     Cheap factors go first: everything on a single axis is multiplied into one vector per axis, each vector
-    into the smallest multi-axis block that holds its axis, and only then are the blocks multiplied out.
+    into the smallest multi-axis block that holds its axis; the blocks are left for the caller to multiply out
+    (``accumulate``). None when a block's piece is not tracked.
     """
     if any((block.degree, block.slice_type) not in slices for block in term.blocks):
         return None
@@ -81,26 +92,35 @@ def term_value(term: SliceTerm, slices: dict, wick: torch.Tensor, p: tuple[int, 
         else:
             wide.append([block.axes, broadcast(slices[(block.degree, block.slice_type)], block.axes, m)])
     if not wide:
-        return vectors[0]
+        return [vectors[0]]
     wide.sort(key=lambda entry: len(entry[0]))
     for axis, vector in enumerate(vectors):
         holder = next(entry for entry in wide if axis in entry[0])
         holder[1] = holder[1] * broadcast(vector, (axis,), m)
-    value = wide[0][1]
-    for _, factor in wide[1:]:
-        value = value * factor
-    return value
+    return [factor for _, factor in wide]
+
+
+def accumulate(total: torch.Tensor, factors: list[torch.Tensor], coefficient: float = 1.0) -> None:
+    """total += coefficient · Π factors, the last product fused into the update (no n^m temporary for it)."""
+    head = factors[0]
+    for factor in factors[1:-1]:
+        head = head * factor
+    if len(factors) == 1:
+        total.add_(head, alpha=coefficient)
+    else:
+        total.addcmul_(head, factors[-1], value=coefficient)
 
 
 def power_cumulants(plan: Plan, slices: dict, wick: torch.Tensor) -> Slices:
     """pK_p for every tracked slice type: connected diagram sums, symmetrised, zero on repeated indices."""
+    n = wick.shape[-1]
     out: Slices = {}
     for p in plan.slice_types:
-        total = None
+        total = wick.new_zeros((n,) * len(p))
         for term in plan.diagrams[p]:
-            value = term_value(term, slices, wick, p)
-            if value is not None:
-                total = value if total is None else total.add_(value)
+            factors = term_factors(term, slices, wick, p)
+            if factors is not None:
+                accumulate(total, factors)
         if len(p) > 1:
             total = zero_repeated(symmetrize_slice(total, p))
         out[p] = total
@@ -112,29 +132,39 @@ def cumulants_from_power_cumulants(plan: Plan, power: Slices) -> Slices:
     out: Slices = {}
     for p in plan.slice_types:
         m = len(p)
-        total = None
+        total = power[p].new_zeros(power[p].shape)
         for conversion in plan.conversions[p]:
-            value = None
-            for part in conversion.parts:
-                factor = broadcast(power[part.slice_type], part.axes, m)
-                value = factor if value is None else value * factor
-            value = conversion.coefficient * value
-            total = value if total is None else total + value
+            accumulate(total, [broadcast(power[part.slice_type], part.axes, m) for part in conversion.parts],
+                       conversion.coefficient)
         out[p] = zero_repeated(total) if m > 1 else total
     return out
 
 
-def nonlinear_step(tower: Tower, activation: str, plan: Plan) -> Tower:
-    """Approximate cumulants of a = φ(z) from the tower of z, as harmonic pieces with identity metric."""
+def nonlinear_step(tower: Tower, activation: str, plan: Plan, summed_min_width: int = SUMMED_MIN_WIDTH) -> Tower:
+    """Approximate cumulants of a = φ(z) from the tower of z, as harmonic pieces with identity metric.
+
+    From ``summed_min_width`` neurons on, slices that the projection reads only through a capped sum
+    (mechest.kprop.summed) are evaluated as that sum.
+    """
     mean = tower[1].core
     variance = slice_of(tower[2], (2,))
     wick = wick_table(activation, mean, variance, plan.k_max, plan.p_max)
-    power = power_cumulants(plan, block_slices(tower, plan), wick)
-    cumulant_slices = cumulants_from_power_cumulants(plan, power)
+    dense_plan, summed = split_summed(plan, mean.numel(), summed_min_width)
+    power = power_cumulants(dense_plan, block_slices(tower, dense_plan), wick)
+    cumulant_slices = cumulants_from_power_cumulants(dense_plan, power)
+    capped = [capped_laplacian_term(p, summed_cumulant(p, plan, tower, power, wick)) + (sum(p),) for p in summed]
     out: Tower = {}
+    n = mean.numel()
     for degree, radial in plan.radial.items():
         of_degree = {p: s for p, s in cumulant_slices.items() if sum(p) == degree}
-        out[degree] = project_slices(of_degree, mean.numel(), degree, radial)
+        extra = [(q, value) for q, value, d in capped if d == degree]
+        if not extra:
+            out[degree] = project_slices(of_degree, n, degree, radial)
+            continue
+        laplacians = {j: laplacian_power_slices(of_degree, degree, j) for j in range(radial, degree // 2 + 1)}
+        for q, value in extra:
+            laplacians[1][q] = laplacians[1][q] + value if q in laplacians[1] else value
+        out[degree] = HTensor(projection_core_from_laplacians(laplacians, n, degree, radial), radial, n=n)
     return out
 
 

@@ -50,10 +50,22 @@ from mechest.kprop.engine import (
     linear_step,
     power_cumulants,
 )
-from mechest.kprop.plan import Conversion, Factor, Plan, SliceTerm, compile_plan
+from mechest.kprop.plan import (
+    Conversion,
+    Factor,
+    Plan,
+    SliceTerm,
+    compile_plan,
+    needed_slice_types,
+)
 from mechest.kprop.result import Propagation
 from mechest.mlp import MLP
-from mechest.tensors.diagonal_slices import LETTERS, symmetrize, symmetrize_slice, zero_repeated
+from mechest.tensors.diagonal_slices import (
+    LETTERS,
+    symmetrize,
+    symmetrize_slice,
+    zero_repeated,
+)
 from mechest.tensors.harmonic import (
     HTensor,
     cap_weight,
@@ -165,30 +177,12 @@ def with_exact_lower_slices(top: FactoredTensor, cumulants: Slices) -> FactoredT
 # Which slices are computed densely
 
 
-def reads_at_radial_index(p: IntPartition, r: int) -> bool:
-    """Whether slice p of a degree-|p| tensor enters its projection P_{≥r}.
-
-    P_{≥r} reads L^j T for j ≥ r (design §5.2), and on a slice L^j needs j caps inside blocks, at most
-    Σ_b ⌊p_b/2⌋ of them; so p is read iff Σ_b ⌊p_b/2⌋ ≥ r.
-    """
-    return sum(part // 2 for part in p) >= r
-
-
 def dense_slice_types(plan: Plan) -> tuple[IntPartition, ...]:
-    """The tracked slices computed densely: those some projection reads, closed under pK → K, except TOP.
+    """The slices computed densely: those the plan computes except TOP, closed under pK → K without TOP.
 
     TOP enters other slices only through ``split_dense_plan``'s traced terms.
     """
-    wanted = {p for p in plan.slice_types if reads_at_radial_index(p, plan.radial[sum(p)]) and p != TOP}
-    frontier = list(wanted)
-    while frontier:
-        p = frontier.pop()
-        for conversion in plan.conversions[p]:
-            for part in conversion.parts:
-                if part.slice_type not in wanted and part.slice_type != TOP:
-                    wanted.add(part.slice_type)
-                    frontier.append(part.slice_type)
-    return tuple(p for p in plan.slice_types if p in wanted)
+    return needed_slice_types(plan.slice_types, plan.radial, plan.conversions, frozenset({TOP}))
 
 
 def reads_top(term: SliceTerm) -> bool:

@@ -80,9 +80,41 @@ def slice_term(diagram: Diagram, coefficient: float, m: int) -> SliceTerm:
 TERM_SETS = ("full", "factored")
 
 
+def reads_at_radial_index(p: IntPartition, r: int) -> bool:
+    """Whether slice p of a degree-|p| tensor enters its projection P_{≥r}.
+
+    P_{≥r} reads L^j T for j ≥ r (design §5.2), and on a slice L^j needs j caps inside blocks, at most
+    Σ_b ⌊p_b/2⌋ of them; so p is read iff Σ_b ⌊p_b/2⌋ ≥ r.
+    """
+    return sum(part // 2 for part in p) >= r
+
+
+def needed_slice_types(
+    tracked: tuple[IntPartition, ...],
+    radial: dict[int, int],
+    conversions: dict[IntPartition, tuple[Conversion, ...]],
+    excluded: frozenset[IntPartition] = frozenset(),
+) -> tuple[IntPartition, ...]:
+    """The tracked slices some projection reads, closed under the parts their pK → K terms multiply.
+
+    The others (e.g. κ_6's (2, 2, 1, 1) slice under K = 4 AUGMENT, whose piece is a pure trace) are tracked
+    by the diagram rules but change no output, so the engine never forms them. ``excluded`` slices are left
+    out of the result and of the closure.
+    """
+    wanted = {p for p in tracked if reads_at_radial_index(p, radial[sum(p)]) and p not in excluded}
+    frontier = list(wanted)
+    while frontier:
+        for conversion in conversions[frontier.pop()]:
+            for part in conversion.parts:
+                if part.slice_type not in wanted and part.slice_type not in excluded:
+                    wanted.add(part.slice_type)
+                    frontier.append(part.slice_type)
+    return tuple(p for p in tracked if p in wanted)
+
+
 @cache
 def compile_plan(order: int, variant: str, term_set: str = "full") -> Plan:
-    """Enumerate the tracked pieces, slice types, diagram orbits and pK → K terms for (order, variant).
+    """Enumerate the tracked pieces, the slice types that reach an output, their diagram orbits and pK → K terms.
 
     ``term_set="factored"`` keeps only the diagrams that factored propagation evaluates
     (``factored_keeps_term``: hypertrees on the all-distinct slice); it differs from "full" only for AUGMENT.
@@ -90,15 +122,17 @@ def compile_plan(order: int, variant: str, term_set: str = "full") -> Plan:
     if term_set not in TERM_SETS:
         raise ValueError(f"unknown term set {term_set!r}; expected one of {TERM_SETS}")
     radial = {d: r for d in range(1, d_max(order, variant) + 1) if (r := radial_index(d, order, variant)) >= 0}
-    slice_types = tracked_slice_types(order, variant)
+    tracked = tracked_slice_types(order, variant)
+    all_conversions = {
+        p: tuple(Conversion(float(c), tuple(factor_of(u) for u in rho)) for c, rho in power_to_cumulant_terms(p))
+        for p in tracked
+    }
+    slice_types = needed_slice_types(tracked, radial, all_conversions)
+    conversions = {p: all_conversions[p] for p in slice_types}
     diagrams = {
         p: tuple(slice_term(t.diagram, float(t.coefficient) * t.orbit_size, len(p))
                  for t in admissible_diagrams(p, order, variant)
                  if term_set == "full" or factored_keeps_term(p, t.diagram, order))
-        for p in slice_types
-    }
-    conversions = {
-        p: tuple(Conversion(float(c), tuple(factor_of(u) for u in rho)) for c, rho in power_to_cumulant_terms(p))
         for p in slice_types
     }
     needed = {part.slice_type for terms in conversions.values() for term in terms for part in term.parts}

@@ -96,10 +96,10 @@ def to_dense(slices: Mapping[IntPartition, torch.Tensor], n: int, d: int) -> tor
         if p not in prepared:
             continue
         if axis_of_position == tuple(range(d)):  # the all-distinct pattern is the tensor itself: a plain add
-            out = out + prepared[p]
+            out.add_(prepared[p])
         else:
             index = tuple(_along_axis(torch.arange(n, device=device), a, len(p)) for a in axis_of_position)
-            out = out.index_put(index, prepared[p], accumulate=True)
+            out.index_put_(index, prepared[p], accumulate=True)
     return out
 
 
@@ -143,6 +143,8 @@ def _symmetrize_axes(tensor: torch.Tensor, axes: tuple[int, ...]) -> torch.Tenso
     """
     out = tensor
     for k in range(1, len(axes)):
-        swapped = (out.transpose(axes[i], axes[k]) for i in range(k))
-        out = (out + sum(swapped)) / (k + 1)
+        total = out.clone()
+        for i in range(k):
+            total.add_(out.transpose(axes[i], axes[k]))
+        out = total.div_(k + 1)
     return out

@@ -36,6 +36,7 @@ from mechest.tensors.diagonal_slices import (
     LETTERS,
     IntPartition,
     Slices,
+    slice_from_dense,
     symmetrize,
     symmetrize_slice,
     to_dense,
@@ -280,6 +281,8 @@ def slice_of(h: HTensor, p: IntPartition) -> torch.Tensor:
     slice a splitting only matters through how many core positions fall in each block and through the
     multigraph its pairs draw on the blocks; each such class is one einsum term (``slice_products``).
     """
+    if h.r == 0:
+        return slice_from_dense(h.core, p)
     blocks = LETTERS[: len(p)]
     out = torch.zeros((h.n,) * len(p), dtype=h.core.dtype, device=h.core.device)
     for weight, factors in slice_products(h, p):
