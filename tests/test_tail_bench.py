@@ -6,31 +6,39 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mechest.cli import main
 from mechest.mlp import random_mlp
-from mechest.tail import exceedance_counts, truncate
+from mechest.montecarlo import chunk_count, chunk_generator, chunk_size_of
+from mechest.tail import exceedance_counts, exceedance_table, truncate
 from mechest.tail_bench import (
     LADDER,
     TailBenchSettings,
     budget_ladder,
     errors_of,
-    exceedance_table,
     label,
     make_truth,
     summarise,
 )
 
 
-def test_exceedance_table_equals_per_event_counts() -> None:
-    """One forward pass per chunk for all layers and events gives the counts of the one-event counter."""
+@pytest.mark.parametrize("chunk_size", [1 << 16, 700])
+def test_exceedance_table_counts_every_layer_and_event(chunk_size: int) -> None:
+    """One forward pass per chunk for all layers and events gives the brute-force counts of the same inputs."""
     net = random_mlp(6, 2, "relu", seed=4)
     events = [(0.5, True), (-0.5, False)]
-    table = exceedance_table(net, (2, 3), events, samples=3000, seed=9, chunk_size=1 << 16)
+    samples = 3000
+    table = exceedance_table(net, (2, 3), events, samples=samples, seed=9, chunk_size=chunk_size)
+    inputs = torch.cat([torch.randn(chunk_size_of(c, samples, chunk_size), net.input_dim,
+                                    generator=chunk_generator(9, c), dtype=net.dtype)
+                        for c in range(chunk_count(samples, chunk_size))])
     for row, layer in enumerate((2, 3)):
+        z = truncate(net, layer)(inputs)
         for column, (t, upper) in enumerate(events):
-            expected = exceedance_counts(truncate(net, layer), 3000, 9, t, upper)
-            np.testing.assert_array_equal(table[row, column], expected.numpy())
+            expected = ((z > t) if upper else (z < t)).sum(dim=0)
+            assert torch.equal(table[row, column], expected)
+    assert torch.equal(exceedance_counts(truncate(net, 3), samples, 9, 0.5, True, chunk_size), table[1, 0])
 
 
 def record(rel_estimates: list[float], true_counts: list[int], flops: float, method: str, order: int,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,8 +50,15 @@ from mechest.kprop.engine import input_tower, linear_step, nonlinear_step
 from mechest.kprop.factored import output_marginals
 from mechest.kprop.plan import Plan, compile_plan
 from mechest.mlp import MLP
-from mechest.montecarlo import DEFAULT_CHUNK_SIZE, check_sample_count, chunk_count, chunk_generator, chunk_size_of
+from mechest.montecarlo import (
+    DEFAULT_CHUNK_SIZE,
+    check_sample_count,
+    chunk_count,
+    chunk_generator,
+    chunk_size_of,
+)
 from mechest.tensors.harmonic import slice_of
+from mechest.wick import activation_function
 
 METHODS = ("lpe", "edgeworth", "saddlepoint", "mc")
 WILSON_Z = 1.959963984540054  # two-sided 95% normal quantile
@@ -274,23 +282,39 @@ def wilson_interval(counts: torch.Tensor, samples: int, z: float = WILSON_Z) -> 
     return ((centre - half) / scale).clamp_min(0.0), ((centre + half) / scale).clamp_max(1.0)
 
 
-def exceedance_counts(net: MLP, samples: int, seed: int, threshold: float, upper: bool,
-                      chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False) -> torch.Tensor:
-    """Exact int64 counts #{s·(z_i - t) > 0} of the output z of ``net`` over ``samples`` inputs from ``seed``.
+Event = tuple[float, bool]  # (threshold t, upper): upper counts z_i > t, lower z_i < t
 
-    Chunk c uses mechest.montecarlo's generator of (seed, c), so a count does not depend on the chunking order.
-    """
-    counts = torch.zeros(net.output_dim, dtype=torch.int64, device=net.device)
-    sign = 1.0 if upper else -1.0
+
+def exceedance_table(net: MLP, layers: Sequence[int], events: Sequence[Event], samples: int, seed: int,
+                     chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False) -> torch.Tensor:
+    """counts[layer, event, neuron] = #{inputs with s·(z_i − t) > 0} (int64, on the CPU) for the pre-activations
+    z of ``layers`` (1 = first hidden layer, depth + 1 = output), every layer and event from one forward pass per
+    chunk. Chunk c uses mechest.montecarlo's generator of (seed, c), so a count does not depend on the order."""
+    counts = torch.zeros(len(layers), len(events), net.weights[0].shape[0], dtype=torch.int64)
     with torch.no_grad(), tqdm(total=samples, disable=None if progress else True, unit="sample",
                                unit_scale=True) as bar:
         for chunk in range(chunk_count(samples, chunk_size)):
             size = chunk_size_of(chunk, samples, chunk_size)
-            generator = chunk_generator(seed, chunk, net.device)
-            x = torch.randn(size, net.input_dim, generator=generator, dtype=net.dtype, device=net.device)
-            counts += (sign * (net(x) - threshold) > 0).sum(dim=0)
+            h = torch.randn(size, net.input_dim, generator=chunk_generator(seed, chunk, net.device),
+                            dtype=net.dtype, device=net.device)
+            for index in range(net.depth + 1):
+                z = h @ net.weights[index].T
+                z = z if net.biases[index] is None else z + net.biases[index]
+                if index + 1 in layers:
+                    row = list(layers).index(index + 1)
+                    for column, (t, upper) in enumerate(events):
+                        counts[row, column] += ((z > t) if upper else (z < t)).sum(dim=0).cpu()
+                if index < net.depth:
+                    h = activation_function(net.activations[index])(z)
             bar.update(size)
     return counts
+
+
+def exceedance_counts(net: MLP, samples: int, seed: int, threshold: float, upper: bool,
+                      chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False) -> torch.Tensor:
+    """Exact int64 counts #{s·(z_i − t) > 0} of the output z of ``net`` over ``samples`` inputs from ``seed``."""
+    table = exceedance_table(net, (net.depth + 1,), ((threshold, upper),), samples, seed, chunk_size, progress)
+    return table[0, 0].to(net.device)
 
 
 def monte_carlo(net: MLP, layer: int, threshold: float, upper: bool = True, *, samples: int, seed: int = 0,

@@ -27,17 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mechest.errors import MechestError
-from mechest.flops import FlopCounter, warm_up
 from mechest.files import write_npz_atomically, write_text_atomically
+from mechest.flops import FlopCounter, warm_up
 from mechest.mlp import MLP, random_mlp
-from mechest.montecarlo import chunk_count, chunk_generator, chunk_size_of
-from mechest.tail import hermite_tail, lpe, marginal_cumulants, saddlepoint_tail, truncate
-from mechest.wick import activation_function
+from mechest.tail import (
+    Event,
+    exceedance_table,
+    hermite_tail,
+    lpe,
+    marginal_cumulants,
+    saddlepoint_tail,
+    truncate,
+)
 
-Event = tuple[float, bool]  # (threshold, upper)
 UPPER_THRESHOLDS = (2.0, 3.0, 3.5, 4.0, 4.5, 5.0)
 LOWER_THRESHOLDS = (-2.0, -3.0, -4.0)
 LPE_CONFIGS = ((1, "simple", False), (2, "simple", False), (2, "augment", False), (3, "simple", True))
@@ -72,33 +76,11 @@ def default_events() -> list[Event]:
     return [(t, True) for t in UPPER_THRESHOLDS] + [(t, False) for t in LOWER_THRESHOLDS]
 
 
-def exceedance_table(net: MLP, layers: Sequence[int], events: Sequence[Event], samples: int, seed: int,
-                     chunk_size: int = 1 << 16) -> np.ndarray:
-    """counts[layer, event, neuron] = #{inputs with s·(z_i − t) > 0} over ``samples`` inputs of chunked seed
-    ``seed`` (mechest.montecarlo's generators), every layer and event from one forward pass per chunk."""
-    counts = torch.zeros(len(layers), len(events), net.weights[0].shape[0], dtype=torch.int64)
-    with torch.no_grad():
-        for chunk in range(chunk_count(samples, chunk_size)):
-            size = chunk_size_of(chunk, samples, chunk_size)
-            h = torch.randn(size, net.input_dim, generator=chunk_generator(seed, chunk, net.device),
-                            dtype=net.dtype, device=net.device)
-            for index in range(net.depth + 1):
-                z = h @ net.weights[index].T
-                z = z if net.biases[index] is None else z + net.biases[index]
-                if index + 1 in layers:
-                    row = list(layers).index(index + 1)
-                    for column, (t, upper) in enumerate(events):
-                        counts[row, column] += ((z > t) if upper else (z < t)).sum(dim=0).cpu()
-                if index < net.depth:
-                    h = activation_function(net.activations[index])(z)
-    return counts.numpy()
-
-
 def make_truth(settings: TailBenchSettings, seed: int, samples: int) -> Path:
     """Count every event of ``default_events`` at every layer on this machine and write the truth file."""
     net = settings.network(seed)
     events = default_events()
-    counts = exceedance_table(net, settings.layers, events, samples, seed=1000003 * seed)
+    counts = exceedance_table(net, settings.layers, events, samples, seed=1000003 * seed).numpy()
     path = settings.truth_path(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_npz_atomically(path, {
