@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-k4-width", type=int, default=64)
-    parser.add_argument("--max-k4-augment-width", type=int, default=32)
+    parser.add_argument("--max-k4-augment-width", type=int, default=64)
     parser.add_argument("--max-factored-k4-width", type=int, default=128)
     parser.add_argument("--factored-only", action="store_true", help="only the factored configurations")
     args = parser.parse_args()
