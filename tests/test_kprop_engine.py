@@ -11,7 +11,7 @@ from mechest.estimate import estimate
 from mechest.kprop import engine, propagate, summed
 from mechest.kprop.engine import propagate_general
 from mechest.kprop.gaussian import covariance_propagation
-from mechest.kprop.plan import compile_plan, reads_at_radial_index
+from mechest.kprop.plan import Plan, compile_plan, reads_at_radial_index
 from mechest.mlp import MLP, random_mlp
 from mechest.tensors.diagonal_slices import from_dense, symmetrize
 from mechest.tensors.harmonic import project_slices
@@ -145,9 +145,18 @@ def test_plans_track_the_design_towers() -> None:
 
 
 
-def force_summed_slices(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Evaluate summed slices (mechest.kprop.summed) whatever the width, so small nets exercise that path."""
-    monkeypatch.setattr(engine, "split_summed", lambda plan, width, min_width: summed.split_summed(plan, width, 0))
+def force_summed_slices(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Evaluate summed slices (mechest.kprop.summed) whatever the width, so small nets exercise that path;
+    returns the list of slices the engine evaluated that way, one entry per layer."""
+    used: list[tuple] = []
+
+    def split(plan: Plan, width: int) -> tuple[Plan, tuple]:
+        dense_plan, slices = summed.split_summed(plan, width, 0)
+        used.append(slices)
+        return dense_plan, slices
+
+    monkeypatch.setattr(engine, "split_summed", split)
+    return used
 
 
 @pytest.mark.parametrize("order", [3, 4])
@@ -158,8 +167,9 @@ def test_summed_slices_give_the_dense_result(order: int, monkeypatch: pytest.Mon
     assert summed.split_summed(plan, 5)[1] == ()  # below MIN_WIDTH: formed densely
     assert summed.split_summed(plan, 5, 0)[1] == ((2,) + (1,) * (order - 1),)
     dense = propagate_general(net, order, "augment")
-    force_summed_slices(monkeypatch)
+    used = force_summed_slices(monkeypatch)
     with_sums = propagate_general(net, order, "augment")
+    assert used == [((2,) + (1,) * (order - 1),)] * 3
     torch.testing.assert_close(with_sums.mean, dense.mean, rtol=0, atol=1e-13)
     torch.testing.assert_close(with_sums.cov, dense.cov, rtol=0, atol=1e-13)
     for ours, theirs in zip(with_sums.layer_means, dense.layer_means, strict=True):
@@ -167,7 +177,7 @@ def test_summed_slices_give_the_dense_result(order: int, monkeypatch: pytest.Mon
 
 
 def test_summed_slices_are_differentiable(monkeypatch: pytest.MonkeyPatch) -> None:
-    force_summed_slices(monkeypatch)
+    used = force_summed_slices(monkeypatch)
     net = random_mlp(3, 2, "tanh", bias_mean=0.2, seed=0)
     weights = [w.clone().requires_grad_(True) for w in net.weights]
 
@@ -175,6 +185,7 @@ def test_summed_slices_are_differentiable(monkeypatch: pytest.MonkeyPatch) -> No
         return propagate_general(MLP(list(params), net.biases, net.activations), 3, "augment").mean
 
     assert torch.autograd.gradcheck(output_mean, weights, eps=1e-6, atol=1e-7)
+    assert used and all(slices == ((2, 1, 1),) for slices in used)
 
 
 @pytest.mark.parametrize("degree, r", [(4, 2), (5, 1), (6, 3), (4, 1)])

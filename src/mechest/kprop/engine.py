@@ -20,7 +20,6 @@ import torch
 
 from mechest.kprop.plan import Plan, SliceTerm, compile_plan
 from mechest.kprop.result import Propagation
-from mechest.kprop.summed import MIN_WIDTH as SUMMED_MIN_WIDTH
 from mechest.kprop.summed import capped_laplacian_term, split_summed, summed_cumulant
 from mechest.mlp import MLP
 from mechest.tensors.diagonal_slices import symmetrize_slice, zero_repeated
@@ -140,16 +139,16 @@ def cumulants_from_power_cumulants(plan: Plan, power: Slices) -> Slices:
     return out
 
 
-def nonlinear_step(tower: Tower, activation: str, plan: Plan, summed_min_width: int = SUMMED_MIN_WIDTH) -> Tower:
+def nonlinear_step(tower: Tower, activation: str, plan: Plan) -> Tower:
     """Approximate cumulants of a = φ(z) from the tower of z, as harmonic pieces with identity metric.
 
-    From ``summed_min_width`` neurons on, slices that the projection reads only through a capped sum
-    (mechest.kprop.summed) are evaluated as that sum.
+    From mechest.kprop.summed.MIN_WIDTH neurons on, slices that the projection reads only through a capped sum
+    are evaluated as that sum (mechest.kprop.summed).
     """
     mean = tower[1].core
     variance = slice_of(tower[2], (2,))
     wick = wick_table(activation, mean, variance, plan.k_max, plan.p_max)
-    dense_plan, summed = split_summed(plan, mean.numel(), summed_min_width)
+    dense_plan, summed = split_summed(plan, mean.numel())
     power = power_cumulants(dense_plan, block_slices(tower, dense_plan), wick)
     cumulant_slices = cumulants_from_power_cumulants(dense_plan, power)
     capped = [capped_laplacian_term(p, summed_cumulant(p, plan, tower, power, wick)) + (sum(p),) for p in summed]
