@@ -25,11 +25,9 @@ from mechest.mlp import MLP
 from mechest.tensors.diagonal_slices import symmetrize_slice, zero_repeated
 from mechest.tensors.harmonic import (
     HTensor,
-    laplacian_power_slices,
     linear_map,
     map_metric,
     project_slices,
-    projection_core_from_laplacians,
     slice_of,
 )
 from mechest.wick import wick_table
@@ -157,13 +155,7 @@ def nonlinear_step(tower: Tower, activation: str, plan: Plan) -> Tower:
     for degree, radial in plan.radial.items():
         of_degree = {p: s for p, s in cumulant_slices.items() if sum(p) == degree}
         extra = [(q, value) for q, value, d in capped if d == degree]
-        if not extra:
-            out[degree] = project_slices(of_degree, n, degree, radial)
-            continue
-        laplacians = {j: laplacian_power_slices(of_degree, degree, j) for j in range(radial, degree // 2 + 1)}
-        for q, value in extra:
-            laplacians[1][q] = laplacians[1][q] + value if q in laplacians[1] else value
-        out[degree] = HTensor(projection_core_from_laplacians(laplacians, n, degree, radial), radial, n=n)
+        out[degree] = project_slices(of_degree, n, degree, radial, extra)
     return out
 
 

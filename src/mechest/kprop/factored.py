@@ -67,11 +67,8 @@ from mechest.tensors.diagonal_slices import (
     zero_repeated,
 )
 from mechest.tensors.harmonic import (
-    HTensor,
     cap_weight,
-    laplacian_power_slices,
     project_slices,
-    projection_core_from_laplacians,
     slice_of,
     slice_products,
 )
@@ -446,13 +443,7 @@ def factored_nonlinear_step(state: FactoredState, activation: str, plan: Plan) -
             continue
         of_degree = {p: s for p, s in cumulants.items() if sum(p) == degree}
         extra = traced_laplacians(traced, degree, state.third, top, wick, power)
-        if not extra:
-            tower[degree] = project_slices(of_degree, n, degree, r)
-            continue
-        laplacians = {j: laplacian_power_slices(of_degree, degree, j) for j in range(r, degree // 2 + 1)}
-        for q, value in extra:
-            laplacians[r][q] = laplacians[r][q] + value
-        tower[degree] = HTensor(projection_core_from_laplacians(laplacians, n, degree, r), r, n=n)
+        tower[degree] = project_slices(of_degree, n, degree, r, extra)
     return FactoredState(tower, with_exact_lower_slices(top, cumulants))
 
 

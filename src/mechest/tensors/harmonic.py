@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -255,9 +255,19 @@ def project(tensor: torch.Tensor, r: int) -> HTensor:
     return HTensor(projection_core(tensor, r), r, n=tensor.shape[0] if tensor.ndim else 1)
 
 
-def project_slices(slices: Mapping[IntPartition, torch.Tensor], n: int, d: int, r: int) -> HTensor:
-    """P_{≥r} T of a tensor given by diagonal slices, as an HTensor with identity metric (design §4.5)."""
-    return HTensor(projection_core_from_slices(slices, n, d, r), r, n=n)
+def project_slices(slices: Mapping[IntPartition, torch.Tensor], n: int, d: int, r: int,
+                   extra: Sequence[tuple[IntPartition, torch.Tensor]] = ()) -> HTensor:
+    """P_{≥r} T of a tensor given by diagonal slices, as an HTensor with identity metric (design §4.5).
+
+    ``extra`` holds (type q, value) slices of L^r T contributed by parts of T given only through their capped
+    sums (never as slices of T); they are added to L^r T before the projection.
+    """
+    if not extra:
+        return HTensor(projection_core_from_slices(slices, n, d, r), r, n=n)
+    laplacians = {j: laplacian_power_slices(slices, d, j) for j in range(r, d // 2 + 1)}
+    for q, value in extra:
+        laplacians[r][q] = laplacians[r][q] + value if q in laplacians[r] else value
+    return HTensor(projection_core_from_laplacians(laplacians, n, d, r), r, n=n)
 
 
 # ---------------------------------------------------------------------------------------------
