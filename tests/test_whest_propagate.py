@@ -63,6 +63,18 @@ def test_xp_matches_torch_propagation(order: int, width: int, depth: int, seed: 
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.parametrize(("k_max", "p_max"), [(0, 2), (4, 4), (6, 5)])
+def test_polynomial_wick_table_equals_mechest_closed_forms(k_max: int, p_max: int) -> None:
+    """relu_wick's one-einsum table (coefficients generated from the Hermite and truncated-moment recursions)
+    equals mechest.wick's closed forms entry by entry, over signs of μ, tiny and large σ, and the variance floor."""
+    mean = np.array([-3.0, -0.7, 0.0, 0.2, 1.5, 4.0, 0.3, -0.1])
+    var = np.array([0.5, 2.0, 1.0, 0.05, 3.0, 1.0, 1e-12, 1e-10])
+    got = xprop.relu_wick(NUMPY, mean, var, k_max, p_max)
+    with pytest.warns(RuntimeWarning):  # mechest warns about the floored variance
+        expected = mechest.wick.wick_table("relu", torch.as_tensor(mean), torch.as_tensor(var), k_max, p_max)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-10, atol=1e-12)
+
+
 def test_factored_differs_from_covariance_propagation() -> None:
     """Guard against a K = 3 path that silently reduces to K = 2: the third cumulant must change the means."""
     weights = whest_weights(24, 4, seed=3)

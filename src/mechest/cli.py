@@ -239,8 +239,8 @@ def build_parser() -> OneLineParser:
                              help="replace the baked targets by longer Monte Carlo means (see docs/whestbench.md)")
     whest_score.add_argument("--flops-only", action="store_true",
                              help="price FLOPs only: no residual-time price or gate, no wall-time cap")
-    whest_score.add_argument("--budget-fraction", type=float, default=0.5,
-                             help="our package's largest predicted FLOPs as a fraction of the budget")
+    whest_score.add_argument("--budget-fraction", type=float, default=1.0,
+                             help="our package's largest predicted FLOPs as a fraction of the budget (default 1)")
     whest_score.add_argument("--json", action="store_true", help="print one JSON object")
     add_distill_parser(commands)
     sweep = commands.add_parser("bench", help="MSE-vs-compute benchmark of kprop against Monte Carlo (tables, "
@@ -283,8 +283,9 @@ def build_parser() -> OneLineParser:
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--order", type=int, default=3, help="highest order K the package may use (1-3)")
-    parser.add_argument("--budget-fraction", type=float, default=0.5,
-                        help="largest predicted FLOPs as a fraction of the budget (default 0.5)")
+    parser.add_argument("--budget-fraction", type=float, default=1.0,
+                        help="largest predicted FLOPs as a fraction of the budget (default 1: any order that fits "
+                             "and is predicted to score best)")
     parser.add_argument("--min-window", type=int, default=0,
                         help="if K=3 over all layers does not fit, carry κ_3 through the last m >= this many "
                              "layers instead (0, the default: never)")
@@ -441,9 +442,9 @@ def command_whestbench(args: argparse.Namespace) -> None:
     rules = "FLOPs only" if args.flops_only else f"{args.round} rules"
     print(f"{args.round} ({rules}): {dataset} ({args.n_mlps} MLPs, noise floor avg_variance/S = {floor:.3g})")
     print(format_table(["estimator", "score", "final MSE", "MSE/noise floor", "FLOPs", "effective compute",
-                        "failed", "max s", "score / ours"],
+                        "failed", "max s", "max residual s", "score / ours"],
                        [[r.name, r.score, r.final_mse, r.final_mse / floor, r.flops, r.effective_compute, r.failed,
-                         r.seconds, r.score / ours] for r in rows]))
+                         r.seconds, r.residual_seconds, r.score / ours] for r in rows]))
 
 
 def command_distill(args: argparse.Namespace) -> None:

@@ -4,12 +4,13 @@ At grading time it imports only the stdlib, flopscope, whestbench and its siblin
 verbatim copy of mechest/whest/propagate.py); ``mechest_plan.json`` holds the exported K = 3 plan and
 ``mechest_config.json`` the options chosen at export. It never reads a dataset or a ground truth.
 
-Choice per network (width n, depth L, budget B), by the predicted FLOPs (propagate.*_flops, in float32 units):
-the largest K ≤ max_order whose cost fits in fraction·B; K = 2 otherwise, K = 1 if even that does not fit.
+Choice per network (width n, depth L, budget B), by predicted FLOPs (propagate.*_flops, upper bounds in float32
+units) and predicted score: K = 3 if its FLOPs × safety fit in fraction·B and it is predicted to score better
+than K = 2 under WhestBench's multiplier max(0.1, C/B) (``k3_pays``); else K = 2 if it fits; else K = 1.
 With min_window > 0 (opt-in), a K = 3 that does not fit may instead carry κ_3 through only the last m ≥ min_window
 layers (the largest m that fits); off by default, because measured at 256×8 it recovers little of K = 3's gain
-(docs/whestbench.md). Any non-finite mean makes
-it fall back to the next lower order, so the output is always finite.
+(docs/whestbench.md). Any non-finite mean makes it fall back to the next lower order, so the output is always
+finite.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import flopscope as flops
 import flopscope.numpy as fnp
 from whestbench import MLP, BaseEstimator
+from whestbench.budget import score_multiplier
 
 try:
     import mechest_propagate as propagate  # the exported package
@@ -40,6 +42,18 @@ def _normal_cdf(x: fnp.ndarray) -> fnp.ndarray:
 
 BACKEND = propagate.Backend(fnp, _normal_cdf)
 
+K3_GAIN = 14.0
+"""MSE(K = 2) / MSE(K = 3) ≈ K3_GAIN · n / L² for He-init ReLU nets of width n and depth L, the smallest of three
+measurements against long Monte Carlo truths (docs/whestbench.md): 57x at 256×8 (14.2·n/L²), 3.9x at 256×32
+(15.6·n/L²), 103x at 1024×16 (25.7·n/L²)."""
+
+
+def k3_pays(width: int, depth: int, k3_flops: float, k2_flops: float, budget: float) -> bool:
+    """Whether K = 3 is predicted to score better than K = 2: score = MSE · max(0.1, C/B), so K = 3 pays when
+    K3_GAIN·n/L² · multiplier(C_2) > multiplier(C_3)."""
+    gain = K3_GAIN * width / depth**2
+    return gain * score_multiplier(k2_flops, budget, failed=False) > score_multiplier(k3_flops, budget, failed=False)
+
 
 class Estimator(BaseEstimator):
     """mechest cumulant propagation (K = 3 simple factored, K = 2, K = 1), chosen by predicted FLOPs."""
@@ -49,18 +63,21 @@ class Estimator(BaseEstimator):
         self.spec = json.loads((HERE / "mechest_plan.json").read_text())
 
     def plan(self, width: int, depth: int, budget: int) -> list[tuple[int, int | None]]:
-        """(order, window) to try, best first, each predicted to fit in fraction·budget."""
+        """(order, window) to try, best first, each predicted to fit in fraction·budget (with the safety factor)."""
         allowed = self.config["budget_fraction"] * budget / self.config["safety"]
+        k2_flops = propagate.covariance_flops(width, depth)
         choices: list[tuple[int, int | None]] = []
         if self.config["max_order"] >= 3 and width < len(self.spec["projection"]):
-            if propagate.factored_flops(width, depth) <= allowed:
-                choices.append((3, None))
+            k3_flops = propagate.factored_flops(width, depth)
+            if k3_flops <= allowed:
+                if k2_flops > allowed or k3_pays(width, depth, k3_flops, k2_flops, budget):
+                    choices.append((3, None))
             else:
                 window = max((m for m in range(1, depth) if propagate.factored_flops(width, depth, m) <= allowed),
                              default=0)
                 if self.config["min_window"] and window >= self.config["min_window"]:
                     choices.append((3, window))
-        if self.config["max_order"] >= 2 and propagate.covariance_flops(width, depth) <= allowed:
+        if self.config["max_order"] >= 2 and k2_flops <= allowed:
             choices.append((2, None))
         choices.append((1, None))
         return choices

@@ -30,8 +30,8 @@ def package_config(max_order: int, budget_fraction: float, min_window: int, safe
     return {"max_order": max_order, "budget_fraction": budget_fraction, "min_window": min_window, "safety": safety}
 
 
-def export_package(out: str | Path, max_order: int = 3, budget_fraction: float = 0.5, min_window: int = 0,
-                   safety: float = 1.2) -> Path:
+def export_package(out: str | Path, max_order: int = 3, budget_fraction: float = 1.0, min_window: int = 0,
+                   safety: float = 1.02) -> Path:
     """Write estimator.py, its propagation module, the K = 3 plan and the config into ``out`` (atomically)."""
     config = package_config(max_order, budget_fraction, min_window, safety)
     target = Path(out)

@@ -37,6 +37,7 @@ class Scored:
     effective_compute: float
     failed: int
     seconds: float
+    residual_seconds: float
 
 
 def whest_executable() -> str:
@@ -111,7 +112,8 @@ def score_estimator(name: str, estimator: Path, class_name: str | None, dataset:
     per_mlp = results["per_mlp"]
     return Scored(name, results["adjusted_final_layer_score"], results["final_layer_mse"],
                   sum(m["flops_used"] for m in per_mlp) / len(per_mlp), results["mean_effective_compute"],
-                  results["n_failed_mlps"], max(m["wall_time_s"] for m in per_mlp))
+                  results["n_failed_mlps"], max(m["wall_time_s"] for m in per_mlp),
+                  max(m["residual_wall_time_s"] for m in per_mlp))
 
 
 def noise_floor(dataset: Path) -> float:
@@ -182,7 +184,7 @@ def with_truths(dataset: Path, truths: Path) -> Path:
 def score_round(round_name: str, n_mlps: int, samples: int, root: Path, package: Path,
                 width: int | None = None, depth: int | None = None,
                 truths: Path | None = None, flops_only: bool = False,
-                budget_fraction: float = 0.5) -> tuple[list[Scored], float, Path]:
+                budget_fraction: float = 1.0) -> tuple[list[Scored], float, Path]:
     """Bake/reuse the round's dataset (optionally with longer truths), export our package to ``package``, score
     ours and the baselines under the round's rules."""
     if n_mlps < 1 or samples < 2:
