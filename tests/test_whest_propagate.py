@@ -12,7 +12,7 @@ import torch
 import mechest
 from mechest.whest import propagate as xprop
 from mechest.whest.mapping import mechest_net
-from mechest.whest.spec import factored_spec
+from mechest.whest.spec import executor_spec
 
 scipy_special = pytest.importorskip("scipy.special")
 
@@ -26,19 +26,22 @@ def whest_weights(width: int, depth: int, seed: int) -> list[np.ndarray]:
     return [rng.normal(0.0, np.sqrt(2.0 / width), size=(width, width)) for _ in range(depth)]
 
 
-def mechest_layer_means(weights: list[np.ndarray], order: int, factored: bool = False) -> np.ndarray:
-    prop = mechest.kprop.propagate(mechest_net(weights), order, "simple", factored=factored)
+METHODS = [(1, "simple"), (2, "simple"), (2, "augment"), (3, "simple")]
+
+
+def mechest_layer_means(weights: list[np.ndarray], order: int, variant: str = "simple") -> np.ndarray:
+    prop = mechest.kprop.propagate(mechest_net(weights), order, variant, factored=order == 3)
     return torch.stack(prop.layer_means).numpy()
 
 
-def xp_layer_means(weights: list[np.ndarray], order: int) -> np.ndarray:
+def xp_layer_means(weights: list[np.ndarray], order: int, variant: str = "simple") -> np.ndarray:
     columns = [w.T for w in weights]
     if order == 1:
         means = xprop.mean_field_means(NUMPY, columns)
-    elif order == 2:
+    elif (order, variant) == (2, "simple"):
         means = xprop.covariance_means(NUMPY, columns)
     else:
-        means = xprop.factored_means(NUMPY, columns, factored_spec(max_width=64))
+        means = xprop.planned_means(NUMPY, columns, executor_spec(order, variant, max_width=64))
     return np.stack(means)
 
 
@@ -53,12 +56,12 @@ def test_mapping_reproduces_whestbench_forward_pass() -> None:
     np.testing.assert_allclose(hidden[-1].numpy(), h, rtol=0, atol=1e-12)  # identity output map
 
 
-@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize(("order", "variant"), METHODS)
 @pytest.mark.parametrize(("width", "depth", "seed"), [(6, 1, 0), (12, 3, 1), (24, 4, 2)])
-def test_xp_matches_torch_propagation(order: int, width: int, depth: int, seed: int) -> None:
+def test_xp_matches_torch_propagation(order: int, variant: str, width: int, depth: int, seed: int) -> None:
     weights = whest_weights(width, depth, seed)
-    expected = mechest_layer_means(weights, order, factored=order == 3)
-    got = xp_layer_means(weights, order)
+    expected = mechest_layer_means(weights, order, variant)
+    got = xp_layer_means(weights, order, variant)
     assert got.shape == (depth, width)
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
 
@@ -75,19 +78,31 @@ def test_polynomial_wick_table_equals_mechest_closed_forms(k_max: int, p_max: in
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-10, atol=1e-12)
 
 
-def test_factored_differs_from_covariance_propagation() -> None:
-    """Guard against a K = 3 path that silently reduces to K = 2: the third cumulant must change the means."""
+@pytest.mark.parametrize(("order", "variant"), [(3, "simple"), (2, "augment")])
+def test_higher_plans_differ_from_covariance_propagation(order: int, variant: str) -> None:
+    """Guard against a plan that silently reduces to K = 2 simple: κ_3 (factored, or as a radial piece) must change
+    the means."""
     weights = whest_weights(24, 4, seed=3)
-    assert np.abs(xp_layer_means(weights, 3) - xp_layer_means(weights, 2)).max() > 1e-6
+    assert np.abs(xp_layer_means(weights, order, variant) - xp_layer_means(weights, 2)).max() > 1e-6
 
 
-def test_same_code_runs_on_torch() -> None:
+def test_unsupported_plans_are_refused() -> None:
+    with pytest.raises(NotImplementedError):
+        executor_spec(3, "augment")
+    spec = executor_spec(2, "augment", max_width=8)
+    spec["radial"]["3"] = 0
+    with pytest.raises(ValueError, match="unsupported plan"):
+        xprop.planned_means(NUMPY, [np.eye(4)] * 2, spec)
+
+
+@pytest.mark.parametrize(("order", "variant"), [(3, "simple"), (2, "augment")])
+def test_same_code_runs_on_torch(order: int, variant: str) -> None:
     """The executor uses only operations torch shares with numpy and flopscope.numpy."""
     weights = whest_weights(12, 3, seed=4)
     backend = xprop.Backend(torch, lambda x: 0.5 * torch.special.erfc(-x / 2**0.5))
     columns = [torch.as_tensor(w.T.copy()) for w in weights]
-    got = torch.stack(xprop.factored_means(backend, columns, factored_spec(max_width=64))).numpy()
-    np.testing.assert_allclose(got, mechest_layer_means(weights, 3, factored=True), rtol=0, atol=TOLERANCE)
+    got = torch.stack(xprop.planned_means(backend, columns, executor_spec(order, variant, max_width=64))).numpy()
+    np.testing.assert_allclose(got, mechest_layer_means(weights, order, variant), rtol=0, atol=TOLERANCE)
 
 
 def test_cli_does_not_need_the_whestbench_extra() -> None:

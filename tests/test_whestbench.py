@@ -22,7 +22,7 @@ from mechest.errors import MechestError  # noqa: E402
 from mechest.whest import propagate as xprop  # noqa: E402
 from mechest.whest.export import export_package  # noqa: E402
 from mechest.whest.mapping import mechest_net  # noqa: E402
-from mechest.whest.spec import factored_spec  # noqa: E402
+from mechest.whest.spec import executor_spec  # noqa: E402
 
 FLOPSCOPE = xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x))
 HUGE_BUDGET = 10**15
@@ -33,8 +33,8 @@ def whest_weights(width: int, depth: int, seed: int, dtype=np.float64) -> list[n
     return [rng.normal(0.0, np.sqrt(2.0 / width), size=(width, width)).astype(dtype) for _ in range(depth)]
 
 
-def expected_means(weights: list[np.ndarray], order: int) -> np.ndarray:
-    prop = mechest.kprop.propagate(mechest_net(weights), order, "simple", factored=order == 3)
+def expected_means(weights: list[np.ndarray], order: int, variant: str = "simple") -> np.ndarray:
+    prop = mechest.kprop.propagate(mechest_net(weights), order, variant, factored=order == 3)
     return torch.stack(prop.layer_means).numpy()
 
 
@@ -55,32 +55,35 @@ def load_estimator(package: Path):
     return module.Estimator()
 
 
-@pytest.mark.parametrize("order", [1, 2, 3])
-def test_flopscope_backend_matches_torch_propagation(order: int) -> None:
+@pytest.mark.parametrize(("order", "variant"), [(1, "simple"), (2, "simple"), (2, "augment"), (3, "simple")])
+def test_flopscope_backend_matches_torch_propagation(order: int, variant: str) -> None:
     weights = whest_weights(16, 3, seed=order)
     columns = [fnp.asarray(w.T) for w in weights]
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True):
-        if order == 3:
-            means = xprop.factored_means(FLOPSCOPE, columns, factored_spec(max_width=64))
+        if order == 3 or variant == "augment":
+            means = xprop.planned_means(FLOPSCOPE, columns, executor_spec(order, variant, max_width=64))
         elif order == 2:
             means = xprop.covariance_means(FLOPSCOPE, columns)
         else:
             means = xprop.mean_field_means(FLOPSCOPE, columns)
         got = np.asarray(fnp.stack(means))
-    np.testing.assert_allclose(got, expected_means(weights, order), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got, expected_means(weights, order, variant), rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize(("width", "depth", "window", "tightness"),
-                         [(32, 4, None, 0.5), (64, 6, 2, 0.5), (64, 16, None, 0.9), (128, 8, None, 0.95)])
-def test_predicted_flops_bound_the_metered_flops(width: int, depth: int, window: int | None, tightness: float) -> None:
-    """The estimator chooses by factored_flops: an upper bound on flopscope's count from n = 32 on (its n² and n
+@pytest.mark.parametrize(("order", "width", "depth", "window", "tightness"),
+                         [(3, 32, 4, None, 0.5), (3, 64, 6, 2, 0.5), (3, 64, 16, None, 0.9), (3, 128, 8, None, 0.95),
+                          (2, 32, 8, None, 0.3), (2, 128, 8, None, 0.75), (2, 256, 8, None, 0.85)])
+def test_predicted_flops_bound_the_metered_flops(order: int, width: int, depth: int, window: int | None,
+                                                 tightness: float) -> None:
+    """The estimator chooses by planned_flops: an upper bound on flopscope's count from n = 32 on (its n² and n
     terms are an envelope), and close to it once the n³ work dominates."""
     columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
+    variant = "simple" if order == 3 else "augment"
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
-        xprop.factored_means(xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x).astype(x.dtype)), columns,
-                             factored_spec(max_width=128), window)
+        xprop.planned_means(xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x).astype(x.dtype)), columns,
+                            executor_spec(order, variant, max_width=256), window)
         metered = context.flops_used
-    predicted = xprop.factored_flops(width, depth, window)
+    predicted = xprop.planned_flops(width, depth, order, window)
     assert tightness * predicted <= metered <= predicted, metered / predicted
 
 
@@ -91,17 +94,34 @@ def test_exported_estimator_equals_mechest_and_picks_order_by_budget(package: Pa
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True):
         got = np.asarray(estimator.predict(mlp, HUGE_BUDGET))
     np.testing.assert_allclose(got, expected_means(weights, 3), rtol=0, atol=1e-10)
-    assert estimator.plan(16, 4, HUGE_BUDGET)[0] == (3, None)
+    assert estimator.plan(16, 4, HUGE_BUDGET)[0] == (3, "simple", None)
     rounds = importlib.import_module("whestbench.budget").ROUNDS
-    # predicted score: K = 3 pays at 256×8 (≈ 0.08 B) and 1024×16 (≈ 0.69 B), not at 256×32 (0.37 B, gain ≈ 3.5)
-    assert [estimator.plan(r.width, r.depth, r.flop_budget)[0] for r in rounds.values()] == [(3, None), (2, None),
-                                                                                             (3, None)]
-    tight = 2 * xprop.factored_flops(1024, 16, 4) * estimator.config["safety"]
-    assert estimator.plan(1024, 16, int(tight))[0] == (2, None)  # windowing is opt-in
+    # predicted score: K = 3 pays at 256×8 (≈ 0.08 B) and 1024×16 (≈ 0.69 B), not at 256×32 (0.37 B, gain ≈ 3.5),
+    # where n/L = 8 is too small for augment
+    assert [estimator.plan(r.width, r.depth, r.flop_budget)[0] for r in rounds.values()] == [
+        (3, "simple", None), (2, "simple", None), (3, "simple", None)]
+    assert [choice[:2] for choice in estimator.plan(256, 8, rounds["v1-warmup"].flop_budget)] == [
+        (3, "simple"), (2, "augment"), (2, "simple"), (1, "simple")]
+    tight = 2 * xprop.planned_flops(1024, 16, 3, 4) * estimator.config["safety"]
+    assert estimator.plan(1024, 16, int(tight))[0] == (2, "augment", None)  # windowing is opt-in
     estimator.config["min_window"] = 2
-    order, window = estimator.plan(1024, 16, int(tight))[0]
+    order, _, window = estimator.plan(1024, 16, int(tight))[0]
     assert order == 3 and 4 <= window < 15
-    assert estimator.plan(1024, 16, 10**9)[0] == (1, None)
+    estimator.config["augment"] = False
+    assert (2, "augment", None) not in estimator.plan(1024, 16, int(tight))
+    assert estimator.plan(1024, 16, 10**9)[0] == (1, "simple", None)
+
+
+def test_exported_k2_augment_equals_mechest(package: Path) -> None:
+    """Where K = 3 does not fit, the package runs K = 2 augment (n/L ≥ 16), equal to mechest's engine."""
+    estimator = load_estimator(package)
+    weights = whest_weights(64, 3, seed=7)
+    mlp = whestbench.MLP(width=64, depth=3, weights=[fnp.asarray(w) for w in weights])
+    budget = int(xprop.planned_flops(64, 3, 2) * 1.1)
+    assert estimator.plan(64, 3, budget)[0] == (2, "augment", None)
+    with flops.BudgetContext(flop_budget=budget, quiet=True):
+        got = np.asarray(estimator.predict(mlp, budget))
+    np.testing.assert_allclose(got, expected_means(weights, 2, "augment"), rtol=0, atol=1e-10)
 
 
 def test_exported_estimator_falls_back_on_non_finite_means(package: Path) -> None:

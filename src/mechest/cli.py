@@ -286,6 +286,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-fraction", type=float, default=1.0,
                         help="largest predicted FLOPs as a fraction of the budget (default 1: any order that fits "
                              "and is predicted to score best)")
+    parser.add_argument("--no-augment", dest="augment", action="store_false",
+                        help="never use K=2 augment (by default it replaces K=2 simple where width/depth >= 16)")
     parser.add_argument("--min-window", type=int, default=0,
                         help="if K=3 over all layers does not fit, carry κ_3 through the last m >= this many "
                              "layers instead (0, the default: never)")
@@ -427,7 +429,7 @@ def command_tail_bench(args: argparse.Namespace) -> None:
 
 def command_whestbench(args: argparse.Namespace) -> None:
     if args.whest_command == "export":
-        out = export_package(args.out, args.order, args.budget_fraction, args.min_window)
+        out = export_package(args.out, args.order, args.budget_fraction, args.min_window, augment=args.augment)
         print(f"wrote {out}: check it with `whest validate --estimator {out / 'estimator.py'}`")
         return
     root = Path(args.data_dir)

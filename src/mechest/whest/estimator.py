@@ -1,16 +1,18 @@
 """The WhestBench estimator that ``mechest whestbench export`` ships (copied verbatim as estimator.py).
 
 At grading time it imports only the stdlib, flopscope, whestbench and its sibling ``mechest_propagate.py`` (a
-verbatim copy of mechest/whest/propagate.py); ``mechest_plan.json`` holds the exported K = 3 plan and
-``mechest_config.json`` the options chosen at export. It never reads a dataset or a ground truth.
+verbatim copy of mechest/whest/propagate.py); ``mechest_plan.json`` holds the exported plans (K = 3 simple
+factored, K = 2 augment) and ``mechest_config.json`` the options chosen at export. It never reads a dataset or a
+ground truth.
 
 Choice per network (width n, depth L, budget B), by predicted FLOPs (propagate.*_flops, upper bounds in float32
-units) and predicted score: K = 3 if its FLOPs × safety fit in fraction·B and it is predicted to score better
-than K = 2 under WhestBench's multiplier max(0.1, C/B) (``k3_pays``); else K = 2 if it fits; else K = 1.
-With min_window > 0 (opt-in), a K = 3 that does not fit may instead carry κ_3 through only the last m ≥ min_window
-layers (the largest m that fits); off by default, because measured at 256×8 it recovers little of K = 3's gain
-(docs/whestbench.md). Any non-finite mean makes it fall back to the next lower order, so the output is always
-finite.
+units) and predicted score. The K = 2 step is augment where n/L ≥ AUGMENT_MIN_WIDTH_PER_LAYER (and the
+config allows it), else simple. K = 3 is used if its FLOPs × safety fit in fraction·B and it is predicted to
+score better than that K = 2 under WhestBench's multiplier max(0.1, C/B) (``k3_pays``); else K = 2 if it fits;
+else K = 1. With min_window > 0 (opt-in), a K = 3 that does not fit may instead carry κ_3 through only the last
+m ≥ min_window layers (the largest m that fits); off by default, because measured at 256×8 it recovers little
+of K = 3's gain (docs/whestbench.md). Any non-finite mean makes it fall back to the next choice (K = 2 augment
+falls back to K = 2 simple), so the output is always finite.
 """
 
 from __future__ import annotations
@@ -43,48 +45,69 @@ def _normal_cdf(x: fnp.ndarray) -> fnp.ndarray:
 BACKEND = propagate.Backend(fnp, _normal_cdf)
 
 K3_GAIN = 14.0
-"""MSE(K = 2) / MSE(K = 3) ≈ K3_GAIN · n / L² for He-init ReLU nets of width n and depth L, the smallest of three
-measurements against long Monte Carlo truths (docs/whestbench.md): 57x at 256×8 (14.2·n/L²), 3.9x at 256×32
-(15.6·n/L²), 103x at 1024×16 (25.7·n/L²)."""
+"""MSE(K = 2 simple) / MSE(K = 3) ≈ K3_GAIN · n / L² for He-init ReLU nets of width n and depth L, the smallest of
+three measurements against long Monte Carlo truths (docs/whestbench.md): 57x at 256×8 (14.2·n/L²), 3.9x at
+256×32 (15.6·n/L²), 103x at 1024×16 (25.7·n/L²)."""
+
+AUGMENT_MIN_WIDTH_PER_LAYER = 16
+"""K = 2 augment is used where n/L ≥ this: MSE(K = 2 simple) / MSE(K = 2 augment) measured 3.5–6.0 at 256×8
+(n/L = 32), 3.1–4.3 at 1024×16 (64), but 0.44 and 1.3 at 256×32 (8)."""
+
+AUGMENT_GAIN = 3.0
+"""MSE(K = 2 simple) / MSE(K = 2 augment) where augment is used: the smallest measured (3.1 at 1024×16)."""
 
 
-def k3_pays(width: int, depth: int, k3_flops: float, k2_flops: float, budget: float) -> bool:
-    """Whether K = 3 is predicted to score better than K = 2: score = MSE · max(0.1, C/B), so K = 3 pays when
-    K3_GAIN·n/L² · multiplier(C_2) > multiplier(C_3)."""
-    gain = K3_GAIN * width / depth**2
+def k3_pays(width: int, depth: int, k3_flops: float, k2_flops: float, budget: float, k2_gain: float = 1.0) -> bool:
+    """Whether K = 3 is predicted to score better than a K = 2 that is ``k2_gain`` times more accurate than K = 2
+    simple: score = MSE · max(0.1, C/B), so K = 3 pays when K3_GAIN·n/L² / k2_gain · multiplier(C_2) >
+    multiplier(C_3)."""
+    gain = K3_GAIN * width / depth**2 / k2_gain
     return gain * score_multiplier(k2_flops, budget, failed=False) > score_multiplier(k3_flops, budget, failed=False)
 
 
+Choice = tuple[int, str, int | None]  # (order, variant, window)
+
+
 class Estimator(BaseEstimator):
-    """mechest cumulant propagation (K = 3 simple factored, K = 2, K = 1), chosen by predicted FLOPs."""
+    """mechest cumulant propagation (K = 3 simple factored, K = 2 augment or simple, K = 1), chosen by predicted
+    FLOPs and score."""
 
     def __init__(self) -> None:
         self.config = json.loads((HERE / "mechest_config.json").read_text())
-        self.spec = json.loads((HERE / "mechest_plan.json").read_text())
+        self.specs = json.loads((HERE / "mechest_plan.json").read_text())
 
-    def plan(self, width: int, depth: int, budget: int) -> list[tuple[int, int | None]]:
-        """(order, window) to try, best first, each predicted to fit in fraction·budget (with the safety factor)."""
+    def plan(self, width: int, depth: int, budget: int) -> list[Choice]:
+        """(order, variant, window) to try, best first, each predicted to fit in fraction·budget (with the safety
+        factor)."""
         allowed = self.config["budget_fraction"] * budget / self.config["safety"]
-        k2_flops = propagate.covariance_flops(width, depth)
-        choices: list[tuple[int, int | None]] = []
-        if self.config["max_order"] >= 3 and width < len(self.spec["projection"]):
-            k3_flops = propagate.factored_flops(width, depth)
+        fits_width = width < len(self.specs["3,simple"]["pieces"][0]["projection"])
+        k2: list[tuple[str, int]] = []
+        if self.config["max_order"] >= 2:
+            augment = propagate.planned_flops(width, depth, 2)
+            if (self.config["augment"] and fits_width and width >= AUGMENT_MIN_WIDTH_PER_LAYER * depth
+                    and augment <= allowed):
+                k2.append(("augment", augment))
+            if propagate.covariance_flops(width, depth) <= allowed:
+                k2.append(("simple", propagate.covariance_flops(width, depth)))
+        choices: list[Choice] = []
+        if self.config["max_order"] >= 3 and fits_width:
+            k3_flops = propagate.planned_flops(width, depth, 3)
             if k3_flops <= allowed:
-                if k2_flops > allowed or k3_pays(width, depth, k3_flops, k2_flops, budget):
-                    choices.append((3, None))
+                if not k2 or k3_pays(width, depth, k3_flops, k2[0][1], budget,
+                                     AUGMENT_GAIN if k2[0][0] == "augment" else 1.0):
+                    choices.append((3, "simple", None))
             else:
-                window = max((m for m in range(1, depth) if propagate.factored_flops(width, depth, m) <= allowed),
+                window = max((m for m in range(1, depth) if propagate.planned_flops(width, depth, 3, m) <= allowed),
                              default=0)
                 if self.config["min_window"] and window >= self.config["min_window"]:
-                    choices.append((3, window))
-        if self.config["max_order"] >= 2 and k2_flops <= allowed:
-            choices.append((2, None))
-        choices.append((1, None))
+                    choices.append((3, "simple", window))
+        choices += [(2, variant, None) for variant, _ in k2]
+        choices.append((1, "simple", None))
         return choices
 
-    def run(self, weights: list, order: int, window: int | None) -> fnp.ndarray:
-        if order == 3:
-            means = propagate.factored_means(BACKEND, weights, self.spec, window)
+    def run(self, weights: list, order: int, variant: str, window: int | None) -> fnp.ndarray:
+        if order == 3 or variant == "augment":
+            means = propagate.planned_means(BACKEND, weights, self.specs[f"{order},{variant}"], window)
         elif order == 2:
             means = propagate.covariance_means(BACKEND, weights)
         else:
@@ -95,8 +118,8 @@ class Estimator(BaseEstimator):
         weights = [w.T for w in mlp.weights]  # WhestBench's h @ W is mechest's W.T @ h
         with warnings.catch_warnings():  # flopscope's symmetry notes: printing them costs residual time
             warnings.simplefilter("ignore")
-            for order, window in self.plan(mlp.width, mlp.depth, budget):
-                out = self.run(weights, order, window)
+            for order, variant, window in self.plan(mlp.width, mlp.depth, budget):
+                out = self.run(weights, order, variant, window)
                 if math.isfinite(float(fnp.sum(out))):
                     return out
         return fnp.zeros((mlp.depth, mlp.width), dtype=fnp.float32)

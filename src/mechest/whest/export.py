@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from mechest.errors import MechestError
-from mechest.whest.spec import factored_spec
+from mechest.whest.spec import PLANS, executor_spec
 
 # Copied, not imported: estimator.py imports whestbench and flopscope, which are an optional extra.
 SOURCES = Path(__file__).resolve().parent
@@ -17,7 +17,7 @@ SOURCES = Path(__file__).resolve().parent
 FILES = ("estimator.py", "mechest_propagate.py", "mechest_plan.json", "mechest_config.json")
 
 
-def package_config(max_order: int, budget_fraction: float, min_window: int, safety: float) -> dict:
+def package_config(max_order: int, budget_fraction: float, min_window: int, safety: float, augment: bool) -> dict:
     """The options the estimator reads at setup (checked here, so the package never holds a bad value)."""
     if max_order not in (1, 2, 3):
         raise MechestError(f"--order must be 1, 2 or 3 for WhestBench, got {max_order}")
@@ -27,13 +27,15 @@ def package_config(max_order: int, budget_fraction: float, min_window: int, safe
         raise MechestError(f"--min-window must be 0 (never window) or more, got {min_window}")
     if safety < 1:
         raise MechestError(f"--safety must be at least 1, got {safety}")
-    return {"max_order": max_order, "budget_fraction": budget_fraction, "min_window": min_window, "safety": safety}
+    return {"max_order": max_order, "budget_fraction": budget_fraction, "min_window": min_window, "safety": safety,
+            "augment": augment}
 
 
 def export_package(out: str | Path, max_order: int = 3, budget_fraction: float = 1.0, min_window: int = 0,
-                   safety: float = 1.02) -> Path:
-    """Write estimator.py, its propagation module, the K = 3 plan and the config into ``out`` (atomically)."""
-    config = package_config(max_order, budget_fraction, min_window, safety)
+                   safety: float = 1.02, augment: bool = True) -> Path:
+    """Write estimator.py, its propagation module, the plans (K = 3 simple, K = 2 augment) and the config into
+    ``out`` (atomically)."""
+    config = package_config(max_order, budget_fraction, min_window, safety, augment)
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(p.name not in FILES for p in target.iterdir())):
         raise MechestError(f"{target} exists and is not an earlier export; choose another --out")
@@ -42,7 +44,7 @@ def export_package(out: str | Path, max_order: int = 3, budget_fraction: float =
     try:
         shutil.copyfile(SOURCES / "estimator.py", staging / "estimator.py")
         shutil.copyfile(SOURCES / "propagate.py", staging / "mechest_propagate.py")
-        (staging / "mechest_plan.json").write_text(json.dumps(factored_spec()))
+        (staging / "mechest_plan.json").write_text(json.dumps({f"{k},{v}": executor_spec(k, v) for k, v in PLANS}))
         (staging / "mechest_config.json").write_text(json.dumps(config, indent=1))
         if target.exists():
             shutil.rmtree(target)

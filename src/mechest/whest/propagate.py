@@ -192,14 +192,20 @@ def off_diagonal(xp: Any, matrix: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # K = 3 simple, factored (mechest.kprop.factored), executing the exported plan ``spec``
 
-SUPPORTED_RADIAL = {"1": 0, "2": 0, "3": 0, "4": 2}
 TOP = (1, 1, 1)
+LETTERS = "abcdefgh"
 
 
 def check_spec(spec: dict) -> None:
-    """Refuse a plan this executor does not implement (it handles κ_1, κ_2 dense, κ_3 factored, κ_4 as trace)."""
-    if spec.get("order") != 3 or spec.get("radial") != SUPPORTED_RADIAL:
-        raise ValueError(f"unsupported plan: order {spec.get('order')}, radial {spec.get('radial')}")
+    """Refuse a plan this executor does not implement. It handles κ_1 and κ_2 dense, κ_3 factored at order 3
+    (radial index 0), and radial pieces with r = ⌊d/2⌋ (a scalar or vector core), on slices of ≤ 2 coordinates."""
+    radial = {int(d): r for d, r in spec.get("radial", {}).items()}
+    order = spec.get("order")
+    pieces = {piece["degree"] for piece in spec.get("pieces", [])}
+    expected = {d for d, r in radial.items() if r > 0}
+    if (order not in (2, 3) or pieces != expected or any(radial[d] != d // 2 for d in pieces)
+            or (order == 3 and radial.get(3) != 0)):
+        raise ValueError(f"unsupported plan: order {order}, radial {spec.get('radial')}")
     if any(len(p) > 2 for p in spec["dense_types"]):
         raise ValueError("dense slices with more than two coordinates are not supported")
 
@@ -209,21 +215,49 @@ def zero_repeated(xp: Any, value: Any) -> Any:
     return off_diagonal(xp, value) if len(value.shape) == 2 else value
 
 
-def trace_slices(xp: Any, spec: dict, trace: tuple[Any, Any], only: tuple | None = None) -> dict:
-    """Slices of the κ_4 piece c·Sym(M ⊗ M): Σ_terms weight·einsum(metric blocks), the terms from the spec
-    (only slice ``only`` if given)."""
-    scalar, metric = trace
+def piece_slices(xp: Any, spec: dict, cores: dict, metric: Any, one_coordinate: bool = False) -> dict:
+    """Slices of every radial piece Sym(C ⊗ M^{⊗r}) (core C a scalar or a vector, M the metric W Wᵀ):
+    Σ_terms weight · einsum(C, M blocks), the terms from the spec, zero on repeated indices. With
+    ``one_coordinate`` only the one-coordinate slices, which read only M's diagonal."""
     out = {}
-    for entry in spec["trace_slices"]:
-        q = tuple(entry["q"])
-        if only is not None and q != only:
-            continue
-        blocks = "abcdefgh"[: len(q)]
-        value = sum(term["weight"] * xp.einsum(",".join(term["metric"]) + "->" + blocks,
-                                               *([metric] * len(term["metric"])))
-                    for term in entry["terms"])
-        out[(spec["trace_degree"], q)] = zero_repeated(xp, scalar * value)
+    for piece in spec["pieces"]:
+        core = cores[piece["degree"]]
+        for entry in piece["slices"]:
+            q = tuple(entry["q"])
+            if one_coordinate and len(q) > 1:
+                continue
+            value = None
+            for term in entry["terms"]:
+                subscripts, operands = list(term["metric"]), [metric] * len(term["metric"])
+                if term["core"]:
+                    subscripts, operands = [term["core"], *subscripts], [core, *operands]
+                product = term["weight"] * xp.einsum(",".join(subscripts) + "->" + LETTERS[: len(q)], *operands)
+                value = product if value is None else value + product
+            if len(core.shape) == 0:
+                value = core * value
+            out[(piece["degree"], q)] = zero_repeated(xp, value)
     return out
+
+
+def projected_cores(spec: dict, cumulants: dict, n: int) -> dict:
+    """Core of each radial piece, P_{≥r}K = Sym(C ⊗ I^{⊗r}) with C = ā_r(n) · L^r K (r = ⌊d/2⌋), L^r K from the
+    dense slices: Σ weight · K_p summed over its capped axes (a scalar, or a vector on the one kept axis)."""
+    cores = {}
+    for piece in spec["pieces"]:
+        total = None
+        for entry in piece["laplacian"]:
+            value = cumulants[tuple(entry["p"])]
+            if entry["summed"]:
+                value = value.sum(axis=tuple(entry["summed"]))
+            value = entry["weight"] * value
+            total = value if total is None else total + value
+        cores[piece["degree"]] = piece["projection"][n] * total
+    return cores
+
+
+def mapped_cores(weight: Any, cores: dict) -> dict:
+    """Sym(C ⊗ I^{⊗r}) mapped by W on every leg is Sym(W·C ⊗ (W Wᵀ)^{⊗r}): a vector core is multiplied by W."""
+    return {degree: weight @ core if len(core.shape) == 1 else core for degree, core in cores.items()}
 
 
 Signature = tuple  # ((degree, slice type, axes), ...): the slices a diagram term multiplies, and where
@@ -466,25 +500,28 @@ def next_third(xp: Any, spec: dict, slices: dict, mapped: tuple | None, wick: li
     return older, xp.stack([p, q]), scales
 
 
-def factored_means(backend: Backend, weights: Sequence[Any], spec: dict, window: int | None = None) -> list[Any]:
-    """K = 3 simple with κ_3 factored; E[a_l] for every hidden layer (equals mechest's propagate_factored).
+def planned_means(backend: Backend, weights: Sequence[Any], spec: dict, window: int | None = None) -> list[Any]:
+    """E[a_l] for every hidden layer by the exported plan: K = 3 simple with κ_3 factored (equals mechest's
+    propagate_factored) or K = 2 augment (equals mechest's propagate(net, 2, "augment")).
 
-    κ_3 is a list of sources, one per layer: Σ_s Sym(Σ_k P_k⊗P_k⊗v_k T_k + T_k⊗T_k⊗Q_k), the n×n factors T, P,
-    Q mapped through every later layer (T starts as the identity; ``third_slices``). ``window`` = m < L carries
-    κ_3 and κ_4 only through the last m layers (they are dropped after every earlier layer, whose means and
-    covariances still get the K = 3 dense terms); this approximation cuts the cost from Θ(n³L²) to
-    Θ(n³(L + m²)). None carries them everywhere.
+    At K = 3, κ_3 is a list of sources, one per layer: Σ_s Sym(Σ_k P_k⊗P_k⊗v_k T_k + T_k⊗T_k⊗Q_k), the n×n
+    factors T, P, Q mapped through every later layer (T starts as the identity; ``third_slices``). The radial
+    pieces (κ_4 at both orders, κ_3 at K = 2 augment) are carried as their cores, with metric W Wᵀ.
+    ``window`` = m < L carries κ_3 and the pieces only through the last m layers (they are dropped after every
+    earlier layer, whose means and covariances still get the dense terms); at K = 3 this approximation cuts the
+    cost from Θ(n³L²) to Θ(n³(L + m²)). None carries them everywhere.
     """
     check_spec(spec)
     xp = backend.xp
     depth = len(weights)
     first_carried = 0 if window is None else max(depth - window, 0)
-    mean = cov = trace = third = None
+    mean = cov = third = None
+    cores: dict = {}
     means = []
     for layer, weight in enumerate(weights[:-1]):
         n = weight.shape[0]
         pre_mean = weight @ mean if mean is not None else xp.zeros(n, dtype=weight.dtype)
-        gram = symmetric_product(weight, None) if cov is None or trace is not None else None
+        gram = symmetric_product(weight, None) if cov is None or cores else None
         pre_cov = gram if cov is None else symmetric_product(weight, cov)
         slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
         mapped = None
@@ -493,27 +530,27 @@ def factored_means(backend: Backend, weights: Sequence[Any], spec: dict, window:
             cubic, double = third_slices(xp, *mapped)
             slices[(3, (3,))] = cubic
             slices[(3, (2, 1))] = off_diagonal(xp, double)
-        if trace is not None:
-            slices.update(trace_slices(xp, spec, (trace, gram)))
+        if cores:
+            slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram))
         wick = relu_wick(backend, pre_mean, xp.diag(pre_cov), spec["k_max"], spec["p_max"])
         cumulants = dense_cumulants(xp, spec, slices, wick)
         mean = cumulants[(1,)]
         cov = xp.diag(cumulants[(2,)]) + cumulants[(1, 1)]
         means.append(mean)
         if layer + 1 < first_carried:
-            third = trace = None
+            third, cores = None, {}
             continue
-        third = next_third(xp, spec, slices, mapped, wick, cumulants)
-        trace = spec["projection"][n] * sum(weight_p * cumulants[tuple(p)].sum()
-                                            for p, weight_p in spec["trace_laplacian"])
-    means.append(last_mean(backend, spec, weights[-1], mean, cov, trace, third))
+        if spec["order"] == 3:
+            third = next_third(xp, spec, slices, mapped, wick, cumulants)
+        cores = projected_cores(spec, cumulants, n)
+    means.append(last_mean(backend, spec, weights[-1], mean, cov, cores, third))
     return means
 
 
-def last_mean(backend: Backend, spec: dict, weight: Any, mean: Any | None, cov: Any | None, trace: Any | None,
+def last_mean(backend: Backend, spec: dict, weight: Any, mean: Any | None, cov: Any | None, cores: dict,
               third: tuple | None) -> Any:
     """E[a_{L−1}] alone: pK_(1) reads only the diagonals of κ_2, κ_3 and κ_4, so the last layer skips the
-    (2,1) slice of κ_3 and the off-diagonal of W Σ Wᵀ (same value as the full step)."""
+    (2,1) slice of κ_3 and the off-diagonals of W Σ Wᵀ and W Wᵀ (same value as the full step)."""
     xp = backend.xp
     n = weight.shape[0]
     pre_mean = weight @ mean if mean is not None else xp.zeros(n, dtype=weight.dtype)
@@ -521,30 +558,34 @@ def last_mean(backend: Backend, spec: dict, weight: Any, mean: Any | None, cov: 
     slices = {}
     if third is not None:
         slices[(3, (3,))] = third_cubic(xp, *mapped_third(xp, weight, third))
-    if trace is not None:
+    if cores:
         gram_diagonal = xp.diag((weight * weight).sum(axis=1))  # a one-coordinate slice reads only M_aa
-        slices.update(trace_slices(xp, spec, (trace, gram_diagonal), only=(spec["trace_degree"],)))
+        slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram_diagonal, one_coordinate=True))
     wick = relu_wick(backend, pre_mean, pre_var, spec["k_max"], spec["p_max"])
     return dense_cumulants(xp, spec, slices, wick, only=(1,))[(1,)]
 
 
-def factored_flops(width: int, depth: int, window: int | None = None) -> int:
-    """Leading-order FLOPs of ``factored_means`` (float32 units), layer by layer as it runs: W Wᵀ (2n³) and
-    W Σ Wᵀ (4n³) on hidden layers (the last layer only diag(W Σ Wᵀ), 2n³); with S carried sources, mapping
-    T, P, Q (6n³ a source, 4n³ for the newest, whose T is I) and, on hidden layers, the (2,1) slice (6n³ a
-    source). Without a window: n³(6L² − 2L + 2) for L ≥ 2; Θ(n³(L + m²)) with window m. The elementwise work
-    (O(n²) a source and layer; O(n) per layer for the Wick table's constant coefficients) is bounded by
-    n²(28L² + 60L) + 30000nL, an envelope of flopscope's counts for n ≥ 32 (tests/test_whestbench.py), so the
-    total is an upper bound from n = 32 on (measured 1.5% above the count at 256×8, 0.3% at 1024×16)."""
+def planned_flops(width: int, depth: int, order: int, window: int | None = None) -> int:
+    """Leading-order FLOPs of ``planned_means`` (float32 units) for the K = 3 (simple, factored) or K = 2
+    (augment) plan, layer by layer as it runs: W Wᵀ (2n³) and W Σ Wᵀ (4n³) on hidden layers (the last layer
+    only diag(W Σ Wᵀ), 2n³); at K = 3 with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the
+    newest, whose T is I) and, on hidden layers, the (2,1) slice (6n³ a source). Without a window: K = 3
+    n³(6L² − 2L + 2), K = 2 augment n³(6L − 8), for L ≥ 2; K = 3 with window m Θ(n³(L + m²)). The elementwise
+    work (O(n²) a layer and source, O(n) a layer for the Wick table's constant coefficients) is bounded by
+    n²(28L² + 60L) at K = 3, n²·200L at K = 2, plus 30000nL: an envelope of flopscope's counts for n ≥ 32
+    (tests/test_whestbench.py), so the total is an upper bound from n = 32 on (K = 3: 1.5% above the count at
+    256×8, 0.3% at 1024×16; K = 2 augment: 10% above at 256×8)."""
     first_carried = 0 if window is None else max(depth - window, 0)
-    cubes, sources = 0, 0
+    cubes, sources, carried = 0, 0, False
     for layer in range(depth - 1):
-        cubes += (2 if layer == 0 or sources else 0) + (4 if layer > 0 else 0)
+        cubes += (2 if layer == 0 or carried else 0) + (4 if layer > 0 else 0)
         if sources:
             cubes += 6 * (sources - 1) + 4 + 6 * sources
-        sources = sources + 1 if layer + 1 >= first_carried else 0
+        carried = layer + 1 >= first_carried
+        sources = sources + 1 if carried and order == 3 else 0
     cubes += (2 if depth > 1 else 0) + (6 * (sources - 1) + 4 if sources else 0)
-    return width**3 * cubes + width**2 * (28 * depth**2 + 60 * depth) + 30000 * width * depth
+    quadratic = 28 * depth**2 + 60 * depth if order == 3 else 200 * depth
+    return width**3 * cubes + width**2 * quadratic + 30000 * width * depth
 
 
 def covariance_flops(width: int, depth: int) -> int:
