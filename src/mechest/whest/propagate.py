@@ -14,10 +14,13 @@ x ~ N(0, I). The ``*_means`` functions return E[a_l] for every hidden layer l = 
 - K = 3 simple, factored (design §6, mechest.kprop.factored): κ_3 = Sym(Σ_r A_r ⊗ A_r ⊗ C_r) in CP form
   (at K = 3 SIMPLE every term has two equal legs, so B = A is never stored), grouped into one *source* per
   layer whose A and C columns share a matrix T (``third_slices``), κ_4 kept as its pure trace c·Sym(M ⊗ M),
-  κ_1 and κ_2 dense. The diagram terms, the pK → K conversions, the slices of the trace piece and its
-  projection coefficients are *data* (``spec``), generated from mechest's compiled plan by mechest.whest.spec
-  at export time; this file only executes them, each kind of term in one einsum over coefficient arrays built
-  from that data (the grader gates the Python time between operations, so their number matters).
+  κ_1 and κ_2 dense.
+- K = 2 augment: κ_1, κ_2 dense, κ_3 kept as the radial piece Sym(u ⊗ M) and κ_4 as c·Sym(M ⊗ M) (M = W Wᵀ).
+
+The diagram terms, the pK → K conversions, the slices of the radial pieces and their projection coefficients
+are *data* (``spec``), generated from mechest's compiled plans by mechest.whest.spec at export time; this file
+only executes them (``planned_means``), each kind of term in one einsum over coefficient arrays built from that
+data (the grader gates the Python time between operations, so their number matters).
 """
 
 from __future__ import annotations
