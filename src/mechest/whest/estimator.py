@@ -77,35 +77,41 @@ class Estimator(BaseEstimator):
         self.specs = json.loads((HERE / "mechest_plan.json").read_text())
 
     def plan(self, width: int, depth: int, budget: int) -> list[Choice]:
-        """(order, variant, window) to try, best first, each predicted to fit in fraction·budget (with the safety
-        factor)."""
+        """(order, variant, window) to try, best first. A choice is kept only if its predicted FLOPs plus those of
+        every fallback after it fit in fraction·budget / safety, so running any prefix of the list fits."""
         allowed = self.config["budget_fraction"] * budget / self.config["safety"]
-        fits_width = width < len(self.specs["3,simple"]["pieces"][0]["projection"])
-        k2: list[tuple[str, int]] = []
+        fits_width = width <= self.specs["3,simple"]["max_width"]
+        k2: list[Choice] = []
         if self.config["max_order"] >= 2:
-            augment = propagate.planned_flops(width, depth, 2)
-            if (self.config["augment"] and fits_width and width >= AUGMENT_MIN_WIDTH_PER_LAYER * depth
-                    and augment <= allowed):
-                k2.append(("augment", augment))
-            if propagate.covariance_flops(width, depth) <= allowed:
-                k2.append(("simple", propagate.covariance_flops(width, depth)))
+            if self.config["augment"] and fits_width and width >= AUGMENT_MIN_WIDTH_PER_LAYER * depth:
+                k2.append((2, "augment", None))
+            k2.append((2, "simple", None))
+        fallbacks = [c for c in (*k2, (1, "simple", None)) if c[0] == 1 or self.fits(width, depth, c, allowed)]
         choices: list[Choice] = []
         if self.config["max_order"] >= 3 and fits_width:
-            k3_flops = propagate.planned_flops(width, depth, 3)
-            if k3_flops <= allowed:
-                if not k2 or k3_pays(width, depth, k3_flops, k2[0][1], budget,
-                                     AUGMENT_GAIN if k2[0][0] == "augment" else 1.0):
+            tail = sum(propagate.choice_flops(width, depth, *c) for c in fallbacks)
+            k3 = propagate.planned_flops(width, depth, 3)
+            if k3 + tail <= allowed:
+                best_k2 = fallbacks[0] if fallbacks[0][0] == 2 else None
+                if best_k2 is None or k3_pays(width, depth, k3, propagate.choice_flops(width, depth, *best_k2), budget,
+                                              AUGMENT_GAIN if best_k2[1] == "augment" else 1.0):
                     choices.append((3, "simple", None))
-            else:
-                window = max((m for m in range(1, depth) if propagate.planned_flops(width, depth, 3, m) <= allowed),
-                             default=0)
-                if self.config["min_window"] and window >= self.config["min_window"]:
+            elif self.config["min_window"]:
+                window = max((m for m in range(1, depth)
+                              if propagate.planned_flops(width, depth, 3, m) + tail <= allowed), default=0)
+                if window >= self.config["min_window"]:
                     choices.append((3, "simple", window))
-        choices += [(2, variant, None) for variant, _ in k2]
-        choices.append((1, "simple", None))
-        return choices
+        return choices + fallbacks
+
+    def fits(self, width: int, depth: int, choice: Choice, allowed: float) -> bool:
+        """Whether ``choice`` and the cheaper fallbacks after it (K = 2 simple after augment, K = 1) fit."""
+        tail = propagate.mean_field_flops(width, depth)
+        if choice[:2] == (2, "augment"):
+            tail += propagate.covariance_flops(width, depth)
+        return propagate.choice_flops(width, depth, *choice) + tail <= allowed
 
     def run(self, weights: list, order: int, variant: str, window: int | None) -> fnp.ndarray:
+        """All layers' means, shape (depth, width), by one choice."""
         if order == 3 or variant == "augment":
             means = propagate.planned_means(BACKEND, weights, self.specs[f"{order},{variant}"], window)
         elif order == 2:

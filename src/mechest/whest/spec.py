@@ -85,6 +85,7 @@ def executor_spec(order: int, variant: str, max_width: int = MAX_WIDTH) -> dict:
                                                   "parts": [[list(f.slice_type), list(f.axes)] for f in c.parts]}
                                                  for c in plan.conversions[p]]} for p in dense],
         "pieces": _pieces(plan, read_types, dense, max_width),
+        "max_width": max_width,
     }
     if factored:
         spec["lower_slice_counts"] = {"3": set_partition_count_of_type((3,)), "2,1": set_partition_count_of_type((2, 1))}
