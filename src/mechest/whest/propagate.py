@@ -182,8 +182,8 @@ _OFF_DIAGONAL_MASKS: dict = {}
 
 
 def off_diagonal(xp: Any, matrix: Any) -> Any:
-    """The matrix (or each of a stack) with its diagonal set to zero (the (1,1) slice of a symmetric 2-tensor): times 1 − I, the mask
-    cached per (namespace, width, dtype) so that it costs one operation."""
+    """The matrix (or each of a stack) with its diagonal set to zero (the (1,1) slice of a symmetric 2-tensor):
+    times 1 − I, the mask cached per (namespace, width, dtype) so that it costs one operation."""
     key = (xp.__name__, matrix.shape[-1], str(matrix.dtype))
     if key not in _OFF_DIAGONAL_MASKS:
         _OFF_DIAGONAL_MASKS[key] = 1 - xp.eye(matrix.shape[-1], dtype=matrix.dtype)

@@ -121,8 +121,10 @@ def noise_floor(dataset: Path) -> float:
     import pyarrow.parquet as pq
 
     metadata = json.loads((dataset / "metadata.json").read_text())
-    variances = [v for f in sorted((dataset / "data").glob("*.parquet"))
-                 for v in pq.read_table(f, columns=["avg_variance"]).column("avg_variance").to_pylist()]
+    variances = []
+    for path in sorted((dataset / "data").glob("*.parquet")):
+        table = pq.read_table(path, columns=["avg_variance"], use_threads=False)  # no reader threads: see with_truths
+        variances += table.column("avg_variance").to_pylist()
     return sum(variances) / len(variances) / metadata["n_samples"]
 
 
@@ -159,7 +161,9 @@ def with_truths(dataset: Path, truths: Path) -> Path:
     shutil.copytree(dataset, staging)
     index = 0
     for path in sorted((staging / "data").glob("*.parquet")):
-        table = pq.read_table(path)
+        # no reader threads: arrow's can outlive the work and abort the process at exit (exit 134 after a fresh
+        # 1024×16 bake, twice in two runs; apache/arrow#34314)
+        table = pq.read_table(path, use_threads=False)
         rows = table.to_pylist()
         for row in rows:
             if f"means{index}" not in data:

@@ -88,5 +88,6 @@ def executor_spec(order: int, variant: str, max_width: int = MAX_WIDTH) -> dict:
         "max_width": max_width,
     }
     if factored:
-        spec["lower_slice_counts"] = {"3": set_partition_count_of_type((3,)), "2,1": set_partition_count_of_type((2, 1))}
+        spec["lower_slice_counts"] = {"3": set_partition_count_of_type((3,)),
+                                      "2,1": set_partition_count_of_type((2, 1))}
     return spec
