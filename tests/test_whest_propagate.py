@@ -12,7 +12,7 @@ import torch
 import mechest
 from mechest.whest import propagate as xprop
 from mechest.whest.mapping import mechest_net
-from mechest.whest.spec import executor_spec
+from mechest.whest.spec import PLANS, executor_spec
 
 scipy_special = pytest.importorskip("scipy.special")
 
@@ -27,6 +27,7 @@ def whest_weights(width: int, depth: int, seed: int) -> list[np.ndarray]:
 
 
 METHODS = [(1, "simple"), (2, "simple"), (2, "augment"), (3, "simple")]
+SPECS = {xprop.plan_key(order, variant): executor_spec(order, variant, max_width=64) for order, variant in PLANS}
 
 
 def mechest_layer_means(weights: list[np.ndarray], order: int, variant: str = "simple") -> np.ndarray:
@@ -35,14 +36,7 @@ def mechest_layer_means(weights: list[np.ndarray], order: int, variant: str = "s
 
 
 def xp_layer_means(weights: list[np.ndarray], order: int, variant: str = "simple") -> np.ndarray:
-    columns = [w.T for w in weights]
-    if order == 1:
-        means = xprop.mean_field_means(NUMPY, columns)
-    elif (order, variant) == (2, "simple"):
-        means = xprop.covariance_means(NUMPY, columns)
-    else:
-        means = xprop.planned_means(NUMPY, columns, executor_spec(order, variant, max_width=64))
-    return np.stack(means)
+    return np.stack(xprop.choice_means(NUMPY, [w.T for w in weights], order, variant, SPECS))
 
 
 def test_mapping_reproduces_whestbench_forward_pass() -> None:

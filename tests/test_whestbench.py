@@ -23,9 +23,11 @@ from mechest.errors import MechestError  # noqa: E402
 from mechest.whest import propagate as xprop  # noqa: E402
 from mechest.whest.export import export_package  # noqa: E402
 from mechest.whest.mapping import mechest_net  # noqa: E402
-from mechest.whest.spec import executor_spec  # noqa: E402
+from mechest.whest.spec import PLANS, executor_spec  # noqa: E402
 
 FLOPSCOPE = xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x))
+FLOAT32 = xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x).astype(x.dtype))
+SPECS = {xprop.plan_key(order, variant): executor_spec(order, variant, max_width=256) for order, variant in PLANS}
 HUGE_BUDGET = 10**15
 
 
@@ -61,25 +63,8 @@ def test_flopscope_backend_matches_torch_propagation(order: int, variant: str) -
     weights = whest_weights(16, 3, seed=order)
     columns = [fnp.asarray(w.T) for w in weights]
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True):
-        if order == 3 or variant == "augment":
-            means = xprop.planned_means(FLOPSCOPE, columns, executor_spec(order, variant, max_width=64))
-        elif order == 2:
-            means = xprop.covariance_means(FLOPSCOPE, columns)
-        else:
-            means = xprop.mean_field_means(FLOPSCOPE, columns)
-        got = np.asarray(fnp.stack(means))
+        got = np.asarray(fnp.stack(xprop.choice_means(FLOPSCOPE, columns, order, variant, SPECS)))
     np.testing.assert_allclose(got, expected_means(weights, order, variant), rtol=0, atol=1e-10)
-
-
-FLOAT32 = xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x).astype(x.dtype))
-
-
-def run_choice(columns: list, order: int, variant: str, window: int | None = None) -> list:
-    if order == 1:
-        return xprop.mean_field_means(FLOAT32, columns)
-    if (order, variant) == (2, "simple"):
-        return xprop.covariance_means(FLOAT32, columns)
-    return xprop.planned_means(FLOAT32, columns, executor_spec(order, variant, max_width=256), window)
 
 
 @pytest.mark.parametrize(("order", "variant", "width", "depth", "window", "tightness"),
@@ -95,7 +80,7 @@ def test_predicted_flops_bound_the_metered_flops(order: int, variant: str, width
     terms are an envelope; the lower bounds record how tight it is, e.g. K = 3 within 2% at 256×8)."""
     columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
-        run_choice(columns, order, variant, window)
+        xprop.choice_means(FLOAT32, columns, order, variant, SPECS, window)
         metered = context.flops_used
     predicted = xprop.choice_flops(width, depth, order, variant, window)
     assert tightness * predicted <= metered <= predicted, metered / predicted
@@ -108,7 +93,7 @@ def test_float32_on_the_meter_is_accurate(order: int, variant: str) -> None:
     weights = whest_weights(64, 4, seed=8)
     columns = [fnp.asarray(w.T.astype(np.float32)) for w in weights]
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True):
-        got = np.asarray(fnp.stack(run_choice(columns, order, variant)), dtype=np.float64)
+        got = np.asarray(fnp.stack(xprop.choice_means(FLOAT32, columns, order, variant, SPECS)), dtype=np.float64)
     expected = expected_means(weights, order, variant)
     np.testing.assert_allclose(got, expected, rtol=0, atol=50 * np.finfo(np.float32).eps * np.abs(expected).max())
 

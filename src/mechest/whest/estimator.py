@@ -80,7 +80,7 @@ class Estimator(BaseEstimator):
         """(order, variant, window) to try, best first. A choice is kept only if its predicted FLOPs plus those of
         every fallback after it fit in fraction·budget / safety, so running any prefix of the list fits."""
         allowed = self.config["budget_fraction"] * budget / self.config["safety"]
-        fits_width = width <= self.specs["3,simple"]["max_width"]
+        fits_width = width <= self.specs[propagate.plan_key(3, "simple")]["max_width"]
         k2: list[Choice] = []
         if self.config["max_order"] >= 2:
             if self.config["augment"] and fits_width and width >= AUGMENT_MIN_WIDTH_PER_LAYER * depth:
@@ -112,13 +112,7 @@ class Estimator(BaseEstimator):
 
     def run(self, weights: list, order: int, variant: str, window: int | None) -> fnp.ndarray:
         """All layers' means, shape (depth, width), by one choice."""
-        if order == 3 or variant == "augment":
-            means = propagate.planned_means(BACKEND, weights, self.specs[f"{order},{variant}"], window)
-        elif order == 2:
-            means = propagate.covariance_means(BACKEND, weights)
-        else:
-            means = propagate.mean_field_means(BACKEND, weights)
-        return fnp.stack(means, axis=0)
+        return fnp.stack(propagate.choice_means(BACKEND, weights, order, variant, self.specs, window), axis=0)
 
     def predict(self, mlp: MLP, budget: int) -> fnp.ndarray:
         weights = [w.T for w in mlp.weights]  # WhestBench's h @ W is mechest's W.T @ h

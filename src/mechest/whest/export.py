@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from mechest.errors import MechestError
+from mechest.whest.propagate import plan_key
 from mechest.whest.spec import PLANS, executor_spec
 
 # Copied, not imported: estimator.py imports whestbench and flopscope, which are an optional extra.
@@ -44,7 +45,7 @@ def export_package(out: str | Path, max_order: int = 3, budget_fraction: float =
     try:
         shutil.copyfile(SOURCES / "estimator.py", staging / "estimator.py")
         shutil.copyfile(SOURCES / "propagate.py", staging / "mechest_propagate.py")
-        (staging / "mechest_plan.json").write_text(json.dumps({f"{k},{v}": executor_spec(k, v) for k, v in PLANS}))
+        (staging / "mechest_plan.json").write_text(json.dumps({plan_key(k, v): executor_spec(k, v) for k, v in PLANS}))
         (staging / "mechest_config.json").write_text(json.dumps(config, indent=1))
         if target.exists():
             shutil.rmtree(target)

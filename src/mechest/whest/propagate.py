@@ -574,7 +574,7 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None)
     newest, whose T is I) and, on hidden layers, the (2,1) slice (6n³ a source). Without a window: K = 3
     n³(6L² − 8L), K = 2 augment n³(6L − 8), for L ≥ 2; K = 3 with window m Θ(n³(L + m²)). The elementwise
     work (O(n²) a layer and source, O(n) a layer for the Wick table's constant coefficients) is bounded by
-    n²(28L² + 60L) at K = 3, n²·200L at K = 2, plus 30000nL: an envelope of flopscope's counts for n ≥ 32
+    n²(28L² + 60L) at K = 3, n²·200L at K = 2, plus 30000nL: an envelope of flopscope's counts
     (tests/test_whestbench.py), so the total is an upper bound (tested at n = 8–256; K = 3: 1.5% above the count
     at 256×8, 0.3% at 1024×16; K = 2 augment: 10% above at 256×8)."""
     first_carried = 0 if window is None else max(depth - window, 0)
@@ -586,7 +586,8 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None)
         carried = layer + 1 >= first_carried
         sources = sources + 1 if carried and order == 3 else 0
     cubes += (2 if depth > 1 else 0) + (6 * (sources - 1) + 4 if sources else 0)
-    return width**3 * cubes + elementwise_bound(width, depth, 28 * depth**2 + 60 * depth if order == 3 else 200 * depth)
+    quadratic = 28 * depth**2 + 60 * depth if order == 3 else 200 * depth
+    return width**3 * cubes + elementwise_bound(width, depth, quadratic)
 
 
 def elementwise_bound(width: int, depth: int, quadratic: int) -> int:
@@ -613,3 +614,19 @@ def choice_flops(width: int, depth: int, order: int, variant: str, window: int |
     if (order, variant) == (2, "simple"):
         return covariance_flops(width, depth)
     return planned_flops(width, depth, order, window)
+
+
+def plan_key(order: int, variant: str) -> str:
+    """The key of a plan in the exported ``mechest_plan.json`` (and in ``choice_means``'s ``specs``)."""
+    return f"{order},{variant}"
+
+
+def choice_means(backend: Backend, weights: Sequence[Any], order: int, variant: str, specs: dict,
+                 window: int | None = None) -> list[Any]:
+    """E[a_l] for every hidden layer by one (order, variant, window) choice; K = 3 and K = 2 augment run the plan
+    ``specs[plan_key(order, variant)]``."""
+    if order == 1:
+        return mean_field_means(backend, weights)
+    if (order, variant) == (2, "simple"):
+        return covariance_means(backend, weights)
+    return planned_means(backend, weights, specs[plan_key(order, variant)], window)
