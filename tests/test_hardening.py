@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from mechest.cli import main
 from mechest.errors import MechestError
+from mechest.estimate import estimate
 from mechest.mlp import MLP, from_sequential
 from mechest.montecarlo import chunk_generator
 from mechest.tail import METHODS as TAIL_METHODS
 from mechest.tail import hermite_tail, lpe, marginal_cumulants, tail_probability
+from mechest.truth import compute_truth, load_truth
 
 
 def odd_sequential() -> nn.Sequential:
@@ -80,3 +83,125 @@ def test_exceedance_table_refuses_layers_of_different_widths(odd_net: MLP) -> No
 
     with pytest.raises(MechestError, match="different widths"):
         exceedance_table(odd_net, (1, 2), ((0.0, True),), samples=10, seed=0)
+
+
+# item 2: overflow is an error naming the first layer that went non-finite
+
+
+def relu_net(*scales: float) -> MLP:
+    """An 8 → 20 → 12 → 3 ReLU network with biases, W_l scaled by scales[l]."""
+    net = from_sequential(odd_sequential())
+    return MLP([w * scale for w, scale in zip(net.weights, scales, strict=True)], net.biases, ["relu", "relu"])
+
+
+def kprop_overflow_net() -> MLP:
+    """W_1 scaled by 1e160: the pre-activation of layer 2 has values ~1e160 but variance ~1e320, above float64's
+    largest number."""
+    return relu_net(1, 1e160, 1)
+
+
+def mc_overflow_net() -> MLP:
+    """W_0 and W_1 scaled by 1e160: values ~1e160 at layer 1, ~1e320 = inf at layer 2 (ReLU does not saturate)."""
+    return relu_net(1e160, 1e160, 1)
+
+
+def saturating_net() -> MLP:
+    """The odd net (ReLU, then tanh) with W_1 scaled by 1e160: tanh of ~±1e160 is exactly ±1."""
+    net = from_sequential(odd_sequential())
+    return MLP([net.weights[0], net.weights[1] * 1e160, net.weights[2]], net.biases, net.activations)
+
+
+@pytest.mark.parametrize(("order", "variant", "factored"), [(1, "simple", False), (1, "isotropic", False),
+                                                            (2, "simple", False), (2, "augment", False),
+                                                            (3, "simple", False), (3, "simple", True),
+                                                            (3, "augment", True), (4, "simple", True)])
+def test_kprop_overflow_names_hidden_layer_2(order: int, variant: str, factored: bool) -> None:
+    with pytest.raises(MechestError, match=r"^kprop: the (mean|variance) of hidden layer 2 is not finite"):
+        estimate(kprop_overflow_net(), "kprop", order=order, variant=variant, factored=factored)
+
+
+def test_monte_carlo_overflow_names_hidden_layer_2() -> None:
+    with pytest.raises(MechestError, match=r"^mc: the value of hidden layer 2 is not finite"):
+        estimate(mc_overflow_net(), "mc", samples=100)
+
+
+def test_monte_carlo_ignores_saturated_overflow() -> None:
+    """Values of 1e160 into tanh give exactly ±1: the Monte Carlo result is finite and right, so no error (kprop,
+    whose variances overflow, refuses the same net)."""
+    result = estimate(saturating_net(), "mc", samples=100)
+    assert bool(torch.isfinite(result.mean).all()) and bool(torch.isfinite(result.stderr).all())
+
+
+def test_truth_of_an_overflowing_net_writes_nothing(tmp_path) -> None:
+    with pytest.raises(MechestError, match="mc: the value of hidden layer 2 is not finite"):
+        compute_truth(mc_overflow_net(), 300, tmp_path / "truth.npz", chunk_size=100)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_variance_overflow_alone_is_an_error() -> None:
+    """Output values ~1e160 are finite, their squares are not: the variance, and the stderr, would be inf."""
+    net = relu_net(1, 1, 1e160)
+    with pytest.raises(MechestError, match=r"^mc: the variance of the output is not finite"):
+        estimate(net, "mc", samples=100)
+
+
+@pytest.mark.parametrize(("method", "message"), [("lpe", "lpe: the (mean|variance) of hidden layer 2"),
+                                               ("edgeworth", "kprop: the variance of layer 2"),
+                                               ("saddlepoint", "kprop: the variance of layer 2"),
+                                               ("mc", "mc: the pre-activation of layer 2")])
+def test_tail_overflow_names_layer_2(method: str, message: str) -> None:
+    """Layer numbers count pre-activations from 1 (as --layer does); hidden layer l is the activation after it."""
+    net = mc_overflow_net() if method == "mc" else kprop_overflow_net()
+    with pytest.raises(MechestError, match=rf"^{message} is not finite \(overflow\?\)$"):
+        tail_probability(net, 3, 0.5, method, samples=100)
+
+
+def test_far_threshold_gives_a_finite_edgeworth_tail() -> None:
+    """x = 1e100 standard deviations out: He_5(x) overflows but the density is 0, so the tail is exactly 0."""
+    cumulants = torch.tensor([[0.0], [1.0], [0.5], [0.3]], dtype=torch.float64)
+    assert hermite_tail(cumulants, 1e100).tolist() == [0.0]
+    assert hermite_tail(cumulants, 1e100, upper=False).tolist() == [1.0]
+
+
+def test_cli_overflow_is_one_line_and_no_json(capsys, tmp_path) -> None:
+    path = str(tmp_path / "big.npz")
+    mc_overflow_net().save(path)
+    for method, extra in (("kprop", []), ("mc", ["--samples", "100"])):
+        code, out, err = run(capsys, "estimate", "--weights", path, "--method", method, "--json", *extra)
+        assert (code, out, err.count("\n")) == (2, "", 1) and "is not finite (overflow?)" in err
+    code, out, err = run(capsys, "truth", "--weights", path, "--samples", "100", "--workers", "0",
+                         "--out", str(tmp_path / "truth.npz"))
+    assert (code, out, err.count("\n")) == (2, "", 1) and not (tmp_path / "truth.npz").exists()
+
+
+def test_float32_overflow_says_so(capsys, tmp_path) -> None:
+    """Finite float64 weights of 1e39 do not fit in float32: say that, not "NaN or infinite values"."""
+    net = from_sequential(odd_sequential())
+    net = MLP([net.weights[0] * 1e39] + net.weights[1:], net.biases, net.activations)
+    with pytest.raises(MechestError, match=r"^weight_0 overflows float32: its largest entry .* is above 3.4e\+38"):
+        net.to(dtype=torch.float32)
+    path = str(tmp_path / "big.npz")
+    net.save(path)
+    for command in (["estimate", "--weights", path], ["truth", "--weights", path, "--samples", "10", "--out",
+                                                      str(tmp_path / "t.npz"), "--workers", "0"]):
+        code, _, err = run(capsys, *command, "--dtype", "float32")
+        assert code == 2 and "weight_0 overflows float32" in err and "NaN" not in err
+
+
+def test_truth_file_of_nan_is_refused(tmp_path) -> None:
+    path = tmp_path / "truth.npz"
+    np.savez(path, mean=np.array([np.nan, 1.0]), variance=np.ones(2), samples=np.array(10), seed=np.array(0),
+             fingerprint=np.array("x"))
+    with pytest.raises(MechestError, match="its mean is not numeric and finite"):
+        load_truth(path)
+
+
+def test_score_json_has_no_nan_for_a_constant_output(capsys, tmp_path) -> None:
+    """A network whose output does not vary: MSE/Var is undefined, which JSON says as null, not NaN."""
+    net = from_sequential(odd_sequential())
+    net = MLP(net.weights[:2] + [torch.zeros_like(net.weights[2])], net.biases, net.activations)
+    weights, truth = str(tmp_path / "net.npz"), str(tmp_path / "truth.npz")
+    net.save(weights)
+    assert run(capsys, "truth", "--weights", weights, "--samples", "100", "--workers", "0", "--out", truth)[0] == 0
+    code, out, _ = run(capsys, "score", "--weights", weights, "--truth", truth, "--json")
+    assert code == 0 and "NaN" not in out and json.loads(out)["mse_over_var"] is None

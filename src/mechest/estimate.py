@@ -12,6 +12,7 @@ from mechest.errors import MechestError
 from mechest.flops import FlopCounter, warm_up
 from mechest.kprop import check_options, propagate
 from mechest.kprop.plan import compile_plan
+from mechest.limits import require_finite_propagation
 from mechest.mlp import MLP
 from mechest.montecarlo import check_sample_count, sample_moments
 
@@ -113,6 +114,7 @@ def kprop_estimate(net: MLP, order: int, variant: str, factored: bool) -> Estima
     result = propagate(net, order, variant, factored)
     synchronize(net.device)
     seconds = time.perf_counter() - start
+    require_finite_propagation(result)
     flops = kprop_flops(structure_key(net), order, variant, factored, net)
     return Estimate("kprop", result.mean, flops, seconds, order=order, variant=variant, factored=factored,
                     cov=result.cov, third=result.third)

@@ -94,8 +94,8 @@ class MLP:
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> MLP:
         """A copy with every array converted to ``dtype`` and moved to ``device``."""
         return MLP(
-            [w.to(device=device, dtype=dtype) for w in self.weights],
-            [None if b is None else b.to(device=device, dtype=dtype) for b in self.biases],
+            [converted(w, f"weight_{layer}", dtype, device) for layer, w in enumerate(self.weights)],
+            [None if b is None else converted(b, f"bias_{layer}", dtype, device) for layer, b in enumerate(self.biases)],
             list(self.activations),
         )
 
@@ -188,6 +188,19 @@ def validate(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | No
                 raise MechestError(f"bias_{layer} has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
             if not torch.isfinite(bias).all():
                 raise MechestError(f"bias_{layer} contains NaN or infinite values")
+
+
+def converted(tensor: torch.Tensor, name: str, dtype: torch.dtype | None = None,
+              device: torch.device | str | None = None) -> torch.Tensor:
+    """``tensor`` in ``dtype`` on ``device``; a MechestError if a finite entry is too large for a narrower
+    floating-point ``dtype`` (it would become infinite)."""
+    if (dtype is not None and dtype.is_floating_point and tensor.is_floating_point() and tensor.numel()
+            and torch.finfo(dtype).max < torch.finfo(tensor.dtype).max):
+        largest = float(tensor.detach().abs().max())
+        if torch.finfo(dtype).max < largest < math.inf:
+            raise MechestError(f"{name} overflows {str(dtype).removeprefix('torch.')}: its largest entry {largest:.3g} "
+                               f"is above {torch.finfo(dtype).max:.3g}; use float64")
+    return tensor.to(device=device, dtype=dtype)
 
 
 MAX_SEED = 2**63
@@ -396,4 +409,4 @@ def numeric_tensor(array: np.ndarray, name: str, dtype: torch.dtype) -> torch.Te
     """Convert a numeric array from a file to a tensor, with a clear error for non-numeric data."""
     if not np.issubdtype(array.dtype, np.number):
         raise MechestError(f"{name} is not numeric (dtype {array.dtype})")
-    return torch.from_numpy(np.asarray(array, dtype=np.float64)).to(dtype)
+    return converted(torch.from_numpy(np.asarray(array, dtype=np.float64)), name, dtype)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from mechest.device import resolve_device, total_memory
 from mechest.errors import MechestError
+from mechest.limits import Quantity, forward_quantities, require_finite
 from mechest.mlp import MLP, check_seed
 
 DEFAULT_CHUNK_SIZE = 1 << 16
@@ -121,12 +122,28 @@ def chunk_generator(seed: int, chunk: int, device: torch.device | str = "cpu") -
     return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def chunk_inputs(net: MLP, seed: int, chunk: int, size: int) -> torch.Tensor:
+    """The ``size`` Gaussian inputs of chunk ``chunk`` under ``seed``, in ``net``'s dtype and on its device."""
+    generator = chunk_generator(seed, chunk, net.device)
+    return torch.randn(size, net.input_dim, generator=generator, dtype=net.dtype, device=net.device)
+
+
 def chunk_moments(net: MLP, seed: int, chunk: int, size: int) -> RunningMoments:
     """Moments of the network output over the ``size`` inputs of chunk ``chunk``."""
-    generator = chunk_generator(seed, chunk, net.device)
-    x = torch.randn(size, net.input_dim, generator=generator, dtype=net.dtype, device=net.device)
     with torch.no_grad():
-        return RunningMoments.of_batch(net(x))
+        return RunningMoments.of_batch(net(chunk_inputs(net, seed, chunk, size)))
+
+
+def check_chunk_finite(net: MLP, seed: int, chunk: int, moments: RunningMoments) -> None:
+    """A chunk's mean and M2 must be finite; else a MechestError naming the first layer of the chunk's forward
+    pass whose values (or squares, which make the variance) overflowed."""
+    def quantities() -> Iterator[Quantity]:
+        with torch.no_grad():
+            layers = net.forward_layers(chunk_inputs(net, seed, chunk, moments.count))
+        yield from forward_quantities(layers)
+        yield "variance", "the output", moments.m2
+
+    require_finite("mc", torch.cat([moments.mean, moments.m2]), quantities())
 
 
 def default_chunk_size(net: MLP) -> int:
@@ -215,6 +232,7 @@ def sample_moments(
     chunks = range(moments.count // chunk_size, chunk_count(samples, chunk_size))
     with progress_bar(samples, moments.count, progress) as bar:
         for chunk, moments_of_chunk in run_chunks_locally(net, seed, samples, chunk_size, chunks):
+            check_chunk_finite(net, seed, chunk, moments_of_chunk)
             moments = moments.merge(moments_of_chunk)
             bar.update(moments_of_chunk.count)
             if on_chunk is not None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,9 +46,10 @@ from mechest.estimate import kprop_flops, resolve_dtype, structure_key
 from mechest.flops import FlopCounter, warm_up
 from mechest.gaussian import normal_cdf, normal_pdf
 from mechest.kprop import check_options, propagate
-from mechest.kprop.engine import input_tower, linear_step, nonlinear_step
+from mechest.kprop.engine import Tower, input_tower, linear_step, nonlinear_step
 from mechest.kprop.factored import output_marginals
 from mechest.kprop.plan import Plan, compile_plan
+from mechest.limits import Quantity, hidden_quantities, is_finite, require_all_finite, require_finite
 from mechest.mlp import MLP
 from mechest.montecarlo import (
     DEFAULT_CHUNK_SIZE,
@@ -159,6 +160,8 @@ def lpe(net: MLP, layer: int, threshold: float, upper: bool = True, *, order: in
     start = time.perf_counter()
     result = propagate(augmented, order, variant, factored)
     seconds = time.perf_counter() - start
+    require_all_finite("lpe", [*hidden_quantities(result, layer - 1),
+                               ("probability", f"layer {layer}", result.layer_means[-1])])
     flops = kprop_flops(structure_key(augmented), order, variant, factored, augmented)
     return TailEstimate("lpe", layer, float(threshold), upper, result.layer_means[-1], flops, seconds,
                         order=order, variant=variant, factored=factored)
@@ -184,15 +187,33 @@ def marginal_cumulants(net: MLP, layer: int, order: int = 2, variant: str = "sim
 
 
 def dense_marginals(net: MLP, plan: Plan) -> torch.Tensor:
-    """``marginal_cumulants`` of ``net``'s output by the unfactorised engine under ``plan``."""
+    """``marginal_cumulants`` of ``net``'s output by the unfactorised engine under ``plan``; a MechestError naming
+    the first pre-activation whose marginal cumulants are not finite."""
+    for layer, tower in enumerate(pre_activation_towers(net, plan), start=1):
+        zeros = torch.zeros_like(tower[1].core)
+        rows = torch.stack([slice_of(tower[d], (d,)) if d in tower else zeros for d in (1, 2, 3, 4)])
+        require_finite("kprop", rows, marginal_quantities(rows, layer))
+    return rows
+
+
+def pre_activation_towers(net: MLP, plan: Plan) -> Iterator[Tower]:
+    """The unfactorised engine's tower of every pre-activation of ``net`` under ``plan``, the output's last."""
     degrees = set(plan.radial)
     tower = input_tower(net.input_dim, plan, net.weights[0])
     for hidden in range(net.depth):
         tower = linear_step(tower, net.weights[hidden], net.biases[hidden], degrees)
+        yield tower
         tower = nonlinear_step(tower, net.activations[hidden], plan)
-    tower = linear_step(tower, net.weights[-1], net.biases[-1], degrees)
-    zeros = torch.zeros_like(tower[1].core)
-    return torch.stack([slice_of(tower[d], (d,)) if d in tower else zeros for d in (1, 2, 3, 4)])
+    yield linear_step(tower, net.weights[-1], net.biases[-1], degrees)
+
+
+CUMULANT_NAMES = ("mean", "variance", "third cumulant", "fourth cumulant")
+
+
+def marginal_quantities(cumulants: torch.Tensor, layer: int) -> Iterator[Quantity]:
+    """Rows μ, σ², κ_3, κ_4 of the pre-activation of ``layer``, named."""
+    for name, row in zip(CUMULANT_NAMES, cumulants, strict=True):
+        yield name, f"layer {layer}", row
 
 
 def hermite_tail(cumulants: torch.Tensor, threshold: float, upper: bool = True,
@@ -211,7 +232,8 @@ def hermite_tail(cumulants: torch.Tensor, threshold: float, upper: bool = True,
     correction = g1 / 6 * he2 + g2 / 24 * he3
     if skew_squared:
         correction = correction + g1 * g1 / 72 * he5
-    return normal_cdf(-x) + normal_pdf(x) * correction
+    density = normal_pdf(x)  # 0 far out, where the Hermite polynomials may overflow: the correction is then 0
+    return normal_cdf(-x) + torch.where(density > 0, density * correction, torch.zeros_like(density))
 
 
 def saddlepoint_tail(cumulants: torch.Tensor, threshold: float, upper: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,6 +291,7 @@ def from_marginals(net: MLP, layer: int, threshold: float, upper: bool = True, *
         else:
             raw, valid = hermite_tail(cumulants, threshold, upper), torch.ones_like(cumulants[0], dtype=torch.bool)
     seconds = time.perf_counter() - start
+    require_finite(method, raw, marginal_quantities(cumulants, layer))
     return TailEstimate(method, layer, threshold, upper, raw, counter.total, seconds, order=order, variant=variant,
                         factored=factored, fallbacks=int((~valid).sum()))
 
@@ -305,6 +328,8 @@ def exceedance_table(net: MLP, layers: Sequence[int], events: Sequence[Event], s
             for index in range(net.depth + 1):
                 z = h @ net.weights[index].T
                 z = z if net.biases[index] is None else z + net.biases[index]
+                if not is_finite(z):
+                    require_all_finite("mc", [("pre-activation", f"layer {index + 1}", z)])
                 if index + 1 in layers:
                     row = list(layers).index(index + 1)
                     for column, (t, upper) in enumerate(events):

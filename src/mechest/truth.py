@@ -22,11 +22,13 @@ import torch
 from mechest.device import resolve_device
 from mechest.errors import MechestError
 from mechest.files import write_npz_atomically
+from mechest.limits import require_finite
 from mechest.mlp import MLP, read_npz
 from mechest.montecarlo import (
     ChunkRunner,
     OrderedMerge,
     RunningMoments,
+    check_chunk_finite,
     check_chunk_size,
     check_sample_count,
     chunk_count,
@@ -152,7 +154,9 @@ def compute_truth(
     try:
         with progress_bar(samples, merge.count, progress) as bar:
             for chunk, moments in runner(net, seed, samples, chunk_size, merge.missing(total)):
-                merge.add(chunk, moments.to(net.device))
+                moments = moments.to(net.device)
+                check_chunk_finite(net, seed, chunk, moments)
+                merge.add(chunk, moments)
                 bar.update(moments.count)
                 unsaved = True
                 if time.monotonic() - last_save >= CHECKPOINT_SECONDS:
@@ -164,6 +168,8 @@ def compute_truth(
         raise
     if merge.next_chunk != total:
         raise RuntimeError(f"the chunk runner returned {merge.next_chunk} of {total} chunks in order")
+    require_finite("mc", torch.cat([merge.done.mean, merge.done.m2]),
+                   [("mean", "the output", merge.done.mean), ("variance", "the output", merge.done.m2)])
     truth = Truth(merge.done.mean.cpu().numpy(), merge.done.variance.cpu().numpy(), samples, seed, fingerprint)
     write_npz_atomically(out, {
         "mean": truth.mean, "variance": truth.variance, "samples": np.array(samples), "seed": np.array(seed),
@@ -181,10 +187,14 @@ def load_truth(path: str | Path) -> Truth:
         raise MechestError(f"cannot read {path}: no such file")
     data = read_npz(path)
     try:
-        return Truth(data["mean"], data["variance"], int(data["samples"]), int(data["seed"]),
-                     str(data["fingerprint"]))
+        truth = Truth(data["mean"], data["variance"], int(data["samples"]), int(data["seed"]),
+                      str(data["fingerprint"]))
     except (KeyError, TypeError, ValueError) as error:
         raise MechestError(f"cannot read {path}: not a mechest truth file ({error})") from None
+    for name in ("mean", "variance"):
+        if not np.issubdtype(getattr(truth, name).dtype, np.number) or not np.isfinite(getattr(truth, name)).all():
+            raise MechestError(f"{path}: its {name} is not numeric and finite")
+    return truth
 
 
 @dataclass(frozen=True)
@@ -205,8 +215,10 @@ class Score:
         return self.mse_minus_floor / self.variance if self.variance > 0 else float("nan")
 
     def to_dict(self) -> dict:
+        """The JSON-ready summary; ``mse_over_var`` is None (JSON null, not NaN) when the output does not vary."""
         return {"mse": self.mse, "variance": self.variance, "noise_floor": self.noise_floor,
-                "mse_minus_floor": self.mse_minus_floor, "mse_over_var": self.relative}
+                "mse_minus_floor": self.mse_minus_floor,
+                "mse_over_var": self.relative if self.variance > 0 else None}
 
 
 def score(estimate_mean: torch.Tensor | np.ndarray, truth: Truth) -> Score:
@@ -214,6 +226,9 @@ def score(estimate_mean: torch.Tensor | np.ndarray, truth: Truth) -> Score:
     estimate_mean = np.asarray(torch.as_tensor(estimate_mean).detach().cpu(), dtype=np.float64)
     if estimate_mean.shape != truth.mean.shape:
         raise MechestError(f"estimate has shape {estimate_mean.shape} but the truth has {truth.mean.shape}")
-    mse = float(np.mean((estimate_mean - truth.mean) ** 2))
+    with np.errstate(over="ignore"):
+        mse = float(np.mean((estimate_mean - truth.mean) ** 2))
+    if not np.isfinite(mse):
+        raise MechestError("score: the mean squared error is not finite (overflow?)")
     variance = float(np.mean(truth.variance))
     return Score(mse, variance, variance / truth.samples)

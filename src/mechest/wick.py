@@ -115,13 +115,17 @@ def _check_name(name: str) -> str:
 
 
 def _clamp_variance(var: torch.Tensor) -> torch.Tensor:
-    """Raise variances below MIN_VARIANCE to it (design §4.1), warning once per call."""
-    if bool((var < MIN_VARIANCE).any()):
-        warnings.warn(
-            f"Snapping negative variance to {MIN_VARIANCE:g} (smallest variance was {float(var.detach().min()):.3g})",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    """Raise variances below MIN_VARIANCE to it (design §4.1), warning once per call about finite ones (an
+    infinite one is an overflow, which mechest.limits' checks of the result report as an error)."""
+    below = var < MIN_VARIANCE
+    if bool(below.any()):
+        finite_below = var.detach()[below & torch.isfinite(var)]
+        if finite_below.numel():
+            warnings.warn(
+                f"Snapping negative variance to {MIN_VARIANCE:g} (smallest variance was {float(finite_below.min()):.3g})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return torch.clamp(var, min=MIN_VARIANCE)
     return var
 
