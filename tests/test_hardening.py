@@ -3,6 +3,8 @@ large for memory, unreadable files, unsupported torch modules and silently ignor
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 
 import numpy as np
@@ -13,6 +15,7 @@ from torch import nn
 from mechest.cli import main
 from mechest.errors import MechestError
 from mechest.estimate import estimate
+from mechest.limits import check_sample_time
 from mechest.mlp import MLP, from_sequential
 from mechest.montecarlo import chunk_generator
 from mechest.tail import METHODS as TAIL_METHODS
@@ -205,3 +208,52 @@ def test_score_json_has_no_nan_for_a_constant_output(capsys, tmp_path) -> None:
     assert run(capsys, "truth", "--weights", weights, "--samples", "100", "--workers", "0", "--out", truth)[0] == 0
     code, out, _ = run(capsys, "score", "--weights", weights, "--truth", truth, "--json")
     assert code == 0 and "NaN" not in out and json.loads(out)["mse_over_var"] is None
+
+
+# item 4: sample counts that could not finish
+
+
+def test_sample_time_limit_is_a_year_at_a_petaflop() -> None:
+    """1e9 FLOPs per sample at 1e15 FLOP/s: a year (31557600 s) is 3.15576e13 samples."""
+    assert check_sample_time(31_557_600_000_000, 10**9) == 31_557_600_000_000
+    with pytest.raises(MechestError, match=r"^3.16e\+13 samples of 1,000,000,000 FLOPs each would take at least "
+                                           r"1 years \(at 1e\+15 FLOP/s\); this network accepts at most 3.16e\+13"):
+        check_sample_time(31_557_700_000_000, 10**9)
+    with pytest.raises(MechestError, match=r"at least 2.78 hours .*, but at most 1e\+15 samples are accepted$"):
+        check_sample_time(10**16, 1000)
+
+
+def test_impossible_sample_counts_are_refused_before_sampling(capsys, tmp_path, odd_net: MLP) -> None:
+    with pytest.raises(MechestError, match="years"):
+        estimate(odd_net, "mc", samples=10**30)
+    with pytest.raises(MechestError, match="years"):
+        tail_probability(odd_net, 2, 0.0, "mc", samples=10**30)
+    path, out = str(tmp_path / "net.npz"), tmp_path / "truth.npz"
+    odd_net.save(path)
+    for command in (["estimate", "--method", "mc"], ["truth", "--out", str(out)]):
+        code, stdout, err = run(capsys, *command, "--weights", path, "--samples", "1e30")
+        assert (code, stdout, err.count("\n")) == (2, "", 1) and "years" in err
+    assert not out.exists()
+
+
+def test_cluster_runner_reads_chunk_numbers_lazily(monkeypatch) -> None:
+    """A run of billions of chunks must not list their numbers before computing the first."""
+    from mechest import distributed
+    from mechest.cli import build_parser, chunk_runner
+
+    class Chunks:
+        """Chunk numbers 0, 1, ... that fail the test when read past the 10th."""
+
+        def __iter__(self):
+            yield from range(10)
+            raise AssertionError("chunk numbers read past the ones computed")
+
+    def fake_runner(net, seed, samples, chunk_size, chunks):
+        for chunk in itertools.islice(chunks, 3):
+            yield chunk, None
+
+    monkeypatch.setattr(distributed, "cluster_client", lambda *args: contextlib.nullcontext())
+    monkeypatch.setattr(distributed, "dask_runner", lambda client: fake_runner)
+    args = build_parser().parse_args(["truth", "--weights", "w.npz", "--samples", "1", "--out", "t.npz"])
+    with chunk_runner(args, torch.device("cpu")) as runner:
+        assert [chunk for chunk, _ in runner(None, 0, 10**30, 1, Chunks())] == [0, 1, 2]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import sys
@@ -142,9 +143,11 @@ def chunk_runner(args: argparse.Namespace, device: torch.device) -> Iterator[Chu
 
         def run_on_cluster(net: MLP, seed: int, samples: int, chunk_size: int,
                            chunks: Iterable[int]) -> Iterator[tuple[int, RunningMoments]]:
-            chunks = list(chunks)
-            if not chunks:
+            chunks = iter(chunks)  # lazily: a long run has billions of chunks
+            first = next(chunks, None)
+            if first is None:
                 return
+            chunks = itertools.chain([first], chunks)
             if not runners:
                 # dask takes a second to import: only when a cluster is needed
                 from mechest.distributed import cluster_client, dask_runner

@@ -1,4 +1,5 @@
-"""Refusing what cannot give an answer: results that overflowed to a non-finite value.
+"""Refusing what cannot give an answer: results that overflowed to a non-finite value, and sample counts that
+could not finish.
 
 Each check raises a one-line MechestError that says where the problem is, so the command-line tool exits 2
 instead of printing NaN or writing it to a file.
@@ -12,6 +13,14 @@ import torch
 
 from mechest.errors import MechestError
 from mechest.kprop.result import Propagation
+
+MAX_SAMPLES = 10**15
+"""The most Monte Carlo samples accepted for any network (about 1.5e10 chunks of 65536)."""
+FAST_FLOP_RATE = 1e15
+"""FLOP/s: a petaFLOP/s, more than a Monte Carlo forward pass sustains on any one machine, so the estimated time
+below is a lower bound."""
+MAX_SECONDS = 365.25 * 24 * 3600
+"""The longest estimated run accepted: a year at FAST_FLOP_RATE."""
 
 Quantity = tuple[str, str, torch.Tensor]
 """(what, where, value), e.g. ("variance", "hidden layer 2", the diagonal of that layer's covariance)."""
@@ -68,3 +77,25 @@ def forward_quantities(layers: list[torch.Tensor]) -> Iterator[Quantity]:
     for where, values in zip(places, layers, strict=True):
         yield "value", where, values
     yield "variance", "the output", layers[-1] * layers[-1]
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in the largest of seconds, hours, days or years that is at least 1."""
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} seconds"
+
+
+def check_sample_time(samples: int, flops_per_sample: int) -> int:
+    """``samples``, unless they exceed MAX_SAMPLES or samples × flops_per_sample / FAST_FLOP_RATE exceeds
+    MAX_SECONDS: then a MechestError giving that estimated time and the largest count accepted."""
+    seconds = samples * flops_per_sample / FAST_FLOP_RATE
+    estimate = f"{samples:.3g} samples of {flops_per_sample:,} FLOPs each would take at least {duration(seconds)} " \
+               f"(at {FAST_FLOP_RATE:.0e} FLOP/s)"
+    if seconds > MAX_SECONDS:
+        largest = min(MAX_SAMPLES, int(MAX_SECONDS * FAST_FLOP_RATE / flops_per_sample))
+        raise MechestError(f"{estimate}; this network accepts at most {largest:.3g} samples")
+    if samples > MAX_SAMPLES:
+        raise MechestError(f"{estimate}, but at most {MAX_SAMPLES:.0e} samples are accepted")
+    return samples

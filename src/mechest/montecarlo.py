@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mechest.device import resolve_device, total_memory
 from mechest.errors import MechestError
-from mechest.limits import Quantity, forward_quantities, require_finite
+from mechest.limits import Quantity, check_sample_time, forward_quantities, require_finite
 from mechest.mlp import MLP, check_seed
 
 DEFAULT_CHUNK_SIZE = 1 << 16
@@ -223,7 +223,7 @@ def sample_moments(
     ``start`` resumes from the moments of the first ``start.count`` samples (a whole number of chunks);
     ``on_chunk(chunk_index, moments)`` is called after each chunk (for checkpoints).
     """
-    samples = check_sample_count(samples)
+    samples = check_sample_time(check_sample_count(samples), net.flops_per_sample())
     net = net.to(device=resolve_device(device, net.device))
     chunk_size = check_chunk_size(chunk_size, net)
     moments = start.to(net.device) if start is not None else RunningMoments.empty(net.output_dim, net.device)

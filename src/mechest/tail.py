@@ -49,7 +49,7 @@ from mechest.kprop import check_options, propagate
 from mechest.kprop.engine import Tower, input_tower, linear_step, nonlinear_step
 from mechest.kprop.factored import output_marginals
 from mechest.kprop.plan import Plan, compile_plan
-from mechest.limits import Quantity, hidden_quantities, is_finite, require_all_finite, require_finite
+from mechest.limits import Quantity, check_sample_time, hidden_quantities, is_finite, require_all_finite, require_finite
 from mechest.mlp import MLP
 from mechest.montecarlo import (
     DEFAULT_CHUNK_SIZE,
@@ -354,9 +354,9 @@ def monte_carlo(net: MLP, layer: int, threshold: float, upper: bool = True, *, s
 
     FLOPs = samples × (one forward pass up to ``layer`` + 1 comparison per neuron), random numbers not counted.
     """
-    samples = check_sample_count(samples)
     threshold = check_threshold(threshold)
     prefix = truncate(net, layer).to(dtype=resolve_dtype(dtype, net.dtype))
+    samples = check_sample_time(check_sample_count(samples), prefix.flops_per_sample() + prefix.output_dim)
     start = time.perf_counter()
     counts = exceedance_counts(prefix, samples, seed, threshold, upper, chunk_size, progress)
     seconds = time.perf_counter() - start

@@ -22,7 +22,7 @@ import torch
 from mechest.device import resolve_device
 from mechest.errors import MechestError
 from mechest.files import write_npz_atomically
-from mechest.limits import require_finite
+from mechest.limits import check_sample_time, require_finite
 from mechest.mlp import MLP, read_npz
 from mechest.montecarlo import (
     ChunkRunner,
@@ -138,7 +138,7 @@ def compute_truth(
     is the same bit for bit for any runner. Finished chunks are checkpointed every CHECKPOINT_SECONDS and
     when the run is interrupted; running the same call again resumes from the checkpoint.
     """
-    samples = check_sample_count(samples)
+    samples = check_sample_time(check_sample_count(samples), net.flops_per_sample())
     out = check_output_path(out)
     fingerprint = net.fingerprint()
     net = net.to(dtype=dtype, device=resolve_device(device, net.device))
