@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from mechest import limits
 from mechest.cli import main
 from mechest.errors import MechestError
 from mechest.estimate import estimate
@@ -257,3 +260,55 @@ def test_cluster_runner_reads_chunk_numbers_lazily(monkeypatch) -> None:
     args = build_parser().parse_args(["truth", "--weights", "w.npz", "--samples", "1", "--out", "t.npz"])
     with chunk_runner(args, torch.device("cpu")) as runner:
         assert [chunk for chunk, _ in runner(None, 0, 10**30, 1, Chunks())] == [0, 1, 2]
+
+
+# item 5: requests too large for memory are refused before allocating
+
+
+@pytest.fixture
+def memory(monkeypatch) -> Callable[[float], None]:
+    """Set the memory limits.available_memory reports (bytes)."""
+    def set_available(size: float) -> None:
+        monkeypatch.setattr(limits, "available_memory", lambda device: int(size))
+    return set_available
+
+
+def test_available_memory_is_at_most_the_physical_memory() -> None:
+    available = limits.available_memory(torch.device("cpu"))
+    assert 0 < available <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_unfactored_order_4_is_refused_with_what_would_fit(memory, odd_net: MLP) -> None:
+    """Widths 8, 20, 12, 3: n = 20. Just under K = 4's 16 n⁴ numbers, K = 4 factored, K = 3 and width 19 fit."""
+    needed = limits.propagation_bytes(20, 2, 4, "simple", False)
+    assert needed == 16 * 20**4 * 8  # 16 n⁴ float64 numbers; factored: 36 L n³
+    memory(needed - 1)
+    with pytest.raises(MechestError, match=rf"^kprop K=4 simple at width 20 needs about {needed / 1e9:.3g} GB of "
+                                           rf"memory, but {needed / 1e9:.3g} GB is available; what would fit: "
+                                           rf"--factored \({36 * 2 * 20**3 * 8 / 1e9:.3g} GB\), --order 3, "
+                                           r"a width of at most 19$"):
+        estimate(odd_net, "kprop", order=4)
+    with pytest.raises(MechestError, match="what would fit"):
+        tail_probability(odd_net, 3, 0.0, "lpe", order=4)
+    with pytest.raises(MechestError, match="what would fit"):
+        tail_probability(odd_net, 3, 0.0, "edgeworth", order=4)
+    memory(needed)
+    assert estimate(odd_net, "kprop", order=4).mean.shape == (3,)
+
+
+def test_augment_order_2_suggests_the_simple_variant(memory, odd_net: MLP) -> None:
+    """K = 2 augment holds 4 n³ numbers, simple 10 n²: at width 20 half of the first (16000) fits 32000 bytes, and
+    widths up to 15 (4·15³ = 13500 ≤ 16000 < 4·16³)."""
+    memory(limits.propagation_bytes(20, 2, 2, "augment", False) / 2)
+    with pytest.raises(MechestError, match=r"what would fit: --variant simple \(3.2e-05 GB\), --order 1, a width of "
+                                           r"at most 15$"):
+        estimate(odd_net, "kprop", order=2, variant="augment")
+
+
+def test_cli_refuses_oversized_requests_before_allocating(capsys, memory, tmp_path) -> None:
+    memory(1e6)
+    code, out, err = run(capsys, "estimate", "--width", "24", "--depth", "2", "--order", "4")
+    assert (code, out, err.count("\n")) == (2, "", 1) and "a width of at most 9" in err  # 128·9⁴ ≤ 1e6 < 128·10⁴
+    code, out, err = run(capsys, "net", "--width", "1000", "--depth", "3", "--out", str(tmp_path / "net.npz"))
+    assert (code, out, err.count("\n")) == (2, "", 1) and not (tmp_path / "net.npz").exists()
+    assert err.endswith("a width of at most 176 fits\n")  # 4 linear maps: 8 (4 n² + 4 n) ≤ 1e6 up to n = 176

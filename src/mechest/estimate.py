@@ -12,7 +12,7 @@ from mechest.errors import MechestError
 from mechest.flops import FlopCounter, warm_up
 from mechest.kprop import check_options, propagate
 from mechest.kprop.plan import compile_plan
-from mechest.limits import require_finite_propagation
+from mechest.limits import check_propagation_memory, require_finite_propagation
 from mechest.mlp import MLP
 from mechest.montecarlo import check_sample_count, sample_moments
 
@@ -107,6 +107,7 @@ def kprop_estimate(net: MLP, order: int, variant: str, factored: bool) -> Estima
     """Cumulant propagation on ``net``'s dtype and device: timed on its own, with FLOPs counted on a
     structurally identical run."""
     check_options(order, variant)
+    check_propagation_memory(net.dims, order, variant, factored, net.dtype, net.device)
     if order >= 2:
         compile_plan(order, variant, "factored" if factored else "full")  # one-time enumeration, not part of a run
     synchronize(net.device)

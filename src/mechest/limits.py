@@ -1,5 +1,5 @@
-"""Refusing what cannot give an answer: results that overflowed to a non-finite value, and sample counts that
-could not finish.
+"""Refusing what cannot give an answer: results that overflowed to a non-finite value, sample counts that
+could not finish, and requests too large for memory (refused before allocating, saying what would fit).
 
 Each check raises a one-line MechestError that says where the problem is, so the command-line tool exits 2
 instead of printing NaN or writing it to a file.
@@ -7,12 +7,17 @@ instead of printing NaN or writing it to a file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
+from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import torch
 
 from mechest.errors import MechestError
-from mechest.kprop.result import Propagation
+
+if TYPE_CHECKING:
+    from mechest.kprop.result import Propagation
 
 MAX_SAMPLES = 10**15
 """The most Monte Carlo samples accepted for any network (about 1.5e10 chunks of 65536)."""
@@ -99,3 +104,104 @@ def check_sample_time(samples: int, flops_per_sample: int) -> int:
     if samples > MAX_SAMPLES:
         raise MechestError(f"{estimate}, but at most {MAX_SAMPLES:.0e} samples are accepted")
     return samples
+
+
+PROPAGATION_NUMBERS: dict[tuple[int, str, bool], tuple[float, float, int]] = {
+    (1, "simple", False): (2, 0, 2), (1, "augment", False): (2, 0, 2), (1, "isotropic", False): (2, 0, 2),
+    (2, "simple", False): (10, 0, 2), (2, "augment", False): (4, 0, 3),
+    (3, "simple", False): (16, 0, 3), (3, "augment", False): (16, 0, 3),
+    (3, "simple", True): (16, 36, 2), (3, "augment", True): (6, 0.5, 3),
+    (4, "simple", False): (16, 0, 4), (4, "augment", False): (16, 0, 4),
+    (4, "simple", True): (0, 36, 3),
+}
+"""(a, b, p): a propagation of width n and depth L holds at most about (a + b·L)·n^p numbers at once. Measured
+as the peak resident memory of mechest.kprop.propagate on He-init ReLU nets, n = 24…800, L = 1…8, rounded up:
+e.g. the unfactorised κ_K and its temporaries take 8–16 n^K numbers, and K = 2 augment's capped (2, 1, 1) sums
+3 n³. Factored propagation at K ≤ 2 changes nothing."""
+
+
+def propagation_bytes(width: int, depth: int, order: int, variant: str, factored: bool, itemsize: int = 8) -> float:
+    """Estimated peak bytes of propagating a network of largest width ``width`` and ``depth`` hidden layers."""
+    a, b, power = PROPAGATION_NUMBERS[(order, variant, factored and order >= 3)]
+    return (a + b * max(depth, 1)) * float(width) ** power * itemsize
+
+
+def network_bytes(dims: list[int], itemsize: int = 8) -> float:
+    """Bytes of the weights and biases of a network whose layer widths are ``dims`` (input first)."""
+    return float(sum(fan_in * fan_out + fan_out for fan_in, fan_out in pairwise(dims))) * itemsize
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free memory of a CUDA device, or MemAvailable of /proc/meminfo on the CPU (the physical memory where
+    that file does not exist); None where neither can be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def gigabytes(size: float) -> str:
+    return f"{size / 1e9:.3g} GB"
+
+
+def largest_fitting(size_of: Callable[[int], float], available: float, upper: int) -> int:
+    """The largest width w in 0..``upper`` with size_of(w) ≤ available (size_of increasing), by bisection."""
+    low, high = 0, upper
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if size_of(middle) <= available else (low, middle - 1)
+    return low
+
+
+def check_propagation_memory(dims: list[int], order: int, variant: str, factored: bool, dtype: torch.dtype,
+                             device: torch.device) -> None:
+    """A MechestError before propagating if the estimated peak memory exceeds what is available, naming what
+    would fit: --factored, a smaller order K, or a smaller width."""
+    if (order, variant, factored and order >= 3) not in PROPAGATION_NUMBERS:
+        return  # not a propagation mechest runs: mechest.kprop says so
+    available = available_memory(device)
+    width, depth, itemsize = max(dims), len(dims) - 2, dtype.itemsize
+    needed = propagation_bytes(width, depth, order, variant, factored, itemsize)
+    if available is None or needed <= available:
+        return
+    fits = []
+    if not factored and order >= 3 and (order, variant, True) in PROPAGATION_NUMBERS:
+        factored_bytes = propagation_bytes(width, depth, order, variant, True, itemsize)
+        if factored_bytes <= available:
+            fits.append(f"--factored ({gigabytes(factored_bytes)})")
+    if variant == "augment":
+        simple_bytes = propagation_bytes(width, depth, order, "simple", factored, itemsize)
+        if simple_bytes <= available:
+            fits.append(f"--variant simple ({gigabytes(simple_bytes)})")
+    smaller = [k for k in range(order - 1, 0, -1) if (k, variant, factored and k >= 3) in PROPAGATION_NUMBERS
+               and propagation_bytes(width, depth, k, variant, factored, itemsize) <= available]
+    if smaller:
+        fits.append(f"--order {smaller[0]}")
+    narrowest = largest_fitting(lambda n: propagation_bytes(n, depth, order, variant, factored, itemsize),
+                                available, width)
+    fits.append(f"a width of at most {narrowest}" if narrowest else "a smaller network")
+    raise MechestError(f"kprop K={order} {variant}{' factored' if factored else ''} at width {width} needs about "
+                       f"{gigabytes(needed)} of memory, but {gigabytes(available)} is available; what would fit: "
+                       f"{', '.join(fits)}")
+
+
+def check_network_memory(dims_of: Callable[[int], list[int]], width: int, itemsize: int = 8) -> None:
+    """A MechestError before allocating the weights of a network of widths ``dims_of(width)`` (input first) if
+    they exceed the available memory, naming the largest width that fits."""
+    available = available_memory(torch.device("cpu"))
+    needed = network_bytes(dims_of(width), itemsize)
+    if available is None or needed <= available:
+        return
+    narrowest = largest_fitting(lambda n: network_bytes(dims_of(n), itemsize), available, width)
+    raise MechestError(f"a width-{width} network ({len(dims_of(width)) - 1} linear maps) needs about "
+                       f"{gigabytes(needed)} for its weights, but {gigabytes(available)} of memory is available; "
+                       f"a width of at most {narrowest} fits")

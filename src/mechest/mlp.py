@@ -23,6 +23,7 @@ from torch import nn
 
 from mechest.errors import MechestError
 from mechest.files import write_npz_atomically
+from mechest.limits import check_network_memory
 from mechest.wick import ACTIVATION_NAMES, activation_function, second_moment
 
 _TORCH_MODULE_NAMES: dict[type[nn.Module], str] = {
@@ -293,7 +294,12 @@ def random_mlp(
         raise MechestError(f"width must be >= 1 and depth >= 0, got width={width}, depth={depth}")
     check_seed(seed)
     names = per_hidden_layer(activation, depth)
-    dims = [input_dim or width] + [width] * depth + [output_dim or width]
+
+    def dims_of(hidden_width: int) -> list[int]:
+        return [input_dim or hidden_width] + [hidden_width] * depth + [output_dim or hidden_width]
+
+    check_network_memory(dims_of, width)  # drawn in float64
+    dims = dims_of(width)
     count = depth + 1
     means = per_layer(bias_mean, count, "bias_mean")
     variances_b = per_layer(bias_var, count, "bias_var")

@@ -49,7 +49,15 @@ from mechest.kprop import check_options, propagate
 from mechest.kprop.engine import Tower, input_tower, linear_step, nonlinear_step
 from mechest.kprop.factored import output_marginals
 from mechest.kprop.plan import Plan, compile_plan
-from mechest.limits import Quantity, check_sample_time, hidden_quantities, is_finite, require_all_finite, require_finite
+from mechest.limits import (
+    Quantity,
+    check_propagation_memory,
+    check_sample_time,
+    hidden_quantities,
+    is_finite,
+    require_all_finite,
+    require_finite,
+)
 from mechest.mlp import MLP
 from mechest.montecarlo import (
     DEFAULT_CHUNK_SIZE,
@@ -155,6 +163,7 @@ def lpe(net: MLP, layer: int, threshold: float, upper: bool = True, *, order: in
     """Method 1: propagate through the Heaviside network and read the mean of its Heaviside layer."""
     check_options(order, variant)
     augmented = heaviside_net(net, layer, threshold, upper).to(dtype=resolve_dtype(dtype, torch.float64))
+    check_propagation_memory(augmented.dims, order, variant, factored, augmented.dtype, augmented.device)
     if order >= 2:
         compile_plan(order, variant)
     start = time.perf_counter()
@@ -280,6 +289,7 @@ def from_marginals(net: MLP, layer: int, threshold: float, upper: bool = True, *
     check_options(order, variant)
     threshold = check_threshold(threshold)
     net = net.to(dtype=resolve_dtype(dtype, torch.float64))
+    check_propagation_memory(truncate(net, layer).dims, order, variant, factored, net.dtype, net.device)
     if order >= 2:
         compile_plan(order, variant, "factored" if factored else "full")
     warm_up()
