@@ -312,3 +312,33 @@ def test_cli_refuses_oversized_requests_before_allocating(capsys, memory, tmp_pa
     code, out, err = run(capsys, "net", "--width", "1000", "--depth", "3", "--out", str(tmp_path / "net.npz"))
     assert (code, out, err.count("\n")) == (2, "", 1) and not (tmp_path / "net.npz").exists()
     assert err.endswith("a width of at most 176 fits\n")  # 4 linear maps: 8 (4 n² + 4 n) ≤ 1e6 up to n = 176
+
+
+# item 8: files that are not .npz archives
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"weight_0 = [[1, 2]]\n", "not an .npz file (an .npz file is a zip archive of .npy arrays; this one is not a zip"),
+    (b"", "not an .npz file"),
+    (b"\x80\x04\x95pickle", "not an .npz file"),
+    (None, "it is a single .npy array, not an .npz archive"),
+    ("object", "its array 'weight_0' holds Python objects, not numbers or text"),
+])
+def test_files_that_are_not_npz_archives_never_mention_pickle(capsys, tmp_path, content, message: str) -> None:
+    path = tmp_path / "net.npz"
+    if content is None:
+        with open(path, "wb") as handle:
+            np.save(handle, np.ones((2, 2)))
+    elif content == "object":
+        np.savez(path, weight_0=np.array([{"a": 1}], dtype=object))
+    else:
+        path.write_bytes(content)
+    for command in (["estimate", "--weights", str(path)], ["score", "--weights", str(path), "--truth", str(path)],
+                    ["tail", "--weights", str(path), "--layer", "1", "--threshold", "0"]):
+        code, out, err = run(capsys, *command)
+        assert (code, out, err.count("\n")) == (2, "", 1) and message in err and "pickle" not in err
+    truth = tmp_path / "truth.npz"
+    truth.write_bytes(path.read_bytes())
+    from_sequential(odd_sequential()).save(path)
+    code, _, err = run(capsys, "score", "--weights", str(path), "--truth", str(truth))
+    assert code == 2 and message in err and "pickle" not in err

@@ -399,14 +399,35 @@ def load(path: str | Path, dtype: torch.dtype = torch.float64) -> MLP:
     return MLP(weights, biases, per_hidden_layer(names, count - 1))
 
 
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first entry, or an empty archive
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz file, or a one-line MechestError if it is not a readable .npz archive."""
+    """Every array of an .npz file, or a one-line MechestError if it is not a readable .npz archive of plain
+    (numeric or text) arrays. Files are never unpickled."""
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an .npz archive")
-        with data:
-            return {key: data[key] for key in data.files}
+        with open(path, "rb") as handle:
+            start = handle.read(len(NPY_MAGIC))
+    except OSError as error:
+        raise MechestError(f"cannot read {path}: {error.strerror or error}") from None
+    if start.startswith(NPY_MAGIC):
+        raise MechestError(f"cannot read {path}: it is a single .npy array, not an .npz archive of named arrays")
+    if not start.startswith(ZIP_MAGICS):
+        raise MechestError(f"cannot read {path}: not an .npz file (an .npz file is a zip archive of .npy arrays; "
+                           "this one is not a zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {}
+            for key in data.files:
+                try:
+                    arrays[key] = data[key]
+                except ValueError:
+                    raise MechestError(f"cannot read {path}: its array {key!r} holds Python objects, not numbers "
+                                       "or text") from None
+            return arrays
+    except MechestError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise MechestError(f"cannot read {path}: not a valid .npz file ({error})") from None
 

@@ -31,7 +31,7 @@ import numpy as np
 from mechest.errors import MechestError
 from mechest.files import write_npz_atomically, write_text_atomically
 from mechest.flops import FlopCounter, warm_up
-from mechest.mlp import MLP, random_mlp
+from mechest.mlp import MLP, random_mlp, read_npz
 from mechest.tail import (
     Event,
     exceedance_table,
@@ -96,7 +96,7 @@ def load_truth(settings: TailBenchSettings, seed: int, net: MLP) -> dict:
     path = settings.truth_path(seed)
     if not path.is_file():
         raise MechestError(f"no tail truth {path}; compute one with --make-truths SAMPLES")
-    data = np.load(path)
+    data = read_npz(path)
     if str(data["fingerprint"]) != net.fingerprint():
         raise MechestError(f"{path} belongs to a different network than random_mlp({settings.width}, "
                            f"{settings.depth}, 'relu', seed={seed})")

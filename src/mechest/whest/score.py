@@ -147,8 +147,10 @@ def with_truths(dataset: Path, truths: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from mechest.mlp import read_npz
+
+    data = read_npz(truths)
     try:
-        data = np.load(truths)
         samples = int(data["samples"])
         digest = hashlib.sha256(truths.read_bytes()).hexdigest()[:12]  # names the copy, reused if present
     except (OSError, ValueError, KeyError) as error:
