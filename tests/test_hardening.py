@@ -318,9 +318,9 @@ def test_cli_refuses_oversized_requests_before_allocating(capsys, memory, tmp_pa
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b"weight_0 = [[1, 2]]\n", "not an .npz file (an .npz file is a zip archive of .npy arrays; this one is not a zip"),
-    (b"", "not an .npz file"),
-    (b"\x80\x04\x95pickle", "not an .npz file"),
+    (b"weight_0 = [[1, 2]]\n", "not a valid .npz file (an .npz file is a zip archive of .npy arrays; this one is not"),
+    (b"", "not a valid .npz file"),
+    (b"\x80\x04\x95pickle", "not a valid .npz file"),
     (None, "it is a single .npy array, not an .npz archive"),
     ("object", "its array 'weight_0' holds Python objects, not numbers or text"),
 ])
@@ -342,3 +342,30 @@ def test_files_that_are_not_npz_archives_never_mention_pickle(capsys, tmp_path, 
     from_sequential(odd_sequential()).save(path)
     code, _, err = run(capsys, "score", "--weights", str(path), "--truth", str(truth))
     assert code == 2 and message in err and "pickle" not in err
+
+
+# item 9: torch modules mechest skips or cannot read
+
+
+def test_dropout_and_identity_are_skipped_as_in_eval_mode() -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(8, 20), nn.Dropout(0.3), nn.ReLU(), nn.Identity(), nn.Dropout(),
+                          nn.Sequential(nn.Linear(20, 12), nn.Tanh()), nn.Linear(12, 3)).double().eval()
+    net = from_sequential(model)
+    assert net.dims == [8, 20, 12, 3] and net.activations == ["relu", "tanh"]
+    x = torch.randn(5, 8, dtype=torch.float64)
+    torch.testing.assert_close(net(x), model(x), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    (nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), "^unsupported module Flatten; mechest reads nn.Linear layers "),
+    (nn.Sequential(nn.Conv1d(1, 1, 1), nn.Linear(4, 2)), "^unsupported module Conv1d; mechest reads nn.Linear "),
+    (nn.Sequential(nn.Linear(4, 4), nn.Conv1d(1, 1, 1), nn.Linear(4, 2)), "^unsupported module Conv1d; mechest reads "),
+    (nn.Sequential(nn.ReLU(), nn.Linear(4, 2)), "^ReLU comes before the first nn.Linear"),
+    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Tanh(), nn.Linear(4, 2)), r"^two activations in a row \(relu, "),
+    (nn.Sequential(nn.Dropout()), "^the model has no nn.Linear layer"),
+    (nn.Linear(4, 2), "^expected an nn.Sequential, got Linear"),
+])
+def test_unsupported_models_say_what_is_supported(model: nn.Module, message: str) -> None:
+    with pytest.raises(MechestError, match=message):
+        from_sequential(model)

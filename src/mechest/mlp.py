@@ -30,7 +30,6 @@ _TORCH_MODULE_NAMES: dict[type[nn.Module], str] = {
     nn.ReLU: "relu",
     nn.Tanh: "tanh",
     nn.Sigmoid: "sigmoid",
-    nn.Identity: "identity",
 }
 
 
@@ -337,8 +336,28 @@ def random_mlp(
     return MLP(weights, biases, names)
 
 
+NO_OP_MODULES = (nn.Identity, nn.Dropout, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Dropout1d)
+"""Modules that are the identity in eval mode: ``from_sequential`` skips them."""
+
+
+def supported_modules() -> str:
+    """What ``from_sequential`` reads, for error messages."""
+    torch_names = ", ".join(f"nn.{module.__name__}" for module in (*_TORCH_MODULE_NAMES, nn.GELU))
+    return (f"nn.Linear layers with one elementwise activation between two of them ({torch_names}, or "
+            f"mechest.Activation(name) for {', '.join(ACTIVATION_NAMES)}); nn.Identity and nn.Dropout are skipped")
+
+
+def sequential_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of an ``nn.Sequential``, nested ones expanded in order."""
+    if not isinstance(model, nn.Sequential):
+        raise MechestError(f"expected an nn.Sequential, got {type(model).__name__}")
+    return [leaf for module in model
+            for leaf in (sequential_modules(module) if isinstance(module, nn.Sequential) else [module])]
+
+
 def from_sequential(model: nn.Sequential) -> MLP:
-    """Read an ``nn.Sequential`` of ``nn.Linear`` layers with supported activations between them.
+    """Read an ``nn.Sequential`` of ``nn.Linear`` layers with supported activations between them, as evaluated
+    (eval mode: ``nn.Dropout`` and ``nn.Identity`` are skipped; nested ``nn.Sequential`` are expanded).
 
     Two linear layers in a row get the identity activation between them; the last module must be linear.
     """
@@ -346,17 +365,26 @@ def from_sequential(model: nn.Sequential) -> MLP:
     biases: list[torch.Tensor | None] = []
     activations: list[str] = []
     pending: str | None = None
-    for module in model:
+    for module in sequential_modules(model):
+        if isinstance(module, NO_OP_MODULES):
+            continue
         if isinstance(module, nn.Linear):
             if weights:
                 activations.append(pending or "identity")
             pending = None
             weights.append(module.weight.detach().clone())
             biases.append(None if module.bias is None else module.bias.detach().clone())
-        else:
-            if not weights or pending is not None:
-                raise MechestError(f"{type(module).__name__} must stand between two nn.Linear layers")
-            pending = module_activation_name(module)
+            continue
+        name = module_activation_name(module)
+        if not weights:
+            raise MechestError(f"{type(module).__name__} comes before the first nn.Linear; mechest's input x goes "
+                               "into a linear layer first")
+        if pending is not None:
+            raise MechestError(f"two activations in a row ({pending}, then {name}); mechest reads one activation "
+                               "between two nn.Linear layers")
+        pending = name
+    if not weights:
+        raise MechestError(f"the model has no nn.Linear layer; mechest reads {supported_modules()}")
     if pending is not None:
         raise MechestError("the last module must be nn.Linear (mechest's output has no activation)")
     return MLP(weights, biases, activations)
@@ -373,7 +401,7 @@ def module_activation_name(module: nn.Module) -> str:
     for module_type, name in _TORCH_MODULE_NAMES.items():
         if isinstance(module, module_type):
             return name
-    raise MechestError(f"unsupported module {type(module).__name__}; use nn.Linear and supported activations")
+    raise MechestError(f"unsupported module {type(module).__name__}; mechest reads {supported_modules()}")
 
 
 def load(path: str | Path, dtype: torch.dtype = torch.float64) -> MLP:
@@ -414,7 +442,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     if start.startswith(NPY_MAGIC):
         raise MechestError(f"cannot read {path}: it is a single .npy array, not an .npz archive of named arrays")
     if not start.startswith(ZIP_MAGICS):
-        raise MechestError(f"cannot read {path}: not an .npz file (an .npz file is a zip archive of .npy arrays; "
+        raise MechestError(f"cannot read {path}: not a valid .npz file (an .npz file is a zip archive of .npy arrays; "
                            "this one is not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
