@@ -19,7 +19,7 @@ from mechest.cli import main
 from mechest.errors import MechestError
 from mechest.estimate import estimate
 from mechest.limits import check_sample_time
-from mechest.mlp import MLP, from_sequential
+from mechest.mlp import MLP, from_sequential, load, random_mlp
 from mechest.montecarlo import chunk_generator
 from mechest.tail import METHODS as TAIL_METHODS
 from mechest.tail import hermite_tail, lpe, marginal_cumulants, tail_probability
@@ -369,3 +369,34 @@ def test_dropout_and_identity_are_skipped_as_in_eval_mode() -> None:
 def test_unsupported_models_say_what_is_supported(model: nn.Module, message: str) -> None:
     with pytest.raises(MechestError, match=message):
         from_sequential(model)
+
+
+# item 10: input that used to be silently ignored
+
+
+@pytest.mark.parametrize(("missing", "message"), [(["weight_3"], "has weight_4 but no weight_3"),
+                                                  (["weight_4", "weight_3"], "has bias_3 but no weight_3")])
+def test_a_gap_in_the_layer_numbers_is_an_error(tmp_path, missing: list[str], message: str) -> None:
+    """Five layers of width 3 (biases on all); without weight_3 the file used to load as a 3-layer network."""
+    net = random_mlp(3, 4, bias_mean=0.1, seed=0)
+    arrays = {f"{kind}_{layer}": tensor.numpy() for layer in range(5)
+              for kind, tensor in (("weight", net.weights[layer]), ("bias", net.biases[layer]))}
+    for name in missing:
+        del arrays[name]
+    path = tmp_path / "gap.npz"
+    np.savez(path, activation=np.array("relu"), **arrays)
+    with pytest.raises(MechestError, match=f"{message}: layers must be numbered 0, 1, 2, ... without gaps$"):
+        load(path)
+
+
+def test_samples_with_a_method_that_draws_none_is_an_error(capsys, tmp_path, odd_net: MLP) -> None:
+    with pytest.raises(MechestError, match="is for method mc; kprop draws no samples"):
+        estimate(odd_net, "kprop", samples=1000)
+    for method in ("lpe", "edgeworth", "saddlepoint"):
+        with pytest.raises(MechestError, match=f"is for method mc; {method} draws no samples"):
+            tail_probability(odd_net, 2, 0.0, method, samples=1000)
+    path = str(tmp_path / "net.npz")
+    odd_net.save(path)
+    for command in (["estimate"], ["tail", "--layer", "2", "--threshold", "0"]):
+        code, out, err = run(capsys, *command, "--weights", path, "--samples", "1000")
+        assert (code, out, err.count("\n")) == (2, "", 1) and "draws no samples" in err

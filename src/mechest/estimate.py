@@ -93,6 +93,8 @@ def estimate(
     """
     device = resolve_device(device, net.device)
     if method == "kprop":
+        if samples is not None:
+            raise MechestError("a sample count (--samples) is for method mc; kprop draws no samples")
         return kprop_estimate(net.to(dtype=resolve_dtype(dtype, torch.float64), device=device), order, variant,
                               factored)
     if method == "mc":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -415,6 +416,7 @@ def load(path: str | Path, dtype: torch.dtype = torch.float64) -> MLP:
         count += 1
     if count == 0:
         raise MechestError(f"{path} has no weight_0 array")
+    check_layer_numbers(path, arrays, count)
     weights = [numeric_tensor(arrays[f"weight_{layer}"], f"weight_{layer}", dtype) for layer in range(count)]
     biases = [
         numeric_tensor(arrays[f"bias_{layer}"], f"bias_{layer}", dtype) if f"bias_{layer}" in arrays else None
@@ -425,6 +427,16 @@ def load(path: str | Path, dtype: torch.dtype = torch.float64) -> MLP:
     if len(names) != count - 1:
         raise MechestError(f"{path} has {len(names)} activation names for {count - 1} hidden layers")
     return MLP(weights, biases, per_hidden_layer(names, count - 1))
+
+
+def check_layer_numbers(path: Path, arrays: dict[str, np.ndarray], count: int) -> None:
+    """A MechestError if ``arrays`` holds a weight_N or bias_N beyond the ``count`` layers weight_0..weight_{count-1}
+    (a gap in the numbering would silently drop every layer after it)."""
+    beyond = sorted((match[1] != "weight", int(match[2]), match[0]) for key in arrays
+                    if (match := re.fullmatch(r"(weight|bias)_(\d+)", key)) and int(match[2]) >= count)
+    if beyond:
+        raise MechestError(f"{path} has {beyond[0][2]} but no weight_{count}: layers must be numbered 0, 1, 2, ... "
+                           "without gaps")
 
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first entry, or an empty archive

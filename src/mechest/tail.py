@@ -386,6 +386,8 @@ def tail_probability(net: MLP, layer: int, threshold: float, method: str = "lpe"
     (``samples`` Gaussian inputs from ``seed``).
     """
     check_layer(net, layer)
+    if method != "mc" and samples is not None:
+        raise MechestError(f"a sample count (--samples) is for method mc; {method} draws no samples")
     if method == "lpe":
         return lpe(net, layer, threshold, upper, order=order, variant=variant, factored=factored, dtype=dtype)
     if method in ("edgeworth", "saddlepoint"):
