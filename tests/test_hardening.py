@@ -159,7 +159,7 @@ def test_tail_overflow_names_layer_2(method: str, message: str) -> None:
     """Layer numbers count pre-activations from 1 (as --layer does); hidden layer l is the activation after it."""
     net = mc_overflow_net() if method == "mc" else kprop_overflow_net()
     with pytest.raises(MechestError, match=rf"^{message} is not finite \(overflow\?\)$"):
-        tail_probability(net, 3, 0.5, method, samples=100)
+        tail_probability(net, 3, 0.5, method, samples=100 if method == "mc" else None)
 
 
 def test_far_threshold_gives_a_finite_edgeworth_tail() -> None:
