@@ -308,7 +308,8 @@ def test_augment_order_2_suggests_the_simple_variant(memory, odd_net: MLP) -> No
 def test_cli_refuses_oversized_requests_before_allocating(capsys, memory, tmp_path) -> None:
     memory(1e6)
     code, out, err = run(capsys, "estimate", "--width", "24", "--depth", "2", "--order", "4")
-    assert (code, out, err.count("\n")) == (2, "", 1) and "a width of at most 9" in err  # 128·9⁴ ≤ 1e6 < 128·10⁴
+    # K = 4 holds 16 n⁴ float64 numbers: 128·9⁴ ≤ 1e6 < 128·10⁴
+    assert (code, out, err.count("\n")) == (2, "", 1) and "a width of at most 9" in err
     code, out, err = run(capsys, "net", "--width", "1000", "--depth", "3", "--out", str(tmp_path / "net.npz"))
     assert (code, out, err.count("\n")) == (2, "", 1) and not (tmp_path / "net.npz").exists()
     assert err.endswith("a width of at most 176 fits\n")  # 4 linear maps: 8 (4 n² + 4 n) ≤ 1e6 up to n = 176

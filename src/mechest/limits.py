@@ -70,8 +70,9 @@ def output_quantities(result: Propagation) -> Iterator[Quantity]:
 
 
 def require_finite_propagation(result: Propagation) -> None:
-    """Every propagated cumulant must be finite (one that overflowed makes the rest unreliable, even where a
-    saturating activation hides it); else a MechestError naming the first layer and quantity that is not."""
+    """Every propagated mean and covariance (and the output's third cumulant) must be finite: one that overflowed
+    makes the rest unreliable, even where a saturating activation hides it. Else a MechestError naming the first
+    layer and quantity that is not."""
     require_all_finite("kprop", [*hidden_quantities(result), *output_quantities(result)])
 
 

@@ -96,7 +96,8 @@ class MLP:
         """A copy with every array converted to ``dtype`` and moved to ``device``."""
         return MLP(
             [converted(w, f"weight_{layer}", dtype, device) for layer, w in enumerate(self.weights)],
-            [None if b is None else converted(b, f"bias_{layer}", dtype, device) for layer, b in enumerate(self.biases)],
+            [None if b is None else converted(b, f"bias_{layer}", dtype, device)
+             for layer, b in enumerate(self.biases)],
             list(self.activations),
         )
 

@@ -54,7 +54,6 @@ from mechest.limits import (
     check_propagation_memory,
     check_sample_time,
     hidden_quantities,
-    is_finite,
     require_all_finite,
     require_finite,
 )
@@ -338,8 +337,7 @@ def exceedance_table(net: MLP, layers: Sequence[int], events: Sequence[Event], s
             for index in range(net.depth + 1):
                 z = h @ net.weights[index].T
                 z = z if net.biases[index] is None else z + net.biases[index]
-                if not is_finite(z):
-                    require_all_finite("mc", [("pre-activation", f"layer {index + 1}", z)])
+                require_all_finite("mc", [("pre-activation", f"layer {index + 1}", z)])
                 if index + 1 in layers:
                     row = list(layers).index(index + 1)
                     for column, (t, upper) in enumerate(events):

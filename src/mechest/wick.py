@@ -122,7 +122,8 @@ def _clamp_variance(var: torch.Tensor) -> torch.Tensor:
         finite_below = var.detach()[below & torch.isfinite(var)]
         if finite_below.numel():
             warnings.warn(
-                f"Snapping negative variance to {MIN_VARIANCE:g} (smallest variance was {float(finite_below.min()):.3g})",
+                f"Snapping negative variance to {MIN_VARIANCE:g} "
+                f"(smallest variance was {float(finite_below.min()):.3g})",
                 RuntimeWarning,
                 stacklevel=3,
             )
