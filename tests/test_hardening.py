@@ -401,3 +401,9 @@ def test_samples_with_a_method_that_draws_none_is_an_error(capsys, tmp_path, odd
     for command in (["estimate"], ["tail", "--layer", "2", "--threshold", "0"]):
         code, out, err = run(capsys, *command, "--weights", path, "--samples", "1000")
         assert (code, out, err.count("\n")) == (2, "", 1) and "draws no samples" in err
+
+
+def test_a_network_no_machine_holds_is_refused(capsys, tmp_path) -> None:
+    """Width 10⁷: 8·10¹⁴ bytes per weight matrix, with the machine's real memory."""
+    code, out, err = run(capsys, "net", "--width", "10000000", "--depth", "1", "--out", str(tmp_path / "net.npz"))
+    assert (code, out, err.count("\n")) == (2, "", 1) and "needs about 1.6e+06 GB for its weights" in err
