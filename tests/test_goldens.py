@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import GOLDEN_NAMES, golden_network
-from mechest.kprop import propagate
+from mechest.kprop import Scheme, propagate
 from mechest.kprop.engine import propagate_general
 
 TOLERANCE = 1e-10
@@ -27,10 +27,10 @@ def run_configuration(data, order: int, variant: str, storage: str):
     """Our propagation for one golden tag."""
     net = golden_network(data)
     if storage == "factored" and order == 3:
-        return propagate(net, order, variant, factored=True)
+        return propagate(net, Scheme(order, variant, True))
     if storage == "factored" and order == 4 and variant == "augment":
         return propagate_general(net, order, variant, term_set="factored")
-    return propagate(net, order, variant)
+    return propagate(net, Scheme(order, variant))
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)

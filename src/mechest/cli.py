@@ -21,7 +21,8 @@ from mechest.device import DEVICES, resolve_device
 from mechest.errors import MechestError
 from mechest.files import write_text_atomically
 from mechest.estimate import DTYPES, METHODS, Estimate, estimate
-from mechest.kprop import ALL_VARIANTS, MAX_ORDER, VARIANTS
+from mechest.kprop import ALL_VARIANTS, MAX_ORDER, VARIANTS, Scheme
+from mechest.kprop.scheme import supported_list
 from mechest.demo import run_demo
 from mechest.mlp import MAX_SEED, MLP, load, random_mlp
 from mechest.montecarlo import ChunkRunner, RunningMoments, run_chunks_locally
@@ -99,13 +100,28 @@ def add_network_arguments(parser: argparse.ArgumentParser, *, weights: str = "op
     parser.add_argument("--activation", default="relu", help=f"one of {', '.join(ACTIVATION_NAMES)}")
 
 
+def flop_budget(text: str) -> float:
+    """Parse a FLOP budget such as 1e9: a positive finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of FLOPs such as 1e9, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number of FLOPs, got {text}")
+    return value
+
+
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=METHODS, default="kprop")
-    parser.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
-    parser.add_argument("--variant", choices=ALL_VARIANTS, default="simple",
+    parser.add_argument("--method", choices=METHODS, default="kprop",
+                        help="kprop (cumulant propagation, default) or mc (Monte Carlo, needs --samples)")
+    parser.add_argument("--order", "-K", type=int, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
+    parser.add_argument("--variant", choices=ALL_VARIANTS,
                         help="kprop variant (default simple; isotropic: K = 1 only, the cheapest estimate)")
     parser.add_argument("--factored", action="store_true",
-                        help="carry the top cumulant in factored form (design §6; K = 3 both variants, K = 4 simple)")
+                        help="carry the top cumulant in factored form (K = 3 both variants, K = 4 simple)")
+    parser.add_argument("--budget", type=flop_budget, metavar="FLOPS",
+                        help="kprop: run the scheme predicted to be most accurate within this many FLOPs (instead "
+                             f"of --order/--variant/--factored; schemes: {supported_list()})")
     parser.add_argument("--samples", type=sample_count, help="Monte Carlo sample count, e.g. 1e6")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")
     add_device_argument(parser)
@@ -327,9 +343,24 @@ def network_from(args: argparse.Namespace) -> MLP:
     return random_mlp(args.width, args.depth, args.activation, seed=args.seed)
 
 
+def scheme_from(args: argparse.Namespace) -> Scheme | None:
+    """The kprop scheme that --order/--variant/--factored name (K = 2 simple by default); None with --budget, which
+    chooses it."""
+    named = args.order is not None or args.variant is not None or args.factored
+    if args.budget is not None:
+        if args.method != "kprop":
+            raise MechestError("--budget chooses a kprop scheme; it does not apply to --method mc")
+        if named:
+            raise MechestError("give either --budget or --order/--variant/--factored, not both")
+        return None
+    if args.method == "mc" and named:
+        raise MechestError("--order/--variant/--factored are kprop options; --method mc does not use them")
+    return Scheme(2 if args.order is None else args.order, args.variant or "simple", args.factored)
+
+
 def run_estimate(args: argparse.Namespace, net: MLP) -> Estimate:
-    return estimate(net, args.method, order=args.order, variant=args.variant, factored=args.factored,
-                    samples=args.samples, seed=args.seed, dtype=args.dtype, device=args.device, progress=True)
+    return estimate(net, args.method, scheme=scheme_from(args), budget=args.budget, samples=args.samples,
+                    seed=args.seed, dtype=args.dtype, device=args.device, progress=True)
 
 
 def command_estimate(args: argparse.Namespace) -> None:
@@ -337,7 +368,7 @@ def command_estimate(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result.to_dict()))
         return
-    label = f"kprop K={result.order} {result.variant}" if result.method == "kprop" else f"mc N={result.samples}"
+    label = f"kprop {result.scheme}" if result.method == "kprop" else f"mc N={result.samples}"
     print(f"{label}: {result.flops:.3e} FLOPs, {result.seconds:.3f} s")
     columns = [result.mean] + ([result.stderr] if result.stderr is not None else [])
     header = ["output", "mean"] + (["stderr"] if result.stderr is not None else [])

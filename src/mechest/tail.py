@@ -42,13 +42,14 @@ import torch
 from tqdm.auto import tqdm
 
 from mechest.errors import MechestError
-from mechest.estimate import kprop_flops, resolve_dtype, structure_key
-from mechest.flops import FlopCounter, warm_up
+from mechest.estimate import counted_propagation, prepare, resolve_dtype
+from mechest.flops import FlopCounter
 from mechest.gaussian import normal_cdf, normal_pdf
-from mechest.kprop import check_options, propagate
+from mechest.kprop import Scheme, runs_on_executor
 from mechest.kprop.engine import input_tower, linear_step, nonlinear_step
 from mechest.kprop.factored import output_marginals
 from mechest.kprop.plan import Plan, compile_plan
+from mechest.kprop.run import executor_cumulants
 from mechest.mlp import MLP
 from mechest.montecarlo import (
     DEFAULT_CHUNK_SIZE,
@@ -152,35 +153,35 @@ def heaviside_net(net: MLP, layer: int, threshold: float, upper: bool = True) ->
 def lpe(net: MLP, layer: int, threshold: float, upper: bool = True, *, order: int = 2, variant: str = "simple",
         factored: bool = False, dtype: torch.dtype | str | None = None) -> TailEstimate:
     """Method 1: propagate through the Heaviside network and read the mean of its Heaviside layer."""
-    check_options(order, variant)
+    scheme = Scheme(order, variant, factored)
     augmented = heaviside_net(net, layer, threshold, upper).to(dtype=resolve_dtype(dtype, torch.float64))
-    if order >= 2:
-        compile_plan(order, variant)
-    start = time.perf_counter()
-    result = propagate(augmented, order, variant, factored)
-    seconds = time.perf_counter() - start
-    flops = kprop_flops(structure_key(augmented), order, variant, factored, augmented)
+    result, flops, seconds = counted_propagation(augmented, scheme)
     return TailEstimate("lpe", layer, float(threshold), upper, result.layer_means[-1], flops, seconds,
                         order=order, variant=variant, factored=factored)
 
 
-def marginal_cumulants(net: MLP, layer: int, order: int = 2, variant: str = "simple",
-                       factored: bool = False) -> torch.Tensor:
-    """Rows μ_i, σ_i², κ_3(i,i,i), κ_4(i,i,i,i) of the pre-activation of ``layer`` as kprop propagates them.
+def marginal_cumulants(net: MLP, layer: int, scheme: Scheme) -> torch.Tensor:
+    """Rows μ_i, σ_i², κ_3(i,i,i), κ_4(i,i,i,i) of the pre-activation of ``layer`` as kprop propagates them at
+    ``scheme``.
 
     Runs the layer steps on ``truncate(net, layer)`` and reads the single-index slice of each tracked cumulant
-    after the last linear map (an untracked degree gives 0): the unfactorised engine, or with ``factored`` (K = 3)
-    the factored one, which gives the same marginals for SIMPLE at a fraction of the cost (and the reference's
-    factored term set for AUGMENT). Every (order, variant) of mechest.kprop is accepted; K = 1's second
+    after the last linear map (an untracked degree gives 0): the executor where the scheme runs there (factored
+    K = 3 simple gives the unfactorised engine's marginals at a fraction of the cost), the factored engine for
+    factored K = 3 augment (the reference's factored term set), else the unfactorised engine. K = 1's second
     cumulant is its trace part, as in mean field.
     """
-    check_options(order, variant)
     prefix = truncate(net, layer)
-    if factored:
-        if order != 3:
-            raise MechestError(f"factored marginal cumulants exist at order 3, got order {order}")
-        return output_marginals(prefix, order, variant)
-    return dense_marginals(prefix, compile_plan(order, variant))
+    if runs_on_executor(scheme):
+        result = executor_cumulants(prefix, scheme)
+        zeros = torch.zeros_like(result.mean)
+        return torch.stack([result.mean, torch.diagonal(result.cov),
+                            zeros if result.third_diagonal is None else result.third_diagonal,
+                            zeros if result.fourth_diagonal is None else result.fourth_diagonal])
+    if scheme.factored:
+        if scheme.order != 3:
+            raise MechestError(f"factored marginal cumulants exist at order 3, got {scheme}")
+        return output_marginals(prefix, scheme.order, scheme.variant)
+    return dense_marginals(prefix, compile_plan(scheme.order, scheme.variant))
 
 
 def dense_marginals(net: MLP, plan: Plan) -> torch.Tensor:
@@ -255,15 +256,13 @@ def from_marginals(net: MLP, layer: int, threshold: float, upper: bool = True, *
 
     FLOPs are counted on the run itself (the counter adds microseconds per operation).
     """
-    check_options(order, variant)
+    scheme = Scheme(order, variant, factored)
     threshold = check_threshold(threshold)
     net = net.to(dtype=resolve_dtype(dtype, torch.float64))
-    if order >= 2:
-        compile_plan(order, variant, "factored" if factored else "full")
-    warm_up()
+    prepare(net, scheme, count=True)
     start = time.perf_counter()
     with FlopCounter() as counter:
-        cumulants = marginal_cumulants(net, layer, order, variant, factored)
+        cumulants = marginal_cumulants(net, layer, scheme)
         if method == "saddlepoint":
             raw, valid = saddlepoint_tail(cumulants, threshold, upper)
         else:

@@ -31,6 +31,7 @@ import numpy as np
 from mechest.errors import MechestError
 from mechest.files import write_npz_atomically, write_text_atomically
 from mechest.flops import FlopCounter, warm_up
+from mechest.kprop import Scheme
 from mechest.mlp import MLP, random_mlp
 from mechest.tail import (
     Event,
@@ -111,11 +112,11 @@ def mc_flops_per_sample(net: MLP, layer: int) -> int:
 
 def marginal_rows(net: MLP, layer: int, config: tuple, events: Sequence[Event]) -> list[dict]:
     """Edgeworth, Gram–Charlier (= the LPE value) and saddlepoint tails of every event from one propagation."""
-    order, variant, factored = config
+    scheme = Scheme(*config)
     warm_up()
     start = time.perf_counter()
     with FlopCounter() as counter:
-        cumulants = marginal_cumulants(net, layer, order, variant, factored)
+        cumulants = marginal_cumulants(net, layer, scheme)
         saddlepoint_tail(cumulants, 0.0)
     seconds = time.perf_counter() - start
     rows = []

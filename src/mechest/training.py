@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from mechest.distill import METHODS, expected_loss, init_student, parameters, sampled_loss, squared_error_network
 from mechest.errors import MechestError
 from mechest.flops import FlopCounter, warm_up
-from mechest.kprop import check_options
+from mechest.kprop import Scheme
 from mechest.mlp import MLP
 from mechest.montecarlo import chunk_generator, sample_moments
 
@@ -174,7 +174,7 @@ class DistillConfig:
     lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        check_options(self.order, self.variant)
+        Scheme(self.order, self.variant, self.factored)
         lr_factor(self.lr_schedule, 0, self.steps)
         if self.method not in METHODS:
             raise MechestError(f"unknown distillation method {self.method!r}; expected one of {', '.join(METHODS)}")

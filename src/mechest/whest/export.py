@@ -9,8 +9,9 @@ import tempfile
 from pathlib import Path
 
 from mechest.errors import MechestError
-from mechest.whest.propagate import plan_key
-from mechest.whest.spec import PLANS, executor_spec
+from mechest.kprop import executor
+from mechest.kprop.executor import plan_key
+from mechest.kprop.spec import PLANS, executor_spec
 
 # Copied, not imported: estimator.py imports whestbench and flopscope, which are an optional extra.
 SOURCES = Path(__file__).resolve().parent
@@ -44,7 +45,7 @@ def export_package(out: str | Path, max_order: int = 3, budget_fraction: float =
     staging = Path(tempfile.mkdtemp(prefix=".whest-export-", dir=target.parent))
     try:
         shutil.copyfile(SOURCES / "estimator.py", staging / "estimator.py")
-        shutil.copyfile(SOURCES / "propagate.py", staging / "mechest_propagate.py")
+        shutil.copyfile(executor.__file__, staging / "mechest_propagate.py")
         (staging / "mechest_plan.json").write_text(json.dumps({plan_key(k, v): executor_spec(k, v) for k, v in PLANS}))
         (staging / "mechest_config.json").write_text(json.dumps(config, indent=1))
         if target.exists():
