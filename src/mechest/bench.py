@@ -1,4 +1,4 @@
-"""``mechest bench``: the MSE-versus-compute benchmark of kprop against Monte Carlo (design §9).
+"""``mechest bench``: the MSE-versus-compute benchmark of kprop against Monte Carlo (docs/method.md §10.3).
 
 A sweep over networks (He-init, one activation): widths at a fixed depth, plus depths at a fixed width; seeds
 per (width, depth). For every network:
@@ -46,7 +46,7 @@ CHECKPOINT_SUFFIX = ".npz.checkpoint.npz"  # mechest.truth.checkpoint_path of OU
 
 @dataclass(frozen=True)
 class Config:
-    """One kprop configuration: order K, variant, and whether the top cumulant is factored (design §6)."""
+    """One kprop configuration: order K, variant, and whether the top cumulant is factored (docs/method.md §7)."""
 
     order: int
     variant: str
@@ -83,7 +83,7 @@ def unavailable_reason(config: Config) -> str | None:
 
 
 def cost_degree(config: Config) -> int:
-    """Degree in the width n of the FLOPs (design §7): n^(K+1) unfactored (n² for K = 1), n^K factored."""
+    """Degree in the width n of the FLOPs (docs/method.md §8): n^(K+1) unfactored (n² for K = 1), n^K factored."""
     if config.order == 1:
         return 2
     return config.order if config.factored else config.order + 1

@@ -105,7 +105,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", choices=ALL_VARIANTS, default="simple",
                         help="kprop variant (default simple; isotropic: K = 1 only, the cheapest estimate)")
     parser.add_argument("--factored", action="store_true",
-                        help="carry the top cumulant in factored form (design §6; K = 3 both variants, K = 4 simple)")
+                        help="carry the top cumulant in factored form "
+                             "(docs/method.md §7; K = 3 both variants, K = 4 simple)")
     parser.add_argument("--samples", type=sample_count, help="Monte Carlo sample count, e.g. 1e6")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")
     add_device_argument(parser)

@@ -83,7 +83,7 @@ def estimate(
 
     - ``method="kprop"``: cumulant propagation to order ``order`` (1..4) in ``variant`` "simple" or
       "augment"; float64 unless ``dtype`` says otherwise. Differentiable with respect to the weights.
-      ``factored=True`` carries the top cumulant in factored form (design §6; K = 3 both variants, K = 4 simple).
+      ``factored=True`` carries the top cumulant factored (docs/method.md §7; K = 3 both variants, K = 4 simple).
     - ``method="mc"``: Monte Carlo with ``samples`` inputs drawn from ``seed``, streamed in chunks of
       ``chunk_size`` (None: sized to the device's memory on CUDA).
 
@@ -141,7 +141,7 @@ def kprop_flops(key: tuple, order: int, variant: str, factored: bool, net: MLP) 
 
 
 def monte_carlo_estimate(net: MLP, samples: int, seed: int, chunk_size: int | None, progress: bool) -> Estimate:
-    """Streaming Monte Carlo on ``net``'s dtype and device; FLOPs = samples × one forward pass (design §8)."""
+    """Streaming Monte Carlo on ``net``'s dtype and device; FLOPs = samples × one forward pass (docs/method.md §9)."""
     samples = check_sample_count(samples)
     synchronize(net.device)
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Cumulant propagation ("kprop"): estimate E[M(x)] by pushing cumulants through the layers.
 
-``propagate(net, order, variant)`` is the single entry point; see design §2-§6.
+``propagate(net, order, variant)`` is the single entry point; see docs/method.md §4–§7.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def propagate(net: MLP, order: int, variant: str = "simple", factored: bool = Fa
 
     K = 1 (also in its K = 1-only "isotropic" variant) and K = 2 simple use the closed Gaussian recursions of
     mechest.kprop.gaussian; everything else runs the general diagram engine (which agrees with them; see
-    tests). ``factored=True`` carries the order-K cumulant in factored form (design §6: K = 3 both variants,
+    tests). ``factored=True`` carries the order-K cumulant in factored form (docs/method.md §7: K = 3 both variants,
     K = 4 simple). It equals the unfactorised estimate for SIMPLE; for AUGMENT it evaluates the reference's
     factored term set (mechest.combinatorics.factored_keeps_term). For K ≤ 2 it changes nothing.
     """

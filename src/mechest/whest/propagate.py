@@ -11,7 +11,7 @@ x ~ N(0, I). The ``*_means`` functions return E[a_l] for every hidden layer l = 
 
 - K = 1 (mean field) and K = 2 simple (covariance propagation): the closed Gaussian recursions of
   mechest.kprop.gaussian.
-- K = 3 simple, factored (design §6, mechest.kprop.factored): κ_3 = Sym(Σ_r A_r ⊗ A_r ⊗ C_r) in CP form
+- K = 3 simple, factored (docs/method.md §7.3, mechest.kprop.factored): κ_3 = Sym(Σ_r A_r ⊗ A_r ⊗ C_r) in CP form
   (at K = 3 SIMPLE every term has two equal legs, so B = A is never stored), grouped into one *source* per
   layer whose A and C columns share a matrix T (``third_slices``), κ_4 kept as its pure trace c·Sym(M ⊗ M),
   κ_1 and κ_2 dense.
@@ -358,7 +358,7 @@ def placed(value: Any, axes: Sequence[int], m: int) -> Any:
 
 def dense_cumulants(xp: Any, spec: dict, slices: dict, wick: Any, only: tuple | None = None) -> dict:
     """K_p for the dense slice types (only K_``only`` and what it needs, if given): power cumulants by diagram
-    sums, then pK → K (design §4.3–4.4)."""
+    sums, then pK → K (docs/method.md §6.3–§6.6)."""
     power = power_vectors(xp, spec, slices, wick, only)
     if only is None or len(only) == 2:
         power.update(power_matrices(xp, spec, slices, wick))
