@@ -131,7 +131,7 @@ def test_float32_run_is_close_to_float64() -> None:
 
 
 def test_plans_track_the_design_towers() -> None:
-    """Design §4.6 concrete towers: degree -> radial index."""
+    """docs/method.md §4.2 towers: degree -> radial index."""
     expected = {
         (2, "simple"): {1: 0, 2: 0},
         (2, "augment"): {1: 0, 2: 0, 3: 1, 4: 2},

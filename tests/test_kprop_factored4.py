@@ -1,4 +1,4 @@
-"""Pair-factored K = 4 SIMPLE propagation (design §6): equals the unfactorised engine and the goldens."""
+"""Pair-factored K = 4 SIMPLE propagation (docs/method.md §7.5): equals the unfactorised engine and the goldens."""
 
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ def test_factored_marginals_equal_unfactored_for_simple(layer: int) -> None:
 
 
 def test_factored_augment_marginals_follow_the_factored_term_set() -> None:
-    """AUGMENT factored drops terms on purpose (design §6): it equals the dense engine under that term set."""
+    """AUGMENT factored drops terms on purpose (docs/method.md §7.4): it equals the dense engine under that term set."""
     from mechest.kprop.plan import compile_plan
     from mechest.tail import dense_marginals, truncate
 

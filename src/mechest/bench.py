@@ -1,4 +1,4 @@
-"""``mechest bench``: the MSE-versus-compute benchmark of kprop against Monte Carlo (design §9).
+"""``mechest bench``: the MSE-versus-compute benchmark of kprop against Monte Carlo (docs/method.md §10.3).
 
 A sweep over networks (He-init, one activation): widths at a fixed depth, plus depths at a fixed width; seeds
 per (width, depth). For every network:

@@ -143,7 +143,7 @@ def kprop_estimate(net: MLP, scheme: Scheme, count: bool = True) -> Estimate:
 
 
 def monte_carlo_estimate(net: MLP, samples: int, seed: int, chunk_size: int | None, progress: bool) -> Estimate:
-    """Streaming Monte Carlo on ``net``'s dtype and device; FLOPs = samples × one forward pass (design §8)."""
+    """Streaming Monte Carlo on ``net``'s dtype and device; FLOPs = samples × one forward pass (docs/method.md §9)."""
     samples = check_sample_count(samples)
     synchronize(net.device)
     start = time.perf_counter()

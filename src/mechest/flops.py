@@ -1,4 +1,4 @@
-"""Counting floating-point operations of the torch operations actually run (design §8 convention).
+"""Counting floating-point operations of the torch operations actually run (docs/method.md §9).
 
 Rules, per aten operation:
 - matrix products (mm, bmm, mv, dot, and einsum, which torch lowers to them): 2·m·k·n;
@@ -8,7 +8,7 @@ Rules, per aten operation:
 - sum and prod: (r - 1) per output entry, i.e. input size - output size; mean: r per output entry;
 - everything else (views, copies, comparisons, clamps, indexing, random-number generation): 0.
 
-Besides this raw count, ``FlopCounter.discounted`` applies design §8's symmetric-storage discount the way a
+Besides this raw count, ``FlopCounter.discounted`` applies docs/method.md §9's symmetric-storage discount the way a
 symmetric tensor kernel would: an operation whose output is symmetric in its last d ≥ 2 axes (all of size n)
 is charged only for the C(n+d−1, d) distinct entries, i.e. its raw FLOPs times
 slice_factor = C(n+d−1, d) / n^d (≈ 1/d! for large n). Symmetry is detected on the output's values (at

@@ -1,6 +1,6 @@
 """Multilayer perceptrons: the networks whose expected output mechest estimates.
 
-Convention (design §1): an MLP has L linear maps and L - 1 hidden layers,
+Convention (docs/method.md §1.1): an MLP has L linear maps and L - 1 hidden layers,
 
     z_0 = W_0 x + b_0,   a_l = φ_l(z_l),   z_{l+1} = W_{l+1} a_l + b_{l+1},
 
@@ -119,7 +119,7 @@ class MLP:
         return outputs
 
     def flops_per_sample(self) -> int:
-        """FLOPs of one forward pass (design §8): 2·in·out per linear map, +out per bias, +1 per activation entry."""
+        """FLOPs per sample (docs/method.md §9): 2·in·out per linear map, +out per bias, +1 per activation entry."""
         linear = sum(2 * w.shape[0] * w.shape[1] for w in self.weights)
         bias = sum(b.numel() for b in self.biases if b is not None)
         nonlinear = sum(w.shape[0] for w in self.weights[:-1])
@@ -223,7 +223,7 @@ def per_hidden_layer(activation: str | Sequence[str], depth: int) -> list[str]:
 
 
 def he_weight_variances(activations: Sequence[str], bias_means: Sequence[float]) -> list[float]:
-    """He init (design §1): w_var_0 = 1, w_var_l = 1 / E[φ_{l-1}(Z + b_mean_{l-1})²], Z ~ N(0, 1)."""
+    """He init (docs/method.md §1.1): w_var_0 = 1, w_var_l = 1 / E[φ_{l-1}(Z + b_mean_{l-1})²], Z ~ N(0, 1)."""
     variances = [1.0]
     for layer, name in enumerate(activations):
         moment = second_moment(name, bias_means[layer])
@@ -271,7 +271,7 @@ def random_mlp(
 ) -> MLP:
     """A random MLP with ``depth`` hidden layers of size ``width``; W_l[i, j] ~ N(0, w_var_l / fan_in).
 
-    ``init``: "he" (default; design §1), "critical" (q*; needs one activation for every layer), or "manual"
+    ``init``: "he" (default; docs/method.md §1.1), "critical" (q*; needs one activation for every layer), or "manual"
     (``weight_var`` given per linear layer or as a scalar). A layer has a bias iff its bias variance is
     positive or its bias mean is nonzero; the bias is then N(bias_mean, bias_var) per entry.
     Reproducible: the same arguments give the same network.

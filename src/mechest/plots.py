@@ -1,4 +1,4 @@
-"""The benchmark's figures (design §9.3), from the rows of a ``mechest bench`` run; PNG and PDF, Agg backend.
+"""The benchmark's figures (docs/method.md §10.3), from the rows of a ``mechest bench`` run; PNG and PDF, Agg backend.
 
 (a) MSE/Var against FLOPs at the headline net, with the Monte Carlo line MSE/Var = forward / FLOPs;
 (b) MSE against width per order K, with fitted slopes; (c) MSE/Var against wall-clock seconds, with Monte

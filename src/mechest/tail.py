@@ -4,7 +4,7 @@ Layer L counts pre-activations from 1: layer 1 is z = W_0 x + b_0, layer L is W_
 layer depth + 1 is the network's output. Write s = +1 for the upper tail and s = -1 for the lower one; then
 P(s·z_i > s·t) is the probability of the event. Three estimators:
 
-- ``lpe`` (design §9.1, "low-probability estimation"): the network up to z, then a Heaviside unit
+- ``lpe`` (docs/method.md §11, "low-probability estimation"): the network up to z, then a Heaviside unit
   1{s·(z - t) > 0} (the bias -s·t folded into the last linear map), then a 1×n output map. The propagated mean
   of the Heaviside layer is the probability. At every order kprop's mean of a unit reads only the marginal
   cumulants of its input: with x = (t - μ)/σ for the event z > t,
@@ -63,7 +63,7 @@ from mechest.wick import activation_function
 
 METHODS = ("lpe", "edgeworth", "saddlepoint", "mc")
 WILSON_Z = 1.959963984540054  # two-sided 95% normal quantile
-MIN_VARIANCE = 1e-10  # the engine's variance floor (design §4.1)
+MIN_VARIANCE = 1e-10  # the engine's variance floor (docs/method.md §6.1)
 NEWTON_STEPS = 80
 NEWTON_MAX_STEP = 1.0  # in units of s; keeps Newton on the branch through s = 0
 

@@ -1,4 +1,4 @@
-"""Ground truths (long Monte Carlo runs saved to disk) and scoring an estimate against one (design §9).
+"""Ground truths (long Monte Carlo runs saved to disk) and scoring an estimate against one (docs/method.md §10.2).
 
 A truth file (.npz) holds ``mean`` and ``variance`` (population, per output coordinate), ``samples``,
 ``seed``, ``chunk_size``, ``dtype``, ``device`` and the ``fingerprint`` of the network. While a run is in

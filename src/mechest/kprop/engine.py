@@ -1,11 +1,11 @@
-"""General cumulant propagation for any order K ≤ 4 and variant (design §2-§5), unfactorised.
+"""General cumulant propagation for any order K ≤ 4 and variant (docs/method.md §4–§6), unfactorised.
 
 The state between layers is a *tower*: for each tracked degree d a harmonic piece (HTensor) standing for
-the projection P_{≥r}(κ_d) with r = r_x(d) (design §4.6). Each layer applies
+the projection P_{≥r}(κ_d) with r = r_x(d) (docs/method.md §4.2). Each layer applies
 
 1. the exact linear step to every piece: core ← W^{⊗s} core, metric ← W M Wᵀ, κ_1 ← W κ_1 + b;
-2. the nonlinear step, slice by slice: power cumulants pK_p by connected Edgeworth diagram sums (§4.3),
-   pK → K by the vector-partition coefficients C(ρ) (§4.4), then projection back to harmonic pieces (§4.5).
+2. the nonlinear step, slice by slice: power cumulants pK_p by connected Edgeworth diagram sums (§6.3–§6.5),
+   pK → K by the vector-partition coefficients C(ρ) (§6.6), then projection back to harmonic pieces (§6.7).
 
 Every diagram term is a broadcast product over the m = len(p) coordinates of a slice: one factor per block v
 (the type-v slice of κ_|v|, laid on the coordinates in supp v) and one Wick coefficient w_i(k_j, p_j) per
@@ -125,7 +125,7 @@ def power_cumulants(plan: Plan, slices: dict, wick: torch.Tensor) -> Slices:
 
 
 def cumulants_from_power_cumulants(plan: Plan, power: Slices) -> Slices:
-    """K_p = Σ_ρ C(ρ) Π_{u∈ρ} pK_u (design §4.4), zero on repeated indices."""
+    """K_p = Σ_ρ C(ρ) Π_{u∈ρ} pK_u (docs/method.md §6.6), zero on repeated indices."""
     out: Slices = {}
     for p in plan.slice_types:
         m = len(p)

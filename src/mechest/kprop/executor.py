@@ -454,7 +454,7 @@ def placed(value: Any, axes: Sequence[int], m: int) -> Any:
 
 def dense_cumulants(xp: Any, spec: dict, slices: dict, wick: Any, only: tuple | None = None) -> dict:
     """K_p for the dense slice types (only K_``only`` and what it needs, if given): power cumulants by diagram
-    sums, then pK → K (design §4.3–4.4)."""
+    sums, then pK → K (docs/method.md §6.3–§6.6)."""
     power = power_vectors(xp, spec, slices, wick, only)
     if only is None or len(only) == 2:
         power.update(power_matrices(xp, spec, slices, wick))

@@ -1,4 +1,4 @@
-"""Factored cumulant propagation for K = 3 (design §6): κ_3 is carried in CP form, never as a dense n³ array.
+"""Factored cumulant propagation for K = 3 (docs/method.md §7.2): κ_3 is carried in CP form, never as a dense n³ array.
 
 Convention. The third cumulant is a ``FactoredTensor`` (A, B, C), three n×R matrices, standing for the *full*
 symmetric tensor
@@ -232,7 +232,7 @@ def split_dense_plan(plan: Plan) -> tuple[Plan, Traced]:
 
 
 def check_top_is_power_cumulant(plan: Plan) -> None:
-    """pK → K is the identity on the all-distinct slice (design §4.4); the factored step relies on it."""
+    """pK → K is the identity on the all-distinct slice (docs/method.md §6.6); the factored step relies on it."""
     conversions = plan.conversions[TOP]
     if len(conversions) != 1 or conversions[0].coefficient != 1 or len(conversions[0].parts) != 1:
         raise AssertionError(f"pK → K on {TOP} is not the identity: {conversions}")

@@ -1,4 +1,4 @@
-"""Factored cumulant propagation for K = 4 SIMPLE (design §6): κ_4 in pair form, never as a dense n⁴ array.
+"""Factored cumulant propagation for K = 4 SIMPLE (docs/method.md §7.5): κ_4 in pair form, never as a dense n⁴ array.
 
 Convention. The fourth cumulant is a ``PairFactoredTensor`` (A, B), two R×n×n stacks of symmetric matrices,
 standing for the *full* symmetric tensor

@@ -1,4 +1,4 @@
-"""Cumulant propagation at orders K = 1 and 2: the Gaussian closures (design §4.7).
+"""Cumulant propagation at orders K = 1 and 2: the Gaussian closures (docs/method.md §2).
 
 Each hidden pre-activation z is treated as Gaussian with its propagated mean μ_i and variance σ_i²,
 and w_i(k, p) = E[∂^k φ(Z)^p], Z ~ N(μ_i, σ_i²), are its Wick coefficients.
