@@ -17,8 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from mechest.kprop import Scheme as Config  # noqa: E402
 from mechest.bench import (  # noqa: E402
-    BenchSettings, Config, fit_mc_time, fitted_slope, pareto_front, seed_means,
+    BenchSettings, fit_mc_time, fitted_slope, pareto_front, seed_means,
 )
 from mechest.results import make_directory  # noqa: E402
 
@@ -56,7 +57,7 @@ def scatter_configs(axes: plt.Axes, points: dict[Config, dict[str, float]], x_ke
     for config, point in sorted(points.items(), key=lambda item: (item[0].order, item[0].variant)):
         if point["mse_over_var"] > 0:
             axes.scatter(point[x_key], point["mse_over_var"], color=colour(config.order),
-                         marker=MARKERS[config.variant, config.factored], label=config.label, zorder=3)
+                         marker=MARKERS[config.variant, config.factored], label=str(config), zorder=3)
 
 
 def plot_mse_vs_flops(rows: Sequence[dict], width: int, depth: int, directory: Path) -> list[Path]:
@@ -123,7 +124,7 @@ def plot_mse_against(rows: Sequence[dict], pairs: Sequence[tuple[int, int]], alo
         slope = fitted_slope(xs, ys)
         axes.plot(*zip(*shown), color=colour(config.order), linestyle=VARIANT_STYLES[config.variant],
                   marker=MARKERS[config.variant, config.factored],
-                  label=config.label + (f" (slope {slope:.2f})" if np.isfinite(slope) else ""))
+                  label=str(config) + (f" (slope {slope:.2f})" if np.isfinite(slope) else ""))
     fixed = f"{pairs[0][1]} hidden layers" if along == "width" else f"width {pairs[0][0]}"
     axes.set(xscale="log", yscale="log", xlabel=along, ylabel="MSE (noise floor subtracted)",
              title=f"MSE against {along}, {fixed}, mean over seeds")
