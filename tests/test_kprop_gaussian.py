@@ -95,7 +95,13 @@ def test_order_two_flops_counted_match_hand_formula_for_matrix_products() -> Non
     assert products == 2 * n**3 + depth * (2 * n**2 + 4 * n**3)
     # everything else is elementwise work on n × n matrices and vectors: O(n²) per layer
     assert counter.total - products < 40 * n**2 * (depth + 1)
-    assert estimate(net, "kprop", order=2).flops == counter.total
+    assert estimate(net, "kprop", order=2, cov=True).flops == counter.total
+    # the mean alone skips the output's W Σ Wᵀ (4n³) and reads only diag(W Σ Wᵀ) = Σ_j (W Σ)_ij W_ij on the last
+    # hidden layer (2n³ instead of 4n³): 6n³ less
+    with FlopCounter() as mean_only:
+        propagate(net, Scheme(2), "mean")
+    assert estimate(net, "kprop", order=2).flops == mean_only.total
+    assert counter.by_operation["mm"] - mean_only.by_operation["mm"] == 6 * n**3
 
 
 def test_order_one_costs_order_n_squared() -> None:

@@ -23,7 +23,7 @@ from functools import cache
 import torch
 
 from mechest.errors import MechestError
-from mechest.flops import FlopCounter, warm_up
+from mechest.flops import FlopCounter
 from mechest.kprop import Scheme, propagate
 from mechest.mlp import MLP
 
@@ -49,7 +49,6 @@ def structure_key(net: MLP) -> tuple:
 def _counted(key: tuple, scheme: Scheme, discount: bool) -> tuple[int, float]:
     dims, activations, has_bias, dtype, device = key
     net = structure_network(dims, activations, has_bias, dtype, device)
-    warm_up()
     with FlopCounter(discount=discount) as counter:
         propagate(net, scheme)
     return counter.total, counter.discounted

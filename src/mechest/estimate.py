@@ -9,7 +9,7 @@ import torch
 
 from mechest.device import resolve_device, synchronize
 from mechest.errors import MechestError
-from mechest.flops import FlopCounter, warm_up
+from mechest.flops import FlopCounter
 from mechest.kprop import Propagation, Scheme, propagate, runs_on_executor
 from mechest.kprop.plan import compile_plan
 from mechest.kprop.run import executor_plan
@@ -79,6 +79,7 @@ def estimate(
     chunk_size: int | None = None,
     progress: bool = False,
     count: bool = True,
+    cov: bool = False,
 ) -> Estimate:
     """Estimate the expected output of ``net`` under standard Gaussian input.
 
@@ -87,6 +88,7 @@ def estimate(
       ``budget`` (FLOPs) the scheme predicted to be most accurate within it (mechest.budget.choose_scheme).
       float64 unless ``dtype`` says otherwise. Differentiable with respect to the weights. One run, its FLOPs
       counted as it goes (mechest.flops; ``count=False`` runs it uncounted, ``flops`` None, for clean timings).
+      ``cov=True`` also returns the output covariance (``.cov``), which costs the last layers more work.
     - ``method="mc"``: Monte Carlo with ``samples`` inputs drawn from ``seed``, streamed in chunks of
       ``chunk_size`` (None: sized to the device's memory on CUDA).
 
@@ -100,7 +102,7 @@ def estimate(
             from mechest.budget import choose_scheme  # budget imports this module
 
             scheme = choose_scheme(net, budget)
-        return kprop_estimate(net, scheme if scheme is not None else Scheme(order, variant, factored), count)
+        return kprop_estimate(net, scheme if scheme is not None else Scheme(order, variant, factored), count, cov)
     if method == "mc":
         if samples is None:
             raise MechestError("method 'mc' needs a sample count (samples=...)")
@@ -109,36 +111,35 @@ def estimate(
     raise MechestError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
 
 
-def prepare(net: MLP, scheme: Scheme, count: bool) -> None:
-    """One-time work that is not part of a propagation: compiling the plan (diagram enumeration) and the counter's
-    first-use set-up."""
+def prepare(net: MLP, scheme: Scheme) -> None:
+    """One-time work that is not part of a propagation: compiling the plan (diagram enumeration)."""
     if runs_on_executor(scheme):
         if scheme.order >= 2 and scheme != Scheme(2, "simple"):
             executor_plan(scheme, max(net.dims[1:-1], default=1))
     else:
         compile_plan(scheme.order, scheme.variant, "factored" if scheme.factored else "full")
-    if count:
-        warm_up()
 
 
-def counted_propagation(net: MLP, scheme: Scheme, count: bool = True) -> tuple[Propagation, int | None, float]:
-    """One propagation of ``net`` at ``scheme``: (result, FLOPs counted as it runs or None without ``count``,
-    wall-clock seconds)."""
-    prepare(net, scheme, count)
+def counted_propagation(net: MLP, scheme: Scheme, count: bool = True,
+                        outputs: str = "cov") -> tuple[Propagation, int | None, float]:
+    """One propagation of ``net`` at ``scheme`` (``outputs`` as in mechest.kprop.propagate): (result, FLOPs counted
+    as it runs or None without ``count``, wall-clock seconds)."""
+    prepare(net, scheme)
     synchronize(net.device)
     start = time.perf_counter()
     if count:
         with FlopCounter() as counter:
-            result = propagate(net, scheme)
+            result = propagate(net, scheme, outputs)
     else:
-        result = propagate(net, scheme)
+        result = propagate(net, scheme, outputs)
     synchronize(net.device)
     return result, counter.total if count else None, time.perf_counter() - start
 
 
-def kprop_estimate(net: MLP, scheme: Scheme, count: bool = True) -> Estimate:
-    """Cumulant propagation on ``net``'s dtype and device, run once (and counted as it runs)."""
-    result, flops, seconds = counted_propagation(net, scheme, count)
+def kprop_estimate(net: MLP, scheme: Scheme, count: bool = True, cov: bool = False) -> Estimate:
+    """Cumulant propagation on ``net``'s dtype and device, run once (and counted as it runs); the output covariance
+    only with ``cov``."""
+    result, flops, seconds = counted_propagation(net, scheme, count, "cov" if cov else "mean")
     return Estimate("kprop", result.mean, flops, seconds, scheme=scheme, cov=result.cov, third=result.third)
 
 

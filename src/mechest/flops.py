@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from functools import cache
 from math import comb
 
 import torch
@@ -108,6 +107,12 @@ class FlopCounter(TorchDispatchMode):
     48
     """
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """Let torch leave ``__torch_dispatch__`` undecorated: its dynamo guard would import torch._dynamo
+        (1–2 s) on the first counted operation, and nothing counted here is compiled."""
+        return False
+
     def __init__(self, discount: bool = False) -> None:
         super().__init__()
         self.by_operation: Counter[str] = Counter()
@@ -128,13 +133,3 @@ class FlopCounter(TorchDispatchMode):
                 d = symmetric_axes(out)
                 self.discounted += flops * (slice_factor(out.shape[-1], d) if d else 1.0)
         return out
-
-
-@cache
-def warm_up() -> None:
-    """Count one operation once: torch imports and sets up its compiler stack (seconds) on the first operation
-    dispatched to a mode. Call this before timing a counted computation so that the one-time cost is not
-    billed to it; afterwards counting costs tens of microseconds per operation.
-    """
-    with FlopCounter():
-        torch.ones(1) * 1

@@ -172,7 +172,7 @@ def marginal_cumulants(net: MLP, layer: int, scheme: Scheme) -> torch.Tensor:
     """
     prefix = truncate(net, layer)
     if runs_on_executor(scheme):
-        result = executor_cumulants(prefix, scheme)
+        result = executor_cumulants(prefix, scheme, outputs="marginals")
         zeros = torch.zeros_like(result.mean)
         return torch.stack([result.mean, torch.diagonal(result.cov),
                             zeros if result.third_diagonal is None else result.third_diagonal,
@@ -259,7 +259,7 @@ def from_marginals(net: MLP, layer: int, threshold: float, upper: bool = True, *
     scheme = Scheme(order, variant, factored)
     threshold = check_threshold(threshold)
     net = net.to(dtype=resolve_dtype(dtype, torch.float64))
-    prepare(net, scheme, count=True)
+    prepare(net, scheme)
     start = time.perf_counter()
     with FlopCounter() as counter:
         cumulants = marginal_cumulants(net, layer, scheme)

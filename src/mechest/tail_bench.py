@@ -30,7 +30,7 @@ import numpy as np
 
 from mechest.errors import MechestError
 from mechest.files import write_npz_atomically, write_text_atomically
-from mechest.flops import FlopCounter, warm_up
+from mechest.flops import FlopCounter
 from mechest.kprop import Scheme
 from mechest.mlp import MLP, random_mlp
 from mechest.tail import (
@@ -113,7 +113,6 @@ def mc_flops_per_sample(net: MLP, layer: int) -> int:
 def marginal_rows(net: MLP, layer: int, config: tuple, events: Sequence[Event]) -> list[dict]:
     """Edgeworth, Gram–Charlier (= the LPE value) and saddlepoint tails of every event from one propagation."""
     scheme = Scheme(*config)
-    warm_up()
     start = time.perf_counter()
     with FlopCounter() as counter:
         cumulants = marginal_cumulants(net, layer, scheme)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mechest.distill import METHODS, expected_loss, init_student, parameters, sampled_loss, squared_error_network
 from mechest.errors import MechestError
-from mechest.flops import FlopCounter, warm_up
+from mechest.flops import FlopCounter
 from mechest.kprop import Scheme
 from mechest.mlp import MLP
 from mechest.montecarlo import chunk_generator, sample_moments
@@ -82,7 +82,6 @@ def true_loss(student: MLP, teacher: MLP, samples: int, seed: int = TEST_SEED) -
 
 def step_flops(student: MLP, objective: Objective) -> int:
     """FLOPs of one objective evaluation and its backward pass (gradients are discarded)."""
-    warm_up()
     with FlopCounter() as counter:
         objective(student, 0).backward()
     for tensor in parameters(student):

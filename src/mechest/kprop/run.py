@@ -15,7 +15,7 @@ import torch
 
 from mechest.kprop.backends import layers_of, torch_backend
 from mechest.kprop.engine import propagate_general
-from mechest.kprop.executor import Cumulants, covariance, mean_field, planned
+from mechest.kprop.executor import Backend, Cumulants, Layers, covariance, mean_field, planned
 from mechest.kprop.factored import propagate_factored
 from mechest.kprop.factored4 import propagate_factored4
 from mechest.kprop.result import Propagation
@@ -43,22 +43,29 @@ def executor_plan(scheme: Scheme, max_width: int) -> dict:
     return _executor_plan(scheme.order, scheme.variant, max(64, 1 << (max_width - 1).bit_length()))
 
 
-def executor_cumulants(net: MLP, scheme: Scheme) -> Cumulants:
-    """The executor's propagation of ``net`` (on its device and dtype) at an executor scheme."""
-    backend, layers = torch_backend(net.device), layers_of(net)
+def executor_cumulants(net: MLP, scheme: Scheme, outputs: str = "cov") -> Cumulants:
+    """The executor's propagation of ``net`` (on its device and dtype) at an executor scheme, giving ``outputs``
+    (mechest.kprop.executor.OUTPUTS) of the output."""
+    return run_executor(torch_backend(net.device), layers_of(net), scheme, outputs)
+
+
+def run_executor(backend: Backend, layers: Layers, scheme: Scheme, outputs: str) -> Cumulants:
+    """``layers`` propagated by the executor on ``backend`` at an executor scheme."""
     if scheme.order == 1:
         return mean_field(backend, layers, isotropic=scheme.variant == "isotropic")
     if scheme == Scheme(2, "simple"):
-        return covariance(backend, layers)
-    return planned(backend, layers, executor_plan(scheme, max(net.dims[1:-1], default=1)))
+        return covariance(backend, layers, outputs)
+    widest = max((weight.shape[0] for weight in layers.weights[: len(layers.activations)]), default=1)
+    return planned(backend, layers, executor_plan(scheme, widest), outputs=outputs)
 
 
-def propagate(net: MLP, scheme: Scheme) -> Propagation:
-    """Propagate the cumulants of x ~ N(0, I) through ``net`` at ``scheme``; every scheme gives κ_1 and κ_2 of the
-    output and of every hidden activation (docs/method.md). ``third`` is the output's dense third cumulant where
-    an unfactorised scheme of K ≥ 3 tracks it, else None."""
+def propagate(net: MLP, scheme: Scheme, outputs: str = "cov") -> Propagation:
+    """Propagate the cumulants of x ~ N(0, I) through ``net`` at ``scheme``: κ_1 and κ_2 of the output and of every
+    hidden activation (docs/method.md). ``outputs="mean"`` lets the executor skip the output's covariance and the
+    last hidden layer's (then None), which only the mean does not need. ``third`` is the output's dense third
+    cumulant where an unfactorised scheme of K ≥ 3 tracks it, else None."""
     if runs_on_executor(scheme):
-        result = executor_cumulants(net, scheme)
+        result = executor_cumulants(net, scheme, outputs)
         covs = result.layer_covs
         if scheme.order == 1:
             covs = [torch.diag(trace.expand(mean.numel())) for trace, mean in zip(covs, result.layer_means)]
