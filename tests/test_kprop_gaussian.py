@@ -162,13 +162,17 @@ def test_isotropic_one_hidden_layer_is_exact_with_equal_row_norms() -> None:
 
 
 def test_mean_squared_row_norm_reads_evenly_spaced_rows() -> None:
-    from mechest.kprop.gaussian import mean_squared_row_norm
+    from mechest.kprop.executor import ISOTROPIC_TRACE_ROWS, squared_row_norms
 
+    assert ISOTROPIC_TRACE_ROWS == 8
     weight = torch.arange(1.0, 33.0, dtype=torch.float64)[:, None] * torch.ones(1, 3, dtype=torch.float64)
     rows = torch.arange(1.0, 33.0, 4, dtype=torch.float64)  # rows 0, 4, ..., 28 hold 1, 5, ..., 29
-    assert mean_squared_row_norm(weight, rows=8).item() == pytest.approx((3 * rows**2).mean().item(), rel=1e-15)
+    estimated = squared_row_norms(torch, weight, isotropic=True)
+    assert estimated.shape == (32,) and bool((estimated == estimated[0]).all())
+    assert estimated[0].item() == pytest.approx((3 * rows**2).mean().item(), rel=1e-15)
     small = weight[:5]
-    assert mean_squared_row_norm(small, rows=8).item() == pytest.approx((small**2).sum().item() / 5, rel=1e-15)
+    assert squared_row_norms(torch, small, isotropic=True)[0].item() == pytest.approx(
+        (small**2).sum().item() / 5, rel=1e-15)
 
 
 def test_isotropic_costs_less_than_one_forward_pass_and_mean_field_more() -> None:
