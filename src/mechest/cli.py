@@ -19,7 +19,7 @@ import torch
 from mechest import bench, results
 from mechest.device import DEVICES, resolve_device
 from mechest.errors import MechestError
-from mechest.files import write_text_atomically
+from mechest.files import check_output_directory, check_output_path, write_text_atomically
 from mechest.estimate import DTYPES, METHODS, Estimate, estimate
 from mechest.kprop import ALL_VARIANTS, MAX_ORDER, VARIANTS
 from mechest.demo import run_demo
@@ -28,7 +28,7 @@ from mechest.montecarlo import ChunkRunner, RunningMoments, run_chunks_locally
 from mechest.tables import format_table
 from mechest.tail import METHODS as TAIL_METHODS, tail_probability
 from mechest.training import LR_SCHEDULES
-from mechest.truth import check_output_path, compute_truth, load_truth, score
+from mechest.truth import compute_truth, load_truth, score
 from mechest.wick import ACTIVATION_NAMES
 from mechest.whest.export import export_package
 from mechest.whest.score import ROUNDS as WHEST_ROUNDS
@@ -346,6 +346,7 @@ def command_estimate(args: argparse.Namespace) -> None:
 
 
 def command_net(args: argparse.Namespace) -> None:
+    check_output_path(args.out)
     net = random_mlp(args.width, args.depth, args.activation, init=args.init, bias_mean=args.bias_mean,
                      bias_var=args.bias_var, seed=args.seed)
     net.save(args.out)
@@ -411,6 +412,9 @@ def command_tail_bench(args: argparse.Namespace) -> None:
 
     if args.width < 1 or args.depth < 1:
         raise MechestError("--width and --depth must be positive")
+    check_output_directory(args.results)
+    if args.make_truths and not args.replot:
+        check_output_directory(args.truths)
     settings = TailBenchSettings(width=args.width, depth=args.depth, layers=tuple(sorted({2, args.depth + 1})),
                                  seeds=tuple(args.seeds), truths=Path(args.truths), results=Path(args.results))
     if args.make_truths and not args.replot:
@@ -432,7 +436,7 @@ def command_whestbench(args: argparse.Namespace) -> None:
         out = export_package(args.out, args.order, args.budget_fraction, args.min_window, augment=args.augment)
         print(f"wrote {out}: check it with `whest validate --estimator {out / 'estimator.py'}`")
         return
-    root = Path(args.data_dir)
+    root = check_output_directory(args.data_dir)
     truths = Path(args.truths) if args.truths else None
     rows, floor, dataset = score_round(args.round, args.n_mlps, args.samples, root, root / "package",
                                        args.width, args.depth, truths, args.flops_only, args.budget_fraction)
@@ -479,6 +483,8 @@ def command_bench(args: argparse.Namespace) -> None:
         max_truth_flops=args.max_truth_flops, min_truth_samples=args.min_truth_samples, max_flops=args.max_flops,
         mc_samples=tuple(args.mc_samples) if args.mc_samples else None, repeats=args.repeats, dtype=args.dtype,
         results=args.results, truth_dirs=tuple(args.truths), plots=not args.no_plots, device=args.device)
+    if settings.plots or not args.report:
+        check_output_directory(settings.results)
     if args.report:
         wanted = set(args.report)
         rows = [row for row in results.read_runs(settings.results).to_pylist() if row["run_id"] in wanted]

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from mechest.bench import (  # noqa: E402
     BenchSettings, Config, fit_mc_time, fitted_slope, pareto_front, seed_means,
 )
+from mechest.files import atomic_path  # noqa: E402
 from mechest.results import make_directory  # noqa: E402
 
 MARKERS = {("simple", False): "o", ("augment", False): "s", ("simple", True): "^", ("augment", True): "D",
@@ -34,9 +35,12 @@ def colour(order: int) -> str:
 def save(figure: plt.Figure, directory: Path, name: str) -> list[Path]:
     """Write ``name``.png and ``name``.pdf into ``directory``; return the paths."""
     paths = [directory / f"{name}.{suffix}" for suffix in ("png", "pdf")]
-    for path in paths:
-        figure.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        for path in paths:
+            with atomic_path(path) as temporary:
+                figure.savefig(temporary, dpi=150, bbox_inches="tight", format=path.suffix[1:])
+    finally:
+        plt.close(figure)
     return paths
 
 

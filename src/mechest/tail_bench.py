@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mechest.errors import MechestError
-from mechest.files import write_npz_atomically, write_text_atomically
+from mechest.files import atomic_path, write_npz_atomically, write_text_atomically
 from mechest.flops import FlopCounter, warm_up
 from mechest.mlp import MLP, random_mlp
 from mechest.tail import (
@@ -271,9 +271,12 @@ def plot(records: Sequence[dict], settings: TailBenchSettings, out: Path) -> lis
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(suffix) for suffix in (".png", ".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        for path in paths:
+            with atomic_path(path) as temporary:
+                fig.savefig(temporary, dpi=110, format=path.suffix[1:])
+    finally:
+        plt.close(fig)
     return paths
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from mechest.errors import MechestError  # noqa: E402
+from mechest.files import atomic_path  # noqa: E402
 from mechest.training import TrainingRun  # noqa: E402
 
 
@@ -37,12 +36,8 @@ def plot_runs(runs: Sequence[TrainingRun], path: str | Path, title: str = "") ->
     axes.legend(fontsize=8)
     axes.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    temporary = path.with_name(path.name + ".partial.png")
     try:
-        figure.savefig(temporary, dpi=120)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise MechestError(f"cannot write {path}: {error.strerror or error}") from None
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=120, format=path.suffix[1:] or "png")
     finally:
         plt.close(figure)

@@ -21,7 +21,7 @@ import torch
 
 from mechest.device import resolve_device
 from mechest.errors import MechestError
-from mechest.files import write_npz_atomically
+from mechest.files import check_output_path, write_npz_atomically
 from mechest.mlp import MLP, read_npz
 from mechest.montecarlo import (
     ChunkRunner,
@@ -51,16 +51,6 @@ class Truth:
 
 def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoint.npz")
-
-
-def check_output_path(out: str | Path) -> Path:
-    """``out`` as a Path, or a MechestError if no file can be written there."""
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise MechestError(f"cannot write {out}: directory {out.parent} does not exist")
-    if out.is_dir():
-        raise MechestError(f"cannot write {out}: it is a directory")
-    return out
 
 
 def write_checkpoint(path: Path, run: dict[str, str], merge: OrderedMerge) -> None:
