@@ -9,7 +9,9 @@ import argparse
 import csv
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -533,13 +535,39 @@ COMMANDS = {"estimate": command_estimate, "net": command_net, "truth": command_t
             "tail-bench": command_tail_bench, "whestbench": command_whestbench, "distill": command_distill}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, batch schedulers), raised like Ctrl-C so that whatever saves work on Ctrl-C (the
+    truth checkpoint) saves it on SIGTERM too."""
+
+
+@contextmanager
+def sigterm_raises_terminated() -> Iterator[None]:
+    """While the block runs in the main thread, SIGTERM raises Terminated there; the old handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        with sigterm_raises_terminated():
+            COMMANDS[args.command](args)
     except MechestError as error:
         print(f"mechest: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:
+        print("mechest: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("mechest: interrupted", file=sys.stderr)
         return 130

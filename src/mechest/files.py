@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -91,3 +92,63 @@ def write_text_atomically(path: str | Path, text: str) -> None:
     """``text`` to ``path``."""
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def stale(owner: str) -> bool:
+    """Whether the lock text ``owner`` ("PID HOST") names a process of this machine that is gone. A lock of
+    another machine, or one still being written (empty), is never stale: we cannot tell."""
+    pid, _, host = owner.partition(" ")
+    return pid.isdigit() and host == socket.gethostname() and not process_running(int(pid))
+
+
+def create_lock(lock: Path) -> bool:
+    """Create ``lock`` holding "PID HOST" of this process (O_CREAT | O_EXCL: atomic); False if it exists."""
+    try:
+        handle = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        raise MechestError(f"cannot write {lock}: {reason(error)}") from None
+    with os.fdopen(handle, "w") as file:
+        file.write(f"{os.getpid()} {socket.gethostname()}")
+    return True
+
+
+@contextmanager
+def output_lock(path: str | Path) -> Iterator[None]:
+    """Hold ``PATH.lock`` while the block runs, so that a second run writing ``path`` stops with a one-line error
+    instead of sharing its checkpoint and doing the work twice. The lock holds "PID HOST" and is removed when the
+    block ends; one left by a process of this machine that is gone (SIGKILL, a crash) is taken over."""
+    path = Path(path)
+    lock = lock_path(path)
+    if not create_lock(lock):
+        try:
+            owner = lock.read_text().strip()
+        except OSError:
+            owner = ""
+        if stale(owner):
+            with suppress(FileNotFoundError):
+                lock.unlink()
+        if not stale(owner) or not create_lock(lock):
+            raise MechestError(f"{path} is being written by another mechest run (process {owner or '?'}); "
+                               f"wait for it, or remove {lock} if that run is gone")
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            lock.unlink()

@@ -21,7 +21,7 @@ import torch
 
 from mechest.device import resolve_device
 from mechest.errors import MechestError
-from mechest.files import check_output_path, write_npz_atomically
+from mechest.files import check_output_path, output_lock, write_npz_atomically
 from mechest.mlp import MLP, read_npz
 from mechest.montecarlo import (
     ChunkRunner,
@@ -124,10 +124,18 @@ def compute_truth(
     always accumulated in float64. ``runner`` computes the chunks: in this process by default, or on a
     Dask cluster (``mechest.distributed``). Chunks are merged in chunk order as they arrive, so the result
     is the same bit for bit for any runner. Finished chunks are checkpointed every CHECKPOINT_SECONDS and
-    when the run is interrupted; running the same call again resumes from the checkpoint.
+    when the run is interrupted; running the same call again resumes from the checkpoint. While it runs,
+    ``<out>.lock`` keeps a second run on the same ``out`` away (a one-line MechestError).
     """
     samples = check_sample_count(samples)
     out = check_output_path(out)
+    with output_lock(out):
+        return run_truth(net, samples, out, seed, chunk_size, dtype, device, runner, progress)
+
+
+def run_truth(net: MLP, samples: int, out: Path, seed: int, chunk_size: int | None, dtype: torch.dtype,
+              device: torch.device | str | None, runner: ChunkRunner, progress: bool) -> Truth:
+    """``compute_truth`` once ``out`` is checked and locked."""
     fingerprint = net.fingerprint()
     net = net.to(dtype=dtype, device=resolve_device(device, net.device))
     chunk_size = check_chunk_size(chunk_size, net)
