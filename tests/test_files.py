@@ -12,9 +12,12 @@ import pytest
 import mechest.bench
 import mechest.cli
 import mechest.montecarlo
+import mechest.training
+import mechest.training_plots
 from mechest.cli import main
 from mechest.errors import MechestError
 from mechest.files import atomic_path, check_output_directory, check_output_path, write_npz_atomically
+from mechest.mlp import random_mlp
 
 
 def can_create_in(directory: Path) -> bool:
@@ -136,3 +139,42 @@ def test_writing_commands_check_their_output_first(capsys, monkeypatch, unwritab
     assert_one_line_error(code, err, "not writable")
     assert out == ""
     assert not Path(target).exists() and not Path(target + ".npz").exists()
+
+
+@pytest.fixture
+def teacher_file(tmp_path) -> Path:
+    path = tmp_path / "teacher.npz"
+    random_mlp(5, 1, input_dim=3, output_dim=2, seed=1).save(path)
+    return path
+
+
+def distill_argv(teacher: Path, out: Path, *extra: str) -> list[str]:
+    return ["distill", "--teacher", str(teacher), "--student-width", "3", "--steps", "2", "--log-every", "1",
+            "--test-samples", "64", "--no-baseline", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("case", ["out unwritable", "plot unwritable", "json unwritable", "plot format",
+                                  "same file"])
+def test_distill_checks_every_output_before_training(capsys, monkeypatch, tmp_path, teacher_file, unwritable_dir,
+                                                     case: str) -> None:
+    monkeypatch.setattr(mechest.training, "distill", no_work)
+    out, blocked = tmp_path / "student.npz", str(unwritable_dir / "x")
+    extra = {"out unwritable": [], "plot unwritable": ["--plot", blocked + ".png"],
+             "json unwritable": ["--json", blocked + ".json"], "plot format": ["--plot", str(tmp_path / "loss.xyz")],
+             "same file": ["--json", str(out)]}[case]
+    code, stdout, err = run(capsys, *distill_argv(teacher_file, unwritable_dir / "s.npz" if case == "out unwritable"
+                                                  else out, *extra))
+    assert_one_line_error(code, err, {"plot format": "no image format 'xyz'",
+                                      "same file": "different files"}.get(case, "not writable"))
+    assert stdout == "" and sorted(path.name for path in tmp_path.iterdir()) == ["teacher.npz"]
+
+
+def test_distill_writes_nothing_when_the_plot_fails(capsys, monkeypatch, tmp_path, teacher_file) -> None:
+    def plot_fails(*args, **kwargs):
+        raise MechestError("the plot failed")
+
+    monkeypatch.setattr(mechest.training_plots, "plot_runs", plot_fails)
+    code, _, err = run(capsys, *distill_argv(teacher_file, tmp_path / "student.npz", "--plot",
+                                             str(tmp_path / "loss.png"), "--json", str(tmp_path / "log.json")))
+    assert_one_line_error(code, err, "the plot failed")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["teacher.npz"]

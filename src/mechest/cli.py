@@ -21,7 +21,7 @@ import torch
 from mechest import bench, results
 from mechest.device import DEVICES, resolve_device
 from mechest.errors import MechestError
-from mechest.files import check_output_directory, check_output_path, write_text_atomically
+from mechest.files import atomic_path, check_output_directory, check_output_path
 from mechest.estimate import DTYPES, METHODS, Estimate, estimate
 from mechest.kprop import ALL_VARIANTS, MAX_ORDER, VARIANTS
 from mechest.demo import run_demo
@@ -456,19 +456,25 @@ def command_whestbench(args: argparse.Namespace) -> None:
 
 
 def command_distill(args: argparse.Namespace) -> None:
-    from mechest.training_plots import plot_runs  # matplotlib loads only for this command
+    from mechest.training_plots import image_format, plot_runs  # matplotlib loads only for this command
     from mechest.training import DistillConfig, distill
 
+    outputs = [check_output_path(path).resolve() for path in (args.out, args.plot, args.json) if path]
+    if len(set(outputs)) < len(outputs):
+        raise MechestError("--out, --plot and --json must name different files")
+    plot_format = image_format(args.plot) if args.plot else None
     teacher = load(args.teacher, dtype=DTYPES[args.dtype]).to(device=resolve_device(args.device))
     config = DistillConfig(args.student_width, args.steps, args.order, args.variant, args.factored, args.lr,
                            args.baseline_lr, args.batch_size, args.seed, args.log_every, args.test_samples,
                            args.method, args.lr_schedule)
     student, runs = distill(teacher, config, baseline=not args.no_baseline, progress=True)
-    student.save(args.out)
-    if args.plot:
-        plot_runs(runs, args.plot, f"teacher {args.teacher} → student width {args.student_width}")
-    if args.json:
-        write_text_atomically(args.json, json.dumps([run.to_dict() for run in runs]))
+    with ExitStack() as written:  # each output goes to a temporary file first: all of them are written, or none
+        student.save(written.enter_context(atomic_path(args.out)))
+        if args.plot:
+            plot_runs(runs, written.enter_context(atomic_path(args.plot)),
+                      f"teacher {args.teacher} → student width {args.student_width}", plot_format)
+        if args.json:
+            written.enter_context(atomic_path(args.json)).write_text(json.dumps([run.to_dict() for run in runs]))
     rows = [[run.label, run.steps[-1], run.flops[-1], run.true_loss[0], run.true_loss[-1], run.stderr[-1],
              run.true_loss[0] / run.true_loss[-1], run.seconds] for run in runs]
     print(format_table(["run", "steps", "FLOPs", "initial loss", "final loss", "stderr", "reduction", "seconds"], rows))
