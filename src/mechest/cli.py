@@ -429,7 +429,7 @@ def command_tail_bench(args: argparse.Namespace) -> None:
         median = "–" if ladder["median_rel_error"] is None else f"{ladder['median_rel_error']:.1%}"
         print(f"budget ladder, layer {ladder['layer']}: median relative error {median} over {ladder['covered']} "
               f"band neurons; {ladder['uncovered']} band neurons have a budget no ladder method fits")
-    for path in plot(records, settings, settings.results / "figures" / "tail_bench"):
+    for path in plot(records, settings, settings.results / "figures" / f"tail_bench{settings.tag}"):
         print(f"wrote {path}")
 
 
