@@ -58,7 +58,7 @@ def test_sigterm_writes_the_checkpoint_and_the_same_command_resumes(capsys, monk
 
     monkeypatch.setattr(mechest.cli, "run_chunks_locally", local)
     code, _, err = run(capsys, *truth_argv(net_file, out))
-    assert code == 0
+    assert code == 0 and f"resuming from 1000 of 4000 samples in {out}.checkpoint.npz" in err
     code, _, _ = run(capsys, *truth_argv(net_file, tmp_path / "straight.npz"))
     assert code == 0
     assert np.array_equal(np.load(out)["mean"], np.load(tmp_path / "straight.npz")["mean"])

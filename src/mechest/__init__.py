@@ -8,4 +8,6 @@ from mechest.errors import MechestError
 from mechest.estimate import Estimate, estimate
 from mechest.mlp import MLP, Activation, from_sequential, load, random_mlp
 
+__version__ = "0.1.0"  # the one place the version is set (pyproject.toml reads it)
+
 __all__ = ["MLP", "Activation", "Estimate", "MechestError", "estimate", "from_sequential", "load", "random_mlp"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+import mechest
 from mechest import bench, results
 from mechest.device import DEVICES, resolve_device
 from mechest.errors import MechestError
@@ -44,6 +46,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"mechest: error: {message}\n")
+
+
+def package_version() -> str:
+    """The installed distribution's version, or the source tree's ``mechest.__version__`` when not installed."""
+    try:
+        return importlib.metadata.version("mechest")
+    except importlib.metadata.PackageNotFoundError:
+        return mechest.__version__
 
 
 def sample_count(text: str) -> int:
@@ -102,7 +112,8 @@ def add_network_arguments(parser: argparse.ArgumentParser, *, weights: str = "op
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=METHODS, default="kprop")
+    parser.add_argument("--method", choices=METHODS, default="kprop",
+                        help="kprop: cumulant propagation (default); mc: Monte Carlo over --samples inputs")
     parser.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
     parser.add_argument("--variant", choices=ALL_VARIANTS, default="simple",
                         help="kprop variant (default simple; isotropic: K = 1 only, the cheapest estimate)")
@@ -160,21 +171,25 @@ def chunk_runner(args: argparse.Namespace, device: torch.device) -> Iterator[Chu
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="mechest", description="Estimate the expected output of random MLPs "
                            "by cumulant propagation (kprop) or Monte Carlo.")
+    parser.add_argument("--version", action="version", version=f"mechest {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     demo = commands.add_parser("demo", help="kprop vs Monte Carlo on a width-256, 4-hidden-layer ReLU net")
-    demo.add_argument("--width", type=int, default=256)
-    demo.add_argument("--depth", type=int, default=4)
-    demo.add_argument("--reference-samples", type=sample_count, default=2**18)
-    demo.add_argument("--seed", type=seed_value, default=0)
+    demo.add_argument("--width", type=int, default=256, help="width of the demo network (default 256)")
+    demo.add_argument("--depth", type=int, default=4, help="hidden layers of the demo network (default 4)")
+    demo.add_argument("--reference-samples", type=sample_count, default=2**18,
+                      help="Monte Carlo samples of the reference the estimates are scored against (default 262144)")
+    demo.add_argument("--seed", type=seed_value, default=0,
+                      help="network seed; the reference and Monte Carlo estimates use the next seeds (default 0)")
 
     net = commands.add_parser("net", help="write a random He-init network to an .npz file")
     add_network_arguments(net, weights="none")
-    net.add_argument("--seed", type=seed_value, default=0)
-    net.add_argument("--init", choices=("he", "critical"), default="he")
-    net.add_argument("--bias-mean", type=float, default=0.0)
-    net.add_argument("--bias-var", type=float, default=0.0)
-    net.add_argument("--out", required=True, metavar="FILE.npz")
+    net.add_argument("--seed", type=seed_value, default=0, help="seed of the weights and biases (default 0)")
+    net.add_argument("--init", choices=("he", "critical"), default="he",
+                     help="he: weight variance 1 / E[φ(z)²] per layer (default); critical: the critical point q*")
+    net.add_argument("--bias-mean", type=float, default=0.0, help="mean of every bias entry (default 0: no bias)")
+    net.add_argument("--bias-var", type=float, default=0.0, help="variance of every bias entry (default 0)")
+    net.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the network")
 
     est = commands.add_parser("estimate", help="estimate the expected output of a network")
     add_network_arguments(est)
@@ -183,9 +198,10 @@ def build_parser() -> OneLineParser:
 
     truth = commands.add_parser("truth", help="long Monte Carlo ground truth, written to an .npz (resumable)")
     add_network_arguments(truth, weights="required")
-    truth.add_argument("--samples", type=sample_count, required=True)
-    truth.add_argument("--seed", type=seed_value, default=0)
-    truth.add_argument("--out", required=True, metavar="TRUTH.npz")
+    truth.add_argument("--samples", type=sample_count, required=True, help="Monte Carlo sample count, e.g. 1e8")
+    truth.add_argument("--seed", type=seed_value, default=0, help="Monte Carlo seed (default 0)")
+    truth.add_argument("--out", required=True, metavar="TRUTH.npz",
+                       help="truth file to write (checkpoint: TRUTH.npz.checkpoint.npz, lock: TRUTH.npz.lock)")
     truth.add_argument("--dtype", choices=tuple(DTYPES), default="float64", help="forward-pass dtype (default float64)")
     add_device_argument(truth)
     truth.add_argument("--chunk-size", type=positive_int,
@@ -194,7 +210,7 @@ def build_parser() -> OneLineParser:
 
     scoring = commands.add_parser("score", help="score an estimator against a truth file")
     add_network_arguments(scoring, weights="required")
-    scoring.add_argument("--truth", required=True, metavar="TRUTH.npz")
+    scoring.add_argument("--truth", required=True, metavar="TRUTH.npz", help="truth file written by `mechest truth`")
     scoring.add_argument("--seed", type=seed_value, default=1, help="Monte Carlo seed (default 1)")
     add_method_arguments(scoring)
 
@@ -205,7 +221,8 @@ def build_parser() -> OneLineParser:
     tail.add_argument("--threshold", type=float, required=True, help="threshold t")
     tail.add_argument("--lower", action="store_true", help="estimate P(z_i < t) instead of P(z_i > t)")
     tail.add_argument("--method", choices=("kprop",) + TAIL_METHODS, default="kprop",
-                      help="kprop (= lpe: Heaviside unit + kprop), edgeworth, or mc (default kprop)")
+                      help=f"one of kprop, {', '.join(TAIL_METHODS)} (default kprop, the same as lpe: a Heaviside "
+                           "unit propagated by kprop; mc: exceedance counts over --samples inputs)")
     tail.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
     tail.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
     tail.add_argument("--factored", action="store_true",
@@ -229,10 +246,11 @@ def build_parser() -> OneLineParser:
     whest_commands = whest.add_subparsers(dest="whest_command", required=True, parser_class=OneLineParser)
     export = whest_commands.add_parser("export", help="write a self-contained WhestBench estimator package")
     add_export_arguments(export)
-    export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--out", required=True, metavar="DIR", help="package folder to write (or an earlier export)")
     whest_score = whest_commands.add_parser("score", help="bake/reuse a local dataset; score us and the baselines")
-    whest_score.add_argument("--round", choices=tuple(WHEST_ROUNDS), default="warmup")
-    whest_score.add_argument("--n-mlps", type=sample_count, default=3)
+    whest_score.add_argument("--round", choices=tuple(WHEST_ROUNDS), default="warmup",
+                             help="the round whose width, depth, budget and rules apply (default warmup)")
+    whest_score.add_argument("--n-mlps", type=sample_count, default=3, help="networks in the dataset (default 3)")
     whest_score.add_argument("--samples", type=sample_count, default=10**6, help="Monte Carlo samples per truth")
     whest_score.add_argument("--width", type=int, help="override the round's width (quick checks)")
     whest_score.add_argument("--depth", type=int, help="override the round's depth (quick checks)")
@@ -302,7 +320,7 @@ def add_distill_parser(commands: argparse._SubParsersAction) -> None:
     distill.add_argument("--student-width", type=int, required=True, help="hidden width of the student")
     distill.add_argument("--steps", type=int, default=200, help="mechanistic Adam steps (default 200)")
     distill.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 2..{MAX_ORDER} (default 2)")
-    distill.add_argument("--variant", choices=VARIANTS, default="simple")
+    distill.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
     distill.add_argument("--factored", action="store_true", help="factored propagation (K = 3 simple)")
     distill.add_argument("--method", choices=("kprop", "mehler"), default="kprop",
                          help="kprop: order-K propagation; mehler: Gaussian closure at every layer (default kprop)")
@@ -316,7 +334,8 @@ def add_distill_parser(commands: argparse._SubParsersAction) -> None:
     distill.add_argument("--log-every", type=int, default=10, help="mechanistic steps between true-loss evaluations")
     distill.add_argument("--test-samples", type=sample_count, default=1 << 14,
                          help="held-out Monte Carlo inputs for the true loss (default 16384)")
-    distill.add_argument("--dtype", choices=tuple(DTYPES), default="float64")
+    distill.add_argument("--dtype", choices=tuple(DTYPES), default="float64",
+                         help="precision of teacher, student and training (default float64)")
     add_device_argument(distill)
     distill.add_argument("--out", required=True, metavar="STUDENT.npz", help="where to write the trained student")
     distill.add_argument("--plot", metavar="LOSS.png", help="true loss against training FLOPs")
@@ -564,7 +583,12 @@ def sigterm_raises_terminated() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # bare `mechest`: the commands and options rather than a one-line complaint
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     try:
         with sigterm_raises_terminated():
             COMMANDS[args.command](args)

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from mechest.distill import METHODS, expected_loss, init_student, parameters, sampled_loss, squared_error_network
 from mechest.errors import MechestError
 from mechest.flops import FlopCounter, warm_up
 from mechest.kprop import check_options
 from mechest.mlp import MLP
+from mechest.progress import progress_bar
 from mechest.montecarlo import chunk_generator, sample_moments
 
 Objective = Callable[[MLP, int], torch.Tensor]
@@ -136,7 +136,7 @@ def fit(
 
     record(0, float("nan"))
     start = time.perf_counter()
-    with tqdm(total=steps, desc=label, disable=None if progress else True, unit="step") as bar:
+    with progress_bar(steps, desc=label, unit="step", shown=progress) as bar:
         for step in range(1, steps + 1):
             optimizer.zero_grad()
             loss = objective(student, step)

@@ -12,6 +12,7 @@ Scoring: with truth t̂ from N samples and an estimate e, E[(e_i - t̂_i)²] = (
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from mechest.montecarlo import (
     check_sample_count,
     chunk_count,
     chunk_size_of,
-    progress_bar,
+    sample_progress,
     run_chunks_locally,
 )
 
@@ -148,7 +149,9 @@ def run_truth(net: MLP, samples: int, out: Path, seed: int, chunk_size: int | No
     total = chunk_count(samples, chunk_size)
     last_save, unsaved = time.monotonic(), False
     try:
-        with progress_bar(samples, merge.count, progress) as bar:
+        if progress and merge.count:
+            print(f"resuming from {merge.count} of {samples} samples in {checkpoint}", file=sys.stderr, flush=True)
+        with sample_progress(samples, merge.count, progress) as bar:
             for chunk, moments in runner(net, seed, samples, chunk_size, merge.missing(total)):
                 merge.add(chunk, moments.to(net.device))
                 bar.update(moments.count)
