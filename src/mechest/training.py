@@ -144,7 +144,7 @@ def fit(
             optimizer.step()
             scheduler.step()
             if not torch.isfinite(loss.detach()):
-                raise MechestError(f"{label}: the loss became {float(loss)} at step {step}; lower --lr")
+                raise MechestError(f"{label}: the loss became {float(loss.detach())} at step {step}; lower --lr")
             if step % log_every == 0 or step == steps:
                 run.seconds += time.perf_counter() - start
                 record(step, float(loss.detach()))
