@@ -34,8 +34,8 @@ from mechest.estimate import Estimate, estimate, structure_key
 from mechest.flops import FlopCounter, warm_up
 from mechest.kprop import MAX_ORDER, VARIANTS, propagate
 from mechest.mlp import MLP, random_mlp, read_npz
-from mechest.progress import LogProgress, progress_bar
 from mechest.montecarlo import ChunkRunner, run_chunks_locally
+from mechest.progress import LogProgress, progress_bar
 from mechest.results import machine_description, make_directory, new_run_id, truths_dir, utc_now, write_part
 from mechest.truth import Truth, compute_truth, load_truth, score
 

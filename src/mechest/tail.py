@@ -49,7 +49,6 @@ from mechest.kprop.engine import input_tower, linear_step, nonlinear_step
 from mechest.kprop.factored import output_marginals
 from mechest.kprop.plan import Plan, compile_plan
 from mechest.mlp import MLP
-from mechest.progress import progress_bar
 from mechest.montecarlo import (
     DEFAULT_CHUNK_SIZE,
     check_sample_count,
@@ -57,6 +56,7 @@ from mechest.montecarlo import (
     chunk_generator,
     chunk_size_of,
 )
+from mechest.progress import progress_bar
 from mechest.tensors.harmonic import slice_of
 from mechest.wick import activation_function
 

@@ -25,8 +25,8 @@ from mechest.errors import MechestError
 from mechest.flops import FlopCounter, warm_up
 from mechest.kprop import check_options
 from mechest.mlp import MLP
-from mechest.progress import progress_bar
 from mechest.montecarlo import chunk_generator, sample_moments
+from mechest.progress import progress_bar
 
 Objective = Callable[[MLP, int], torch.Tensor]
 LR_SCHEDULES = ("constant", "cosine")

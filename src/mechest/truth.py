@@ -32,8 +32,8 @@ from mechest.montecarlo import (
     check_sample_count,
     chunk_count,
     chunk_size_of,
-    sample_progress,
     run_chunks_locally,
+    sample_progress,
 )
 
 CHECKPOINT_SECONDS = 30.0
