@@ -9,5 +9,7 @@ from mechest.estimate import Estimate, estimate
 from mechest.kprop import SCHEMES, Scheme
 from mechest.mlp import MLP, Activation, from_sequential, load, random_mlp
 
+__version__ = "0.1.0"  # the one place the version is set (pyproject.toml reads it)
+
 __all__ = ["MLP", "SCHEMES", "Activation", "Estimate", "MechestError", "Scheme", "estimate", "from_sequential", "load",
            "random_mlp"]

@@ -34,6 +34,7 @@ from mechest.estimate import Estimate, estimate
 from mechest.kprop import MAX_ORDER, SCHEMES, VARIANTS, Scheme
 from mechest.mlp import MLP, random_mlp, read_npz
 from mechest.montecarlo import ChunkRunner, run_chunks_locally
+from mechest.progress import LogProgress, progress_bar
 from mechest.results import machine_description, make_directory, new_run_id, truths_dir, utc_now, write_part
 from mechest.truth import Truth, compute_truth, load_truth, score
 
@@ -222,7 +223,7 @@ def plan_configs(settings: BenchSettings) -> Plan:
 
 
 def bench_network(net: MLP, width: int, seed: int, truth: Truth, configs: Sequence[Scheme],
-                  settings: BenchSettings, bar: tqdm) -> list[dict]:
+                  settings: BenchSettings, bar: tqdm | LogProgress) -> list[dict]:
     """Rows for one network: each kprop configuration and Monte Carlo at each sample count, scored."""
     rows = []
     for config in configs:
@@ -257,7 +258,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print,
     jobs = [(width, depth, seed) for width, depth in settings.networks() for seed in settings.seeds]
     total = sum(len(plan.runnable[width, depth]) + len(settings.mc_samples) for width, depth, _ in jobs)
     rows: list[dict] = []
-    with tqdm(total=total, unit="run", desc="bench") as bar:
+    with progress_bar(total, unit="run", desc="bench") as bar:
         for part, (width, depth, seed) in enumerate(jobs):
             net = random_mlp(width, depth, settings.activation, seed=seed)
             truth = ground_truth(net, seed, settings, runner)
@@ -366,7 +367,8 @@ def headline_summary(rows: Sequence[dict], width: int, depth: int) -> list[str]:
               for config, point in points.items() if point["mse_over_var"] > 0}
     if ratios:
         best_ratio = max(ratios, key=ratios.get)
-        lines.append(f"largest FLOP advantage at equal MSE: {ratios[best_ratio]:.3g}x ({best_ratio}: MSE/Var "
+        lines.append(f"largest FLOP advantage at equal MSE (Monte Carlo FLOPs / kprop FLOPs): "
+                     f"{ratios[best_ratio]:.3g}x ({best_ratio}: MSE/Var "
                      f"{points[best_ratio]['mse_over_var']:.3g} with {points[best_ratio]['flops_raw']:.3g} FLOPs; "
                      f"Monte Carlo needs {forward / points[best_ratio]['mse_over_var']:.3g})")
     front = pareto_front(points)
@@ -388,7 +390,8 @@ def headline_summary(rows: Sequence[dict], width: int, depth: int) -> list[str]:
                 mc_seconds = fit.seconds(1 / point["mse_over_var"])
                 lines.append(f"wall-clock, {config}: {point['seconds']:.3g} s for MSE/Var "
                              f"{point['mse_over_var']:.3g}; Monte Carlo needs {1 / point['mse_over_var']:.3g} samples "
-                             f"= {mc_seconds:.3g} s: ratio {mc_seconds / point['seconds']:.3g}")
+                             f"= {mc_seconds:.3g} s: Monte Carlo time / kprop time = "
+                             f"{mc_seconds / point['seconds']:.3g}")
     for config, point in points.items():
         if config.order == 3 and config.factored:
             lines.append(f"{config}: {point['seconds']:.3g} s, {point['flops_raw']:.3g} FLOPs")

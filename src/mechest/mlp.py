@@ -387,13 +387,19 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("a single .npy array, not an .npz archive")
         with data:
-            return {key: data[key] for key in data.files}
+            arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise MechestError(f"cannot read {path}: not a valid .npz file ({error})") from None
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # a member that is not .npy data comes back as bytes
+            raise MechestError(f"cannot read {path}: not a valid .npz file ({key} is not an array)")
+    return arrays
 
 
 def numeric_tensor(array: np.ndarray, name: str, dtype: torch.dtype) -> torch.Tensor:
     """Convert a numeric array from a file to a tensor, with a clear error for non-numeric data."""
     if not np.issubdtype(array.dtype, np.number):
         raise MechestError(f"{name} is not numeric (dtype {array.dtype})")
+    if np.issubdtype(array.dtype, np.complexfloating):  # casting would drop the imaginary parts
+        raise MechestError(f"{name} is complex (dtype {array.dtype}); weights and biases must be real")
     return torch.from_numpy(np.asarray(array, dtype=np.float64)).to(dtype)

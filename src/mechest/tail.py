@@ -39,7 +39,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from mechest.errors import MechestError
 from mechest.estimate import counted_propagation, prepare, resolve_dtype
@@ -58,6 +57,7 @@ from mechest.montecarlo import (
     chunk_generator,
     chunk_size_of,
 )
+from mechest.progress import progress_bar
 from mechest.tensors.harmonic import slice_of
 from mechest.wick import activation_function
 
@@ -290,8 +290,7 @@ def exceedance_table(net: MLP, layers: Sequence[int], events: Sequence[Event], s
     z of ``layers`` (1 = first hidden layer, depth + 1 = output), every layer and event from one forward pass per
     chunk. Chunk c uses mechest.montecarlo's generator of (seed, c), so a count does not depend on the order."""
     counts = torch.zeros(len(layers), len(events), net.weights[0].shape[0], dtype=torch.int64)
-    with torch.no_grad(), tqdm(total=samples, disable=None if progress else True, unit="sample",
-                               unit_scale=True) as bar:
+    with torch.no_grad(), progress_bar(samples, unit="sample", desc="exceedance counts", shown=progress) as bar:
         for chunk in range(chunk_count(samples, chunk_size)):
             size = chunk_size_of(chunk, samples, chunk_size)
             h = torch.randn(size, net.input_dim, generator=chunk_generator(seed, chunk, net.device),
