@@ -45,7 +45,7 @@ from mechest.estimate import counted_propagation, prepare, resolve_dtype
 from mechest.flops import FlopCounter
 from mechest.gaussian import normal_cdf, normal_pdf
 from mechest.kprop import Scheme, runs_on_executor
-from mechest.kprop.engine import input_tower, linear_step, nonlinear_step
+from mechest.kprop.engine import dense_towers, input_tower, linear_step
 from mechest.kprop.factored import output_marginals
 from mechest.kprop.plan import Plan, compile_plan
 from mechest.kprop.run import executor_cumulants
@@ -186,12 +186,10 @@ def marginal_cumulants(net: MLP, layer: int, scheme: Scheme) -> torch.Tensor:
 
 def dense_marginals(net: MLP, plan: Plan) -> torch.Tensor:
     """``marginal_cumulants`` of ``net``'s output by the unfactorised engine under ``plan``."""
-    degrees = set(plan.radial)
     tower = input_tower(net.input_dim, plan, net.weights[0])
-    for hidden in range(net.depth):
-        tower = linear_step(tower, net.weights[hidden], net.biases[hidden], degrees)
-        tower = nonlinear_step(tower, net.activations[hidden], plan)
-    tower = linear_step(tower, net.weights[-1], net.biases[-1], degrees)
+    for tower in dense_towers(net, plan):  # noqa: B007 (the last tower is what the output map reads)
+        pass
+    tower = linear_step(tower, net.weights[-1], net.biases[-1], set(plan.radial))
     zeros = torch.zeros_like(tower[1].core)
     return torch.stack([slice_of(tower[d], (d,)) if d in tower else zeros for d in (1, 2, 3, 4)])
 

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from mechest.kprop.backends import layers_of
+from mechest.kprop.executor import layer_states
 from mechest.kprop.plan import Plan, SliceTerm, compile_plan
 from mechest.kprop.result import Propagation
 from mechest.kprop.summed import capped_laplacian_term, split_summed, summed_cumulant
@@ -159,6 +161,16 @@ def nonlinear_step(tower: Tower, activation: str, plan: Plan) -> Tower:
     return out
 
 
+def dense_towers(net: MLP, plan: Plan) -> Iterator[Tower]:
+    """The tower after every hidden layer of ``net`` (the executor's layer loop, ``layer_states``), from x ~ N(0, I)."""
+    degrees = set(plan.radial)
+
+    def step(tower: Tower, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> Tower:
+        return nonlinear_step(linear_step(tower, weight, bias, degrees), activation, plan)
+
+    return layer_states(layers_of(net), input_tower(net.input_dim, plan, net.weights[0]), step)
+
+
 def propagate_general(net: MLP, order: int, variant: str, term_set: str = "full") -> Propagation:
     """Propagate x ~ N(0, I) through ``net`` keeping the pieces of (order, variant); unfactorised.
 
@@ -166,15 +178,7 @@ def propagate_general(net: MLP, order: int, variant: str, term_set: str = "full"
     dense oracle for factored AUGMENT.
     """
     plan = compile_plan(order, variant, term_set)
-
-    def hidden_towers() -> Iterator[Tower]:
-        tower = input_tower(net.input_dim, plan, net.weights[0])
-        for layer in range(net.depth):
-            tower = linear_step(tower, net.weights[layer], net.biases[layer], set(plan.radial))
-            tower = nonlinear_step(tower, net.activations[layer], plan)
-            yield tower
-
-    return collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), hidden_towers())
+    return collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), dense_towers(net, plan))
 
 
 def collect_propagation(net: MLP, first: Tower, hidden: Iterable[Tower]) -> Propagation:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,22 @@ class Layers:
     def hidden(self) -> list[tuple[Any, Any | None, str]]:
         """(W_l, b_l, φ_l) of every hidden layer."""
         return list(zip(self.weights, self.biases, self.activations))
+
+    def prefix(self, count: int) -> Layers:
+        """The first ``count`` hidden layers, without output map."""
+        return Layers(list(self.weights[:count]), list(self.biases[:count]), list(self.activations[:count]))
+
+
+Step = Callable[[Any, Any, Any, str], Any]
+"""One hidden layer of a representation: (state of a_{l−1}, W_l, b_l or None, φ_l) -> state of a_l."""
+
+
+def layer_states(layers: Layers, state: Any, step: Step) -> Iterator[Any]:
+    """The layer loop of every engine: from the input's ``state``, the state after each hidden layer
+    z_l = W_l a_{l−1} + b_l, a_l = φ_l(z_l), ``step`` being one layer of the engine's representation."""
+    for weight, bias, activation in layers.hidden():
+        state = step(state, weight, bias, activation)
+        yield state
 
 
 def relu_layers(weights: Sequence[Any]) -> Layers:
@@ -244,50 +260,53 @@ def squared_row_norms(xp: Any, weight: Any, isotropic: bool) -> Any:
 def mean_field(backend: Backend, layers: Layers, isotropic: bool = False) -> Cumulants:
     """K = 1: Gaussian marginals, the second cumulant kept as its trace part c·I, c = mean_i Var φ(z_i); through W
     it becomes c·W Wᵀ, of which only the diagonal is read. ``isotropic`` also replaces diag(W Wᵀ) by its estimated
-    mean (docs/method.md)."""
+    mean (docs/method.md §2). The state is (mean, c)."""
     xp = backend.xp
-    mean, trace, means, traces = None, 1.0, [], []
-    for weight, bias, activation in layers.hidden():
+
+    def step(state: tuple, weight: Any, bias: Any | None, activation: str) -> tuple:
+        mean, trace = state
         pre_mean = linear_mean(xp, weight, bias, mean)
-        pre_var = trace * squared_row_norms(xp, weight, isotropic)
-        table = activation_wick(backend, activation, pre_mean, pre_var, 0, 2)
+        table = activation_wick(backend, activation, pre_mean, trace * squared_row_norms(xp, weight, isotropic), 0, 2)
         mean = table[0][1]
-        trace = xp.sum(table[0][2] - mean * mean) / mean.shape[0]
-        means.append(mean)
-        traces.append(trace)
-    result = Cumulants(means, traces)
+        return mean, xp.sum(table[0][2] - mean * mean) / mean.shape[0]
+
+    states = list(layer_states(layers, (None, 1.0), step))
+    result = Cumulants([mean for mean, _ in states], [trace for _, trace in states])
     if layers.output_map:
-        weight = layers.weights[-1]
+        (mean, trace), weight = states[-1] if states else (None, 1.0), layers.weights[-1]
         result.mean = linear_mean(xp, weight, layers.biases[-1], mean)
         result.cov = xp.diag(trace * squared_row_norms(xp, weight, isotropic))
     return result
 
 
 def covariance(backend: Backend, layers: Layers, outputs: str = "cov") -> Cumulants:
-    """K = 2 simple: Cov(a_i, a_j) = w_i(1,1) w_j(1,1) Σ_ij off the diagonal, Var a_i = w_i(0,2) − w_i(0,1)².
-    With ``outputs`` = "mean" the last hidden layer reads only diag(W Σ Wᵀ) and the output's covariance is not
-    formed."""
+    """K = 2 simple: Cov(a_i, a_j) = w_i(1,1) w_j(1,1) Σ_ij off the diagonal, Var a_i = w_i(0,2) − w_i(0,1)². The
+    state is (mean, covariance). With ``outputs`` = "mean" the last hidden layer reads only diag(W Σ Wᵀ) and the
+    output's covariance is not formed."""
     check_outputs(outputs)
     xp = backend.xp
-    mean, cov, means, covs = None, None, [], []
-    hidden = layers.hidden()
-    for layer, (weight, bias, activation) in enumerate(hidden):
-        pre_mean = linear_mean(xp, weight, bias, mean)
-        if layer + 1 == len(hidden) and outputs == "mean" and cov is not None:
-            pre_var = xp.sum((weight @ cov) * weight, axis=1)
-            means.append(activation_wick(backend, activation, pre_mean, pre_var, 0, 1)[0][1])
-            covs.append(None)
-            break
-        pre_cov = symmetric_product(weight, cov)
+
+    def step(state: tuple, weight: Any, bias: Any | None, activation: str) -> tuple:
+        mean, cov = state
+        pre_mean, pre_cov = linear_mean(xp, weight, bias, mean), symmetric_product(weight, cov)
         table = activation_wick(backend, activation, pre_mean, xp.diag(pre_cov), 1, 2)
         mean, slope = table[0][1], table[1][1]
-        cov = off_diagonal(xp, slope[:, None] * pre_cov * slope[None, :]) + xp.diag(table[0][2] - mean * mean)
-        means.append(mean)
-        covs.append(cov)
-    result = Cumulants(means, covs)
+        return mean, off_diagonal(xp, slope[:, None] * pre_cov * slope[None, :]) + xp.diag(table[0][2] - mean * mean)
+
+    hidden = layers.hidden()
+    mean_only_last = outputs == "mean" and len(hidden) > 1
+    states = list(layer_states(layers.prefix(len(hidden) - mean_only_last), (None, None), step))
+    result = Cumulants([mean for mean, _ in states], [cov for _, cov in states])
+    mean, cov = states[-1] if states else (None, None)
+    if mean_only_last:
+        weight, bias, activation = hidden[-1]
+        pre_var = xp.sum((weight @ cov) * weight, axis=1)
+        mean = activation_wick(backend, activation, linear_mean(xp, weight, bias, mean), pre_var, 0, 1)[0][1]
+        result.layer_means.append(mean)
+        result.layer_covs.append(None)
     if layers.output_map:
         weight = layers.weights[-1]
-        result.mean = linear_mean(xp, weight, layers.biases[-1], means[-1] if means else None)
+        result.mean = linear_mean(xp, weight, layers.biases[-1], mean)
         if outputs != "mean":
             result.cov = symmetric_product(weight, cov)
     return result

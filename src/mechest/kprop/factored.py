@@ -41,6 +41,7 @@ import torch
 
 from mechest.combinatorics import IntPartition, set_partition_count_of_type
 from mechest.errors import MechestError
+from mechest.kprop.backends import layers_of
 from mechest.kprop.engine import (
     Slices,
     Tower,
@@ -50,6 +51,7 @@ from mechest.kprop.engine import (
     linear_step,
     power_cumulants,
 )
+from mechest.kprop.executor import layer_states
 from mechest.kprop.plan import (
     Conversion,
     Factor,
@@ -459,11 +461,11 @@ def factored_plan(order: int, variant: str) -> Plan:
 def hidden_states(net: MLP, plan: Plan) -> Iterator[FactoredState]:
     """The factored state after every hidden activation a_l, l = 0..depth−1, starting from x ~ N(0, I)."""
     tower = input_tower(net.input_dim, plan, net.weights[0])
-    state = FactoredState(tower, empty_factored(net.input_dim, net.weights[0]))
-    for layer in range(net.depth):
-        state = factored_linear_step(state, net.weights[layer], net.biases[layer])
-        state = factored_nonlinear_step(state, net.activations[layer], plan)
-        yield state
+
+    def step(state: FactoredState, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> FactoredState:
+        return factored_nonlinear_step(factored_linear_step(state, weight, bias), activation, plan)
+
+    return layer_states(layers_of(net), FactoredState(tower, empty_factored(net.input_dim, net.weights[0])), step)
 
 
 def output_marginals(net: MLP, order: int, variant: str) -> torch.Tensor:
@@ -475,7 +477,7 @@ def output_marginals(net: MLP, order: int, variant: str) -> torch.Tensor:
     plan = factored_plan(order, variant)
     state = FactoredState(input_tower(net.input_dim, plan, net.weights[0]),
                           empty_factored(net.input_dim, net.weights[0]))
-    for state in hidden_states(net, plan):
+    for state in hidden_states(net, plan):  # noqa: B007 (the last state is what the output map reads)
         pass
     state = factored_linear_step(state, net.weights[-1], net.biases[-1])
     mean = state.tower[1].core
