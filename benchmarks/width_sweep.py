@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mechest.bench import find_truth, fitted_slope
-from mechest.kprop import propagate
+from mechest.kprop import Scheme, propagate
 from mechest.kprop.plan import compile_plan
 from mechest.mlp import MLP, random_mlp
 from mechest.tables import format_table
@@ -67,7 +67,7 @@ def main() -> None:
                 if order >= 2:
                     compile_plan(order, variant)  # one-time diagram enumeration, not part of a run
                 start = time.perf_counter()
-                mean = propagate(net, order, variant).mean
+                mean = propagate(net, Scheme(order, variant)).mean
                 seconds = time.perf_counter() - start
                 measured = score(mean, truth)
                 records.append({"width": width, "seed": seed, "truth_samples": net_samples, "order": order,

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from mechest import bench
-from mechest.bench import BenchSettings, Config, FlopCount
+from mechest.bench import BenchSettings, FlopCount
+from mechest.budget import count_flops, predicted_flops
+from mechest.kprop import SCHEMES
+from mechest.kprop import Scheme as Config
 from mechest.cli import main
 from mechest.errors import MechestError
 from mechest.estimate import estimate
@@ -27,35 +30,17 @@ TINY = BenchSettings(widths=(4, 6), depth=2, depths=(1, 2), depth_width=4, seeds
 def test_configurations_factor_only_from_order_3_and_k1_has_simple_and_isotropic() -> None:
     configs = bench.all_configs()
     assert Config(1, "simple") in configs and Config(1, "isotropic") in configs
-    assert Config(1, "augment") not in configs
+    assert Config(1, "augment") == Config(1, "simple")  # the same propagation, one value
     assert {c.order for c in configs if c.factored} == {3, 4}
-    assert len(configs) == len(set(configs)) == 2 + 2 * 3 + 2 * 2
-
-
-def test_unimplemented_configurations_are_skipped_and_listed(monkeypatch) -> None:
-    real = bench.propagate
-
-    def only_unfactored(net, order, variant, factored=False):
-        if factored:
-            raise MechestError("factored propagation is not implemented here")
-        return real(net, order, variant, factored)
-
-    monkeypatch.setattr(bench, "propagate", only_unfactored)
-    bench.unavailable_reason.cache_clear()
-    try:
-        plan = bench.plan_configs(dataclasses.replace(TINY, max_flops=1e12))
-    finally:
-        bench.unavailable_reason.cache_clear()
-    assert all(not c.factored for configs in plan.runnable.values() for c in configs)
-    assert sum("not implemented" in line for line in plan.skipped) == 2  # K = 3 simple and augment, factored
-    assert all(len(configs) == 6 for configs in plan.runnable.values())  # K=1 ×2, K=2 ×2, K=3 ×2
+    assert len(configs) == len(set(configs)) == 2 + 2 + 4 + 3  # K = 1 ×2, K = 2 ×2, K = 3 ×4, K = 4 ×3
+    assert set(configs) == set(SCHEMES)
 
 
 def test_flop_cap_skips_what_it_predicts_too_expensive() -> None:
     plan = bench.plan_configs(dataclasses.replace(TINY, max_flops=2e4))
     for (width, depth), configs in plan.runnable.items():
         for config in configs:
-            assert bench.predicted_flops(config, width, depth, "relu") <= 2e4
+            assert predicted_flops(random_mlp(width, depth, "relu", seed=0), config) <= 2e4
     assert any("> cap" in line for line in plan.skipped)
     assert any(configs for configs in plan.runnable.values()) and any("K=3" in line for line in plan.skipped)
 
@@ -63,9 +48,9 @@ def test_flop_cap_skips_what_it_predicts_too_expensive() -> None:
 @pytest.mark.parametrize("config", [Config(1, "simple"), Config(2, "augment"), Config(3, "simple"),
                                     Config(3, "simple", factored=True)])
 def test_predicted_flops_bound_the_count_from_above(config) -> None:
-    assert bench.unavailable_reason(config) is None
-    actual = bench.count_flops(random_mlp(24, 2, "relu", seed=0), config).raw
-    predicted = bench.predicted_flops(config, 24, 2, "relu")
+    net = random_mlp(96, 2, "relu", seed=0)  # wider than the probe: the prediction extrapolates
+    actual = count_flops(net, config)[0]
+    predicted = predicted_flops(net, config)
     assert actual <= predicted <= 30 * actual
 
 
@@ -154,7 +139,7 @@ def test_end_to_end_rows_store_truth_cache_and_figures(tmp_path, monkeypatch) ->
     assert row["weights_hash"] == net.fingerprint() and row["truth_samples"] == truth.samples == 20_000
     expected = score(estimate(net, "kprop", order=2, variant="augment").mean, truth)
     assert row["mse"] == expected.mse and row["mse_over_var"] == expected.relative
-    assert row["flops_discounted"] <= row["flops_raw"] == bench.count_flops(net, Config(2, "augment")).raw
+    assert row["flops_discounted"] <= row["flops_raw"] == count_flops(net, Config(2, "augment"))[0]
     for r in mc:
         assert r["flops_raw"] == r["samples"] * r["forward_flops"]
     # A second run reuses the truths instead of computing them again.
@@ -188,14 +173,14 @@ def test_headline_summary_reports_the_ratios() -> None:
     rows += [{"method": "mc", "width": 8, "depth": 2, "samples": n, "seconds": 1e-3 * n, "forward_flops": forward,
               "truth_samples": 10**6, "flops_raw": forward * n} for n in (10, 100)]
     text = "\n".join(bench.headline_summary(rows, 8, 2))
-    assert "largest FLOP advantage at equal MSE: 100x (K=2 simple" in text  # 100 / (1e-4 · 1e4) > 100 / (8e-3 · 200)
+    assert "largest FLOP advantage at equal MSE (Monte Carlo FLOPs / kprop FLOPs): 100x (K=2 simple" in text  # 100 / (1e-4 · 1e4) > 100 / (8e-3 · 200)
     assert "lies below the Monte Carlo line" in text
     assert "below 200 FLOPs (2 forward passes) kprop has no configuration" in text
     rows[0]["flops_raw"] = 90.0  # a first front point cheaper than one forward pass covers every budget
     text = "\n".join(bench.headline_summary(rows, 8, 2))
     assert "covers every budget from one forward pass on" in text
-    assert "wall-clock, K=2 simple: 0.1 s for MSE/Var 0.0001; Monte Carlo needs 1e+04 samples = 10 s: ratio 100" \
-        in text
+    assert ("wall-clock, K=2 simple: 0.1 s for MSE/Var 0.0001; Monte Carlo needs 1e+04 samples = 10 s: "
+            "Monte Carlo time / kprop time = 100") in text
 
 
 def exit_code(argv: list[str]) -> int:

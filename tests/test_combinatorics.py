@@ -1,5 +1,5 @@
 """Tests of mechest.combinatorics against OEIS counts, brute-force enumeration, exact rational identities and
-the term-count goldens of design §4.3."""
+the term-count goldens of docs/method.md §6.4."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def random_distribution(dim: int, points: int, seed: int) -> tuple[list[tuple[in
 
 
 def enumerate_as_designed(p: tuple[int, ...], K: int, variant: str) -> set[Diagram]:
-    """Design §4.3 recipe: every k ∈ ℕ^m with |k| ≤ 2B, every vector partition of k, keep the admissible ones."""
+    """docs/method.md §6.4 recipe: every k ∈ ℕ^m with |k| ≤ 2B, every vector partition of k, keep admissible ones."""
     m, twice_b = len(p), 2 * diagram_budget(K, variant)
     return {
         nu
@@ -211,7 +211,7 @@ def test_is_connected_brute_force(vec: Vector) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Variants (design §4.6)
+# Variants (docs/method.md §4.2)
 
 
 def test_variant_tables() -> None:
@@ -221,7 +221,7 @@ def test_variant_tables() -> None:
     assert [diagram_budget(K, "simple") for K in (1, 4)] == [0, 3]
     assert [diagram_budget(K, "base") for K in (1, 4)] == [0, 3]
     assert [diagram_budget(K, "augment") for K in (1, 4)] == [1, 4]
-    towers = {  # degree → r_x for d = 1..6, the concrete towers of §4.6
+    towers = {  # degree → r_x for d = 1..6, the towers of docs/method.md §4.2
         (1, "simple"): (0, 1, -1, -1, -1, -1),
         (1, "augment"): (0, 1, -1, -1, -1, -1),
         (1, "base"): (0, -1, -1, -1, -1, -1),
@@ -257,7 +257,7 @@ def test_tracked_slice_types() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Admissible diagrams (design §4.3)
+# Admissible diagrams (docs/method.md §6.4)
 
 
 def test_block_costs() -> None:
@@ -296,7 +296,7 @@ def test_term_count_goldens(variant: str, K: int) -> None:
     ("variant", "K"), [(v, K) for v in VARIANTS for K in (1, 2, 3)] + [("simple", 4), ("base", 4), ("augment", 4)]
 )
 def test_enumeration_matches_design_recipe(variant: str, K: int) -> None:
-    """The orbits of admissible_diagrams expand to exactly the design's filtered vector partitions; orbits are
+    """The orbits of admissible_diagrams expand to exactly docs/method.md §6.4's filtered vector partitions; orbits are
     disjoint, invariant, their sizes divide |symmetries|, and c(ν) is constant on each."""
     for p in tracked_slice_types(K, variant):
         terms = admissible_diagrams(p, K, variant)
@@ -352,7 +352,7 @@ def _gaussian_moment(n: int, mu: Fraction, var: Fraction) -> Fraction:
 
 @pytest.mark.parametrize(("powers", "seed"), [((4,), 0), ((3, 2), 1), ((2, 2, 1), 2), ((1, 1, 2), 3)])
 def test_edgeworth_connected_sum_is_the_joint_cumulant(powers: tuple[int, ...], seed: int) -> None:
-    """Design §4.3 derivation, exactly, for f_j(z) = z^{a_j} and a finite non-Gaussian z: the joint cumulant of
+    """docs/method.md §6.3 derivation, exactly, for f_j(z) = z^{a_j} and a finite non-Gaussian z: the joint cumulant of
     (f_j(z_j))_j equals Σ over connected 2-mixed ν of c(ν) Π_v κ_v Π_j E_G[f_j^{(k_j)}], G the independent
     Gaussian with z's means and variances (the series stops at k ≤ a for polynomials)."""
     m = len(powers)
@@ -383,7 +383,7 @@ def test_edgeworth_connected_sum_is_the_joint_cumulant(powers: tuple[int, ...], 
 
 
 # ---------------------------------------------------------------------------------------------
-# Power cumulants → cumulants (design §4.4)
+# Power cumulants → cumulants (docs/method.md §6.6)
 
 
 def test_power_to_cumulant_checks() -> None:
@@ -412,7 +412,7 @@ def test_power_to_cumulant_exact(p: tuple[int, ...]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Factored propagation (design §6)
+# Factored propagation (docs/method.md §7)
 
 
 def test_is_hypertree_examples() -> None:

@@ -9,7 +9,7 @@ from mechest.cli import main
 from mechest.device import resolve_device
 from mechest.errors import MechestError
 from mechest.estimate import estimate
-from mechest.kprop import propagate
+from mechest.kprop import Scheme, propagate
 from mechest.mlp import random_mlp
 from mechest.montecarlo import (
     CUDA_MEMORY_FRACTION,
@@ -48,9 +48,9 @@ def test_propagation_creates_no_tensor_off_the_networks_device(order, variant, f
     """With torch's default device set to 'meta', any tensor made without device= lands on 'meta' and mixing it
     with the network's CPU tensors raises: so passing shows every tensor follows the network's device."""
     net = random_mlp(5, 2, "relu", seed=0)
-    reference = propagate(net, order, variant, factored).mean
+    reference = propagate(net, Scheme(order, variant, factored)).mean
     with torch.device("meta"):
-        mean = propagate(net, order, variant, factored).mean
+        mean = propagate(net, Scheme(order, variant, factored)).mean
     assert mean.device.type == "cpu" and torch.equal(mean, reference)
 
 

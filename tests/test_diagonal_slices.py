@@ -1,4 +1,4 @@
-"""Diagonal-slice representation (design §5.1): slice views, round trips, masks, symmetrization."""
+"""Diagonal-slice representation (docs/method.md §3.1): slice views, round trips, masks, symmetrization."""
 
 from __future__ import annotations
 

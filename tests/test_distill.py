@@ -19,7 +19,7 @@ from mechest.distill import (
     squared_error_network,
 )
 from mechest.errors import MechestError
-from mechest.kprop import propagate
+from mechest.kprop import Scheme, propagate
 from mechest.cli import main
 from mechest.mlp import MLP, load, random_mlp
 from mechest.montecarlo import sample_moments
@@ -70,7 +70,7 @@ def test_one_hidden_layer_matches_ten_million_samples() -> None:
 def test_first_hermite_term_alone_is_covariance_propagation() -> None:
     """hermite_terms=1 keeps only Cov = w(1,1) w(1,1) Σ off the diagonal: K = 2 propagation of the joint net."""
     student, teacher = pair(depth=3, activation="tanh")
-    propagated = propagate(joint_network(student, teacher), 2)
+    propagated = propagate(joint_network(student, teacher), Scheme(2))
     direct = propagated.mean @ propagated.mean + torch.trace(propagated.cov)
     torch.testing.assert_close(expected_loss(student, teacher, 2, hermite_terms=1), direct, rtol=1e-12, atol=0)
 

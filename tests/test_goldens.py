@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import GOLDEN_NAMES, golden_network
-from mechest.kprop import propagate
+from mechest.kprop import Scheme, propagate
 from mechest.kprop.engine import propagate_general
 
 TOLERANCE = 1e-10
 # Factored tags run our factored path where it exists (K = 3). Elsewhere the reference's factored run equals its
 # unfactored one for SIMPLE (K ≤ 2 takes the same code; SIMPLE K = 4 agrees to 9e-16, README), so our unfactored
-# run is compared with both; its factored AUGMENT K = 4 run drops terms on purpose (design §6), which our dense
+# run is compared with both; its factored AUGMENT K = 4 drops terms on purpose (docs/method.md §7.4), which our dense
 # engine reproduces with the factored term set.
 CONFIGURATIONS = [(order, variant, storage) for order in (1, 2, 3, 4) for variant in ("simple", "augment")
                   for storage in ("unfactored", "factored")]
@@ -27,10 +27,10 @@ def run_configuration(data, order: int, variant: str, storage: str):
     """Our propagation for one golden tag."""
     net = golden_network(data)
     if storage == "factored" and order == 3:
-        return propagate(net, order, variant, factored=True)
+        return propagate(net, Scheme(order, variant, True))
     if storage == "factored" and order == 4 and variant == "augment":
         return propagate_general(net, order, variant, term_set="factored")
-    return propagate(net, order, variant)
+    return propagate(net, Scheme(order, variant))
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)

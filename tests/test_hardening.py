@@ -18,6 +18,7 @@ from mechest import limits
 from mechest.cli import main
 from mechest.errors import MechestError
 from mechest.estimate import estimate
+from mechest.kprop import Scheme
 from mechest.limits import check_sample_time
 from mechest.mlp import MLP, from_sequential, load, random_mlp
 from mechest.montecarlo import chunk_generator
@@ -50,7 +51,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_lpe_on_odd_widths_is_the_gram_charlier_tail_of_the_marginals(odd_net: MLP, layer: int) -> None:
     """The Heaviside unit's kprop mean equals Φ̄(x) + κ_3/6 w_H(3) + κ_4/24 w_H(4) of the propagated marginals,
     one value per neuron of the layer (20, 12 or 3 of them)."""
-    cumulants = marginal_cumulants(odd_net, layer, 3, "simple")
+    cumulants = marginal_cumulants(odd_net, layer, Scheme(3, "simple"))
     result = lpe(odd_net, layer, 0.3, order=3)
     assert result.raw.shape == (odd_net.dims[layer],)
     torch.testing.assert_close(result.raw, hermite_tail(cumulants, 0.3, skew_squared=False), rtol=1e-11, atol=1e-15)
@@ -152,8 +153,8 @@ def test_variance_overflow_alone_is_an_error() -> None:
 
 
 @pytest.mark.parametrize(("method", "message"), [("lpe", "lpe: the (mean|variance) of hidden layer 2"),
-                                               ("edgeworth", "kprop: the variance of layer 2"),
-                                               ("saddlepoint", "kprop: the variance of layer 2"),
+                                               ("edgeworth", "kprop: the (mean|variance) of hidden layer 2"),
+                                               ("saddlepoint", "kprop: the (mean|variance) of hidden layer 2"),
                                                ("mc", "mc: the pre-activation of layer 2")])
 def test_tail_overflow_names_layer_2(method: str, message: str) -> None:
     """Layer numbers count pre-activations from 1 (as --layer does); hidden layer l is the activation after it."""
@@ -297,11 +298,11 @@ def test_unfactored_order_4_is_refused_with_what_would_fit(memory, odd_net: MLP)
 
 
 def test_augment_order_2_suggests_the_simple_variant(memory, odd_net: MLP) -> None:
-    """K = 2 augment holds 4 n³ numbers, simple 10 n²: at width 20 half of the first (16000) fits 32000 bytes, and
-    widths up to 15 (4·15³ = 13500 ≤ 16000 < 4·16³)."""
+    """At depth 2, K = 2 augment holds (48 + 8·2) n² = 64 n² numbers, simple 10 n²: half of the first at width 20
+    (12800 numbers) fits simple (4000) and widths up to 14 (64·14² = 12544 ≤ 12800 < 64·15²)."""
     memory(limits.propagation_bytes(20, 2, 2, "augment", False) / 2)
     with pytest.raises(MechestError, match=r"what would fit: --variant simple \(3.2e-05 GB\), --order 1, a width of "
-                                           r"at most 15$"):
+                                           r"at most 14$"):
         estimate(odd_net, "kprop", order=2, variant="augment")
 
 

@@ -1,4 +1,4 @@
-"""Harmonic pieces (design §5.2, §3): projections P_{≥r}, DS projection, HTensor slices, linear step."""
+"""Harmonic pieces (docs/method.md §3.2–§3.4, §5): projections P_{≥r}, DS projection, HTensor slices, linear step."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_sanity_formulas() -> None:
 
 
 def test_coefficients_equal_the_uncancelled_formula() -> None:
-    """The cancelled form used in code is the design's a_j(n, d, r') wherever the latter is defined."""
+    """The cancelled form used in code is the a_j(n, d, r') of docs/method.md §3.2 wherever the latter is defined."""
 
     def a(n: int, d: int, j: int, rp: int) -> Fraction:
         c = Fraction(2 * (d - rp) + n - 2, 2)

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from mechest.estimate import estimate
-from mechest.kprop import engine, propagate, summed
+from mechest.kprop import Scheme, engine, propagate, summed
 from mechest.kprop.engine import propagate_general
-from mechest.kprop.gaussian import covariance_propagation
 from mechest.kprop.plan import Plan, compile_plan, reads_at_radial_index
 from mechest.mlp import MLP, random_mlp
 from mechest.tensors.diagonal_slices import from_dense, symmetrize
@@ -25,9 +24,9 @@ def unit_chain(activations: list[str]) -> MLP:
     return MLP([one] * (len(activations) + 1), [None] * (len(activations) + 1), activations)
 
 
-def test_general_engine_reproduces_covariance_propagation() -> None:
+def test_general_engine_reproduces_the_executors_covariance_propagation() -> None:
     net = random_mlp(12, 3, "gelu", bias_mean=0.1, bias_var=0.05, seed=4)
-    general, closed = propagate_general(net, 2, "simple"), covariance_propagation(net)
+    general, closed = propagate_general(net, 2, "simple"), propagate(net, Scheme(2))
     torch.testing.assert_close(general.mean, closed.mean, rtol=0, atol=1e-13)
     torch.testing.assert_close(general.cov, closed.cov, rtol=0, atol=1e-13)
 
@@ -37,7 +36,7 @@ def test_general_engine_reproduces_covariance_propagation() -> None:
 def test_linear_network_is_exact(order: int, variant: str, depth: int) -> None:
     """Identity activations, rectangular layers (3 inputs, width 4, 2 outputs): mean and covariance exact."""
     net = random_mlp(4, depth, "identity", input_dim=3, output_dim=2, bias_mean=0.2, bias_var=0.1, seed=1)
-    result = propagate(net, order, variant)
+    result = propagate(net, Scheme(order, variant))
     product, mean = torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
     for weight, bias in zip(net.weights, net.biases):
         mean, product = weight @ mean + bias, weight @ product
@@ -53,25 +52,25 @@ def test_one_hidden_layer_mean_equals_order_one(activation: str, order: int, var
     """With one hidden layer the pre-activations are exactly Gaussian and every order gives the exact mean;
     the exact value is tested against quadrature in test_kprop_gaussian for K = 1, 2."""
     net = random_mlp(5, 1, activation, bias_mean=0.2, bias_var=0.1, seed=7)
-    torch.testing.assert_close(propagate(net, order, variant).mean, propagate(net, 1).mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(propagate(net, Scheme(order, variant)).mean, propagate(net, Scheme(1)).mean, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("order, variant", [(3, "simple"), (3, "augment"), (4, "simple"), (4, "augment"),
                                             (2, "augment")])
 def test_square_then_cube_gives_the_sixth_moment(order: int, variant: str) -> None:
     """x → x² → (x²)³ at width 1: E[x⁶] = 15 exactly once κ_3 of x² and the (3) diagram are kept."""
-    assert float(propagate(unit_chain(["square", "cube"]), order, variant).mean) == pytest.approx(15, abs=1e-12)
+    assert float(propagate(unit_chain(["square", "cube"]), Scheme(order, variant)).mean) == pytest.approx(15, abs=1e-12)
 
 
 @pytest.mark.parametrize("order, variant", HIGHER)
 def test_two_squarings_give_the_fourth_moment(order: int, variant: str) -> None:
     """x → x² → (x²)²: E[x⁴] = 3 = (2²−1)!!, exact at every K ≥ 2 (the mean and variance of x² suffice)."""
-    assert float(propagate(unit_chain(["square", "square"]), order, variant).mean) == pytest.approx(3, abs=1e-12)
+    assert float(propagate(unit_chain(["square", "square"]), Scheme(order, variant)).mean) == pytest.approx(3, abs=1e-12)
 
 
 def test_k2_simple_at_width_one_misses_the_sixth_moment() -> None:
     """The test above can fail: without κ_3 of x² the chain x → x² → x⁶ is not exact."""
-    assert abs(float(propagate(unit_chain(["square", "cube"]), 2, "simple").mean) - 15) > 1
+    assert abs(float(propagate(unit_chain(["square", "cube"]), Scheme(2, "simple")).mean) - 15) > 1
 
 
 def product_statistics(centred: torch.Tensor, subscripts: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +87,7 @@ def test_nonlinear_step_matches_monte_carlo_at_small_width() -> None:
     κ_2 = E[c_i c_j] and κ_3 = E[c_i c_j c_k] for the centred output c; centring with the sample mean changes
     them by O(1/N), negligible next to the standard errors of order 1/√N."""
     net = random_mlp(4, 1, "relu", bias_mean=0.1, seed=3)
-    result = propagate(net, 4, "augment")
+    result = propagate(net, Scheme(4, "augment"))
     x = torch.randn(400_000, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out = net(x)
     centred = out - out.mean(dim=0)
@@ -106,7 +105,7 @@ def test_gradients_match_finite_differences(order: int, variant: str) -> None:
     weights = [w.clone().requires_grad_(True) for w in net.weights]
 
     def output_mean(*params: torch.Tensor) -> torch.Tensor:
-        return propagate(MLP(list(params), net.biases, net.activations), order, variant).mean
+        return propagate(MLP(list(params), net.biases, net.activations), Scheme(order, variant)).mean
 
     assert torch.autograd.gradcheck(output_mean, weights, eps=1e-6, atol=1e-7)
 
@@ -118,7 +117,7 @@ def test_orders_three_and_four_move_toward_monte_carlo_on_a_wide_net() -> None:
     net = random_mlp(48, 3, "relu", seed=5)
     mc = estimate(net, "mc", samples=400_000, seed=1)
     floor = float((mc.stderr**2).mean())
-    errors = {order: float(((propagate(net, order).mean - mc.mean) ** 2).mean()) - floor for order in (2, 3, 4)}
+    errors = {order: float(((propagate(net, Scheme(order)).mean - mc.mean) ** 2).mean()) - floor for order in (2, 3, 4)}
     assert errors[3] < errors[2] and errors[4] < errors[2]
 
 
@@ -131,7 +130,7 @@ def test_float32_run_is_close_to_float64() -> None:
 
 
 def test_plans_track_the_design_towers() -> None:
-    """Design §4.6 concrete towers: degree -> radial index."""
+    """docs/method.md §4.2 towers: degree -> radial index."""
     expected = {
         (2, "simple"): {1: 0, 2: 0},
         (2, "augment"): {1: 0, 2: 0, 3: 1, 4: 2},

@@ -1,4 +1,4 @@
-"""Factored K = 3 propagation (design §6): equals the dense engine on its term set, the goldens, costs O(n³)."""
+"""Factored K = 3 (docs/method.md §7.2): equals the dense engine on its term set, the goldens, costs O(n³)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pair-factored K = 4 SIMPLE propagation (design §6): equals the unfactorised engine and the goldens."""
+"""Pair-factored K = 4 SIMPLE propagation (docs/method.md §7.5): equals the unfactorised engine and the goldens."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from conftest import GOLDEN_NAMES, golden_network
 from mechest.errors import MechestError
 from mechest.flops import FlopCounter
-from mechest.kprop import propagate
+from mechest.kprop import Scheme, propagate
 from mechest.kprop.engine import input_tower, linear_step, nonlinear_step, propagate_general
 from mechest.kprop.factored4 import (
     PairFactoredTensor,
@@ -71,7 +71,7 @@ def test_factored_equals_unfactored(activation: str, width: int, depth: int, see
         torch.testing.assert_close(state.fourth.to_dense(), tower[4].to_dense(), rtol=0, atol=1e-12)
         for degree in (1, 2, 3):
             torch.testing.assert_close(state.tower[degree].to_dense(), tower[degree].to_dense(), rtol=0, atol=1e-12)
-    factored, unfactored = propagate(net, 4, "simple", factored=True), propagate_general(net, 4, "simple")
+    factored, unfactored = propagate(net, Scheme(4, "simple", True)), propagate_general(net, 4, "simple")
     for ours, theirs in ((factored.mean, unfactored.mean), (factored.cov, unfactored.cov),
                          (factored.third, unfactored.third)):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
@@ -80,7 +80,7 @@ def test_factored_equals_unfactored(activation: str, width: int, depth: int, see
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_matches_reference_factored_goldens(goldens, name: str) -> None:
     data, tag = goldens[name], "K4__simple__factored"
-    result = propagate(golden_network(data), 4, "simple", factored=True)
+    result = propagate(golden_network(data), Scheme(4, "simple", True))
     np.testing.assert_allclose(result.mean.numpy(), data[f"mean__{tag}"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(result.cov.numpy(), data[f"cov__{tag}"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(np.stack([m.numpy() for m in result.layer_means]), data[f"act_mean__{tag}"],
@@ -100,7 +100,7 @@ def flops_per_extra_layer(width: int) -> int:
     counts = []
     for depth in (2, 3):
         with FlopCounter() as counter:
-            propagate(random_mlp(width, depth, "relu", seed=8), 4, "simple", factored=True)
+            propagate(random_mlp(width, depth, "relu", seed=8), Scheme(4, "simple", True))
         counts.append(counter.total)
     return counts[1] - counts[0]
 

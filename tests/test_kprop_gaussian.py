@@ -12,7 +12,7 @@ from scipy import integrate
 from mechest.estimate import estimate
 from mechest.errors import MechestError
 from mechest.flops import FlopCounter
-from mechest.kprop import propagate
+from mechest.kprop import Scheme, propagate
 from mechest.mlp import MLP, random_mlp
 from mechest.wick import ACTIVATION_NAMES, activation_function
 
@@ -44,13 +44,13 @@ def one_hidden_layer_mean(net: MLP) -> np.ndarray:
 @pytest.mark.parametrize("order", [1, 2])
 def test_one_hidden_layer_mean_is_exact(activation: str, order: int) -> None:
     net = random_mlp(6, 1, activation, bias_mean=0.15, bias_var=0.04, seed=11)
-    estimated = propagate(net, order).mean.numpy()
+    estimated = propagate(net, Scheme(order)).mean.numpy()
     np.testing.assert_allclose(estimated, one_hidden_layer_mean(net), rtol=0, atol=1e-10)
 
 
 def test_linear_network_is_exact_in_mean_and_covariance() -> None:
     net = random_mlp(5, 3, "identity", bias_mean=0.3, bias_var=0.1, seed=2)
-    result = propagate(net, 2)
+    result = propagate(net, Scheme(2))
     mean = torch.zeros(5, dtype=torch.float64)
     product = torch.eye(5, dtype=torch.float64)
     for weight, bias in zip(net.weights, net.biases):
@@ -64,7 +64,7 @@ def test_order_two_covariance_matches_monte_carlo_after_one_hidden_layer_up_to_h
     """Cov(a_i, a_j) = w_i(1,1) w_j(1,1) Σ_ij is the first Hermite term; for weakly correlated rows it is
     accurate to O(Σ_ij²), and the diagonal Var(a_i) is exact."""
     net = random_mlp(64, 1, "tanh", seed=0)
-    result = propagate(net, 2)
+    result = propagate(net, Scheme(2))
     x = torch.randn(400_000, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     hidden = torch.tanh(x @ net.weights[0].T)
     sample_var = hidden.var(dim=0)
@@ -79,28 +79,35 @@ def test_gradients_match_finite_differences(order: int) -> None:
     weights = [w.clone().requires_grad_(True) for w in net.weights]
 
     def output_mean(*params: torch.Tensor) -> torch.Tensor:
-        return propagate(MLP(list(params), net.biases, net.activations), order).mean
+        return propagate(MLP(list(params), net.biases, net.activations), Scheme(order)).mean
 
     assert torch.autograd.gradcheck(output_mean, weights, eps=1e-6, atol=1e-7)
 
 
 def test_order_two_flops_counted_match_hand_formula_for_matrix_products() -> None:
-    """K = 2 spends 2n² (mean) + 2n³ (W Wᵀ) on the first layer and 2n² + 4n³ (W Σ Wᵀ) on every later one."""
+    """K = 2 spends 2n³ (W Wᵀ; the input's zero mean is not multiplied through W) on the first layer and
+    2n² (mean) + 4n³ (W Σ Wᵀ) on every later one."""
     n, depth = 20, 3
     net = random_mlp(n, depth, "relu", seed=0)
     with FlopCounter() as counter:
-        propagate(net, 2)
+        propagate(net, Scheme(2))
     products = counter.by_operation["mm"] + counter.by_operation["mv"]
-    assert products == (2 * n**2 + 2 * n**3) + depth * (2 * n**2 + 4 * n**3)
+    assert products == 2 * n**3 + depth * (2 * n**2 + 4 * n**3)
     # everything else is elementwise work on n × n matrices and vectors: O(n²) per layer
     assert counter.total - products < 40 * n**2 * (depth + 1)
-    assert estimate(net, "kprop", order=2).flops == counter.total
+    assert estimate(net, "kprop", order=2, cov=True).flops == counter.total
+    # the mean alone skips the output's W Σ Wᵀ (4n³) and reads only diag(W Σ Wᵀ) = Σ_j (W Σ)_ij W_ij on the last
+    # hidden layer (2n³ instead of 4n³): 6n³ less
+    with FlopCounter() as mean_only:
+        propagate(net, Scheme(2), "mean")
+    assert estimate(net, "kprop", order=2).flops == mean_only.total
+    assert counter.by_operation["mm"] - mean_only.by_operation["mm"] == 6 * n**3
 
 
 def test_order_one_costs_order_n_squared() -> None:
     n, depth = 30, 4
     with FlopCounter() as counter:
-        propagate(random_mlp(n, depth, seed=0), 1)
+        propagate(random_mlp(n, depth, seed=0), Scheme(1))
     assert counter.by_operation["mv"] == depth * 2 * n**2  # W μ per map but the first (the input mean is 0)
     assert counter.total < 10 * n**2 * (depth + 1)
 
@@ -138,30 +145,34 @@ def test_isotropic_equals_mean_field_when_all_rows_have_equal_norms(activation: 
     # The isotropic variant replaces each row's squared norm by the mean over sampled rows: with equal
     # norms (widths above ISOTROPIC_TRACE_ROWS, so rows are really sampled) it must reproduce K = 1 exactly.
     net = with_equal_row_norms(random_mlp(20, 3, activation, bias_mean=0.1, bias_var=0.02, seed=4))
-    isotropic, mean_field = propagate(net, 1, "isotropic"), propagate(net, 1, "simple")
+    isotropic, mean_field = propagate(net, Scheme(1, "isotropic")), propagate(net, Scheme(1, "simple"))
     torch.testing.assert_close(isotropic.mean, mean_field.mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(isotropic.cov, mean_field.cov, rtol=1e-12, atol=1e-12)
 
 
 def test_isotropic_differs_from_mean_field_when_row_norms_differ() -> None:
     net = random_mlp(20, 3, "relu", seed=4)
-    assert not torch.allclose(propagate(net, 1, "isotropic").mean, propagate(net, 1, "simple").mean, atol=1e-6)
+    assert not torch.allclose(propagate(net, Scheme(1, "isotropic")).mean, propagate(net, Scheme(1, "simple")).mean, atol=1e-6)
 
 
 def test_isotropic_one_hidden_layer_is_exact_with_equal_row_norms() -> None:
     net = with_equal_row_norms(random_mlp(12, 1, "relu", bias_mean=0.15, bias_var=0.04, seed=11))
-    np.testing.assert_allclose(propagate(net, 1, "isotropic").mean.numpy(), one_hidden_layer_mean(net),
+    np.testing.assert_allclose(propagate(net, Scheme(1, "isotropic")).mean.numpy(), one_hidden_layer_mean(net),
                                rtol=0, atol=1e-10)
 
 
 def test_mean_squared_row_norm_reads_evenly_spaced_rows() -> None:
-    from mechest.kprop.gaussian import mean_squared_row_norm
+    from mechest.kprop.executor import ISOTROPIC_TRACE_ROWS, squared_row_norms
 
+    assert ISOTROPIC_TRACE_ROWS == 8
     weight = torch.arange(1.0, 33.0, dtype=torch.float64)[:, None] * torch.ones(1, 3, dtype=torch.float64)
     rows = torch.arange(1.0, 33.0, 4, dtype=torch.float64)  # rows 0, 4, ..., 28 hold 1, 5, ..., 29
-    assert mean_squared_row_norm(weight, rows=8).item() == pytest.approx((3 * rows**2).mean().item(), rel=1e-15)
+    estimated = squared_row_norms(torch, weight, isotropic=True)
+    assert estimated.shape == (32,) and bool((estimated == estimated[0]).all())
+    assert estimated[0].item() == pytest.approx((3 * rows**2).mean().item(), rel=1e-15)
     small = weight[:5]
-    assert mean_squared_row_norm(small, rows=8).item() == pytest.approx((small**2).sum().item() / 5, rel=1e-15)
+    assert squared_row_norms(torch, small, isotropic=True)[0].item() == pytest.approx(
+        (small**2).sum().item() / 5, rel=1e-15)
 
 
 def test_isotropic_costs_less_than_one_forward_pass_and_mean_field_more() -> None:
@@ -171,14 +182,14 @@ def test_isotropic_costs_less_than_one_forward_pass_and_mean_field_more() -> Non
     counted = {}
     for variant in ("simple", "isotropic"):
         with FlopCounter() as counter:
-            propagate(net, 1, variant)
+            propagate(net, Scheme(1, variant))
         counted[variant] = counter.total
     assert counted["isotropic"] < net.flops_per_sample() < counted["simple"]
 
 
 def test_isotropic_exists_at_order_one_only() -> None:
     with pytest.raises(MechestError, match="order 1 only"):
-        propagate(random_mlp(4, 2, "relu", seed=0), 2, "isotropic")
+        propagate(random_mlp(4, 2, "relu", seed=0), Scheme(2, "isotropic"))
 
 
 def test_isotropic_beats_monte_carlo_at_equal_flops_by_over_100x() -> None:

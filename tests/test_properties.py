@@ -15,10 +15,11 @@ import torch
 from scipy.stats import chi2
 
 from mechest import bench
+from mechest.budget import predicted_flops
 from mechest.errors import MechestError
 from mechest.estimate import estimate
-from mechest.kprop import ALL_VARIANTS, MAX_ORDER, propagate
-from mechest.mlp import MLP
+from mechest.kprop import ALL_VARIANTS, MAX_ORDER, SCHEMES, Scheme, propagate
+from mechest.mlp import MLP, random_mlp
 from mechest.tail import METHODS as TAIL_METHODS
 from mechest.tail import tail_probability
 from mechest.training import DistillConfig, distill
@@ -56,7 +57,7 @@ def assert_finite(values: torch.Tensor, shape: tuple[int, ...]) -> None:
     assert values.shape == shape and bool(torch.isfinite(values).all()), values
 
 
-SCHEMES = list(itertools.product(range(1, MAX_ORDER + 1), ALL_VARIANTS, (False, True)))
+COMBINATIONS = list(itertools.product(range(1, MAX_ORDER + 1), ALL_VARIANTS, (False, True)))
 
 
 def only_variance_snapping(caught: list[warnings.WarningMessage]) -> bool:
@@ -66,10 +67,10 @@ def only_variance_snapping(caught: list[warnings.WarningMessage]) -> bool:
                for w in caught)
 
 
-SCHEME_IDS = [f"K{order}-{variant}{'-factored' if factored else ''}" for order, variant, factored in SCHEMES]
+SCHEME_IDS = [f"K{order}-{variant}{'-factored' if factored else ''}" for order, variant, factored in COMBINATIONS]
 
 
-@pytest.mark.parametrize(("index", "scheme"), list(enumerate(SCHEMES)), ids=SCHEME_IDS)
+@pytest.mark.parametrize(("index", "scheme"), list(enumerate(COMBINATIONS)), ids=SCHEME_IDS)
 def test_estimate_on_random_shapes(index: int, scheme: tuple[int, str, bool]) -> None:
     """One random network per scheme (a different one for each)."""
     net = random_network(index)
@@ -78,7 +79,7 @@ def test_estimate_on_random_shapes(index: int, scheme: tuple[int, str, bool]) ->
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = estimate(net, "kprop", order=order, variant=variant, factored=factored)
+            result = estimate(net, "kprop", order=order, variant=variant, factored=factored, cov=True)
     except MechestError:
         assert expected in (False, None), (net.dims, net.activations)
         return
@@ -146,21 +147,23 @@ def test_distill_on_random_shapes() -> None:
 
 
 def test_bench_planning_on_random_settings() -> None:
-    """Every (width, depth) gets a list of implemented configurations under the FLOP cap; the others are skipped
-    with a reason."""
+    """Every (width, depth) gets a list of supported schemes under the FLOP cap; the others are skipped with a
+    reason."""
     rng = np.random.default_rng(3)
     for max_flops in (2e3, 1e5):
         settings = bench.BenchSettings(
-            widths=tuple(int(w) for w in rng.integers(2, 12, size=2)), depth=int(rng.integers(1, 4)), depths=(1,),
-            depth_width=int(rng.integers(2, 9)), orders=(1, 2, 3), variants=(str(rng.choice(["simple", "augment"])),),
-            max_flops=max_flops,
+            widths=tuple(int(w) for w in rng.choice(np.arange(2, 12), size=2, replace=False)),
+            depth=int(rng.integers(1, 4)), depths=(1,), depth_width=int(rng.integers(2, 9)), orders=(1, 2, 3),
+            variants=(str(rng.choice(["simple", "augment"])),), max_flops=max_flops,
         ).check()
         plan = bench.plan_configs(settings)
         assert set(plan.runnable) == set(settings.networks())
         for (width, depth), configs in plan.runnable.items():
-            assert all(bench.unavailable_reason(config) is None for config in configs)
-            assert all(bench.predicted_flops(config, width, depth, settings.activation) <= settings.max_flops
-                       for config in configs)
+            assert set(configs) <= set(SCHEMES)
+            net = random_mlp(width, depth, settings.activation, seed=0)
+            assert all(predicted_flops(net, config) <= settings.max_flops for config in configs)
+            assert len(configs) + sum(f"at width {width}, depth {depth}:" in line for line in plan.skipped) == len(
+                bench.all_configs(settings.orders, settings.variants))
     with pytest.raises(MechestError):
         bench.BenchSettings(widths=(0, 4)).check()
 
@@ -187,7 +190,7 @@ def test_kprop_agrees_with_monte_carlo_where_it_is_exact(case: int) -> None:
     net only) gives the same mean to round-off, and that mean is within Monte Carlo's noise: Σ_i z_i² below the
     chi-square 0.999 quantile (fixed seed)."""
     net, lowest = exact_nets()[case]
-    means = [propagate(net, order, variant, factored).mean
+    means = [propagate(net, Scheme(order, variant, factored)).mean
              for order, variant, factored in itertools.product(range(lowest, MAX_ORDER + 1), ("simple", "augment"),
                                                                 (False, True))
              if implemented(order, variant, factored) and not (case and factored and variant == "augment")]

@@ -13,6 +13,7 @@ from scipy.stats import chi2
 
 from mechest.cli import main
 from mechest.errors import MechestError
+from mechest.kprop import Scheme
 from mechest.mlp import random_mlp
 from mechest.tail import (
     hermite_tail,
@@ -122,7 +123,7 @@ def test_first_layer_is_exact(order: int, upper: bool) -> None:
 def test_lpe_network_equals_the_gram_charlier_tail_of_the_marginal_cumulants(order: int, variant: str) -> None:
     """kprop's mean of the Heaviside unit is Φ̄(x) + κ_3/6 w_H(3) + κ_4/24 w_H(4) of the propagated marginals."""
     net = random_mlp(12, 2, seed=1, bias_mean=0.1, bias_var=0.2)
-    cumulants = marginal_cumulants(net, 3, order, variant)
+    cumulants = marginal_cumulants(net, 3, Scheme(order, variant))
     for upper, t in ((True, 1.2), (False, -0.8)):
         result = lpe(net, 3, t, upper, order=order, variant=variant)
         torch.testing.assert_close(result.raw, hermite_tail(cumulants, t, upper, skew_squared=False),
@@ -140,18 +141,18 @@ def test_factored_lpe_equals_unfactored() -> None:
 def test_factored_marginals_equal_unfactored_for_simple(layer: int) -> None:
     """μ, σ², κ_3 (read from the CP factors) and κ_4 (its trace piece) match the dense engine."""
     net = random_mlp(10, 3, seed=3, bias_mean=0.1, bias_var=0.05)
-    dense, factored = (marginal_cumulants(net, layer, 3, "simple", factored=flag) for flag in (False, True))
+    dense, factored = (marginal_cumulants(net, layer, Scheme(3, "simple", flag)) for flag in (False, True))
     torch.testing.assert_close(factored, dense, rtol=1e-11, atol=1e-14)
     assert layer == 1 or factored[2].abs().max() > 1e-3  # a nonzero κ_3 after a ReLU layer
 
 
 def test_factored_augment_marginals_follow_the_factored_term_set() -> None:
-    """AUGMENT factored drops terms on purpose (design §6): it equals the dense engine under that term set."""
+    """AUGMENT factored drops terms on purpose (docs/method.md §7.4): it equals the dense engine under that term set."""
     from mechest.kprop.plan import compile_plan
     from mechest.tail import dense_marginals, truncate
 
     net = random_mlp(10, 2, seed=5)
-    factored = marginal_cumulants(net, 3, 3, "augment", factored=True)
+    factored = marginal_cumulants(net, 3, Scheme(3, "augment", True))
     expected = dense_marginals(truncate(net, 3), compile_plan(3, "augment", "factored"))
     torch.testing.assert_close(factored, expected, rtol=1e-11, atol=1e-14)
 
@@ -229,7 +230,7 @@ def test_bad_options() -> None:
         tail_probability(net, 1, 1.0, "mc")
     with pytest.raises(MechestError, match="positive"):
         tail_probability(net, 1, 1.0, "mc", samples=-3)
-    with pytest.raises(MechestError, match="order 3"):
+    with pytest.raises(MechestError, match="factored form exists for K = 3"):
         tail_probability(net, 1, 1.0, "edgeworth", order=2, factored=True)
     with pytest.raises(MechestError, match="order"):
         tail_probability(net, 1, 1.0, order=7)

@@ -82,9 +82,9 @@ def test_command_makes_truths_runs_and_replots(tmp_path, capsys) -> None:
     assert main(argv + ["--make-truths", "20000"]) == 0
     out = capsys.readouterr().out
     assert "| 3 | saddlepoint K=3 simple factored |" in out and "budget ladder, layer 3" in out
-    records = json.loads((tmp_path / "res" / "tail" / "tail_bench_seed0.json").read_text())
+    records = json.loads((tmp_path / "res" / "tail" / "tail_bench_w6_d2_seed0.json").read_text())
     assert {row["layer"] for row in records} == {2, 3} and all(row["truth_samples"] == 20000 for row in records)
-    assert (tmp_path / "res" / "figures" / "tail_bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "res" / "figures" / "tail_bench_w6_d2.png").read_bytes()[:4] == b"\x89PNG"
     assert main(argv + ["--replot"]) == 0
     table = [line for line in out.splitlines() if line.startswith("|")]
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")] == table
@@ -97,7 +97,7 @@ def test_command_refuses_missing_or_foreign_truths(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--make-truths" in err
     make_truth(TailBenchSettings(width=6, depth=2, layers=(2, 3), truths=tmp_path), seed=1, samples=100)
-    (tmp_path / "tail_truth_seed1.npz").rename(tmp_path / "tail_truth_seed0.npz")
+    (tmp_path / "tail_truth_w6_d2_seed1.npz").rename(tmp_path / "tail_truth_w6_d2_seed0.npz")
     assert main(argv) == 2
     assert "different network" in capsys.readouterr().err
     assert main(argv + ["--replot"]) == 2
@@ -105,9 +105,14 @@ def test_command_refuses_missing_or_foreign_truths(tmp_path, capsys) -> None:
 
 
 def test_one_hidden_layer_benches_its_output_layer_once(tmp_path, capsys) -> None:
+    """Also: the published run's truth file in the same folder (as from the repository root) is left alone."""
+    published = TailBenchSettings(truths=tmp_path / "truths").truth_path(0)
+    published.parent.mkdir()
+    np.savez(published, fingerprint=np.array("the published width-256 network"))
     argv = ["tail-bench", "--width", "6", "--depth", "1", "--seeds", "0", "--truths", str(tmp_path / "truths"),
             "--results", str(tmp_path / "res"), "--make-truths", "5000"]
     assert main(argv) == 0
-    records = json.loads((tmp_path / "res" / "tail" / "tail_bench_seed0.json").read_text())
+    assert str(np.load(published)["fingerprint"]) == "the published width-256 network"
+    records = json.loads((tmp_path / "res" / "tail" / "tail_bench_w6_d1_seed0.json").read_text())
     assert {row["layer"] for row in records} == {2}
     assert len(records) == len({(label(row), row["threshold"], row["upper"]) for row in records})

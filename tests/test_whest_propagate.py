@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import mechest
-from mechest.whest import propagate as xprop
+from mechest.kprop import executor as xprop
 from mechest.whest.mapping import mechest_net
-from mechest.whest.spec import PLANS, executor_spec
+from mechest.kprop.spec import PLANS, executor_spec
 
 scipy_special = pytest.importorskip("scipy.special")
 
@@ -31,7 +31,7 @@ SPECS = {xprop.plan_key(order, variant): executor_spec(order, variant, max_width
 
 
 def mechest_layer_means(weights: list[np.ndarray], order: int, variant: str = "simple") -> np.ndarray:
-    prop = mechest.kprop.propagate(mechest_net(weights), order, variant, factored=order == 3)
+    prop = mechest.kprop.propagate(mechest_net(weights), mechest.kprop.Scheme(order, variant, order == 3))
     return torch.stack(prop.layer_means).numpy()
 
 
@@ -86,7 +86,7 @@ def test_unsupported_plans_are_refused() -> None:
     spec = executor_spec(2, "augment", max_width=8)
     spec["radial"]["3"] = 0
     with pytest.raises(ValueError, match="unsupported plan"):
-        xprop.planned_means(NUMPY, [np.eye(4)] * 2, spec)
+        xprop.planned(NUMPY, xprop.relu_layers([np.eye(4)] * 2), spec)
 
 
 @pytest.mark.parametrize(("order", "variant"), [(3, "simple"), (2, "augment")])
@@ -95,12 +95,12 @@ def test_same_code_runs_on_torch(order: int, variant: str) -> None:
     weights = whest_weights(12, 3, seed=4)
     backend = xprop.Backend(torch, lambda x: 0.5 * torch.special.erfc(-x / 2**0.5))
     columns = [torch.as_tensor(w.T.copy()) for w in weights]
-    got = torch.stack(xprop.planned_means(backend, columns, executor_spec(order, variant, max_width=64))).numpy()
+    got = torch.stack(xprop.planned(backend, xprop.relu_layers(columns), executor_spec(order, variant, max_width=64)).layer_means).numpy()
     np.testing.assert_allclose(got, mechest_layer_means(weights, order, variant), rtol=0, atol=TOLERANCE)
 
 
 def test_cli_does_not_need_the_whestbench_extra() -> None:
     """mechest's CLI and the executor import neither whestbench nor flopscope (an optional extra)."""
-    code = ("import sys, mechest.cli, mechest.whest.propagate, mechest.whest.export; "
+    code = ("import sys, mechest.cli, mechest.kprop.executor, mechest.whest.export; "
             "assert 'whestbench' not in sys.modules and 'flopscope' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -20,13 +20,17 @@ whestbench = pytest.importorskip("whestbench")
 import mechest  # noqa: E402
 from mechest.cli import main  # noqa: E402
 from mechest.errors import MechestError  # noqa: E402
-from mechest.whest import propagate as xprop  # noqa: E402
+from mechest.kprop import executor as xprop  # noqa: E402
+from mechest.whest.estimator import BACKEND as FLOAT32  # noqa: E402  (the shipped backend: Φ cast back to float32)
 from mechest.whest.export import export_package  # noqa: E402
 from mechest.whest.mapping import mechest_net  # noqa: E402
-from mechest.whest.spec import PLANS, executor_spec  # noqa: E402
+from mechest.kprop.spec import PLANS, executor_spec  # noqa: E402
 
 FLOPSCOPE = xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x))
-FLOAT32 = xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x).astype(x.dtype))
+# flopscope notes (SymmetryLossWarning) each elementwise product or sum of symmetric-tagged arrays with untagged
+# masks or diagonals: the propagation runs such operations on purpose, the FLOP bounds tested here price them
+# untagged, and the shipped estimator silences these notes in predict() (printing them costs residual time).
+pytestmark = pytest.mark.filterwarnings("ignore::flopscope.errors.SymmetryLossWarning")
 SPECS = {xprop.plan_key(order, variant): executor_spec(order, variant, max_width=256) for order, variant in PLANS}
 HUGE_BUDGET = 10**15
 
@@ -37,7 +41,7 @@ def whest_weights(width: int, depth: int, seed: int, dtype=np.float64) -> list[n
 
 
 def expected_means(weights: list[np.ndarray], order: int, variant: str = "simple") -> np.ndarray:
-    prop = mechest.kprop.propagate(mechest_net(weights), order, variant, factored=order == 3)
+    prop = mechest.kprop.propagate(mechest_net(weights), mechest.kprop.Scheme(order, variant, order == 3))
     return torch.stack(prop.layer_means).numpy()
 
 
@@ -106,10 +110,10 @@ def test_a_window_as_deep_as_the_net_changes_nothing(order: int, variant: str) -
     columns = [w.T for w in weights]
     spec = executor_spec(order, variant, max_width=64)
     numpy_backend = xprop.Backend(np, lambda x: 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2))))
-    full = np.stack(xprop.planned_means(numpy_backend, columns, spec))
+    full = np.stack(xprop.planned(numpy_backend, xprop.relu_layers(columns), spec).layer_means)
     for window in (3, 4, 10):
-        np.testing.assert_array_equal(np.stack(xprop.planned_means(numpy_backend, columns, spec, window)), full)
-    short = np.stack(xprop.planned_means(numpy_backend, columns, spec, 1))
+        np.testing.assert_array_equal(np.stack(xprop.planned(numpy_backend, xprop.relu_layers(columns), spec, window).layer_means), full)
+    short = np.stack(xprop.planned(numpy_backend, xprop.relu_layers(columns), spec, 1).layer_means)
     np.testing.assert_array_equal(short[0], full[0])
     assert (np.abs(short[1:] - full[1:]).max(axis=1) > 1e-6).all()
 

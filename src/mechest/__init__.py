@@ -6,6 +6,10 @@ E[M(x)] for x ~ N(0, I) by cumulant propagation (``method="kprop"``) or Monte Ca
 
 from mechest.errors import MechestError
 from mechest.estimate import Estimate, estimate
+from mechest.kprop import SCHEMES, Scheme
 from mechest.mlp import MLP, Activation, from_sequential, load, random_mlp
 
-__all__ = ["MLP", "Activation", "Estimate", "MechestError", "estimate", "from_sequential", "load", "random_mlp"]
+__version__ = "0.1.0"  # the one place the version is set (pyproject.toml reads it)
+
+__all__ = ["MLP", "SCHEMES", "Activation", "Estimate", "MechestError", "Scheme", "estimate", "from_sequential", "load",
+           "random_mlp"]

@@ -1,4 +1,4 @@
-"""``mechest bench``: the MSE-versus-compute benchmark of kprop against Monte Carlo (design §9).
+"""``mechest bench``: the MSE-versus-compute benchmark of kprop against Monte Carlo (docs/method.md §10.3).
 
 A sweep over networks (He-init, one activation): widths at a fixed depth, plus depths at a fixed width; seeds
 per (width, depth). For every network:
@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +29,12 @@ import torch
 from tqdm import tqdm
 
 from mechest.errors import MechestError
-from mechest.estimate import Estimate, estimate, structure_key
-from mechest.flops import FlopCounter, warm_up
-from mechest.kprop import MAX_ORDER, VARIANTS, propagate
+from mechest.budget import count_flops, predicted_flops
+from mechest.estimate import Estimate, estimate
+from mechest.kprop import MAX_ORDER, SCHEMES, VARIANTS, Scheme
 from mechest.mlp import MLP, random_mlp, read_npz
 from mechest.montecarlo import ChunkRunner, run_chunks_locally
+from mechest.progress import LogProgress, progress_bar
 from mechest.results import machine_description, make_directory, new_run_id, truths_dir, utc_now, write_part
 from mechest.truth import Truth, compute_truth, load_truth, score
 
@@ -44,78 +44,22 @@ MIN_TRUTH_SAMPLES = 1000
 CHECKPOINT_SUFFIX = ".npz.checkpoint.npz"  # mechest.truth.checkpoint_path of OUT.npz
 
 
-@dataclass(frozen=True)
-class Config:
-    """One kprop configuration: order K, variant, and whether the top cumulant is factored (design §6)."""
-
-    order: int
-    variant: str
-    factored: bool = False
-
-    @property
-    def label(self) -> str:
-        return f"K={self.order} {self.variant}" + (" factored" if self.factored else "")
+def all_configs(orders: Iterable[int] = range(1, MAX_ORDER + 1), variants: Iterable[str] = VARIANTS) -> list[Scheme]:
+    """The schemes of mechest.kprop.SCHEMES with those orders, in those variants (K = 1 isotropic with K = 1)."""
+    orders, variants = set(orders), set(variants)
+    return [scheme for scheme in SCHEMES
+            if scheme.order in orders and (scheme.variant in variants or scheme.order == 1)]
 
 
-def all_configs(orders: Iterable[int] = range(1, MAX_ORDER + 1), variants: Iterable[str] = VARIANTS) -> list[Config]:
-    """K = 1 (mean field: simple and augment coincide) and K = 1 isotropic (cheaper still), then every
-    (K ≥ 2, variant), unfactored and for K ≥ 3 factored (factoring changes nothing for K ≤ 2)."""
-    configs = []
-    for order in orders:
-        if order == 1:
-            configs += [Config(1, "simple"), Config(1, "isotropic")]
-            continue
-        for variant in variants:
-            configs.append(Config(order, variant))
-            if order >= 3:
-                configs.append(Config(order, variant, factored=True))
-    return configs
-
-
-@cache
-def unavailable_reason(config: Config) -> str | None:
-    """None if ``config`` runs; else the MechestError it raises ("not implemented") on a tiny network."""
-    try:
-        propagate(random_mlp(3, 1, "relu", seed=0), config.order, config.variant, config.factored)
-    except MechestError as error:
-        return str(error)
-    return None
-
-
-def cost_degree(config: Config) -> int:
-    """Degree in the width n of the FLOPs (design §7): n^(K+1) unfactored (n² for K = 1), n^K factored."""
-    if config.order == 1:
-        return 2
-    return config.order if config.factored else config.order + 1
+def bench_flops(net: MLP, config: Scheme) -> FlopCount:
+    """Raw and discounted FLOPs of propagating ``net`` at ``config`` (mechest.budget.count_flops)."""
+    return FlopCount(*count_flops(net, config, discount=True))
 
 
 @dataclass(frozen=True)
 class FlopCount:
     raw: int
     discounted: float
-
-
-_FLOP_COUNTS: dict[tuple, FlopCount] = {}
-
-
-def count_flops(net: MLP, config: Config) -> FlopCount:
-    """Raw and discounted FLOPs of propagating ``net`` at ``config``, counted once per network structure (the
-    operations run depend only on the structure, never on the weight values)."""
-    key = (structure_key(net), config)
-    if key not in _FLOP_COUNTS:
-        warm_up()
-        with FlopCounter(discount=True) as counter:
-            propagate(net, config.order, config.variant, config.factored)
-        _FLOP_COUNTS[key] = FlopCount(counter.total, counter.discounted)
-    return _FLOP_COUNTS[key]
-
-
-def predicted_flops(config: Config, width: int, depth: int, activation: str, probe_width: int = 16) -> float:
-    """An upper estimate of ``config``'s FLOPs at (width, depth): the count at a small width times
-    (width / small width)^degree; lower-order terms grow slower, so this over-predicts."""
-    small = min(width, probe_width)
-    probe = count_flops(random_mlp(small, depth, activation, seed=0), config).raw
-    return probe * (width / small) ** cost_degree(config)
 
 
 def checkpoint_truth(path: Path) -> Truth:
@@ -240,10 +184,12 @@ def fastest(run: Callable[[], Estimate], repeats: int) -> Estimate:
 def row_of(net: MLP, width: int, seed: int, truth: Truth, result: Estimate, flops: FlopCount, dtype: str) -> dict:
     """One row of the runs table (mechest.results.SCHEMA)."""
     measured = score(result.mean, truth)
+    scheme = result.scheme
     return {
         "width": width, "depth": net.depth, "activation": net.activations[0], "net_seed": seed,
-        "weights_hash": net.fingerprint(), "method": result.method, "order": result.order,
-        "variant": result.variant, "factored": result.factored if result.method == "kprop" else None,
+        "weights_hash": net.fingerprint(), "method": result.method,
+        "order": scheme.order if scheme else None, "variant": scheme.variant if scheme else None,
+        "factored": scheme.factored if scheme else None,
         "samples": result.samples, "dtype": dtype, "flops_raw": float(flops.raw),
         "flops_discounted": float(flops.discounted), "forward_flops": float(net.flops_per_sample()),
         "seconds": result.seconds, "mse": measured.mse, "variance": measured.variance,
@@ -255,41 +201,36 @@ def row_of(net: MLP, width: int, seed: int, truth: Truth, result: Estimate, flop
 class Plan:
     """The configurations a bench run will run per network, and those it skips (with the reason)."""
 
-    runnable: dict[tuple[int, int], list[Config]] = field(default_factory=dict)
+    runnable: dict[tuple[int, int], list[Scheme]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
 
 def plan_configs(settings: BenchSettings) -> Plan:
-    """Which configurations run on which (width, depth): implemented ones under the FLOP cap."""
+    """Which schemes run on which (width, depth): every supported one (mechest.kprop.SCHEMES) under the FLOP
+    cap."""
     plan = Plan()
     configs = all_configs(settings.orders, settings.variants)
-    for config in configs:
-        reason = unavailable_reason(config)
-        if reason is not None:
-            plan.skipped.append(f"{config.label}: not implemented ({reason})")
-    available = [config for config in configs if unavailable_reason(config) is None]
     for width, depth in settings.networks():
         plan.runnable[width, depth] = []
-        for config in available:
-            predicted = predicted_flops(config, width, depth, settings.activation)
+        for config in configs:
+            predicted = predicted_flops(random_mlp(width, depth, settings.activation, seed=0), config)
             if predicted > settings.max_flops:
-                plan.skipped.append(f"{config.label} at width {width}, depth {depth}: predicted {predicted:.2g} "
+                plan.skipped.append(f"{config} at width {width}, depth {depth}: predicted {predicted:.2g} "
                                     f"FLOPs > cap {settings.max_flops:.2g} (--max-flops)")
             else:
                 plan.runnable[width, depth].append(config)
     return plan
 
 
-def bench_network(net: MLP, width: int, seed: int, truth: Truth, configs: Sequence[Config],
-                  settings: BenchSettings, bar: tqdm) -> list[dict]:
+def bench_network(net: MLP, width: int, seed: int, truth: Truth, configs: Sequence[Scheme],
+                  settings: BenchSettings, bar: tqdm | LogProgress) -> list[dict]:
     """Rows for one network: each kprop configuration and Monte Carlo at each sample count, scored."""
     rows = []
     for config in configs:
-        bar.set_postfix_str(f"n={width} L={net.depth} seed={seed} {config.label}")
-        result = fastest(lambda: estimate(net, "kprop", order=config.order, variant=config.variant,
-                                          factored=config.factored, dtype=settings.dtype, device=settings.device),
-                         settings.repeats)
-        rows.append(row_of(net, width, seed, truth, result, count_flops(net, config), settings.dtype))
+        bar.set_postfix_str(f"n={width} L={net.depth} seed={seed} {config}")
+        result = fastest(lambda: estimate(net, "kprop", scheme=config, dtype=settings.dtype, device=settings.device,
+                                          count=False), settings.repeats)
+        rows.append(row_of(net, width, seed, truth, result, bench_flops(net, config), settings.dtype))
         bar.update()
     for samples in settings.mc_samples:
         bar.set_postfix_str(f"n={width} L={net.depth} seed={seed} Monte Carlo N={samples}")
@@ -317,7 +258,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print,
     jobs = [(width, depth, seed) for width, depth in settings.networks() for seed in settings.seeds]
     total = sum(len(plan.runnable[width, depth]) + len(settings.mc_samples) for width, depth, _ in jobs)
     rows: list[dict] = []
-    with tqdm(total=total, unit="run", desc="bench") as bar:
+    with progress_bar(total, unit="run", desc="bench") as bar:
         for part, (width, depth, seed) in enumerate(jobs):
             net = random_mlp(width, depth, settings.activation, seed=seed)
             truth = ground_truth(net, seed, settings, runner)
@@ -336,13 +277,13 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print,
 # ---- analysis of a run's rows ------------------------------------------------------------------------------
 
 
-def config_of(row: dict) -> Config | None:
-    return Config(row["order"], row["variant"], bool(row["factored"])) if row["method"] == "kprop" else None
+def config_of(row: dict) -> Scheme | None:
+    return Scheme(row["order"], row["variant"], bool(row["factored"])) if row["method"] == "kprop" else None
 
 
-def seed_means(rows: Sequence[dict], width: int, depth: int) -> dict[Config, dict[str, float]]:
+def seed_means(rows: Sequence[dict], width: int, depth: int) -> dict[Scheme, dict[str, float]]:
     """Per kprop configuration at (width, depth): mean over seeds of MSE/Var, MSE − floor, FLOPs, seconds."""
-    grouped: dict[Config, list[dict]] = {}
+    grouped: dict[Scheme, list[dict]] = {}
     for row in rows:
         if row["method"] == "kprop" and (row["width"], row["depth"]) == (width, depth):
             grouped.setdefault(config_of(row), []).append(row)
@@ -385,8 +326,8 @@ def fit_mc_time(rows: Sequence[dict], width: int, depth: int) -> TimeFit | None:
     return TimeFit(max(float(intercept), 0.0), float(slope))
 
 
-def pareto_front(points: dict[Config, dict[str, float]], key: str = "flops_raw") -> list[Config]:
-    """Configurations not beaten by a cheaper one: sorted by cost, each with a lower MSE/Var than all cheaper."""
+def pareto_front(points: dict[Scheme, dict[str, float]], key: str = "flops_raw") -> list[Scheme]:
+    """Schemeurations not beaten by a cheaper one: sorted by cost, each with a lower MSE/Var than all cheaper."""
     front, best = [], math.inf
     for config, point in sorted(points.items(), key=lambda item: item[1][key]):
         if point["mse_over_var"] < best:
@@ -395,7 +336,7 @@ def pareto_front(points: dict[Config, dict[str, float]], key: str = "flops_raw")
     return front
 
 
-def front_below_mc_line(points: dict[Config, dict[str, float]], forward: float) -> list[str]:
+def front_below_mc_line(points: dict[Scheme, dict[str, float]], forward: float) -> list[str]:
     """Where the Pareto front is not below the Monte Carlo line MSE/Var = forward / F, for budgets F from the
     cheapest front point to the best one (empty if it is below everywhere). Between front points the front
     is flat while the line falls, so the worst budget is just before the next front point."""
@@ -405,7 +346,7 @@ def front_below_mc_line(points: dict[Config, dict[str, float]], forward: float) 
         next_cost = points[front[i + 1]]["flops_raw"] if i + 1 < len(front) else points[config]["flops_raw"]
         line = forward / next_cost
         if not points[config]["mse_over_var"] < line:
-            failures.append(f"{config.label} (MSE/Var {points[config]['mse_over_var']:.3g}) is above the Monte "
+            failures.append(f"{config} (MSE/Var {points[config]['mse_over_var']:.3g}) is above the Monte "
                             f"Carlo line ({line:.3g}) at budget {next_cost:.3g} FLOPs")
     return failures
 
@@ -426,7 +367,8 @@ def headline_summary(rows: Sequence[dict], width: int, depth: int) -> list[str]:
               for config, point in points.items() if point["mse_over_var"] > 0}
     if ratios:
         best_ratio = max(ratios, key=ratios.get)
-        lines.append(f"largest FLOP advantage at equal MSE: {ratios[best_ratio]:.3g}x ({best_ratio.label}: MSE/Var "
+        lines.append(f"largest FLOP advantage at equal MSE (Monte Carlo FLOPs / kprop FLOPs): "
+                     f"{ratios[best_ratio]:.3g}x ({best_ratio}: MSE/Var "
                      f"{points[best_ratio]['mse_over_var']:.3g} with {points[best_ratio]['flops_raw']:.3g} FLOPs; "
                      f"Monte Carlo needs {forward / points[best_ratio]['mse_over_var']:.3g})")
     front = pareto_front(points)
@@ -435,7 +377,7 @@ def headline_summary(rows: Sequence[dict], width: int, depth: int) -> list[str]:
     coverage = ("its cheapest point costs at most one forward pass, so it covers every budget from one forward pass on"
                 if cheapest <= forward else
                 f"below {cheapest:.3g} FLOPs ({cheapest / forward:.3g} forward passes) kprop has no configuration")
-    lines.append(f"Pareto front ({', '.join(c.label for c in front)}) "
+    lines.append(f"Pareto front ({', '.join(str(c) for c in front)}) "
                  + ("lies below the Monte Carlo line from " if not failures else "is NOT below the Monte Carlo line: "
                     + "; ".join(failures) + "; checked from ")
                  + f"{cheapest:.3g} to {points[front[-1]]['flops_raw']:.3g} FLOPs; {coverage}")
@@ -446,12 +388,13 @@ def headline_summary(rows: Sequence[dict], width: int, depth: int) -> list[str]:
             point = points[config]
             if point["mse_over_var"] > 0:
                 mc_seconds = fit.seconds(1 / point["mse_over_var"])
-                lines.append(f"wall-clock, {config.label}: {point['seconds']:.3g} s for MSE/Var "
+                lines.append(f"wall-clock, {config}: {point['seconds']:.3g} s for MSE/Var "
                              f"{point['mse_over_var']:.3g}; Monte Carlo needs {1 / point['mse_over_var']:.3g} samples "
-                             f"= {mc_seconds:.3g} s: ratio {mc_seconds / point['seconds']:.3g}")
+                             f"= {mc_seconds:.3g} s: Monte Carlo time / kprop time = "
+                             f"{mc_seconds / point['seconds']:.3g}")
     for config, point in points.items():
         if config.order == 3 and config.factored:
-            lines.append(f"{config.label}: {point['seconds']:.3g} s, {point['flops_raw']:.3g} FLOPs")
+            lines.append(f"{config}: {point['seconds']:.3g} s, {point['flops_raw']:.3g} FLOPs")
     return lines
 
 
@@ -461,7 +404,7 @@ def summary_table(rows: Sequence[dict], settings: BenchSettings) -> tuple[list[s
     table = []
     for width, depth in settings.networks():
         for config, point in seed_means(rows, width, depth).items():
-            table.append([width, depth, config.label, point["flops_raw"], point["flops_discounted"],
+            table.append([width, depth, config, point["flops_raw"], point["flops_discounted"],
                           point["seconds"], point["mse_over_var"], point["seeds"]])
         for samples in settings.mc_samples:
             runs = [r for r in rows if r["method"] == "mc" and r["samples"] == samples
@@ -475,13 +418,13 @@ def summary_table(rows: Sequence[dict], settings: BenchSettings) -> tuple[list[s
 
 def width_slopes(rows: Sequence[dict], settings: BenchSettings) -> list[str]:
     """Fitted slope of log(MSE − floor) against log width per configuration, at the main depth."""
-    by_config: dict[Config, tuple[list[int], list[float]]] = {}
+    by_config: dict[Scheme, tuple[list[int], list[float]]] = {}
     for width in settings.widths:
         for config, point in seed_means(rows, width, settings.depth).items():
             widths, values = by_config.setdefault(config, ([], []))
             widths.append(width)
             values.append(point["mse"])
-    return [f"{config.label}: slope {fitted_slope(w, v):.2f} over widths {w[0]}..{w[-1]}"
+    return [f"{config}: slope {fitted_slope(w, v):.2f} over widths {w[0]}..{w[-1]}"
             for config, (w, v) in by_config.items() if len(w) >= 2]
 
 

@@ -7,29 +7,34 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import itertools
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 
+import mechest
 from mechest import bench, results
 from mechest.device import DEVICES, resolve_device
 from mechest.errors import MechestError
-from mechest.files import write_text_atomically
+from mechest.files import atomic_path, check_output_directory, check_output_path
 from mechest.estimate import DTYPES, METHODS, Estimate, estimate
-from mechest.kprop import ALL_VARIANTS, MAX_ORDER, VARIANTS
+from mechest.kprop import ALL_VARIANTS, MAX_ORDER, VARIANTS, Scheme
+from mechest.kprop.scheme import supported_list
 from mechest.demo import run_demo
 from mechest.mlp import MAX_SEED, MLP, load, random_mlp
 from mechest.montecarlo import ChunkRunner, RunningMoments, run_chunks_locally
 from mechest.tables import format_table
 from mechest.tail import METHODS as TAIL_METHODS, tail_probability
 from mechest.training import LR_SCHEDULES
-from mechest.truth import check_output_path, compute_truth, load_truth, score
+from mechest.truth import compute_truth, load_truth, score
 from mechest.wick import ACTIVATION_NAMES
 from mechest.whest.export import export_package
 from mechest.whest.score import ROUNDS as WHEST_ROUNDS
@@ -43,6 +48,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"mechest: error: {message}\n")
+
+
+def package_version() -> str:
+    """The installed distribution's version, or the source tree's ``mechest.__version__`` when not installed."""
+    try:
+        return importlib.metadata.version("mechest")
+    except importlib.metadata.PackageNotFoundError:
+        return mechest.__version__
 
 
 def sample_count(text: str) -> int:
@@ -100,13 +113,28 @@ def add_network_arguments(parser: argparse.ArgumentParser, *, weights: str = "op
     parser.add_argument("--activation", default="relu", help=f"one of {', '.join(ACTIVATION_NAMES)}")
 
 
+def flop_budget(text: str) -> float:
+    """Parse a FLOP budget such as 1e9: a positive finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of FLOPs such as 1e9, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number of FLOPs, got {text}")
+    return value
+
+
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=METHODS, default="kprop")
-    parser.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
-    parser.add_argument("--variant", choices=ALL_VARIANTS, default="simple",
+    parser.add_argument("--method", choices=METHODS, default="kprop",
+                        help="kprop: cumulant propagation (default); mc: Monte Carlo over --samples inputs")
+    parser.add_argument("--order", "-K", type=int, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
+    parser.add_argument("--variant", choices=ALL_VARIANTS,
                         help="kprop variant (default simple; isotropic: K = 1 only, the cheapest estimate)")
     parser.add_argument("--factored", action="store_true",
-                        help="carry the top cumulant in factored form (design §6; K = 3 both variants, K = 4 simple)")
+                        help="carry the top cumulant in factored form (K = 3 both variants, K = 4 simple)")
+    parser.add_argument("--budget", type=flop_budget, metavar="FLOPS",
+                        help="kprop: run the scheme predicted to be most accurate within this many FLOPs (instead "
+                             f"of --order/--variant/--factored; schemes: {supported_list()})")
     parser.add_argument("--samples", type=sample_count, help="Monte Carlo sample count, e.g. 1e6")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")
     add_device_argument(parser)
@@ -161,21 +189,25 @@ def chunk_runner(args: argparse.Namespace, device: torch.device) -> Iterator[Chu
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="mechest", description="Estimate the expected output of random MLPs "
                            "by cumulant propagation (kprop) or Monte Carlo.")
+    parser.add_argument("--version", action="version", version=f"mechest {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     demo = commands.add_parser("demo", help="kprop vs Monte Carlo on a width-256, 4-hidden-layer ReLU net")
-    demo.add_argument("--width", type=int, default=256)
-    demo.add_argument("--depth", type=int, default=4)
-    demo.add_argument("--reference-samples", type=sample_count, default=2**18)
-    demo.add_argument("--seed", type=seed_value, default=0)
+    demo.add_argument("--width", type=int, default=256, help="width of the demo network (default 256)")
+    demo.add_argument("--depth", type=int, default=4, help="hidden layers of the demo network (default 4)")
+    demo.add_argument("--reference-samples", type=sample_count, default=2**18,
+                      help="Monte Carlo samples of the reference the estimates are scored against (default 262144)")
+    demo.add_argument("--seed", type=seed_value, default=0,
+                      help="network seed; the reference and Monte Carlo estimates use the next seeds (default 0)")
 
     net = commands.add_parser("net", help="write a random He-init network to an .npz file")
     add_network_arguments(net, weights="none")
-    net.add_argument("--seed", type=seed_value, default=0)
-    net.add_argument("--init", choices=("he", "critical"), default="he")
-    net.add_argument("--bias-mean", type=float, default=0.0)
-    net.add_argument("--bias-var", type=float, default=0.0)
-    net.add_argument("--out", required=True, metavar="FILE.npz")
+    net.add_argument("--seed", type=seed_value, default=0, help="seed of the weights and biases (default 0)")
+    net.add_argument("--init", choices=("he", "critical"), default="he",
+                     help="he: weight variance 1 / E[φ(z)²] per layer (default); critical: the critical point q*")
+    net.add_argument("--bias-mean", type=float, default=0.0, help="mean of every bias entry (default 0: no bias)")
+    net.add_argument("--bias-var", type=float, default=0.0, help="variance of every bias entry (default 0)")
+    net.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the network")
 
     est = commands.add_parser("estimate", help="estimate the expected output of a network")
     add_network_arguments(est)
@@ -184,9 +216,10 @@ def build_parser() -> OneLineParser:
 
     truth = commands.add_parser("truth", help="long Monte Carlo ground truth, written to an .npz (resumable)")
     add_network_arguments(truth, weights="required")
-    truth.add_argument("--samples", type=sample_count, required=True)
-    truth.add_argument("--seed", type=seed_value, default=0)
-    truth.add_argument("--out", required=True, metavar="TRUTH.npz")
+    truth.add_argument("--samples", type=sample_count, required=True, help="Monte Carlo sample count, e.g. 1e8")
+    truth.add_argument("--seed", type=seed_value, default=0, help="Monte Carlo seed (default 0)")
+    truth.add_argument("--out", required=True, metavar="TRUTH.npz",
+                       help="truth file to write (checkpoint: TRUTH.npz.checkpoint.npz, lock: TRUTH.npz.lock)")
     truth.add_argument("--dtype", choices=tuple(DTYPES), default="float64", help="forward-pass dtype (default float64)")
     add_device_argument(truth)
     truth.add_argument("--chunk-size", type=positive_int,
@@ -195,7 +228,7 @@ def build_parser() -> OneLineParser:
 
     scoring = commands.add_parser("score", help="score an estimator against a truth file")
     add_network_arguments(scoring, weights="required")
-    scoring.add_argument("--truth", required=True, metavar="TRUTH.npz")
+    scoring.add_argument("--truth", required=True, metavar="TRUTH.npz", help="truth file written by `mechest truth`")
     scoring.add_argument("--seed", type=seed_value, default=1, help="Monte Carlo seed (default 1)")
     add_method_arguments(scoring)
 
@@ -206,7 +239,8 @@ def build_parser() -> OneLineParser:
     tail.add_argument("--threshold", type=float, required=True, help="threshold t")
     tail.add_argument("--lower", action="store_true", help="estimate P(z_i < t) instead of P(z_i > t)")
     tail.add_argument("--method", choices=("kprop",) + TAIL_METHODS, default="kprop",
-                      help="kprop (= lpe: Heaviside unit + kprop), edgeworth, or mc (default kprop)")
+                      help=f"one of kprop, {', '.join(TAIL_METHODS)} (default kprop, the same as lpe: a Heaviside "
+                           "unit propagated by kprop; mc: exceedance counts over --samples inputs)")
     tail.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
     tail.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
     tail.add_argument("--factored", action="store_true",
@@ -230,10 +264,11 @@ def build_parser() -> OneLineParser:
     whest_commands = whest.add_subparsers(dest="whest_command", required=True, parser_class=OneLineParser)
     export = whest_commands.add_parser("export", help="write a self-contained WhestBench estimator package")
     add_export_arguments(export)
-    export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--out", required=True, metavar="DIR", help="package folder to write (or an earlier export)")
     whest_score = whest_commands.add_parser("score", help="bake/reuse a local dataset; score us and the baselines")
-    whest_score.add_argument("--round", choices=tuple(WHEST_ROUNDS), default="warmup")
-    whest_score.add_argument("--n-mlps", type=sample_count, default=3)
+    whest_score.add_argument("--round", choices=tuple(WHEST_ROUNDS), default="warmup",
+                             help="the round whose width, depth, budget and rules apply (default warmup)")
+    whest_score.add_argument("--n-mlps", type=sample_count, default=3, help="networks in the dataset (default 3)")
     whest_score.add_argument("--samples", type=sample_count, default=10**6, help="Monte Carlo samples per truth")
     whest_score.add_argument("--width", type=int, help="override the round's width (quick checks)")
     whest_score.add_argument("--depth", type=int, help="override the round's depth (quick checks)")
@@ -303,7 +338,7 @@ def add_distill_parser(commands: argparse._SubParsersAction) -> None:
     distill.add_argument("--student-width", type=int, required=True, help="hidden width of the student")
     distill.add_argument("--steps", type=int, default=200, help="mechanistic Adam steps (default 200)")
     distill.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 2..{MAX_ORDER} (default 2)")
-    distill.add_argument("--variant", choices=VARIANTS, default="simple")
+    distill.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
     distill.add_argument("--factored", action="store_true", help="factored propagation (K = 3 simple)")
     distill.add_argument("--method", choices=("kprop", "mehler"), default="kprop",
                          help="kprop: order-K propagation; mehler: Gaussian closure at every layer (default kprop)")
@@ -317,7 +352,8 @@ def add_distill_parser(commands: argparse._SubParsersAction) -> None:
     distill.add_argument("--log-every", type=int, default=10, help="mechanistic steps between true-loss evaluations")
     distill.add_argument("--test-samples", type=sample_count, default=1 << 14,
                          help="held-out Monte Carlo inputs for the true loss (default 16384)")
-    distill.add_argument("--dtype", choices=tuple(DTYPES), default="float64")
+    distill.add_argument("--dtype", choices=tuple(DTYPES), default="float64",
+                         help="precision of teacher, student and training (default float64)")
     add_device_argument(distill)
     distill.add_argument("--out", required=True, metavar="STUDENT.npz", help="where to write the trained student")
     distill.add_argument("--plot", metavar="LOSS.png", help="true loss against training FLOPs")
@@ -330,9 +366,24 @@ def network_from(args: argparse.Namespace) -> MLP:
     return random_mlp(args.width, args.depth, args.activation, seed=args.seed)
 
 
+def scheme_from(args: argparse.Namespace) -> Scheme | None:
+    """The kprop scheme that --order/--variant/--factored name (K = 2 simple by default); None with --budget, which
+    chooses it."""
+    named = args.order is not None or args.variant is not None or args.factored
+    if args.budget is not None:
+        if args.method != "kprop":
+            raise MechestError("--budget chooses a kprop scheme; it does not apply to --method mc")
+        if named:
+            raise MechestError("give either --budget or --order/--variant/--factored, not both")
+        return None
+    if args.method == "mc" and named:
+        raise MechestError("--order/--variant/--factored are kprop options; --method mc does not use them")
+    return Scheme(2 if args.order is None else args.order, args.variant or "simple", args.factored)
+
+
 def run_estimate(args: argparse.Namespace, net: MLP) -> Estimate:
-    return estimate(net, args.method, order=args.order, variant=args.variant, factored=args.factored,
-                    samples=args.samples, seed=args.seed, dtype=args.dtype, device=args.device, progress=True)
+    return estimate(net, args.method, scheme=scheme_from(args), budget=args.budget, samples=args.samples,
+                    seed=args.seed, dtype=args.dtype, device=args.device, progress=True)
 
 
 def command_estimate(args: argparse.Namespace) -> None:
@@ -340,7 +391,7 @@ def command_estimate(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result.to_dict()))
         return
-    label = f"kprop K={result.order} {result.variant}" if result.method == "kprop" else f"mc N={result.samples}"
+    label = f"kprop {result.scheme}" if result.method == "kprop" else f"mc N={result.samples}"
     print(f"{label}: {result.flops:.3e} FLOPs, {result.seconds:.3f} s")
     columns = [result.mean] + ([result.stderr] if result.stderr is not None else [])
     header = ["output", "mean"] + (["stderr"] if result.stderr is not None else [])
@@ -349,6 +400,7 @@ def command_estimate(args: argparse.Namespace) -> None:
 
 
 def command_net(args: argparse.Namespace) -> None:
+    check_output_path(args.out)
     net = random_mlp(args.width, args.depth, args.activation, init=args.init, bias_mean=args.bias_mean,
                      bias_var=args.bias_var, seed=args.seed)
     net.save(args.out)
@@ -414,6 +466,9 @@ def command_tail_bench(args: argparse.Namespace) -> None:
 
     if args.width < 1 or args.depth < 1:
         raise MechestError("--width and --depth must be positive")
+    check_output_directory(args.results)
+    if args.make_truths and not args.replot:
+        check_output_directory(args.truths)
     settings = TailBenchSettings(width=args.width, depth=args.depth, layers=tuple(sorted({2, args.depth + 1})),
                                  seeds=tuple(args.seeds), truths=Path(args.truths), results=Path(args.results))
     if args.make_truths and not args.replot:
@@ -426,7 +481,7 @@ def command_tail_bench(args: argparse.Namespace) -> None:
         median = "–" if ladder["median_rel_error"] is None else f"{ladder['median_rel_error']:.1%}"
         print(f"budget ladder, layer {ladder['layer']}: median relative error {median} over {ladder['covered']} "
               f"band neurons; {ladder['uncovered']} band neurons have a budget no ladder method fits")
-    for path in plot(records, settings, settings.results / "figures" / "tail_bench"):
+    for path in plot(records, settings, settings.results / "figures" / f"tail_bench{settings.tag}"):
         print(f"wrote {path}")
 
 
@@ -435,7 +490,7 @@ def command_whestbench(args: argparse.Namespace) -> None:
         out = export_package(args.out, args.order, args.budget_fraction, args.min_window, augment=args.augment)
         print(f"wrote {out}: check it with `whest validate --estimator {out / 'estimator.py'}`")
         return
-    root = Path(args.data_dir)
+    root = check_output_directory(args.data_dir)
     truths = Path(args.truths) if args.truths else None
     rows, floor, dataset = score_round(args.round, args.n_mlps, args.samples, root, root / "package",
                                        args.width, args.depth, truths, args.flops_only, args.budget_fraction)
@@ -453,19 +508,25 @@ def command_whestbench(args: argparse.Namespace) -> None:
 
 
 def command_distill(args: argparse.Namespace) -> None:
-    from mechest.training_plots import plot_runs  # matplotlib loads only for this command
+    from mechest.training_plots import image_format, plot_runs  # matplotlib loads only for this command
     from mechest.training import DistillConfig, distill
 
+    outputs = [check_output_path(path).resolve() for path in (args.out, args.plot, args.json) if path]
+    if len(set(outputs)) < len(outputs):
+        raise MechestError("--out, --plot and --json must name different files")
+    plot_format = image_format(args.plot) if args.plot else None
     teacher = load(args.teacher, dtype=DTYPES[args.dtype]).to(device=resolve_device(args.device))
     config = DistillConfig(args.student_width, args.steps, args.order, args.variant, args.factored, args.lr,
                            args.baseline_lr, args.batch_size, args.seed, args.log_every, args.test_samples,
                            args.method, args.lr_schedule)
     student, runs = distill(teacher, config, baseline=not args.no_baseline, progress=True)
-    student.save(args.out)
-    if args.plot:
-        plot_runs(runs, args.plot, f"teacher {args.teacher} → student width {args.student_width}")
-    if args.json:
-        write_text_atomically(args.json, json.dumps([run.to_dict() for run in runs]))
+    with ExitStack() as written:  # each output goes to a temporary file first: all of them are written, or none
+        student.save(written.enter_context(atomic_path(args.out)))
+        if args.plot:
+            plot_runs(runs, written.enter_context(atomic_path(args.plot)),
+                      f"teacher {args.teacher} → student width {args.student_width}", plot_format)
+        if args.json:
+            written.enter_context(atomic_path(args.json)).write_text(json.dumps([run.to_dict() for run in runs]))
     rows = [[run.label, run.steps[-1], run.flops[-1], run.true_loss[0], run.true_loss[-1], run.stderr[-1],
              run.true_loss[0] / run.true_loss[-1], run.seconds] for run in runs]
     print(format_table(["run", "steps", "FLOPs", "initial loss", "final loss", "stderr", "reduction", "seconds"], rows))
@@ -482,6 +543,8 @@ def command_bench(args: argparse.Namespace) -> None:
         max_truth_flops=args.max_truth_flops, min_truth_samples=args.min_truth_samples, max_flops=args.max_flops,
         mc_samples=tuple(args.mc_samples) if args.mc_samples else None, repeats=args.repeats, dtype=args.dtype,
         results=args.results, truth_dirs=tuple(args.truths), plots=not args.no_plots, device=args.device)
+    if settings.plots or not args.report:
+        check_output_directory(settings.results)
     if args.report:
         wanted = set(args.report)
         rows = [row for row in results.read_runs(settings.results).to_pylist() if row["run_id"] in wanted]
@@ -530,13 +593,44 @@ COMMANDS = {"estimate": command_estimate, "net": command_net, "truth": command_t
             "tail-bench": command_tail_bench, "whestbench": command_whestbench, "distill": command_distill}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, batch schedulers), raised like Ctrl-C so that whatever saves work on Ctrl-C (the
+    truth checkpoint) saves it on SIGTERM too."""
+
+
+@contextmanager
+def sigterm_raises_terminated() -> Iterator[None]:
+    """While the block runs in the main thread, SIGTERM raises Terminated there; the old handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        COMMANDS[args.command](args)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # bare `mechest`: the commands and options rather than a one-line complaint
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
+    try:
+        with sigterm_raises_terminated():
+            COMMANDS[args.command](args)
     except MechestError as error:
         print(f"mechest: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:
+        print("mechest: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("mechest: interrupted", file=sys.stderr)
         return 130

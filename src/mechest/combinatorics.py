@@ -1,4 +1,4 @@
-"""Pure-Python combinatorics of cumulant propagation (design §4.3, §4.4, §4.6, §6).
+"""Pure-Python combinatorics of cumulant propagation (docs/method.md §4.2, §6.3–§6.6, §7).
 
 Everything is exact integer/rational bookkeeping derived by enumeration, and cached:
 
@@ -107,7 +107,7 @@ def vector_partitions(vec: Vector) -> tuple[Diagram, ...]:
 
 
 def diagram_coefficient(diagram: Diagram) -> Fraction:
-    """c(ν) = 1 / Π_{distinct v∈ν} [mult(v)! · (Π_j v_j!)^{mult(v)}] (design §4.3).
+    """c(ν) = 1 / Π_{distinct v∈ν} [mult(v)! · (Π_j v_j!)^{mult(v)}] (docs/method.md §6.3).
 
     Equivalently c(ν) = N(ν)/Π_j k_j! with k = Σ_{v∈ν} v and N(ν) the number of set partitions of k_j labelled
     legs on each coordinate j whose blocks, counted per coordinate, are the vectors of ν.
@@ -155,7 +155,7 @@ def is_connected(diagram: Diagram, m: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Variants (design §4.6)
+# Variants (docs/method.md §4.2)
 
 
 VARIANTS: tuple[str, ...] = ("simple", "augment", "base")
@@ -181,7 +181,7 @@ def d_max(K: int, variant: str) -> int:
 
 @cache
 def radial_index(d: int, K: int, variant: str) -> int:
-    """r_x(d): the harmonic radial index kept for degree d (0 = full tensor, −1 = dropped), design §4.6 table.
+    """r_x(d): the harmonic radial index kept for degree d (0 = full tensor, −1 = dropped), docs/method.md §4.2.
 
     d ≤ K: 0. d = K+1: SIMPLE d/2 if d is even (pure trace), AUGMENT 1. d = K+2: AUGMENT d/2 if d is even.
     Every other case, and every d > d_max, is −1.
@@ -217,7 +217,7 @@ def tracked_slice_types(K: int, variant: str) -> tuple[IntPartition, ...]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Admissible diagrams (design §4.3)
+# Admissible diagrams (docs/method.md §6.4)
 
 
 def block_cost(v: Vector) -> int:
@@ -281,7 +281,7 @@ def admissible_diagrams(p: IntPartition, K: int, variant: str) -> tuple[DiagramT
     """D_p grouped into orbits under the slice symmetries of p, one DiagramTerm per orbit.
 
     Enumerates multisets of admissible blocks (each costs ≥ 1, so at most B of them) of total cost ≤ B and keeps
-    the connected ones; this is the set {ν ⊢ k : |k| ≤ 2B, ν admissible} of design §4.3.
+    the connected ones; this is the set {ν ⊢ k : |k| ≤ 2B, ν admissible} of docs/method.md §6.4.
     """
     m, budget = len(p), diagram_budget(K, variant)
     blocks = tuple(
@@ -318,7 +318,7 @@ def term_counts(K: int, variant: str) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Power cumulants → cumulants (design §4.4)
+# Power cumulants → cumulants (docs/method.md §6.6)
 
 
 def power_type(u: Vector) -> IntPartition:
@@ -350,7 +350,7 @@ def power_to_cumulant_terms(p: IntPartition) -> tuple[tuple[int, Diagram], ...]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Factored propagation (design §6)
+# Factored propagation (docs/method.md §7)
 
 
 def is_hypertree(diagram: Diagram) -> bool:
@@ -370,7 +370,7 @@ def is_hypertree(diagram: Diagram) -> bool:
 
 
 def factored_keeps_term(p: IntPartition, diagram: Diagram, K: int) -> bool:
-    """Whether factored propagation (K = 3, 4) keeps ν on slice p (the reference's term set, design §6).
+    """Whether factored propagation (K = 3, 4) keeps ν on slice p (the reference's term set, docs/method.md §7.4).
 
     Two rules: on the top slice p = (1,)*K, ν must be a hypertree; on every slice, κ_K's all-distinct block
     (1,…,1) may only appear alone (its products with other blocks are dropped). Every SIMPLE/BASE diagram

@@ -13,7 +13,7 @@ def demo_rows(estimates: list[Estimate], truth: Truth) -> list[list[object]]:
     """One table row per estimate: label, MSE/Var against the reference, FLOPs, seconds."""
     rows = []
     for result in estimates:
-        label = f"kprop K={result.order}" if result.method == "kprop" else f"Monte Carlo N={result.samples:,}"
+        label = f"kprop K={result.scheme.order}" if result.method == "kprop" else f"Monte Carlo N={result.samples:,}"
         rows.append([label, score(result.mean, truth).relative, f"{result.flops:.3e}", f"{result.seconds:.3f}"])
     return rows
 

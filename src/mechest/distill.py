@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from mechest.errors import MechestError
-from mechest.kprop import check_options, propagate
+from mechest.kprop import Scheme, propagate
 from mechest.mlp import MLP, from_sequential, random_mlp
 from mechest.wick import MIN_VARIANCE, wick_table
 
@@ -154,7 +154,7 @@ def expected_loss(
     """
     if method not in METHODS:
         raise MechestError(f"unknown distillation method {method!r}; expected one of {', '.join(METHODS)}")
-    check_options(order, variant)
+    scheme = Scheme(order, variant, factored)
     if order < 2:
         raise MechestError("the distillation loss needs order K >= 2 (K = 1 drops the student-teacher covariance)")
     joint = joint_network(student, teacher)
@@ -164,7 +164,7 @@ def expected_loss(
     if method == "mehler":
         mean, cov = gaussian_closure(prefix(joint), hermite_terms)
     else:
-        hidden = propagate(prefix(joint), order, variant, factored)
+        hidden = propagate(prefix(joint), scheme)
         mean, cov = hidden.mean, hidden.cov
     act_mean, act_cov = gaussian_activation_moments(joint.activations[-1], mean, cov, hermite_terms)
     out_weight, out_bias = joint.weights[-1], joint.biases[-1]

@@ -9,15 +9,15 @@ import torch
 
 from mechest.device import resolve_device, synchronize
 from mechest.errors import MechestError
-from mechest.flops import FlopCounter, warm_up
-from mechest.kprop import check_options, propagate
+from mechest.flops import FlopCounter
+from mechest.kprop import Propagation, Scheme, propagate, runs_on_executor
 from mechest.kprop.plan import compile_plan
+from mechest.kprop.run import executor_plan
 from mechest.limits import check_propagation_memory, require_finite_propagation
 from mechest.mlp import MLP
 from mechest.montecarlo import check_sample_count, sample_moments
 
 METHODS = ("kprop", "mc")
-_FLOP_CACHE: dict[tuple, int] = {}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -33,11 +33,9 @@ class Estimate:
 
     method: str
     mean: torch.Tensor
-    flops: int
+    flops: int | None
     seconds: float
-    order: int | None = None
-    variant: str | None = None
-    factored: bool = False
+    scheme: Scheme | None = None
     cov: torch.Tensor | None = None
     third: torch.Tensor | None = None
     stderr: torch.Tensor | None = None
@@ -46,10 +44,10 @@ class Estimate:
 
     def to_dict(self) -> dict:
         """The JSON-ready summary printed by ``mechest estimate --json``."""
-        record: dict = {"method": self.method, "mean": self.mean.tolist(), "flops": int(self.flops),
+        record: dict = {"method": self.method, "mean": self.mean.tolist(), "flops": self.flops,
                         "seconds": self.seconds}
         if self.method == "kprop":
-            record.update(order=self.order, variant=self.variant, factored=self.factored)
+            record.update(scheme=self.scheme.to_dict(), **self.scheme.to_dict())
         else:
             record.update(stderr=self.stderr.tolist(), samples=self.samples)
         return record
@@ -73,18 +71,25 @@ def estimate(
     order: int = 2,
     variant: str = "simple",
     factored: bool = False,
+    scheme: Scheme | None = None,
+    budget: float | None = None,
     samples: int | None = None,
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     chunk_size: int | None = None,
     progress: bool = False,
+    count: bool = True,
+    cov: bool = False,
 ) -> Estimate:
     """Estimate the expected output of ``net`` under standard Gaussian input.
 
-    - ``method="kprop"``: cumulant propagation to order ``order`` (1..4) in ``variant`` "simple" or
-      "augment"; float64 unless ``dtype`` says otherwise. Differentiable with respect to the weights.
-      ``factored=True`` carries the top cumulant in factored form (design §6; K = 3 both variants, K = 4 simple).
+    - ``method="kprop"``: cumulant propagation at ``scheme`` (a mechest.kprop.Scheme; by default the one made of
+      ``order`` 1..4, ``variant`` "simple"/"augment" and ``factored``, see mechest.kprop.SCHEMES), or with
+      ``budget`` (FLOPs) the scheme predicted to be most accurate within it (mechest.budget.choose_scheme).
+      float64 unless ``dtype`` says otherwise. Differentiable with respect to the weights. One run, its FLOPs
+      counted as it goes (mechest.flops; ``count=False`` runs it uncounted, ``flops`` None, for clean timings).
+      ``cov=True`` also returns the output covariance (``.cov``), which costs the last layers more work.
     - ``method="mc"``: Monte Carlo with ``samples`` inputs drawn from ``seed``, streamed in chunks of
       ``chunk_size`` (None: sized to the device's memory on CUDA).
 
@@ -95,8 +100,12 @@ def estimate(
     if method == "kprop":
         if samples is not None:
             raise MechestError("a sample count (--samples) is for method mc; kprop draws no samples")
-        return kprop_estimate(net.to(dtype=resolve_dtype(dtype, torch.float64), device=device), order, variant,
-                              factored)
+        net = net.to(dtype=resolve_dtype(dtype, torch.float64), device=device)
+        if budget is not None:
+            from mechest.budget import choose_scheme  # budget imports this module
+
+            scheme = choose_scheme(net, budget)
+        return kprop_estimate(net, scheme if scheme is not None else Scheme(order, variant, factored), count, cov)
     if method == "mc":
         if samples is None:
             raise MechestError("method 'mc' needs a sample count (samples=...)")
@@ -105,48 +114,42 @@ def estimate(
     raise MechestError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
 
 
-def kprop_estimate(net: MLP, order: int, variant: str, factored: bool) -> Estimate:
-    """Cumulant propagation on ``net``'s dtype and device: timed on its own, with FLOPs counted on a
-    structurally identical run."""
-    check_options(order, variant)
-    check_propagation_memory(net.dims, order, variant, factored, net.dtype, net.device)
-    if order >= 2:
-        compile_plan(order, variant, "factored" if factored else "full")  # one-time enumeration, not part of a run
+def prepare(net: MLP, scheme: Scheme) -> None:
+    """One-time work that is not part of a propagation: compiling the plan (diagram enumeration)."""
+    if runs_on_executor(scheme):
+        if scheme.order >= 2 and scheme != Scheme(2, "simple"):
+            executor_plan(scheme, max(net.dims[1:-1], default=1))
+    else:
+        compile_plan(scheme.order, scheme.variant, "factored" if scheme.factored else "full")
+
+
+def counted_propagation(net: MLP, scheme: Scheme, count: bool = True,
+                        outputs: str = "cov") -> tuple[Propagation, int | None, float]:
+    """One propagation of ``net`` at ``scheme`` (``outputs`` as in mechest.kprop.propagate): (result, FLOPs counted
+    as it runs or None without ``count``, wall-clock seconds)."""
+    prepare(net, scheme)
     synchronize(net.device)
     start = time.perf_counter()
-    result = propagate(net, order, variant, factored)
-    synchronize(net.device)
-    seconds = time.perf_counter() - start
-    require_finite_propagation(result)
-    flops = kprop_flops(structure_key(net), order, variant, factored, net)
-    return Estimate("kprop", result.mean, flops, seconds, order=order, variant=variant, factored=factored,
-                    cov=result.cov, third=result.third)
-
-
-def structure_key(net: MLP) -> tuple:
-    """What the operations of a propagation depend on: shapes, activations, which layers have biases, dtype."""
-    return (tuple(net.dims), tuple(net.activations), tuple(b is not None for b in net.biases), net.dtype,
-            str(net.device))
-
-
-def kprop_flops(key: tuple, order: int, variant: str, factored: bool, net: MLP) -> int:
-    """FLOPs of propagating ``net`` at (order, variant), counted once per network structure.
-
-    The operations run by the propagation depend only on the structure (never on the weight values), so one
-    counted run serves every network of the same structure. Counting is kept out of the timed run because
-    the dispatch mode that counts adds tens of microseconds per operation.
-    """
-    cache_key = (key, order, variant, factored)
-    if cache_key not in _FLOP_CACHE:
-        warm_up()
+    if count:
         with FlopCounter() as counter:
-            propagate(net, order, variant, factored)
-        _FLOP_CACHE[cache_key] = counter.total
-    return _FLOP_CACHE[cache_key]
+            result = propagate(net, scheme, outputs)
+    else:
+        result = propagate(net, scheme, outputs)
+    synchronize(net.device)
+    return result, counter.total if count else None, time.perf_counter() - start
+
+
+def kprop_estimate(net: MLP, scheme: Scheme, count: bool = True, cov: bool = False) -> Estimate:
+    """Cumulant propagation on ``net``'s dtype and device, run once (and counted as it runs); the output covariance
+    only with ``cov``."""
+    check_propagation_memory(net.dims, scheme, net.dtype, net.device)
+    result, flops, seconds = counted_propagation(net, scheme, count, "cov" if cov else "mean")
+    require_finite_propagation(result)
+    return Estimate("kprop", result.mean, flops, seconds, scheme=scheme, cov=result.cov, third=result.third)
 
 
 def monte_carlo_estimate(net: MLP, samples: int, seed: int, chunk_size: int | None, progress: bool) -> Estimate:
-    """Streaming Monte Carlo on ``net``'s dtype and device; FLOPs = samples × one forward pass (design §8)."""
+    """Streaming Monte Carlo on ``net``'s dtype and device; FLOPs = samples × one forward pass (docs/method.md §9)."""
     samples = check_sample_count(samples)
     synchronize(net.device)
     start = time.perf_counter()

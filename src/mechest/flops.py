@@ -1,4 +1,4 @@
-"""Counting floating-point operations of the torch operations actually run (design §8 convention).
+"""Counting floating-point operations of the torch operations actually run (docs/method.md §9).
 
 Rules, per aten operation:
 - matrix products (mm, bmm, mv, dot, and einsum, which torch lowers to them): 2·m·k·n;
@@ -8,7 +8,7 @@ Rules, per aten operation:
 - sum and prod: (r - 1) per output entry, i.e. input size - output size; mean: r per output entry;
 - everything else (views, copies, comparisons, clamps, indexing, random-number generation): 0.
 
-Besides this raw count, ``FlopCounter.discounted`` applies design §8's symmetric-storage discount the way a
+Besides this raw count, ``FlopCounter.discounted`` applies docs/method.md §9's symmetric-storage discount the way a
 symmetric tensor kernel would: an operation whose output is symmetric in its last d ≥ 2 axes (all of size n)
 is charged only for the C(n+d−1, d) distinct entries, i.e. its raw FLOPs times
 slice_factor = C(n+d−1, d) / n^d (≈ 1/d! for large n). Symmetry is detected on the output's values (at
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from functools import cache
 from math import comb
 
 import torch
@@ -108,6 +107,12 @@ class FlopCounter(TorchDispatchMode):
     48
     """
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """Let torch leave ``__torch_dispatch__`` undecorated: its dynamo guard would import torch._dynamo
+        (1–2 s) on the first counted operation, and nothing counted here is compiled."""
+        return False
+
     def __init__(self, discount: bool = False) -> None:
         super().__init__()
         self.by_operation: Counter[str] = Counter()
@@ -128,13 +133,3 @@ class FlopCounter(TorchDispatchMode):
                 d = symmetric_axes(out)
                 self.discounted += flops * (slice_factor(out.shape[-1], d) if d else 1.0)
         return out
-
-
-@cache
-def warm_up() -> None:
-    """Count one operation once: torch imports and sets up its compiler stack (seconds) on the first operation
-    dispatched to a mode. Call this before timing a counted computation so that the one-time cost is not
-    billed to it; afterwards counting costs tens of microseconds per operation.
-    """
-    with FlopCounter():
-        torch.ones(1) * 1

@@ -18,6 +18,7 @@ from mechest.errors import MechestError
 
 if TYPE_CHECKING:
     from mechest.kprop.result import Propagation
+    from mechest.kprop.scheme import Scheme
 
 MAX_SAMPLES = 10**15
 """The most Monte Carlo samples accepted for any network (about 1.5e10 chunks of 65536)."""
@@ -51,20 +52,28 @@ def require_finite(method: str, value: torch.Tensor, quantities: Iterable[Quanti
         raise MechestError(f"{method}: the result is not finite (overflow?)")
 
 
+def moment_quantities(where: str, mean: torch.Tensor, cov: torch.Tensor | None) -> Iterator[Quantity]:
+    """Mean, variance and covariance of one layer; ``cov`` is a matrix, a variance (K = 1's trace part c), or
+    None where the propagation did not compute it."""
+    yield "mean", where, mean
+    if cov is not None and cov.ndim == 2:
+        yield "variance", where, torch.diagonal(cov)
+        yield "covariance", where, cov
+    elif cov is not None:
+        yield "variance", where, cov
+
+
 def hidden_quantities(result: Propagation, layers: int | None = None) -> Iterator[Quantity]:
-    """Mean, variance and covariance of the first ``layers`` hidden activations (None: all) of a propagation."""
+    """Mean, variance and covariance of the first ``layers`` hidden activations (None: all) of a propagation
+    (a Propagation or the executor's Cumulants)."""
     pairs = list(zip(result.layer_means, result.layer_covs, strict=True))[:layers]
     for layer, (mean, cov) in enumerate(pairs, start=1):
-        yield "mean", f"hidden layer {layer}", mean
-        yield "variance", f"hidden layer {layer}", torch.diagonal(cov)
-        yield "covariance", f"hidden layer {layer}", cov
+        yield from moment_quantities(f"hidden layer {layer}", mean, cov)
 
 
 def output_quantities(result: Propagation) -> Iterator[Quantity]:
-    """Mean, variance, covariance and (where tracked) third cumulant of the output of a propagation."""
-    yield "mean", "the output", result.mean
-    yield "variance", "the output", torch.diagonal(result.cov)
-    yield "covariance", "the output", result.cov
+    """Mean, variance, covariance (where computed) and third cumulant (where tracked) of a propagation's output."""
+    yield from moment_quantities("the output", result.mean, result.cov)
     if result.third is not None:
         yield "third cumulant", "the output", result.third
 
@@ -109,16 +118,16 @@ def check_sample_time(samples: int, flops_per_sample: int) -> int:
 
 PROPAGATION_NUMBERS: dict[tuple[int, str, bool], tuple[float, float, int]] = {
     (1, "simple", False): (2, 0, 2), (1, "augment", False): (2, 0, 2), (1, "isotropic", False): (2, 0, 2),
-    (2, "simple", False): (10, 0, 2), (2, "augment", False): (4, 0, 3),
+    (2, "simple", False): (10, 0, 2), (2, "augment", False): (48, 8, 2),
     (3, "simple", False): (16, 0, 3), (3, "augment", False): (16, 0, 3),
     (3, "simple", True): (16, 36, 2), (3, "augment", True): (6, 0.5, 3),
     (4, "simple", False): (16, 0, 4), (4, "augment", False): (16, 0, 4),
     (4, "simple", True): (0, 36, 3),
 }
 """(a, b, p): a propagation of width n and depth L holds at most about (a + b·L)·n^p numbers at once. Measured
-as the peak resident memory of mechest.kprop.propagate on He-init ReLU nets, n = 24…800, L = 1…8, rounded up:
-e.g. the unfactorised κ_K and its temporaries take 8–16 n^K numbers, and K = 2 augment's capped (2, 1, 1) sums
-3 n³. Factored propagation at K ≤ 2 changes nothing."""
+as the peak resident memory of mechest.kprop.propagate (outputs="cov") on He-init ReLU nets, n = 24…800,
+L = 1…8, rounded up: e.g. the dense engine's κ_K and its temporaries take 8–16 n^K numbers, the executor's
+K = 2 augment 55–70 n² and factored K = 3 simple 70–120 n² at L = 2…4."""
 
 
 def propagation_bytes(width: int, depth: int, order: int, variant: str, factored: bool, itemsize: int = 8) -> float:
@@ -163,23 +172,23 @@ def largest_fitting(size_of: Callable[[int], float], available: float, upper: in
     return low
 
 
-def check_propagation_memory(dims: list[int], order: int, variant: str, factored: bool, dtype: torch.dtype,
-                             device: torch.device) -> None:
+def check_propagation_memory(dims: list[int], scheme: Scheme, dtype: torch.dtype, device: torch.device) -> None:
     """A MechestError before propagating if the estimated peak memory exceeds what is available, naming what
-    would fit: --factored, a smaller order K, or a smaller width."""
-    if (order, variant, factored and order >= 3) not in PROPAGATION_NUMBERS:
-        return  # not a propagation mechest runs: mechest.kprop says so
+    would fit: --factored, --variant simple, a smaller order K, or a smaller width."""
+    order, variant, factored = scheme.order, scheme.variant, scheme.factored
+    if (order, variant, factored) not in PROPAGATION_NUMBERS:
+        return  # a scheme whose memory was not measured
     available = available_memory(device)
     width, depth, itemsize = max(dims), len(dims) - 2, dtype.itemsize
     needed = propagation_bytes(width, depth, order, variant, factored, itemsize)
     if available is None or needed <= available:
         return
     fits = []
-    if not factored and order >= 3 and (order, variant, True) in PROPAGATION_NUMBERS:
+    if not factored and (order, variant, True) in PROPAGATION_NUMBERS:
         factored_bytes = propagation_bytes(width, depth, order, variant, True, itemsize)
         if factored_bytes <= available:
             fits.append(f"--factored ({gigabytes(factored_bytes)})")
-    if variant == "augment":
+    if variant == "augment" and (order, "simple", factored) in PROPAGATION_NUMBERS:
         simple_bytes = propagation_bytes(width, depth, order, "simple", factored, itemsize)
         if simple_bytes <= available:
             fits.append(f"--variant simple ({gigabytes(simple_bytes)})")
@@ -190,9 +199,8 @@ def check_propagation_memory(dims: list[int], order: int, variant: str, factored
     narrowest = largest_fitting(lambda n: propagation_bytes(n, depth, order, variant, factored, itemsize),
                                 available, width)
     fits.append(f"a width of at most {narrowest}" if narrowest else "a smaller network")
-    raise MechestError(f"kprop K={order} {variant}{' factored' if factored else ''} at width {width} needs about "
-                       f"{gigabytes(needed)} of memory, but {gigabytes(available)} is available; what would fit: "
-                       f"{', '.join(fits)}")
+    raise MechestError(f"kprop {scheme} at width {width} needs about {gigabytes(needed)} of memory, but "
+                       f"{gigabytes(available)} is available; what would fit: {', '.join(fits)}")
 
 
 def check_network_memory(dims_of: Callable[[int], list[int]], width: int, itemsize: int = 8) -> None:

@@ -1,6 +1,6 @@
 """Multilayer perceptrons: the networks whose expected output mechest estimates.
 
-Convention (design §1): an MLP has L linear maps and L - 1 hidden layers,
+Convention (docs/method.md §1.1): an MLP has L linear maps and L - 1 hidden layers,
 
     z_0 = W_0 x + b_0,   a_l = φ_l(z_l),   z_{l+1} = W_{l+1} a_l + b_{l+1},
 
@@ -121,7 +121,7 @@ class MLP:
         return outputs
 
     def flops_per_sample(self) -> int:
-        """FLOPs of one forward pass (design §8): 2·in·out per linear map, +out per bias, +1 per activation entry."""
+        """FLOPs per sample (docs/method.md §9): 2·in·out per linear map, +out per bias, +1 per activation entry."""
         linear = sum(2 * w.shape[0] * w.shape[1] for w in self.weights)
         bias = sum(b.numel() for b in self.biases if b is not None)
         nonlinear = sum(w.shape[0] for w in self.weights[:-1])
@@ -238,7 +238,7 @@ def per_hidden_layer(activation: str | Sequence[str], depth: int) -> list[str]:
 
 
 def he_weight_variances(activations: Sequence[str], bias_means: Sequence[float]) -> list[float]:
-    """He init (design §1): w_var_0 = 1, w_var_l = 1 / E[φ_{l-1}(Z + b_mean_{l-1})²], Z ~ N(0, 1)."""
+    """He init (docs/method.md §1.1): w_var_0 = 1, w_var_l = 1 / E[φ_{l-1}(Z + b_mean_{l-1})²], Z ~ N(0, 1)."""
     variances = [1.0]
     for layer, name in enumerate(activations):
         moment = second_moment(name, bias_means[layer])
@@ -286,7 +286,7 @@ def random_mlp(
 ) -> MLP:
     """A random MLP with ``depth`` hidden layers of size ``width``; W_l[i, j] ~ N(0, w_var_l / fan_in).
 
-    ``init``: "he" (default; design §1), "critical" (q*; needs one activation for every layer), or "manual"
+    ``init``: "he" (default; docs/method.md §1.1), "critical" (q*; needs one activation for every layer), or "manual"
     (``weight_var`` given per linear layer or as a scalar). A layer has a bias iff its bias variance is
     positive or its bias mean is nonzero; the bias is then N(bias_mean, bias_var) per entry.
     Reproducible: the same arguments give the same network.
@@ -463,18 +463,25 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             for key in data.files:
                 try:
                     arrays[key] = data[key]
-                except ValueError:
+                except ValueError as error:
+                    if "pickle" not in str(error):
+                        raise
                     raise MechestError(f"cannot read {path}: its array {key!r} holds Python objects, not numbers "
                                        "or text") from None
-            return arrays
     except MechestError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise MechestError(f"cannot read {path}: not a valid .npz file ({error})") from None
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # a member that is not .npy data comes back as bytes
+            raise MechestError(f"cannot read {path}: not a valid .npz file ({key} is not an array)")
+    return arrays
 
 
 def numeric_tensor(array: np.ndarray, name: str, dtype: torch.dtype) -> torch.Tensor:
     """Convert a numeric array from a file to a tensor, with a clear error for non-numeric data."""
     if not np.issubdtype(array.dtype, np.number):
         raise MechestError(f"{name} is not numeric (dtype {array.dtype})")
+    if np.issubdtype(array.dtype, np.complexfloating):  # casting would drop the imaginary parts
+        raise MechestError(f"{name} is complex (dtype {array.dtype}); weights and biases must be real")
     return converted(torch.from_numpy(np.asarray(array, dtype=np.float64)), name, dtype)

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from mechest.device import resolve_device, total_memory
 from mechest.errors import MechestError
 from mechest.limits import Quantity, check_sample_time, forward_quantities, require_finite
 from mechest.mlp import MLP, check_seed
+from mechest.progress import LogProgress, progress_bar
 
 DEFAULT_CHUNK_SIZE = 1 << 16
 SUM_BLOCK = 1024  # rows summed together; below torch's parallel grain size (32768), so one thread sums each block
@@ -200,9 +201,9 @@ def check_sample_count(samples: int) -> int:
     return samples
 
 
-def progress_bar(samples: int, done: int, shown: bool) -> tqdm:
-    """A tqdm bar counting samples (hidden unless ``shown``, and then only on a terminal)."""
-    return tqdm(total=samples, initial=done, disable=None if shown else True, unit="sample", unit_scale=True)
+def sample_progress(samples: int, done: int, shown: bool) -> tqdm | LogProgress:
+    """``mechest.progress.progress_bar`` counting Monte Carlo samples (silent unless ``shown``)."""
+    return progress_bar(samples, initial=done, unit="sample", desc="Monte Carlo", shown=shown)
 
 
 def sample_moments(
@@ -230,7 +231,7 @@ def sample_moments(
     if moments.count % chunk_size and moments.count < samples:
         raise MechestError("can only resume from a whole number of chunks")
     chunks = range(moments.count // chunk_size, chunk_count(samples, chunk_size))
-    with progress_bar(samples, moments.count, progress) as bar:
+    with sample_progress(samples, moments.count, progress) as bar:
         for chunk, moments_of_chunk in run_chunks_locally(net, seed, samples, chunk_size, chunks):
             check_chunk_finite(net, seed, chunk, moments_of_chunk)
             moments = moments.merge(moments_of_chunk)

@@ -1,4 +1,4 @@
-"""The benchmark's figures (design §9.3), from the rows of a ``mechest bench`` run; PNG and PDF, Agg backend.
+"""The benchmark's figures (docs/method.md §10.3), from the rows of a ``mechest bench`` run; PNG and PDF, Agg backend.
 
 (a) MSE/Var against FLOPs at the headline net, with the Monte Carlo line MSE/Var = forward / FLOPs;
 (b) MSE against width per order K, with fitted slopes; (c) MSE/Var against wall-clock seconds, with Monte
@@ -16,10 +16,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
+from mechest.kprop import Scheme as Config  # noqa: E402
 from mechest.bench import (  # noqa: E402
-    BenchSettings, Config, fit_mc_time, fitted_slope, pareto_front, seed_means,
+    BenchSettings, fit_mc_time, fitted_slope, pareto_front, seed_means,
 )
+from mechest.files import atomic_path  # noqa: E402
 from mechest.results import make_directory  # noqa: E402
 
 MARKERS = {("simple", False): "o", ("augment", False): "s", ("simple", True): "^", ("augment", True): "D",
@@ -34,9 +37,12 @@ def colour(order: int) -> str:
 def save(figure: plt.Figure, directory: Path, name: str) -> list[Path]:
     """Write ``name``.png and ``name``.pdf into ``directory``; return the paths."""
     paths = [directory / f"{name}.{suffix}" for suffix in ("png", "pdf")]
-    for path in paths:
-        figure.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        for path in paths:
+            with atomic_path(path) as temporary:
+                figure.savefig(temporary, dpi=150, bbox_inches="tight", format=path.suffix[1:])
+    finally:
+        plt.close(figure)
     return paths
 
 
@@ -56,7 +62,7 @@ def scatter_configs(axes: plt.Axes, points: dict[Config, dict[str, float]], x_ke
     for config, point in sorted(points.items(), key=lambda item: (item[0].order, item[0].variant)):
         if point["mse_over_var"] > 0:
             axes.scatter(point[x_key], point["mse_over_var"], color=colour(config.order),
-                         marker=MARKERS[config.variant, config.factored], label=config.label, zorder=3)
+                         marker=MARKERS[config.variant, config.factored], label=str(config), zorder=3)
 
 
 def plot_mse_vs_flops(rows: Sequence[dict], width: int, depth: int, directory: Path) -> list[Path]:
@@ -106,8 +112,10 @@ def plot_mse_vs_time(rows: Sequence[dict], width: int, depth: int, directory: Pa
 
 def plot_mse_against(rows: Sequence[dict], pairs: Sequence[tuple[int, int]], along: str, directory: Path,
                      name: str) -> list[Path]:
-    """(b)/(d) MSE (noise floor subtracted) against width or depth, one line per configuration, fitted slope of
-    log MSE against log ``along`` in the legend."""
+    """(b)/(d) MSE (noise floor subtracted) against width or depth, one line per configuration, ticks at the
+    widths or depths run. Against width: log-log, with the fitted slope of log MSE against log width (the n^−K
+    law) in the legend; against depth: a linear depth axis and no slope (MSE grows about geometrically in depth,
+    and a power law over 1–4 layers says little)."""
     index = 0 if along == "width" else 1
     series: dict[Config, tuple[list[int], list[float]]] = {}
     for pair in pairs:
@@ -120,13 +128,16 @@ def plot_mse_against(rows: Sequence[dict], pairs: Sequence[tuple[int, int]], alo
         shown = [(x, y) for x, y in zip(xs, ys) if y > 0]
         if not shown:
             continue
-        slope = fitted_slope(xs, ys)
+        slope = fitted_slope(xs, ys) if along == "width" else float("nan")
         axes.plot(*zip(*shown), color=colour(config.order), linestyle=VARIANT_STYLES[config.variant],
                   marker=MARKERS[config.variant, config.factored],
-                  label=config.label + (f" (slope {slope:.2f})" if np.isfinite(slope) else ""))
+                  label=str(config) + (f" (slope {slope:.2f})" if np.isfinite(slope) else ""))
     fixed = f"{pairs[0][1]} hidden layers" if along == "width" else f"width {pairs[0][0]}"
-    axes.set(xscale="log", yscale="log", xlabel=along, ylabel="MSE (noise floor subtracted)",
-             title=f"MSE against {along}, {fixed}, mean over seeds")
+    axes.set(xscale="log" if along == "width" else "linear", yscale="log", xlabel=along,
+             ylabel="MSE (noise floor subtracted)", title=f"MSE against {along}, {fixed}, mean over seeds")
+    ticks = sorted({pair[index] for pair in pairs})
+    axes.set_xticks(ticks, [str(tick) for tick in ticks])  # 16, 32, 64 rather than log-axis labels like 2×10¹
+    axes.xaxis.set_minor_locator(NullLocator())
     axes.legend(fontsize=7)
     axes.grid(True, which="major", alpha=0.3)
     return save(figure, directory, name)

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mechest.errors import MechestError
+from mechest.files import atomic_path
 
 RUNS_DIR = "runs"
 TRUTHS_DIR = "truths"
@@ -108,13 +109,9 @@ def write_part(results: str | Path, run_id: str, part: int, rows: Sequence[Mappi
     """Write ``rows`` as the part file ``runs/<run_id>-<part>.parquet`` of ``results``, atomically."""
     directory = make_directory(runs_dir(results))
     path = directory / f"{run_id}-{part:04d}.parquet"
-    temporary = directory / f".{path.name}.{uuid.uuid4().hex}.partial"
-    try:
-        pq.write_table(to_table(rows), temporary)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise MechestError(f"cannot write {path}: {error.strerror or error}") from None
+    table = to_table(rows)
+    with atomic_path(path) as temporary:
+        pq.write_table(table, temporary)
     return path
 
 

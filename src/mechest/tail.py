@@ -4,7 +4,7 @@ Layer L counts pre-activations from 1: layer 1 is z = W_0 x + b_0, layer L is W_
 layer depth + 1 is the network's output. Write s = +1 for the upper tail and s = -1 for the lower one; then
 P(s·z_i > s·t) is the probability of the event. Three estimators:
 
-- ``lpe`` (design §9.1, "low-probability estimation"): the network up to z, then a Heaviside unit
+- ``lpe`` (docs/method.md §11, "low-probability estimation"): the network up to z, then a Heaviside unit
   1{s·(z - t) > 0} (the bias -s·t folded into the last linear map), then a 1×n output map. The propagated mean
   of the Heaviside layer is the probability. At every order kprop's mean of a unit reads only the marginal
   cumulants of its input: with x = (t - μ)/σ for the event z > t,
@@ -39,16 +39,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from mechest.errors import MechestError
-from mechest.estimate import kprop_flops, resolve_dtype, structure_key
-from mechest.flops import FlopCounter, warm_up
+from mechest.estimate import counted_propagation, prepare, resolve_dtype
+from mechest.flops import FlopCounter
 from mechest.gaussian import normal_cdf, normal_pdf
-from mechest.kprop import check_options, propagate
-from mechest.kprop.engine import Tower, input_tower, linear_step, nonlinear_step
+from mechest.kprop import Scheme, runs_on_executor
+from mechest.kprop.engine import dense_towers, input_tower, linear_step
 from mechest.kprop.factored import output_marginals
 from mechest.kprop.plan import Plan, compile_plan
+from mechest.kprop.run import executor_cumulants
 from mechest.limits import (
     Quantity,
     check_propagation_memory,
@@ -65,12 +65,13 @@ from mechest.montecarlo import (
     chunk_generator,
     chunk_size_of,
 )
+from mechest.progress import progress_bar
 from mechest.tensors.harmonic import slice_of
 from mechest.wick import activation_function
 
 METHODS = ("lpe", "edgeworth", "saddlepoint", "mc")
 WILSON_Z = 1.959963984540054  # two-sided 95% normal quantile
-MIN_VARIANCE = 1e-10  # the engine's variance floor (design §4.1)
+MIN_VARIANCE = 1e-10  # the engine's variance floor (docs/method.md §6.1)
 NEWTON_STEPS = 80
 NEWTON_MAX_STEP = 1.0  # in units of s; keeps Newton on the branch through s = 0
 
@@ -160,59 +161,53 @@ def heaviside_net(net: MLP, layer: int, threshold: float, upper: bool = True) ->
 def lpe(net: MLP, layer: int, threshold: float, upper: bool = True, *, order: int = 2, variant: str = "simple",
         factored: bool = False, dtype: torch.dtype | str | None = None) -> TailEstimate:
     """Method 1: propagate through the Heaviside network and read the mean of its Heaviside layer."""
-    check_options(order, variant)
+    scheme = Scheme(order, variant, factored)
     augmented = heaviside_net(net, layer, threshold, upper).to(dtype=resolve_dtype(dtype, torch.float64))
-    check_propagation_memory(augmented.dims, order, variant, factored, augmented.dtype, augmented.device)
-    if order >= 2:
-        compile_plan(order, variant)
-    start = time.perf_counter()
-    result = propagate(augmented, order, variant, factored)
-    seconds = time.perf_counter() - start
+    check_propagation_memory(augmented.dims, scheme, augmented.dtype, augmented.device)
+    result, flops, seconds = counted_propagation(augmented, scheme)
     require_all_finite("lpe", [*hidden_quantities(result, layer - 1),
                                ("probability", f"layer {layer}", result.layer_means[-1])])
-    flops = kprop_flops(structure_key(augmented), order, variant, factored, augmented)
     return TailEstimate("lpe", layer, float(threshold), upper, result.layer_means[-1], flops, seconds,
                         order=order, variant=variant, factored=factored)
 
 
-def marginal_cumulants(net: MLP, layer: int, order: int = 2, variant: str = "simple",
-                       factored: bool = False) -> torch.Tensor:
-    """Rows μ_i, σ_i², κ_3(i,i,i), κ_4(i,i,i,i) of the pre-activation of ``layer`` as kprop propagates them.
+def marginal_cumulants(net: MLP, layer: int, scheme: Scheme) -> torch.Tensor:
+    """Rows μ_i, σ_i², κ_3(i,i,i), κ_4(i,i,i,i) of the pre-activation of ``layer`` as kprop propagates them at
+    ``scheme``.
 
     Runs the layer steps on ``truncate(net, layer)`` and reads the single-index slice of each tracked cumulant
-    after the last linear map (an untracked degree gives 0): the unfactorised engine, or with ``factored`` (K = 3)
-    the factored one, which gives the same marginals for SIMPLE at a fraction of the cost (and the reference's
-    factored term set for AUGMENT). Every (order, variant) of mechest.kprop is accepted; K = 1's second
-    cumulant is its trace part, as in mean field.
+    after the last linear map (an untracked degree gives 0): the executor where the scheme runs there (factored
+    K = 3 simple gives the unfactorised engine's marginals at a fraction of the cost), the factored engine for
+    factored K = 3 augment (the reference's factored term set), else the unfactorised engine. K = 1's second
+    cumulant is its trace part, as in mean field. A MechestError names the first hidden layer whose mean or
+    variance is not finite (of the executor and the unfactorised engine; of the factored engine only ``layer``'s).
     """
-    check_options(order, variant)
     prefix = truncate(net, layer)
-    if factored:
-        if order != 3:
-            raise MechestError(f"factored marginal cumulants exist at order 3, got order {order}")
-        return output_marginals(prefix, order, variant)
-    return dense_marginals(prefix, compile_plan(order, variant))
+    if runs_on_executor(scheme):
+        result = executor_cumulants(prefix, scheme, outputs="marginals")
+        zeros = torch.zeros_like(result.mean)
+        rows = torch.stack([result.mean, torch.diagonal(result.cov),
+                            zeros if result.third_diagonal is None else result.third_diagonal,
+                            zeros if result.fourth_diagonal is None else result.fourth_diagonal])
+        require_finite("kprop", rows, hidden_quantities(result))
+        return rows
+    if scheme.factored:
+        if scheme.order != 3:
+            raise MechestError(f"factored marginal cumulants exist at order 3, got {scheme}")
+        return output_marginals(prefix, scheme.order, scheme.variant)
+    return dense_marginals(prefix, compile_plan(scheme.order, scheme.variant))
 
 
 def dense_marginals(net: MLP, plan: Plan) -> torch.Tensor:
     """``marginal_cumulants`` of ``net``'s output by the unfactorised engine under ``plan``; a MechestError naming
-    the first pre-activation whose marginal cumulants are not finite."""
-    for layer, tower in enumerate(pre_activation_towers(net, plan), start=1):
-        zeros = torch.zeros_like(tower[1].core)
-        rows = torch.stack([slice_of(tower[d], (d,)) if d in tower else zeros for d in (1, 2, 3, 4)])
-        require_finite("kprop", rows, marginal_quantities(rows, layer))
-    return rows
-
-
-def pre_activation_towers(net: MLP, plan: Plan) -> Iterator[Tower]:
-    """The unfactorised engine's tower of every pre-activation of ``net`` under ``plan``, the output's last."""
-    degrees = set(plan.radial)
+    the first hidden layer whose mean or variance is not finite."""
     tower = input_tower(net.input_dim, plan, net.weights[0])
-    for hidden in range(net.depth):
-        tower = linear_step(tower, net.weights[hidden], net.biases[hidden], degrees)
-        yield tower
-        tower = nonlinear_step(tower, net.activations[hidden], plan)
-    yield linear_step(tower, net.weights[-1], net.biases[-1], degrees)
+    for layer, tower in enumerate(dense_towers(net, plan), start=1):  # noqa: B007 (the output map reads the last)
+        require_all_finite("kprop", [("mean", f"hidden layer {layer}", tower[1].core),
+                                     ("variance", f"hidden layer {layer}", slice_of(tower[2], (2,)))])
+    tower = linear_step(tower, net.weights[-1], net.biases[-1], set(plan.radial))
+    zeros = torch.zeros_like(tower[1].core)
+    return torch.stack([slice_of(tower[d], (d,)) if d in tower else zeros for d in (1, 2, 3, 4)])
 
 
 CUMULANT_NAMES = ("mean", "variance", "third cumulant", "fourth cumulant")
@@ -285,16 +280,14 @@ def from_marginals(net: MLP, layer: int, threshold: float, upper: bool = True, *
 
     FLOPs are counted on the run itself (the counter adds microseconds per operation).
     """
-    check_options(order, variant)
+    scheme = Scheme(order, variant, factored)
     threshold = check_threshold(threshold)
     net = net.to(dtype=resolve_dtype(dtype, torch.float64))
-    check_propagation_memory(truncate(net, layer).dims, order, variant, factored, net.dtype, net.device)
-    if order >= 2:
-        compile_plan(order, variant, "factored" if factored else "full")
-    warm_up()
+    check_propagation_memory(truncate(net, layer).dims, scheme, net.dtype, net.device)
+    prepare(net, scheme)
     start = time.perf_counter()
     with FlopCounter() as counter:
-        cumulants = marginal_cumulants(net, layer, order, variant, factored)
+        cumulants = marginal_cumulants(net, layer, scheme)
         if method == "saddlepoint":
             raw, valid = saddlepoint_tail(cumulants, threshold, upper)
         else:
@@ -328,8 +321,7 @@ def exceedance_table(net: MLP, layers: Sequence[int], events: Sequence[Event], s
         raise MechestError(f"layers {', '.join(map(str, layers))} have different widths {sorted(widths)}; "
                            "count them one width at a time")
     counts = torch.zeros(len(layers), len(events), widths.pop(), dtype=torch.int64)
-    with torch.no_grad(), tqdm(total=samples, disable=None if progress else True, unit="sample",
-                               unit_scale=True) as bar:
+    with torch.no_grad(), progress_bar(samples, unit="sample", desc="exceedance counts", shown=progress) as bar:
         for chunk in range(chunk_count(samples, chunk_size)):
             size = chunk_size_of(chunk, samples, chunk_size)
             h = torch.randn(size, net.input_dim, generator=chunk_generator(seed, chunk, net.device),

@@ -4,9 +4,10 @@ every kprop tail estimator against exact exceedance counts, at equal FLOPs with 
 Networks: ``random_mlp(width, depth, "relu", seed=s)``; the layers are pre-activations counted from 1 (layer
 2 = after one ReLU layer, layer depth + 1 = the output). Ground truth per network: a file
 ``tail_truth_seed{s}.npz`` holding int64 counts[layer, event, neuron] over ``samples`` Gaussian inputs, the
-layers, thresholds and tails (upper = 1) of the events, and the network's fingerprint (checked). The truths of
-the published run (width 256, depth 3, 4.87·10⁹ samples) are in benchmarks/data/; ``make_truth`` computes new
-ones on this machine.
+layers, thresholds and tails (upper = 1) of the events, and the network's fingerprint (checked); the files of
+networks other than the published ones carry ``_w{width}_d{depth}`` in their names. The truths of the published
+run (width 256, depth 3, 4.87·10⁹ samples) are in benchmarks/data/; ``make_truth`` computes new ones on this
+machine.
 
 Estimators: LPE (Heaviside unit + kprop, one propagation per event) and the Edgeworth, Gram–Charlier and
 saddlepoint tails of the propagated marginal cumulants (one propagation per layer and configuration serves
@@ -29,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from mechest.errors import MechestError
-from mechest.files import write_npz_atomically, write_text_atomically
-from mechest.flops import FlopCounter, warm_up
+from mechest.files import atomic_path, write_npz_atomically, write_text_atomically
+from mechest.flops import FlopCounter
+from mechest.kprop import Scheme
 from mechest.mlp import MLP, random_mlp, read_npz
 from mechest.tail import (
     Event,
@@ -53,10 +55,13 @@ BAND = (1e-6, 1e-4)
 PLOT_BAND = (1e-8, 1.0)
 
 
+PUBLISHED = (256, 3)  # width and depth of the published run, whose truths are committed
+
+
 @dataclass(frozen=True)
 class TailBenchSettings:
-    width: int = 256
-    depth: int = 3
+    width: int = PUBLISHED[0]
+    depth: int = PUBLISHED[1]
     layers: tuple[int, ...] = (2, 4)
     seeds: tuple[int, ...] = (0, 1)
     truths: Path = Path("benchmarks/data")
@@ -68,8 +73,14 @@ class TailBenchSettings:
     def network(self, seed: int) -> MLP:
         return random_mlp(self.width, self.depth, "relu", seed=seed)
 
+    @property
+    def tag(self) -> str:
+        """Part of every file name: "" for the published networks, "_w{width}_d{depth}" for others, so that their
+        truths, records and figures never collide with (or pick up) the published run's."""
+        return "" if (self.width, self.depth) == PUBLISHED else f"_w{self.width}_d{self.depth}"
+
     def truth_path(self, seed: int) -> Path:
-        return self.truths / f"tail_truth_seed{seed}.npz"
+        return self.truths / f"tail_truth{self.tag}_seed{seed}.npz"
 
 
 def default_events() -> list[Event]:
@@ -111,11 +122,10 @@ def mc_flops_per_sample(net: MLP, layer: int) -> int:
 
 def marginal_rows(net: MLP, layer: int, config: tuple, events: Sequence[Event]) -> list[dict]:
     """Edgeworth, Gram–Charlier (= the LPE value) and saddlepoint tails of every event from one propagation."""
-    order, variant, factored = config
-    warm_up()
+    scheme = Scheme(*config)
     start = time.perf_counter()
     with FlopCounter() as counter:
-        cumulants = marginal_cumulants(net, layer, order, variant, factored)
+        cumulants = marginal_cumulants(net, layer, scheme)
         saddlepoint_tail(cumulants, 0.0)
     seconds = time.perf_counter() - start
     rows = []
@@ -124,7 +134,7 @@ def marginal_rows(net: MLP, layer: int, config: tuple, events: Sequence[Event]) 
         for name, raw in (("edgeworth", hermite_tail(cumulants, threshold, upper)),
                           ("gram-charlier", hermite_tail(cumulants, threshold, upper, skew_squared=False)),
                           ("saddlepoint", saddlepoint)):
-            rows.append(dict(method=name, order=order, variant=variant, factored=factored, threshold=threshold,
+            rows.append(dict(method=name, **scheme.to_dict(), threshold=threshold,
                              upper=upper, raw=raw.tolist(), flops=counter.total, seconds=seconds,
                              fallbacks=int((~valid).sum()) if name == "saddlepoint" else 0))
     return rows
@@ -271,14 +281,17 @@ def plot(records: Sequence[dict], settings: TailBenchSettings, out: Path) -> lis
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(suffix) for suffix in (".png", ".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        for path in paths:
+            with atomic_path(path) as temporary:
+                fig.savefig(temporary, dpi=110, format=path.suffix[1:])
+    finally:
+        plt.close(fig)
     return paths
 
 
 def records_path(settings: TailBenchSettings, seed: int) -> Path:
-    return settings.results / "tail" / f"tail_bench_seed{seed}.json"
+    return settings.results / "tail" / f"tail_bench{settings.tag}_seed{seed}.json"
 
 
 def read_records(path: Path) -> list[dict]:

@@ -19,14 +19,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from mechest.distill import METHODS, expected_loss, init_student, parameters, sampled_loss, squared_error_network
 from mechest.errors import MechestError
-from mechest.flops import FlopCounter, warm_up
-from mechest.kprop import check_options
+from mechest.flops import FlopCounter
+from mechest.kprop import Scheme
 from mechest.mlp import MLP
 from mechest.montecarlo import chunk_generator, sample_moments
+from mechest.progress import progress_bar
 
 Objective = Callable[[MLP, int], torch.Tensor]
 LR_SCHEDULES = ("constant", "cosine")
@@ -82,7 +82,6 @@ def true_loss(student: MLP, teacher: MLP, samples: int, seed: int = TEST_SEED) -
 
 def step_flops(student: MLP, objective: Objective) -> int:
     """FLOPs of one objective evaluation and its backward pass (gradients are discarded)."""
-    warm_up()
     with FlopCounter() as counter:
         objective(student, 0).backward()
     for tensor in parameters(student):
@@ -136,7 +135,7 @@ def fit(
 
     record(0, float("nan"))
     start = time.perf_counter()
-    with tqdm(total=steps, desc=label, disable=None if progress else True, unit="step") as bar:
+    with progress_bar(steps, desc=label, unit="step", shown=progress) as bar:
         for step in range(1, steps + 1):
             optimizer.zero_grad()
             loss = objective(student, step)
@@ -144,7 +143,7 @@ def fit(
             optimizer.step()
             scheduler.step()
             if not torch.isfinite(loss.detach()):
-                raise MechestError(f"{label}: the loss became {float(loss)} at step {step}; lower --lr")
+                raise MechestError(f"{label}: the loss became {float(loss.detach())} at step {step}; lower --lr")
             if step % log_every == 0 or step == steps:
                 run.seconds += time.perf_counter() - start
                 record(step, float(loss.detach()))
@@ -174,7 +173,7 @@ class DistillConfig:
     lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        check_options(self.order, self.variant)
+        Scheme(self.order, self.variant, self.factored)
         lr_factor(self.lr_schedule, 0, self.steps)
         if self.method not in METHODS:
             raise MechestError(f"unknown distillation method {self.method!r}; expected one of {', '.join(METHODS)}")

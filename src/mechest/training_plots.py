@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,17 +9,31 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
 from mechest.errors import MechestError  # noqa: E402
+from mechest.files import atomic_path  # noqa: E402
 from mechest.training import TrainingRun  # noqa: E402
 
 
-def plot_runs(runs: Sequence[TrainingRun], path: str | Path, title: str = "") -> None:
-    """True held-out loss (± 2 standard errors) against training FLOPs, log-log, one line per run.
+def image_format(path: str | Path) -> str:
+    """The image format that ``path``'s suffix names (png without one), or a MechestError if matplotlib has no
+    writer for it."""
+    suffix = Path(path).suffix[1:].lower() or "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise MechestError(f"cannot write {path}: no image format {suffix!r}; use one of {', '.join(sorted(formats))}")
+    return suffix
+
+
+def plot_runs(runs: Sequence[TrainingRun], path: str | Path, title: str = "", file_format: str | None = None) -> None:
+    """True held-out loss (± 2 standard errors) against training FLOPs, log-log, one line per run, in
+    ``file_format`` (default: ``image_format(path)``).
 
     The initial loss (0 FLOPs) is drawn as a dashed horizontal line.
     """
     path = Path(path)
+    file_format = file_format or image_format(path)
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
     for run in runs:
         flops, loss, stderr = run.flops[1:], run.true_loss[1:], run.stderr[1:]
@@ -37,12 +50,8 @@ def plot_runs(runs: Sequence[TrainingRun], path: str | Path, title: str = "") ->
     axes.legend(fontsize=8)
     axes.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    temporary = path.with_name(path.name + ".partial.png")
     try:
-        figure.savefig(temporary, dpi=120)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise MechestError(f"cannot write {path}: {error.strerror or error}") from None
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=120, format=file_format)
     finally:
         plt.close(figure)

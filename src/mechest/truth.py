@@ -1,4 +1,4 @@
-"""Ground truths (long Monte Carlo runs saved to disk) and scoring an estimate against one (design §9).
+"""Ground truths (long Monte Carlo runs saved to disk) and scoring an estimate against one (docs/method.md §10.2).
 
 A truth file (.npz) holds ``mean`` and ``variance`` (population, per output coordinate), ``samples``,
 ``seed``, ``chunk_size``, ``dtype``, ``device`` and the ``fingerprint`` of the network. While a run is in
@@ -12,6 +12,7 @@ Scoring: with truth t̂ from N samples and an estimate e, E[(e_i - t̂_i)²] = (
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 from mechest.device import resolve_device
 from mechest.errors import MechestError
-from mechest.files import write_npz_atomically
+from mechest.files import check_output_path, output_lock, write_npz_atomically
 from mechest.limits import check_sample_time, require_finite
 from mechest.mlp import MLP, read_npz
 from mechest.montecarlo import (
@@ -33,8 +34,8 @@ from mechest.montecarlo import (
     check_sample_count,
     chunk_count,
     chunk_size_of,
-    progress_bar,
     run_chunks_locally,
+    sample_progress,
 )
 
 CHECKPOINT_SECONDS = 30.0
@@ -53,16 +54,6 @@ class Truth:
 
 def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoint.npz")
-
-
-def check_output_path(out: str | Path) -> Path:
-    """``out`` as a Path, or a MechestError if no file can be written there."""
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise MechestError(f"cannot write {out}: directory {out.parent} does not exist")
-    if out.is_dir():
-        raise MechestError(f"cannot write {out}: it is a directory")
-    return out
 
 
 def write_checkpoint(path: Path, run: dict[str, str], merge: OrderedMerge) -> None:
@@ -136,10 +127,18 @@ def compute_truth(
     always accumulated in float64. ``runner`` computes the chunks: in this process by default, or on a
     Dask cluster (``mechest.distributed``). Chunks are merged in chunk order as they arrive, so the result
     is the same bit for bit for any runner. Finished chunks are checkpointed every CHECKPOINT_SECONDS and
-    when the run is interrupted; running the same call again resumes from the checkpoint.
+    when the run is interrupted; running the same call again resumes from the checkpoint. While it runs,
+    ``<out>.lock`` keeps a second run on the same ``out`` away (a one-line MechestError).
     """
     samples = check_sample_time(check_sample_count(samples), net.flops_per_sample())
     out = check_output_path(out)
+    with output_lock(out):
+        return run_truth(net, samples, out, seed, chunk_size, dtype, device, runner, progress)
+
+
+def run_truth(net: MLP, samples: int, out: Path, seed: int, chunk_size: int | None, dtype: torch.dtype,
+              device: torch.device | str | None, runner: ChunkRunner, progress: bool) -> Truth:
+    """``compute_truth`` once ``out`` is checked and locked."""
     fingerprint = net.fingerprint()
     net = net.to(dtype=dtype, device=resolve_device(device, net.device))
     chunk_size = check_chunk_size(chunk_size, net)
@@ -152,7 +151,9 @@ def compute_truth(
     total = chunk_count(samples, chunk_size)
     last_save, unsaved = time.monotonic(), False
     try:
-        with progress_bar(samples, merge.count, progress) as bar:
+        if progress and merge.count:
+            print(f"resuming from {merge.count} of {samples} samples in {checkpoint}", file=sys.stderr, flush=True)
+        with sample_progress(samples, merge.count, progress) as bar:
             for chunk, moments in runner(net, seed, samples, chunk_size, merge.missing(total)):
                 moments = moments.to(net.device)
                 check_chunk_finite(net, seed, chunk, moments)

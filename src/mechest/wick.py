@@ -1,6 +1,6 @@
 """Wick coefficients w(k, p) = E[∂^k/∂z^k (φ(Z)^p)], Z ~ N(μ, σ²), for every supported activation φ.
 
-Design §4.2. With α = μ/σ, ϕ and Φ the standard normal pdf and cdf and He_m the probabilists'
+docs/method.md §6.2. With α = μ/σ, ϕ and Φ the standard normal pdf and cdf and He_m the probabilists'
 Hermite polynomials:
 
 - relu, heaviside, sgn, abs: closed forms (derivatives are taken in the sense of distributions);
@@ -115,7 +115,7 @@ def _check_name(name: str) -> str:
 
 
 def _clamp_variance(var: torch.Tensor) -> torch.Tensor:
-    """Raise variances below MIN_VARIANCE to it (design §4.1), warning once per call about finite ones (an
+    """Raise variances below MIN_VARIANCE to it (docs/method.md §6.1), warning once per call about finite ones (an
     infinite one is an overflow, which mechest.limits' checks of the result report as an error)."""
     below = var < MIN_VARIANCE
     if bool(below.any()):

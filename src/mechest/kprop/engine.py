@@ -1,11 +1,11 @@
-"""General cumulant propagation for any order K ≤ 4 and variant (design §2-§5), unfactorised.
+"""General cumulant propagation for any order K ≤ 4 and variant (docs/method.md §4–§6), unfactorised.
 
 The state between layers is a *tower*: for each tracked degree d a harmonic piece (HTensor) standing for
-the projection P_{≥r}(κ_d) with r = r_x(d) (design §4.6). Each layer applies
+the projection P_{≥r}(κ_d) with r = r_x(d) (docs/method.md §4.2). Each layer applies
 
 1. the exact linear step to every piece: core ← W^{⊗s} core, metric ← W M Wᵀ, κ_1 ← W κ_1 + b;
-2. the nonlinear step, slice by slice: power cumulants pK_p by connected Edgeworth diagram sums (§4.3),
-   pK → K by the vector-partition coefficients C(ρ) (§4.4), then projection back to harmonic pieces (§4.5).
+2. the nonlinear step, slice by slice: power cumulants pK_p by connected Edgeworth diagram sums (§6.3–§6.5),
+   pK → K by the vector-partition coefficients C(ρ) (§6.6), then projection back to harmonic pieces (§6.7).
 
 Every diagram term is a broadcast product over the m = len(p) coordinates of a slice: one factor per block v
 (the type-v slice of κ_|v|, laid on the coordinates in supp v) and one Wick coefficient w_i(k_j, p_j) per
@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from mechest.kprop.backends import layers_of
+from mechest.kprop.executor import layer_states
 from mechest.kprop.plan import Plan, SliceTerm, compile_plan
 from mechest.kprop.result import Propagation
 from mechest.kprop.summed import capped_laplacian_term, split_summed, summed_cumulant
@@ -125,7 +127,7 @@ def power_cumulants(plan: Plan, slices: dict, wick: torch.Tensor) -> Slices:
 
 
 def cumulants_from_power_cumulants(plan: Plan, power: Slices) -> Slices:
-    """K_p = Σ_ρ C(ρ) Π_{u∈ρ} pK_u (design §4.4), zero on repeated indices."""
+    """K_p = Σ_ρ C(ρ) Π_{u∈ρ} pK_u (docs/method.md §6.6), zero on repeated indices."""
     out: Slices = {}
     for p in plan.slice_types:
         m = len(p)
@@ -159,6 +161,16 @@ def nonlinear_step(tower: Tower, activation: str, plan: Plan) -> Tower:
     return out
 
 
+def dense_towers(net: MLP, plan: Plan) -> Iterator[Tower]:
+    """The tower after every hidden layer of ``net`` (the executor's layer loop, ``layer_states``), from x ~ N(0, I)."""
+    degrees = set(plan.radial)
+
+    def step(tower: Tower, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> Tower:
+        return nonlinear_step(linear_step(tower, weight, bias, degrees), activation, plan)
+
+    return layer_states(layers_of(net), input_tower(net.input_dim, plan, net.weights[0]), step)
+
+
 def propagate_general(net: MLP, order: int, variant: str, term_set: str = "full") -> Propagation:
     """Propagate x ~ N(0, I) through ``net`` keeping the pieces of (order, variant); unfactorised.
 
@@ -166,15 +178,7 @@ def propagate_general(net: MLP, order: int, variant: str, term_set: str = "full"
     dense oracle for factored AUGMENT.
     """
     plan = compile_plan(order, variant, term_set)
-
-    def hidden_towers() -> Iterator[Tower]:
-        tower = input_tower(net.input_dim, plan, net.weights[0])
-        for layer in range(net.depth):
-            tower = linear_step(tower, net.weights[layer], net.biases[layer], set(plan.radial))
-            tower = nonlinear_step(tower, net.activations[layer], plan)
-            yield tower
-
-    return collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), hidden_towers())
+    return collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), dense_towers(net, plan))
 
 
 def collect_propagation(net: MLP, first: Tower, hidden: Iterable[Tower]) -> Propagation:

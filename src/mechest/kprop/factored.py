@@ -1,4 +1,4 @@
-"""Factored cumulant propagation for K = 3 (design §6): κ_3 is carried in CP form, never as a dense n³ array.
+"""Factored cumulant propagation for K = 3 (docs/method.md §7.2): κ_3 is carried in CP form, never as a dense n³ array.
 
 Convention. The third cumulant is a ``FactoredTensor`` (A, B, C), three n×R matrices, standing for the *full*
 symmetric tensor
@@ -41,6 +41,7 @@ import torch
 
 from mechest.combinatorics import IntPartition, set_partition_count_of_type
 from mechest.errors import MechestError
+from mechest.kprop.backends import layers_of
 from mechest.kprop.engine import (
     Slices,
     Tower,
@@ -50,6 +51,7 @@ from mechest.kprop.engine import (
     linear_step,
     power_cumulants,
 )
+from mechest.kprop.executor import layer_states
 from mechest.kprop.plan import (
     Conversion,
     Factor,
@@ -232,7 +234,7 @@ def split_dense_plan(plan: Plan) -> tuple[Plan, Traced]:
 
 
 def check_top_is_power_cumulant(plan: Plan) -> None:
-    """pK → K is the identity on the all-distinct slice (design §4.4); the factored step relies on it."""
+    """pK → K is the identity on the all-distinct slice (docs/method.md §6.6); the factored step relies on it."""
     conversions = plan.conversions[TOP]
     if len(conversions) != 1 or conversions[0].coefficient != 1 or len(conversions[0].parts) != 1:
         raise AssertionError(f"pK → K on {TOP} is not the identity: {conversions}")
@@ -459,11 +461,11 @@ def factored_plan(order: int, variant: str) -> Plan:
 def hidden_states(net: MLP, plan: Plan) -> Iterator[FactoredState]:
     """The factored state after every hidden activation a_l, l = 0..depth−1, starting from x ~ N(0, I)."""
     tower = input_tower(net.input_dim, plan, net.weights[0])
-    state = FactoredState(tower, empty_factored(net.input_dim, net.weights[0]))
-    for layer in range(net.depth):
-        state = factored_linear_step(state, net.weights[layer], net.biases[layer])
-        state = factored_nonlinear_step(state, net.activations[layer], plan)
-        yield state
+
+    def step(state: FactoredState, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> FactoredState:
+        return factored_nonlinear_step(factored_linear_step(state, weight, bias), activation, plan)
+
+    return layer_states(layers_of(net), FactoredState(tower, empty_factored(net.input_dim, net.weights[0])), step)
 
 
 def output_marginals(net: MLP, order: int, variant: str) -> torch.Tensor:
@@ -475,7 +477,7 @@ def output_marginals(net: MLP, order: int, variant: str) -> torch.Tensor:
     plan = factored_plan(order, variant)
     state = FactoredState(input_tower(net.input_dim, plan, net.weights[0]),
                           empty_factored(net.input_dim, net.weights[0]))
-    for state in hidden_states(net, plan):
+    for state in hidden_states(net, plan):  # noqa: B007 (the last state is what the output map reads)
         pass
     state = factored_linear_step(state, net.weights[-1], net.biases[-1])
     mean = state.tower[1].core

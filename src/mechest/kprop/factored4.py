@@ -1,4 +1,4 @@
-"""Factored cumulant propagation for K = 4 SIMPLE (design §6): κ_4 in pair form, never as a dense n⁴ array.
+"""Factored cumulant propagation for K = 4 SIMPLE (docs/method.md §7.5): κ_4 in pair form, never as a dense n⁴ array.
 
 Convention. The fourth cumulant is a ``PairFactoredTensor`` (A, B), two R×n×n stacks of symmetric matrices,
 standing for the *full* symmetric tensor
@@ -34,6 +34,7 @@ import torch
 
 from mechest.combinatorics import IntPartition
 from mechest.errors import MechestError
+from mechest.kprop.backends import layers_of
 from mechest.kprop.engine import (
     Tower,
     collect_propagation,
@@ -42,6 +43,7 @@ from mechest.kprop.engine import (
     linear_step,
     power_cumulants,
 )
+from mechest.kprop.executor import layer_states
 from mechest.kprop.plan import Factor, Plan, SliceTerm, compile_plan
 from mechest.kprop.result import Propagation
 from mechest.mlp import MLP
@@ -285,13 +287,16 @@ def factored_plan4(order: int, variant: str) -> Plan:
 
 def hidden_states4(net: MLP, plan: Plan) -> Iterator[PairFactoredState]:
     """The pair-factored state after every hidden activation, starting from x ~ N(0, I)."""
-    state = PairFactoredState(input_tower(net.input_dim, plan, net.weights[0]),
-                              empty_pairs(net.input_dim, net.weights[0]))
-    for layer in range(net.depth):
-        tower = linear_step(state.tower, net.weights[layer], net.biases[layer], set(state.tower))
-        state = PairFactoredState(tower, pair_linear_map(state.fourth, net.weights[layer]))
-        state = factored_nonlinear_step(state, net.activations[layer], plan)
-        yield state
+
+    def step(state: PairFactoredState, weight: torch.Tensor, bias: torch.Tensor | None,
+             activation: str) -> PairFactoredState:
+        tower = linear_step(state.tower, weight, bias, set(state.tower))
+        return factored_nonlinear_step(PairFactoredState(tower, pair_linear_map(state.fourth, weight)), activation,
+                                       plan)
+
+    first = PairFactoredState(input_tower(net.input_dim, plan, net.weights[0]), empty_pairs(net.input_dim,
+                                                                                            net.weights[0]))
+    return layer_states(layers_of(net), first, step)
 
 
 def propagate_factored4(net: MLP, order: int, variant: str) -> Propagation:

@@ -83,7 +83,7 @@ TERM_SETS = ("full", "factored")
 def reads_at_radial_index(p: IntPartition, r: int) -> bool:
     """Whether slice p of a degree-|p| tensor enters its projection P_{≥r}.
 
-    P_{≥r} reads L^j T for j ≥ r (design §5.2), and on a slice L^j needs j caps inside blocks, at most
+    P_{≥r} reads L^j T for j ≥ r (docs/method.md §3.3), and on a slice L^j needs j caps inside blocks, at most
     Σ_b ⌊p_b/2⌋ of them; so p is read iff Σ_b ⌊p_b/2⌋ ≥ r.
     """
     return sum(part // 2 for part in p) >= r

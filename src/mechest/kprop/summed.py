@@ -2,8 +2,8 @@
 
 A slice p = (2, 1, …, 1), m = len(p) ≥ 3, of a degree-d piece kept as P_{≥1} (κ_4's (2,1,1) under K = 3
 AUGMENT, κ_5's (2,1,1,1) under K = 4 AUGMENT) enters the projection only through L¹, i.e. through its capped sum
-R[x_1…x_{m−1}] = Σ_{x_0 ∉ {x_1…x_{m−1}}} S_p[x_0, x_1, …] (design §5.2; ``laplacian_power_slices``). Every diagram
-and pK → K term of S_p is a product of factors on the m axes, so
+R[x_1…x_{m−1}] = Σ_{x_0 ∉ {x_1…x_{m−1}}} S_p[x_0, x_1, …] (docs/method.md §3.3; ``laplacian_power_slices``).
+Every diagram and pK → K term of S_p is a product of factors on the m axes, so
 
     Σ_{x_0 ∉ {x_b}} Π_f F_f = E(Π_f F_f) − Σ_{b ≥ 1} E(Π_f F_f |_{x_0 = x_b}),    E = Σ over x_0 (one contraction),
 

@@ -1,1 +1,1 @@
-"""Representations of symmetric tensors (design §5): diagonal slices and harmonic pieces."""
+"""Representations of symmetric tensors (docs/method.md §3): diagonal slices and harmonic pieces."""

@@ -1,4 +1,4 @@
-"""Diagonal-slice (DS) representation of symmetric tensors (design §5.1).
+"""Diagonal-slice (DS) representation of symmetric tensors (docs/method.md §3.1).
 
 Convention (plain values, no hidden scaling). A symmetric d-tensor T on [n]^d is stored as a dict
 ``Slices`` mapping integer partitions p = (p_1 ≥ … ≥ p_m) of d to n^m tensors

@@ -1,6 +1,6 @@
 """Harmonic pieces of symmetric tensors: HTensor, the projections P_{≥r}, slices and the linear step.
 
-Design §5.2, §3. A symmetric d-tensor T is the polynomial f_T(x) = ⟨T, x^{⊗d}⟩. Two operators:
+docs/method.md §3.2–§3.4, §5. A symmetric d-tensor T is the polynomial f_T(x) = ⟨T, x^{⊗d}⟩. Two operators:
 
 - L (Laplacian): L T = d(d−1) tr_{12} T, i.e. f_{LT} = Δ f_T;
 - R_M (multiplication by xᵀMx): R_M A = Sym(A ⊗ M); R = R_I multiplies by |x|².
@@ -142,7 +142,7 @@ def projection_coefficients(n: int, d: int, r: int) -> tuple[float, ...]:
 
 
 def _radial_coefficient(n: int, d: int, j: int, rp: int) -> Fraction:
-    """a_j(n, d, r') of the design (§5.2), in the cancelled form described in projection_coefficients."""
+    """a_j(n, d, r') of docs/method.md §3.2, in the cancelled form described in projection_coefficients."""
     c = Fraction(2 * (d - rp) + n - 2, 2)
     others = math.prod((i - c for i in range(1, j + 1) if i != rp), start=Fraction(1))
     if rp == 0:
@@ -257,7 +257,7 @@ def project(tensor: torch.Tensor, r: int) -> HTensor:
 
 def project_slices(slices: Mapping[IntPartition, torch.Tensor], n: int, d: int, r: int,
                    extra: Sequence[tuple[IntPartition, torch.Tensor]] = ()) -> HTensor:
-    """P_{≥r} T of a tensor given by diagonal slices, as an HTensor with identity metric (design §4.5).
+    """P_{≥r} T of a tensor given by diagonal slices, as an HTensor with identity metric (docs/method.md §6.7).
 
     ``extra`` holds (type q, value) slices of L^r T contributed by parts of T given only through their capped
     sums (never as slices of T); they are added to L^r T before the projection.
@@ -381,7 +381,7 @@ def linear_map(h: HTensor, weight: torch.Tensor, mapped_metric: torch.Tensor | N
     """Exact image of Sym(C ⊗ M^{⊗r}) under x ↦ W x on every leg: Sym((W^{⊗s} C) ⊗ (W M Wᵀ)^{⊗r}).
 
     ``mapped_metric`` is W M Wᵀ if the caller has it already (one per layer, shared by all degrees,
-    design §10 item 7); it is trusted, not checked. With r = 0 the metric plays no role and the result
+    docs/method.md §5); it is trusted, not checked. With r = 0 the metric plays no role and the result
     carries None.
     """
     core = contract_legs(h.core, weight)

@@ -1,7 +1,7 @@
 """The WhestBench estimator that ``mechest whestbench export`` ships (copied verbatim as estimator.py).
 
 At grading time it imports only the stdlib, flopscope, whestbench and its sibling ``mechest_propagate.py`` (a
-verbatim copy of mechest/whest/propagate.py); ``mechest_plan.json`` holds the exported plans (K = 3 simple
+verbatim copy of mechest/kprop/executor.py); ``mechest_plan.json`` holds the exported plans (K = 3 simple
 factored, K = 2 augment) and ``mechest_config.json`` the options chosen at export. It never reads a dataset or a
 ground truth.
 
@@ -30,7 +30,7 @@ from whestbench.budget import score_multiplier
 try:
     import mechest_propagate as propagate  # the exported package
 except ImportError:  # pragma: no cover - running from the mechest source tree
-    from mechest.whest import propagate
+    from mechest.kprop import executor as propagate
 
 HERE = Path(__file__).resolve().parent
 

@@ -9,8 +9,10 @@ import tempfile
 from pathlib import Path
 
 from mechest.errors import MechestError
-from mechest.whest.propagate import plan_key
-from mechest.whest.spec import PLANS, executor_spec
+from mechest.files import check_output_directory, reason
+from mechest.kprop import executor
+from mechest.kprop.executor import plan_key
+from mechest.kprop.spec import PLANS, executor_spec
 
 # Copied, not imported: estimator.py imports whestbench and flopscope, which are an optional extra.
 SOURCES = Path(__file__).resolve().parent
@@ -40,17 +42,21 @@ def export_package(out: str | Path, max_order: int = 3, budget_fraction: float =
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(p.name not in FILES for p in target.iterdir())):
         raise MechestError(f"{target} exists and is not an earlier export; choose another --out")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".whest-export-", dir=target.parent))
+    check_output_directory(target.parent if target.exists() else target)  # the package is renamed into place
+    staging = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".whest-export-{os.getpid()}-", dir=target.parent))
         shutil.copyfile(SOURCES / "estimator.py", staging / "estimator.py")
-        shutil.copyfile(SOURCES / "propagate.py", staging / "mechest_propagate.py")
+        shutil.copyfile(executor.__file__, staging / "mechest_propagate.py")
         (staging / "mechest_plan.json").write_text(json.dumps({plan_key(k, v): executor_spec(k, v) for k, v in PLANS}))
         (staging / "mechest_config.json").write_text(json.dumps(config, indent=1))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    except OSError as error:
+        raise MechestError(f"cannot write {target}: {reason(error)}") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -1,4 +1,4 @@
-"""Plans as plain data (JSON) for the array-namespace executor mechest.whest.propagate: K = 3 simple factored
+"""Plans as plain data (JSON) for the array-namespace executor mechest.kprop.executor: K = 3 simple factored
 and K = 2 augment.
 
 Everything combinatorial is read from mechest at export time, never typed in: the diagram terms and pK → K

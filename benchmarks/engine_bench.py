@@ -1,0 +1,125 @@
+"""Benchmark of the propagation engine against Monte Carlo at equal MSE (width 256, 4 hidden ReLU layers).
+
+For each seed: the kprop estimate's FLOPs (counted in its run) and wall-clock (fastest of --repeats uncounted runs),
+its MSE/Var against the committed 1e8-sample truth (noise floor subtracted), and what Monte Carlo needs for the same
+error: N = 1/(MSE/Var) samples, i.e. N × forward-pass FLOPs and N × (its measured seconds per sample, float32,
+fastest of --repeats runs of --mc-samples). Both timings come from the same run, so their ratio is robust to a
+shared machine; ``--load`` repeats everything while a CPU-bound process runs beside it. The last lines time the
+whole ``mechest estimate`` process.
+
+Run: python benchmarks/engine_bench.py [--schemes 3f 2a 2] [--seeds 0 1 2] [--load]
+(works on earlier mechest versions too: it only calls ``estimate``, for before/after comparisons).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mechest.bench import find_truth
+from mechest.estimate import estimate
+from mechest.mlp import random_mlp
+from mechest.tables import format_table
+from mechest.truth import score
+
+TRUTHS = Path(__file__).resolve().parent / "data" / "truths"
+SCHEMES = {"1": (1, "simple", False), "2": (2, "simple", False), "2a": (2, "augment", False),
+           "3f": (3, "simple", True), "3af": (3, "augment", True)}
+LOAD = "import torch\nx = torch.randn(1024, 1024)\nwhile True:\n    x = torch.tanh(x @ x / 32)\n"
+
+
+def fastest(function, repeats: int) -> float:
+    """Fastest of ``repeats`` runs of ``function`` (seconds)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def kprop_seconds(net, order: int, variant: str, factored: bool, repeats: int) -> float:
+    """Fastest uncounted run (``count=False`` where this mechest has it; older versions timed a plain run)."""
+    try:
+        estimate(net, "kprop", order=order, variant=variant, factored=factored, count=False)
+        return fastest(lambda: estimate(net, "kprop", order=order, variant=variant, factored=factored,
+                                        count=False), repeats)
+    except TypeError:
+        return min(estimate(net, "kprop", order=order, variant=variant, factored=factored).seconds
+                   for _ in range(repeats))
+
+
+def measure(seeds: list[int], schemes: list[str], repeats: int, mc_samples: int) -> list[list]:
+    rows = []
+    for seed in seeds:
+        net = random_mlp(256, 4, "relu", seed=seed)
+        truth = find_truth(net, 10**8, [TRUTHS])
+        if truth is None:
+            raise SystemExit(f"no committed 1e8-sample truth of random_mlp(256, 4, relu, seed={seed}) in {TRUTHS}")
+        mc_per_sample = fastest(lambda: estimate(net, "mc", samples=mc_samples, seed=seed, dtype="float32"),
+                                repeats) / mc_samples
+        for key in schemes:
+            order, variant, factored = SCHEMES[key]
+            result = estimate(net, "kprop", order=order, variant=variant, factored=factored)
+            seconds = kprop_seconds(net, order, variant, factored, repeats)
+            relative = score(result.mean, truth).relative
+            samples = 1 / relative
+            rows.append([seed, key, result.flops, seconds, relative, samples * net.flops_per_sample() / result.flops,
+                         samples * mc_per_sample / seconds, mc_per_sample])
+    return rows
+
+
+def process_seconds(key: str, repeats: int) -> float:
+    """Wall-clock of the whole ``mechest estimate --weights F`` process (imports included), fastest of repeats."""
+    order, variant, factored = SCHEMES[key]
+    with tempfile.TemporaryDirectory() as folder:
+        weights = Path(folder) / "net.npz"
+        random_mlp(256, 4, "relu", seed=0).save(weights)
+        command = [sys.executable, "-m", "mechest.cli", "estimate", "--weights", str(weights), "--order",
+                   str(order), "--variant", variant, "--json"] + (["--factored"] if factored else [])
+        return fastest(lambda: subprocess.run(command, check=True, capture_output=True), repeats)
+
+
+def report(rows: list[list], title: str) -> None:
+    print(f"\n{title}")
+    print(format_table(["seed", "scheme", "FLOPs", "seconds", "MSE/Var", "MC FLOPs / kprop at equal MSE",
+                        "MC time / kprop at equal MSE", "MC s/sample"], rows))
+    for key in dict.fromkeys(row[1] for row in rows):
+        mine = [row for row in rows if row[1] == key]
+        print(f"{key}: median FLOPs {statistics.median(r[2] for r in mine):.3g}, seconds "
+              f"{statistics.median(r[3] for r in mine):.3g}, MSE/Var {statistics.mean(r[4] for r in mine):.3g}, "
+              f"FLOP advantage {statistics.median(r[5] for r in mine):.3g}x, "
+              f"wall-clock advantage {statistics.median(r[6] for r in mine):.3g}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schemes", nargs="+", choices=tuple(SCHEMES), default=["3f", "2a", "2"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--mc-samples", type=int, default=2**14)
+    parser.add_argument("--load", action="store_true", help="also measure while a CPU-bound process runs")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    report(measure(args.seeds, args.schemes, args.repeats, args.mc_samples), "quiet")
+    for key in args.schemes:
+        print(f"mechest estimate process, {key}: {process_seconds(key, 3):.2f} s")
+    if args.load:
+        load = subprocess.Popen([sys.executable, "-c", LOAD])
+        try:
+            time.sleep(2)
+            report(measure(args.seeds, args.schemes, args.repeats, args.mc_samples), "beside a CPU-bound process")
+        finally:
+            load.kill()
+            load.wait()
+
+
+if __name__ == "__main__":
+    main()

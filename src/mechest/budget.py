@@ -1,0 +1,107 @@
+"""Best scheme for a FLOP budget: predicted cost of every scheme on a network, and the choice.
+
+The FLOPs of a propagation depend only on the network's structure (shapes, activations, which layers have
+biases), never on the weight values, so a scheme's cost is counted once per structure (``count_flops``). For a
+network wider than PROBE_WIDTH the count is made on a probe network with every dimension scaled down to at most
+PROBE_WIDTH (rounded up) and the same depth, activations and biases, then scaled back by
+(max width / PROBE_WIDTH)^degree, the degree of the scheme's cost in the width (``cost_degree``). Every term of the
+count grows at most that fast and the rounding only enlarges the probe, so the prediction is an over-estimate: a
+scheme predicted to fit never exceeds the budget.
+
+Accuracy order (``ranking``): the squared error of kprop falls like n^−2K in width for He-init networks, so a
+higher order is predicted better, augment better than simple at the same order (it keeps every diagram of squared
+size Θ(n^−2K)), and factored equal to (simple) or just behind (augment) unfactored. At K = 2 augment is placed
+after simple on deep narrow nets (width < AUGMENT_MIN_WIDTH_PER_LAYER · depth), where it measured worse
+(docs/whestbench.md).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import torch
+
+from mechest.errors import MechestError
+from mechest.flops import FlopCounter
+from mechest.kprop import Scheme, propagate
+from mechest.mlp import MLP
+
+PROBE_WIDTH = 32
+AUGMENT_MIN_WIDTH_PER_LAYER = 16
+
+
+def cost_degree(scheme: Scheme) -> int:
+    """Degree in the width n of a scheme's FLOPs per layer (docs/method.md): n² for K = 1, n³ for K = 2, n^K for
+    factored K ≥ 3, n^(K+1) unfactored."""
+    if scheme.order <= 2:
+        return scheme.order + 1 if scheme.order == 2 else 2
+    return scheme.order if scheme.factored else scheme.order + 1
+
+
+def structure_key(net: MLP) -> tuple:
+    """What the operations of a propagation depend on: shapes, activations, which layers have biases, dtype."""
+    return (tuple(net.dims), tuple(net.activations), tuple(b is not None for b in net.biases), net.dtype,
+            str(net.device))
+
+
+@cache
+def _counted(key: tuple, scheme: Scheme, discount: bool) -> tuple[int, float]:
+    dims, activations, has_bias, dtype, device = key
+    net = structure_network(dims, activations, has_bias, dtype, device)
+    with FlopCounter(discount=discount) as counter:
+        propagate(net, scheme)
+    return counter.total, counter.discounted
+
+
+def count_flops(net: MLP, scheme: Scheme, discount: bool = False) -> tuple[int, float]:
+    """(raw, discounted) FLOPs of propagating a network of ``net``'s structure at ``scheme``, counted once per
+    structure (discounted is 0 unless ``discount``)."""
+    return _counted(structure_key(net), scheme, discount)
+
+
+def structure_network(dims: tuple[int, ...], activations: tuple[str, ...], has_bias: tuple[bool, ...],
+                      dtype: torch.dtype, device: str) -> MLP:
+    """A network of that structure (fixed random weights: the FLOPs do not depend on them)."""
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(out, inp, generator=generator, dtype=dtype) / math.sqrt(inp)
+               for inp, out in zip(dims[:-1], dims[1:])]
+    biases = [torch.zeros(out, dtype=dtype) if bias else None for out, bias in zip(dims[1:], has_bias)]
+    return MLP(weights, biases, list(activations)).to(device=device)
+
+
+def predicted_flops(net: MLP, scheme: Scheme) -> float:
+    """An over-estimate of the FLOPs of propagating ``net`` at ``scheme`` (exact for nets ≤ PROBE_WIDTH wide)."""
+    dims, activations, has_bias, dtype, device = structure_key(net)
+    widest = max(dims)
+    if widest <= PROBE_WIDTH:
+        return float(_counted((dims, activations, has_bias, dtype, device), scheme, False)[0])
+    probe = tuple(max(1, math.ceil(d * PROBE_WIDTH / widest)) for d in dims)
+    counted = _counted((probe, activations, has_bias, dtype, device), scheme, False)[0]
+    return counted * (widest / PROBE_WIDTH) ** cost_degree(scheme)
+
+
+def ranking(net: MLP) -> list[Scheme]:
+    """Every scheme, predicted most accurate first (see the module docstring), but unfactored K = 3 simple, which
+    gives factored K = 3 simple's estimate at a higher cost."""
+    width = max(net.dims[1:-1], default=1)
+    k2 = [Scheme(2, "augment"), Scheme(2)]
+    if width < AUGMENT_MIN_WIDTH_PER_LAYER * net.depth:
+        k2.reverse()
+    return [Scheme(4, "augment"), Scheme(4, "simple", True), Scheme(4), Scheme(3, "augment"),
+            Scheme(3, "augment", True), Scheme(3, "simple", True), *k2, Scheme(1), Scheme(1, "isotropic")]
+
+
+def choose_scheme(net: MLP, budget: float) -> Scheme:
+    """The first scheme of ``ranking`` whose predicted FLOPs fit in ``budget``; a one-line MechestError with the
+    cheapest scheme's cost if none does."""
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise MechestError(f"the FLOP budget must be a positive number, got {budget!r}")
+    costs = {}
+    for scheme in ranking(net):
+        costs[scheme] = predicted_flops(net, scheme)
+        if costs[scheme] <= budget:
+            return scheme
+    cheapest = min(costs, key=costs.get)
+    raise MechestError(f"no kprop scheme fits in {budget:.3g} FLOPs on this network; the cheapest, {cheapest}, "
+                       f"needs about {costs[cheapest]:.3g}")
