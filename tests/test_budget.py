@@ -40,7 +40,7 @@ def test_schemes_are_validated_once_with_what_was_passed_and_what_is_supported()
                                  odd_network([7, 20, 13, 3], ["relu", "tanh"], seed=1)], ids=["square", "odd"])
 def test_budget_picks_the_best_ranked_scheme_that_fits_and_never_exceeds_it(net: MLP) -> None:
     order = ranking(net)
-    for budget in (1e3, 1e4, 1e5, 1e6, 1e7, 1e8):
+    for budget in (1e3, 1e5, 1e6, 1e8):
         fitting = [scheme for scheme in order if predicted_flops(net, scheme) <= budget]
         if not fitting:
             with pytest.raises(MechestError, match="cheapest"):
