@@ -289,8 +289,12 @@ def exceedance_table(net: MLP, layers: Sequence[int], events: Sequence[Event], s
                      chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False) -> torch.Tensor:
     """counts[layer, event, neuron] = #{inputs with s·(z_i − t) > 0} (int64, on the CPU) for the pre-activations
     z of ``layers`` (1 = first hidden layer, depth + 1 = output), every layer and event from one forward pass per
-    chunk. Chunk c uses mechest.montecarlo's generator of (seed, c), so a count does not depend on the order."""
-    counts = torch.zeros(len(layers), len(events), net.weights[0].shape[0], dtype=torch.int64)
+    chunk. Chunk c uses mechest.montecarlo's generator of (seed, c), so a count does not depend on the order.
+    The layers must have one width (the table's last axis)."""
+    widths = {net.weights[layer - 1].shape[0] for layer in layers}
+    if len(widths) != 1:
+        raise MechestError(f"one exceedance table needs layers of one width, got widths {sorted(widths)}")
+    counts = torch.zeros(len(layers), len(events), widths.pop(), dtype=torch.int64)
     with torch.no_grad(), tqdm(total=samples, disable=None if progress else True, unit="sample",
                                unit_scale=True) as bar:
         for chunk in range(chunk_count(samples, chunk_size)):

@@ -1,0 +1,206 @@
+"""The `mechest suppress` experiment: train away a rare output event, mechanistically and by sampling, at equal FLOPs.
+
+    nice -n 10 python benchmarks/suppress_experiment.py            # widths 64 and 256 (about an hour on 2 cores)
+    python benchmarks/suppress_experiment.py --replot              # redraw the figure from the saved JSON
+
+For each width: the He-init ReLU net random_mlp(width, 3, "relu", seed=0), layer 4 (its output). The threshold t
+is the one of a grid that puts the most units' saddlepoint estimates in [2e-6, 5e-5]; the targets are the
+``--units`` of those nearest 1e-5 (log scale). Then
+
+- mechanistic: ``mechest.suppress.suppress`` (``--steps``, ``--lr``), its FLOPs the budget of
+- the sampled baseline ``suppress_sampled`` at every hinge margin of ``--margins`` (δ_i = margin × std z_i),
+  minibatches of ``--batch-size``, the same optimiser and projection, the same budget;
+- verification of every final network, trusting no estimator: importance sampling (``mechest.importance``,
+  ``--is-samples`` per unit) of each target's probability, exact exceedance counts over ``--mc-samples`` inputs
+  (``mechest.tail.monte_carlo``; where the probability is below 1/N they bound it), and the function change
+  E‖M' − M‖² / tr Cov M by Monte Carlo over ``--change-samples`` inputs; importance sampling also verifies the
+  snapshot half-way through each run.
+
+Writes ``--json`` (every record) and ``--figure`` (median target probability against training FLOPs: estimated
+lines, verified markers), prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from mechest.distill import squared_error_network  # noqa: E402
+from mechest.files import write_text_atomically  # noqa: E402
+from mechest.importance import importance_probability  # noqa: E402
+from mechest.mlp import MLP, random_mlp  # noqa: E402
+from mechest.montecarlo import sample_moments  # noqa: E402
+from mechest.suppress import estimated_probability, suppress, suppress_sampled  # noqa: E402
+from mechest.tail import monte_carlo  # noqa: E402
+
+LAYER = 4
+DEPTH = 3
+BAND = (2e-6, 5e-5)  # where the targets' estimates must lie (inside the acceptance band [1e-6, 1e-4])
+
+
+def choose_event(net: MLP, count: int) -> tuple[float, list[int]]:
+    """The threshold (grid step 0.05) with the most units estimated in BAND, and the ``count`` nearest 1e-5."""
+    units = list(range(net.output_dim))
+    best: tuple[float, list[tuple[float, int]]] = (0.0, [])
+    for step in range(40, 200):
+        threshold = step * 0.05
+        with torch.no_grad():
+            prob = estimated_probability(net, LAYER, threshold, units)
+        band = [(abs(math.log10(p) + 5), u) for u, p in enumerate(prob.tolist()) if BAND[0] <= p <= BAND[1]]
+        if len(band) > len(best[1]):
+            best = (threshold, band)
+    return best[0], sorted(u for _, u in sorted(best[1])[:count])
+
+
+def verify(net: MLP, reference: MLP, threshold: float, units: list[int], args: argparse.Namespace,
+           counts: bool) -> dict:
+    """Importance-sampled probabilities, exact counts (if ``counts``) and the Monte Carlo function change."""
+    start = time.perf_counter()
+    imp = importance_probability(net, LAYER, threshold, units, samples=args.is_samples, seed=args.seed + 7)
+    record = {"is_prob": imp.prob.tolist(), "is_stderr": imp.stderr.tolist(), "is_flops": imp.flops,
+              "is_shifts": [len(shift) - 1 for shift in imp.shifts]}
+    if counts:
+        mc = monte_carlo(net, LAYER, threshold, samples=args.mc_samples, seed=args.seed + 8)
+        record.update(mc_counts=mc.counts[units].tolist(), mc_samples=mc.samples, mc_high=mc.high[units].tolist())
+    if net is not reference:
+        variance = sample_moments(reference, args.change_samples, args.seed + 9).variance.sum()
+        change = sample_moments(squared_error_network(net, reference), args.change_samples, args.seed + 9)
+        record.update(change=float(change.mean[0] / variance),
+                      change_stderr=float((change.variance[0] / change.count).sqrt() / variance))
+    record["verify_seconds"] = time.perf_counter() - start
+    return record
+
+
+def run_width(width: int, args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    net = random_mlp(width, DEPTH, "relu", seed=args.seed)
+    count = args.units_64 if width <= 64 else args.units_wide
+    threshold, units = choose_event(net, count)
+    print(f"width {width}: threshold {threshold:g}, units {units}", flush=True)
+    record: dict = {"width": width, "threshold": threshold, "units": units,
+                    "before": verify(net, net, threshold, units, args, counts=True)}
+    print(f"  before: IS {record['before']['is_prob']}", flush=True)
+    runs = []
+    snapshots: list[tuple[MLP, dict]] = []
+
+    def keep(candidate: MLP, entry: dict) -> None:
+        snapshots.append((candidate, entry))
+
+    mech = suppress(net, LAYER, threshold, units, max_change=args.max_change, steps=args.steps, lr=args.lr,
+                    record_every=max(1, args.steps // 10), progress=True, on_record=keep)
+    runs.append((mech, list(snapshots)))
+    for margin in args.margins:
+        snapshots.clear()
+        base = suppress_sampled(net, LAYER, threshold, units, budget=mech.flops, max_change=args.max_change,
+                                margin=margin, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                record_every=max(1, args.steps // 10), progress=True, on_record=keep)
+        runs.append((base, list(snapshots)))
+    record["runs"] = []
+    for result, taken in runs:
+        middle = taken[len(taken) // 2]
+        entry = {**result.to_dict(), "final": verify(result.net, net, threshold, units, args, counts=True),
+                 "middle": {"step": middle[1]["step"], "flops": middle[1]["flops"],
+                            **verify(middle[0], net, threshold, units, args, counts=False)}}
+        record["runs"].append(entry)
+        final = entry["final"]
+        print(f"  {result.method}: {result.flops:.3g} FLOPs, {result.seconds:.0f} s, est {result.prob_after.tolist()}"
+              f", IS {final['is_prob']}, change {final['change']:.4f} ± {final['change_stderr']:.1e}", flush=True)
+    return record
+
+
+def median_fall(before: list[float], after: list[float]) -> float:
+    return statistics.median(b / a if a > 0 else math.inf for b, a in zip(before, after))
+
+
+def table(records: list[dict]) -> str:
+    lines = ["| width | targets | t | method | steps | FLOPs | seconds | median est. p before → after | "
+             "median verified p before → after (IS) | median verified fall | counts after / N | "
+             "function change (MC) |", "|" + "---|" * 12]
+    for record in records:
+        before = record["before"]
+        for run in record["runs"]:
+            final = run["final"]
+            lines.append(
+                f"| {record['width']} | {len(record['units'])} | {record['threshold']:g} | {run['method']} | "
+                f"{run['steps']} | {run['flops']:.3g} | {run['seconds']:.0f} | "
+                f"{statistics.median(run['prob_before']):.2e} → {statistics.median(run['prob_after']):.2e} | "
+                f"{statistics.median(before['is_prob']):.2e} → {statistics.median(final['is_prob']):.2e} | "
+                f"{median_fall(before['is_prob'], final['is_prob']):.3g}x | "
+                f"{sum(final['mc_counts'])} / {final['mc_samples']:.0e} | "
+                f"{100 * final['change']:.3f}% ± {100 * final['change_stderr']:.3f}% |")
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """Median target probability against training FLOPs: estimated (lines), importance-sampled (markers, ±2 SE
+    of the median unit's estimate)."""
+    figure, panels = plt.subplots(1, len(records), figsize=(6.2 * len(records), 4.6), squeeze=False)
+    for axes, record in zip(panels[0], records):
+        before = statistics.median(record["before"]["is_prob"])
+        for run in record["runs"]:
+            flops = [max(entry["flops"], 1) for entry in run["history"]]
+            estimate = [statistics.median(entry["prob"]) for entry in run["history"]]
+            label = "mechanistic (saddlepoint)" if run["method"] == "saddlepoint" else f"sampled, {run['method']}"
+            line, = axes.plot(flops, estimate, label=label)
+            points = [(1, before), (run["middle"]["flops"], statistics.median(run["middle"]["is_prob"])),
+                      (run["flops"], statistics.median(run["final"]["is_prob"]))]
+            axes.plot(*zip(*points), linestyle="none", marker="o", color=line.get_color())
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("training FLOPs")
+        axes.set_ylabel("median target P(z > t)")
+        axes.set_title(f"width {record['width']}, 3 ReLU layers, {len(record['units'])} output units, "
+                       f"t = {record['threshold']:g}", fontsize=9)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=7, title="lines: estimate; dots: importance-sampled", title_fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial.png")
+    figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+    temporary.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--units-64", type=int, default=8, help="targets at width <= 64 (default 8)")
+    parser.add_argument("--units-wide", type=int, default=4, help="targets at larger widths (default 4)")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument("--max-change", type=float, default=0.01)
+    parser.add_argument("--margins", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--is-samples", type=int, default=1 << 16)
+    parser.add_argument("--mc-samples", type=int, default=10**6)
+    parser.add_argument("--change-samples", type=int, default=1 << 18)
+    parser.add_argument("--json", default="benchmarks/data/suppress_experiment.json")
+    parser.add_argument("--figure", default="docs/figures/suppress.png")
+    parser.add_argument("--replot", action="store_true", help="redraw from --json, run nothing")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.replot:
+        records = json.loads(Path(args.json).read_text())["records"]
+    else:
+        records = []
+        for width in args.widths:
+            records.append(run_width(width, args))
+            write_text_atomically(args.json, json.dumps({"settings": vars(args), "records": records}))
+    print(table(records))
+    plot(records, Path(args.figure))
+    print(f"wrote {args.figure}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Importance sampling of rare pre-activation events P(s·(z_i(x) − t) > 0), x ~ N(0, I), below what counting reaches.
+
+For each neuron i of a layer, the proposal is an equal mixture of mean-shifted Gaussians N(μ_k, I), k = 0..m:
+μ_0 = 0 (the *defensive* component, which bounds every weight by m + 1 and keeps events that are not rare, or
+whose region the shifts miss, at plain Monte Carlo's accuracy) and μ_1..μ_m the *design points*: locally most
+likely inputs of the event, argmin |x|² subject to s·(z_i(x) − t) ≥ 0. The estimate and its standard error over
+N proposal draws are
+
+    p̂ = mean_j 1{event(x_j)} w(x_j),   w(x) = ϕ(x) / q(x) = 1 / mean_k exp(μ_kᵀx − |μ_k|²/2),
+    stderr = std_j(1{event(x_j)} w(x_j)) / sqrt(N).
+
+With a single shift μ = s·d (no defensive component) this is the textbook mean-shifted sampler,
+w = exp(−s·dᵀx + s²|d|²/2). The estimate is unbiased for any shifts; the shifts only set its variance. A failure
+region the shifts miss is not a bias in expectation but may go unseen at N draws, so the design points are
+searched from several starts and every distinct one within ``DESIGN_SLACK`` of the nearest is kept.
+
+Design points come from the Hasofer–Lind–Rackwitz–Fiessler iteration on g(x) = s·(z_i(x) − t): linearise g at x_k
+and jump to the nearest point of the linearised boundary, x_{k+1} = ((∇g·x_k − g(x_k)) / |∇g|²) ∇g. For a
+ReLU net g is piecewise linear and the iteration typically lands on a vertex of its boundary in a few steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from mechest.errors import MechestError
+from mechest.flops import FlopCounter
+from mechest.mlp import MLP
+from mechest.montecarlo import DEFAULT_CHUNK_SIZE, check_sample_count, chunk_count, chunk_generator, chunk_size_of
+from mechest.tail import check_layer, check_threshold, truncate
+
+DESIGN_STEPS = 40
+DESIGN_STARTS = 8
+DESIGN_SLACK = 1.0  # keep design points with |x*| ≤ nearest + this (a point 1 further out is ~e^(−|x*|) as likely)
+DISTINCT = 0.5  # design points closer than this are one point
+START_SCALE = 0.1  # starts are random directions of this length (x = 0 is a kink of a bias-free ReLU net)
+
+
+@dataclass
+class ImportanceEstimate:
+    """Per-neuron probability estimates, standard errors and the proposal means (units × shifts × input)."""
+
+    layer: int
+    threshold: float
+    upper: bool
+    units: list[int]
+    prob: torch.Tensor
+    stderr: torch.Tensor
+    hits: torch.Tensor
+    samples: int
+    shifts: list[torch.Tensor]
+    flops: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"method": "importance", "layer": self.layer, "threshold": self.threshold,
+                "tail": "upper" if self.upper else "lower", "units": self.units, "prob": self.prob.tolist(),
+                "stderr": self.stderr.tolist(), "hits": self.hits.tolist(), "samples": self.samples,
+                "shift_norms": [shift.norm(dim=1).tolist() for shift in self.shifts], "flops": self.flops,
+                "seconds": self.seconds}
+
+
+def event_margin(prefix: MLP, x: torch.Tensor, units: torch.Tensor, threshold: float, upper: bool) -> torch.Tensor:
+    """g = s·(z_u(x) − t) for rows x[j] and neurons units[j] of the output of ``prefix`` (the event is g > 0)."""
+    z = prefix(x).gather(1, units[:, None])[:, 0]
+    return (z - threshold) if upper else (threshold - z)
+
+
+def design_points(prefix: MLP, unit: int, threshold: float, upper: bool = True, *, starts: int = DESIGN_STARTS,
+                  steps: int = DESIGN_STEPS, seed: int = 0) -> torch.Tensor:
+    """Distinct approximate design points (rows) of the event of neuron ``unit``, nearest first.
+
+    HLRF from ``starts`` random starts (one batch); a run's candidate is its shortest iterate on which the event
+    holds (after a bisection along the ray to the boundary); runs that never reach the event are dropped, so the
+    result has no rows when none does.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(starts, prefix.input_dim, generator=generator, dtype=torch.float64).to(prefix.dtype)
+    x = START_SCALE * x / x.norm(dim=1, keepdim=True)
+    units = torch.full((starts,), unit, dtype=torch.int64)
+    weights = [w.detach() for w in prefix.weights]
+    frozen = MLP(weights, [None if b is None else b.detach() for b in prefix.biases], prefix.activations)
+    best = torch.full((starts,), math.inf, dtype=prefix.dtype)
+    candidates = torch.zeros_like(x)
+    for _ in range(steps):
+        x = x.detach().requires_grad_(True)
+        g = event_margin(frozen, x, units, threshold, upper)
+        (gradient,) = torch.autograd.grad(g.sum(), x)
+        with torch.no_grad():
+            feasible = ray_to_boundary(frozen, x, units, threshold, upper)
+            norms = feasible.norm(dim=1)
+            better = norms < best
+            best = torch.where(better, norms, best)
+            candidates[better] = feasible[better]
+            squared = (gradient * gradient).sum(dim=1, keepdim=True)
+            flat = squared[:, 0] <= 1e-300  # a dead region: step outwards instead
+            jump = ((gradient * x).sum(dim=1, keepdim=True) - g[:, None]) / squared.clamp_min(1e-300) * gradient
+            x = torch.where(flat[:, None], 2 * x, jump)
+    found = torch.isfinite(best)
+    if not found.any():
+        return candidates[:0]
+    order = torch.argsort(best[found])
+    points, norms = candidates[found][order], best[found][order]
+    kept: list[torch.Tensor] = []
+    for point, norm in zip(points, norms):
+        if norm > norms[0] + DESIGN_SLACK:
+            break
+        if all((point - other).norm() > DISTINCT for other in kept):
+            kept.append(point)
+    return torch.stack(kept)
+
+
+def ray_to_boundary(prefix: MLP, x: torch.Tensor, units: torch.Tensor, threshold: float, upper: bool,
+                    iterations: int = 30) -> torch.Tensor:
+    """For each row x, the point r·x on the event's boundary with the smallest r in (0, 2] at which the event
+    holds (bisection between r = 0 and the first of r = 1, 2 where it holds); rows where neither does give inf."""
+    scales = torch.full((x.shape[0],), math.inf, dtype=x.dtype)
+    for r in (2.0, 1.0):
+        holds = event_margin(prefix, r * x, units, threshold, upper) >= 0
+        scales = torch.where(holds, torch.full_like(scales, r), scales)
+    low, high = torch.zeros_like(scales), scales.clone()
+    reached = torch.isfinite(scales)
+    high[~reached] = 1.0
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        holds = event_margin(prefix, middle[:, None] * x, units, threshold, upper) >= 0
+        high = torch.where(holds, middle, high)
+        low = torch.where(holds, low, middle)
+    return torch.where(reached[:, None], high[:, None] * x, torch.full_like(x, math.inf))
+
+
+def log_weight(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """log ϕ(x)/q(x) for the equal mixture q of N(μ_k, I): −logsumexp_k(μ_kᵀx − |μ_k|²/2) + log m."""
+    exponents = x @ shifts.T - (shifts * shifts).sum(dim=1) / 2
+    return math.log(shifts.shape[0]) - torch.logsumexp(exponents, dim=1)
+
+
+def importance_probability(net: MLP, layer: int, threshold: float, units: list[int] | None = None, *,
+                           upper: bool = True, samples: int = 1 << 16, seed: int = 0,
+                           chunk_size: int = DEFAULT_CHUNK_SIZE) -> ImportanceEstimate:
+    """P(z_i > t) (or < t) of the pre-activation of ``layer`` for neurons ``units`` (default all) by importance
+    sampling, ``samples`` proposal draws per neuron (module docstring).
+
+    Neuron u's draws come from the defensive mixture of its design points; chunk c of neuron u uses the generator
+    of (seed, u·2^32 + c). FLOPs: the design search (counted) plus samples × (a forward pass to the layer +
+    the weight's m·(2·input + 2) + one comparison) per neuron, random numbers not counted.
+    """
+    check_layer(net, layer)
+    threshold = check_threshold(threshold)
+    samples = check_sample_count(samples)
+    prefix = truncate(net, layer)
+    width = prefix.output_dim
+    units = list(range(width)) if units is None else check_units(units, width)
+    start = time.perf_counter()
+    with FlopCounter() as counter:
+        shifts = [torch.cat([torch.zeros_like(prefix.weights[0][:1]),
+                             design_points(prefix, unit, threshold, upper, seed=seed)]) for unit in units]
+    flops = counter.total
+    probs, errors, hits = [], [], []
+    with torch.no_grad():
+        for unit, shift in zip(units, shifts):
+            total = torch.zeros((), dtype=torch.float64)
+            squares = torch.zeros((), dtype=torch.float64)
+            count = 0
+            for chunk in range(chunk_count(samples, chunk_size)):
+                size = chunk_size_of(chunk, samples, chunk_size)
+                generator = chunk_generator(seed, (unit << 32) + chunk, net.device)
+                component = torch.randint(0, shift.shape[0], (size,), generator=generator, device=net.device)
+                x = torch.randn(size, net.input_dim, generator=generator, dtype=net.dtype, device=net.device)
+                x = x + shift[component]
+                margin = event_margin(prefix, x, torch.full((size,), unit, dtype=torch.int64), threshold, upper)
+                hit = margin > 0
+                weighted = torch.where(hit, log_weight(x, shift).exp(), torch.zeros_like(margin)).to(torch.float64)
+                total += weighted.sum()
+                squares += (weighted * weighted).sum()
+                count += int(hit.sum())
+            mean = total / samples
+            variance = (squares / samples - mean * mean).clamp_min(0) * samples / max(samples - 1, 1)
+            probs.append(mean)
+            errors.append((variance / samples).sqrt())
+            hits.append(count)
+            flops += samples * (prefix.flops_per_sample() + shift.shape[0] * (2 * net.input_dim + 2) + 1)
+    return ImportanceEstimate(layer, threshold, upper, units, torch.stack(probs), torch.stack(errors),
+                              torch.tensor(hits), samples, shifts, flops, time.perf_counter() - start)
+
+
+def check_units(units: list[int], width: int) -> list[int]:
+    """``units`` as a list of distinct neuron indices in 0..width − 1, else a one-line MechestError."""
+    units = list(units)
+    if not units:
+        raise MechestError("no units given")
+    bad = [u for u in units if isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < width]
+    if bad:
+        raise MechestError(f"unit {bad[0]} is out of range: the layer has units 0..{width - 1}")
+    if len(set(units)) != len(units):
+        raise MechestError(f"units repeat: {units}")
+    return units
