@@ -11,8 +11,8 @@ is the one of a grid that puts the most units' saddlepoint estimates in [2e-6, 5
 - the sampled baseline ``suppress_sampled`` at every hinge margin of ``--margins`` (δ_i = margin × std z_i),
   minibatches of ``--batch-size``, the same optimiser and projection, the same budget;
 - verification of every final network, trusting no estimator: importance sampling (``mechest.importance``,
-  ``--is-samples`` per unit) of each target's probability, exact exceedance counts over ``--mc-samples`` inputs
-  (``mechest.tail.monte_carlo``; where the probability is below 1/N they bound it), and the function change
+  ``--is-samples`` per unit) of each target's probability, exact exceedance counts over ``--mc-flops`` worth of
+  inputs (``mechest.tail.monte_carlo``; where the probability is below 1/N they bound it), and the function change
   E‖M' − M‖² / tr Cov M by Monte Carlo over ``--change-samples`` inputs; importance sampling also verifies the
   snapshot half-way through each run.
 
@@ -70,7 +70,8 @@ def verify(net: MLP, reference: MLP, threshold: float, units: list[int], args: a
     record = {"is_prob": imp.prob.tolist(), "is_stderr": imp.stderr.tolist(), "is_flops": imp.flops,
               "is_shifts": [len(shift) - 1 for shift in imp.shifts]}
     if counts:
-        mc = monte_carlo(net, LAYER, threshold, samples=args.mc_samples, seed=args.seed + 8)
+        samples = int(args.mc_flops // net.flops_per_sample())
+        mc = monte_carlo(net, LAYER, threshold, samples=samples, seed=args.seed + 8)
         record.update(mc_counts=mc.counts[units].tolist(), mc_samples=mc.samples, mc_high=mc.high[units].tolist())
     if net is not reference:
         variance = sample_moments(reference, args.change_samples, args.seed + 9).variance.sum()
@@ -183,7 +184,7 @@ def main() -> None:
     parser.add_argument("--margins", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--is-samples", type=int, default=1 << 16)
-    parser.add_argument("--mc-samples", type=int, default=10**6)
+    parser.add_argument("--mc-flops", type=float, default=2e11, help="FLOPs of each exact count (default 2e11)")
     parser.add_argument("--change-samples", type=int, default=1 << 18)
     parser.add_argument("--json", default="benchmarks/data/suppress_experiment.json")
     parser.add_argument("--figure", default="docs/figures/suppress.png")

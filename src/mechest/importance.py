@@ -33,11 +33,13 @@ from mechest.mlp import MLP
 from mechest.montecarlo import DEFAULT_CHUNK_SIZE, check_sample_count, chunk_count, chunk_generator, chunk_size_of
 from mechest.tail import check_layer, check_threshold, truncate
 
-DESIGN_STEPS = 40
-DESIGN_STARTS = 8
+DESIGN_STEPS = 20
+DESIGN_STARTS = 16  # random-direction starts, and as many again from the pilot
 DESIGN_SLACK = 1.0  # keep design points with |x*| ≤ nearest + this (a point 1 further out is ~e^(−|x*|) as likely)
 DISTINCT = 0.5  # design points closer than this are one point
-START_SCALE = 0.1  # starts are random directions of this length (x = 0 is a kink of a bias-free ReLU net)
+START_RADIUS = 3.0  # random starts lie on this sphere, in many of the net's linear pieces (x = 0 is a kink)
+PILOT_SAMPLES = 4096  # inflated pilot draws x ~ N(0, PILOT_SCALE² I) whose shortest events are starts too
+PILOT_SCALE = 2.0
 
 
 @dataclass
@@ -74,17 +76,24 @@ def design_points(prefix: MLP, unit: int, threshold: float, upper: bool = True, 
                   steps: int = DESIGN_STEPS, seed: int = 0) -> torch.Tensor:
     """Distinct approximate design points (rows) of the event of neuron ``unit``, nearest first.
 
-    HLRF from ``starts`` random starts (one batch); a run's candidate is its shortest iterate on which the event
-    holds (after a bisection along the ray to the boundary); runs that never reach the event are dropped, so the
-    result has no rows when none does.
+    HLRF from ``starts`` random points on the sphere of radius START_RADIUS and from the (up to) ``starts``
+    shortest events among PILOT_SAMPLES draws of N(0, PILOT_SCALE² I) (one batch; HLRF follows the local
+    gradient, and the pilot finds regions it would not walk into). A run's candidate is its shortest iterate on
+    which the event holds (after a bisection along the ray to the boundary); runs that never reach the event
+    are dropped, so the result has no rows when none does.
     """
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(starts, prefix.input_dim, generator=generator, dtype=torch.float64).to(prefix.dtype)
-    x = START_SCALE * x / x.norm(dim=1, keepdim=True)
-    units = torch.full((starts,), unit, dtype=torch.int64)
     weights = [w.detach() for w in prefix.weights]
     frozen = MLP(weights, [None if b is None else b.detach() for b in prefix.biases], prefix.activations)
-    best = torch.full((starts,), math.inf, dtype=prefix.dtype)
+    x = torch.randn(starts, prefix.input_dim, generator=generator, dtype=torch.float64).to(prefix.dtype)
+    x = START_RADIUS * x / x.norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        pilot = PILOT_SCALE * torch.randn(PILOT_SAMPLES, prefix.input_dim, generator=generator,
+                                          dtype=torch.float64).to(prefix.dtype)
+        hits = pilot[event_margin(frozen, pilot, torch.full((PILOT_SAMPLES,), unit), threshold, upper) > 0]
+        x = torch.cat([x, hits[torch.argsort(hits.norm(dim=1))[:starts]]])
+    units = torch.full((x.shape[0],), unit, dtype=torch.int64)
+    best = torch.full((x.shape[0],), math.inf, dtype=prefix.dtype)
     candidates = torch.zeros_like(x)
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
@@ -115,7 +124,7 @@ def design_points(prefix: MLP, unit: int, threshold: float, upper: bool = True, 
 
 
 def ray_to_boundary(prefix: MLP, x: torch.Tensor, units: torch.Tensor, threshold: float, upper: bool,
-                    iterations: int = 30) -> torch.Tensor:
+                    iterations: int = 12) -> torch.Tensor:
     """For each row x, the point r·x on the event's boundary with the smallest r in (0, 2] at which the event
     holds (bisection between r = 0 and the first of r = 1, 2 where it holds); rows where neither does give inf."""
     scales = torch.full((x.shape[0],), math.inf, dtype=x.dtype)
