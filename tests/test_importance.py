@@ -47,9 +47,9 @@ def test_first_layer_probability_near_1e_minus_9_matches_the_closed_form() -> No
 @pytest.mark.parametrize(("layer", "threshold", "upper", "units"), [(3, 3.9, True, [2]), (2, -3.0, False, [0, 5])])
 def test_agrees_with_exact_counts(layer: int, threshold: float, upper: bool, units: list[int]) -> None:
     """A tiny net with biases, non-square widths (input 4, width 6, output 3), an upper event at the output and a
-    lower one after one ReLU layer, true p from 5e-5 to 3e-3: importance sampling vs exact counts of 4·10⁵ inputs."""
+    lower one after one ReLU layer, true p from 5e-5 to 3e-3: importance sampling vs exact counts of 6·10⁵ inputs."""
     net = random_mlp(6, 2, input_dim=4, output_dim=3, bias_var=0.1, seed=3)
-    counts = monte_carlo(net, layer, threshold, upper, samples=400_000, seed=1)
+    counts = monte_carlo(net, layer, threshold, upper, samples=600_000, seed=1)
     result = importance_probability(net, layer, threshold, units, upper=upper, samples=1 << 14, seed=2)
     exact = counts.prob[units]
     count_error = torch.sqrt(exact * (1 - exact) / counts.samples)

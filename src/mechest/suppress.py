@@ -463,6 +463,9 @@ def suppress_sampled(net: MLP, layer: int, threshold: float, units: list[int] | 
 
     label = f"sampled, batch {batch_size}, margin {margin:g}"
     final_flops = FINAL_BATCH * 2 * reference.flops_per_sample()
+    if budget <= pilot_flops + final_flops:
+        raise MechestError(f"a budget of {budget:.3g} FLOPs does not cover the pilot sample and the final check "
+                           f"({pilot_flops + final_flops:.3g} FLOPs)")
     flops, moved, value, history = optimise(tuned, tail, change, None, lr, label=label,
                                             record=recorder(event, extra, on_record),
                                             record_every=record_every, progress=progress,
