@@ -100,7 +100,7 @@ def run_width(width: int, args: argparse.Namespace) -> dict:
     mech = suppress(net, LAYER, threshold, units, max_change=args.max_change, steps=args.steps, lr=args.lr,
                     record_every=max(1, args.steps // 10), progress=True, on_record=keep)
     runs.append((mech, list(snapshots)))
-    for margin in args.margins:
+    for margin in [] if args.mechanistic_only else args.margins:
         snapshots.clear()
         base = suppress_sampled(net, LAYER, threshold, units, budget=mech.flops, max_change=args.max_change,
                                 margin=margin, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--change-samples", type=int, default=1 << 18)
     parser.add_argument("--json", default="benchmarks/data/suppress_experiment.json")
     parser.add_argument("--figure", default="docs/figures/suppress.png")
+    parser.add_argument("--mechanistic-only", action="store_true", help="skip the sampled baseline")
     parser.add_argument("--replot", action="store_true", help="redraw from --json, run nothing")
     args = parser.parse_args()
     torch.set_num_threads(1)
