@@ -65,7 +65,7 @@ def test_an_impossible_event_has_probability_zero() -> None:
     positive = MLP([net.weights[0], net.weights[1].abs()], [None, None], net.activations)
     result = importance_probability(positive, 2, -0.5, upper=False, samples=256, seed=0)
     assert result.prob.tolist() == [0.0, 0.0]
-    assert [len(shift) for shift in result.shifts] == [1, 1]  # only the defensive component
+    assert [len(shift) for shift in result.shifts] == [2, 2]  # defensive and cross-entropy means, no design point
 
 
 def test_bad_units() -> None:
