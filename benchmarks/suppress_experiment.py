@@ -10,14 +10,14 @@ is the one of a grid that puts the most units' saddlepoint estimates in [2e-6, 5
 - mechanistic: ``mechest.suppress.suppress`` (``--steps``, ``--lr``), its FLOPs the budget of
 - the sampled baseline ``suppress_sampled`` at every hinge margin of ``--margins`` (δ_i = margin × std z_i),
   minibatches of ``--batch-size``, the same optimiser and projection, the same budget;
-- verification of every final network, trusting no estimator: importance sampling (``mechest.importance``,
-  ``--is-samples`` per unit) of each target's probability, exact exceedance counts over ``--mc-flops`` worth of
+- verification of every final network, trusting no estimator: subset simulation and importance sampling
+  (``mechest.importance``) of each target's probability, exact exceedance counts over ``--mc-flops`` worth of
   inputs (``mechest.tail.monte_carlo``; where the probability is below 1/N they bound it), and the function change
-  E‖M' − M‖² / tr Cov M by Monte Carlo over ``--change-samples`` inputs; importance sampling also verifies the
-  snapshot half-way through each run.
+  E‖M' − M‖² / tr Cov M by Monte Carlo over ``--change-samples`` inputs; the snapshot half-way through each run
+  is verified too.
 
 Writes ``--json`` (every record) and ``--figure`` (median target probability against training FLOPs: estimated
-lines, verified markers), prints a markdown table.
+lines, subset-simulation markers), prints a markdown table.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 
 from mechest.distill import squared_error_network
 from mechest.files import write_text_atomically
-from mechest.importance import importance_probability
+from mechest.importance import importance_probability, subset_probability
 from mechest.mlp import MLP, random_mlp
 from mechest.montecarlo import sample_moments
 from mechest.suppress import estimated_probability, suppress, suppress_sampled
@@ -67,8 +67,11 @@ def verify(net: MLP, reference: MLP, threshold: float, units: list[int], args: a
     """Importance-sampled probabilities, exact counts (if ``counts``) and the Monte Carlo function change."""
     start = time.perf_counter()
     imp = importance_probability(net, LAYER, threshold, units, samples=args.is_samples, seed=args.seed + 7)
+    subset = subset_probability(net, LAYER, threshold, units, samples=args.ss_samples, repeats=args.ss_repeats,
+                                seed=args.seed + 6)
     record = {"is_prob": imp.prob.tolist(), "is_stderr": imp.stderr.tolist(), "is_flops": imp.flops,
-              "is_shifts": [len(shift) - 1 for shift in imp.shifts]}
+              "is_shifts": [len(shift) - 1 for shift in imp.shifts], "ss_prob": subset.prob.tolist(),
+              "ss_stderr": subset.stderr.tolist(), "ss_flops": subset.flops}
     if counts:
         samples = int(args.mc_flops // net.flops_per_sample())
         mc = monte_carlo(net, LAYER, threshold, samples=samples, seed=args.seed + 8)
@@ -90,7 +93,7 @@ def run_width(width: int, args: argparse.Namespace) -> dict:
     print(f"width {width}: threshold {threshold:g}, units {units}", flush=True)
     record: dict = {"width": width, "threshold": threshold, "units": units,
                     "before": verify(net, net, threshold, units, args, counts=True)}
-    print(f"  before: IS {record['before']['is_prob']}", flush=True)
+    print(f"  before: IS {record['before']['is_prob']}, SS {record['before']['ss_prob']}", flush=True)
     runs = []
     snapshots: list[tuple[MLP, dict]] = []
 
@@ -115,7 +118,8 @@ def run_width(width: int, args: argparse.Namespace) -> dict:
         record["runs"].append(entry)
         final = entry["final"]
         print(f"  {result.method}: {result.flops:.3g} FLOPs, {result.seconds:.0f} s, est {result.prob_after.tolist()}"
-              f", IS {final['is_prob']}, change {final['change']:.4f} ± {final['change_stderr']:.1e}", flush=True)
+              f", IS {final['is_prob']}, SS {final['ss_prob']}, change {final['change']:.4f} ± {final['change_stderr']:.1e}",
+              flush=True)
     return record
 
 
@@ -124,9 +128,9 @@ def median_fall(before: list[float], after: list[float]) -> float:
 
 
 def table(records: list[dict]) -> str:
-    lines = [("| width | targets | t | method | steps | FLOPs | seconds | median est. p before → after | "
-             "median verified p before → after (IS) | median verified fall | counts after / N | "
-             "function change (MC) |"), "|" + "---|" * 12]
+    lines = [("| width | targets | t | method | steps | FLOPs | seconds | median est. p before → after | median "
+              "verified p before → after (subset sim.) | median verified fall (subset sim.) | (importance s.) | "
+              "counts after / N | function change (MC) |"), "|" + "---|" * 13]
     for record in records:
         before = record["before"]
         for run in record["runs"]:
@@ -135,26 +139,27 @@ def table(records: list[dict]) -> str:
                 f"| {record['width']} | {len(record['units'])} | {record['threshold']:g} | {run['method']} | "
                 f"{run['steps']} | {run['flops']:.3g} | {run['seconds']:.0f} | "
                 f"{statistics.median(run['prob_before']):.2e} → {statistics.median(run['prob_after']):.2e} | "
-                f"{statistics.median(before['is_prob']):.2e} → {statistics.median(final['is_prob']):.2e} | "
+                f"{statistics.median(before['ss_prob']):.2e} → {statistics.median(final['ss_prob']):.2e} | "
+                f"{median_fall(before['ss_prob'], final['ss_prob']):.3g}x | "
                 f"{median_fall(before['is_prob'], final['is_prob']):.3g}x | "
-                f"{sum(final['mc_counts'])} / {final['mc_samples']:.0e} | "
+                f"{sum(final['mc_counts'])} / {final['mc_samples']:.1e} | "
                 f"{100 * final['change']:.3f}% ± {100 * final['change_stderr']:.3f}% |")
     return "\n".join(lines)
 
 
 def plot(records: list[dict], path: Path) -> None:
-    """Median target probability against training FLOPs: estimated (lines), importance-sampled (markers, ±2 SE
-    of the median unit's estimate)."""
+    """Median target probability against training FLOPs: estimated (lines), verified by subset simulation (dots:
+    before, half-way, final)."""
     figure, panels = plt.subplots(1, len(records), figsize=(6.2 * len(records), 4.6), squeeze=False)
     for axes, record in zip(panels[0], records):
-        before = statistics.median(record["before"]["is_prob"])
+        before = statistics.median(record["before"]["ss_prob"])
         for run in record["runs"]:
             flops = [max(entry["flops"], 1) for entry in run["history"]]
             estimate = [statistics.median(entry["prob"]) for entry in run["history"]]
             label = "mechanistic (saddlepoint)" if run["method"] == "saddlepoint" else f"sampled, {run['method']}"
             line, = axes.plot(flops, estimate, label=label)
-            points = [(1, before), (run["middle"]["flops"], statistics.median(run["middle"]["is_prob"])),
-                      (run["flops"], statistics.median(run["final"]["is_prob"]))]
+            points = [(1, before), (run["middle"]["flops"], statistics.median(run["middle"]["ss_prob"])),
+                      (run["flops"], statistics.median(run["final"]["ss_prob"]))]
             axes.plot(*zip(*points), linestyle="none", marker="o", color=line.get_color())
         axes.set_xscale("log")
         axes.set_yscale("log")
@@ -163,7 +168,7 @@ def plot(records: list[dict], path: Path) -> None:
         axes.set_title(f"width {record['width']}, 3 ReLU layers, {len(record['units'])} output units, "
                        f"t = {record['threshold']:g}", fontsize=9)
         axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize=7, title="lines: estimate; dots: importance-sampled", title_fontsize=7)
+        axes.legend(fontsize=7, title="lines: saddlepoint estimate; dots: subset simulation", title_fontsize=7)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".partial.png")
@@ -184,6 +189,8 @@ def main() -> None:
     parser.add_argument("--margins", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--is-samples", type=int, default=1 << 16)
+    parser.add_argument("--ss-samples", type=int, default=4096, help="subset simulation states per level")
+    parser.add_argument("--ss-repeats", type=int, default=8, help="independent subset simulations per unit")
     parser.add_argument("--mc-flops", type=float, default=2e11, help="FLOPs of each exact count (default 2e11)")
     parser.add_argument("--change-samples", type=int, default=1 << 18)
     parser.add_argument("--json", default="benchmarks/data/suppress_experiment.json")
