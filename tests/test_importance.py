@@ -1,4 +1,5 @@
-"""Importance sampling of rare pre-activation events against closed forms and exact exceedance counts."""
+"""Importance sampling and subset simulation of rare pre-activation events against closed forms and exact
+exceedance counts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from mechest.errors import MechestError
-from mechest.importance import check_units, importance_probability, log_weight
+from mechest.importance import check_units, importance_probability, log_weight, subset_probability
 from mechest.mlp import MLP, random_mlp
 from mechest.tail import monte_carlo
 
@@ -42,6 +43,8 @@ def test_first_layer_probability_near_1e_minus_9_matches_the_closed_form() -> No
     z = (result.prob - exact) / result.stderr
     assert float(z.abs().max()) < Z_LIMIT
     assert float((result.stderr / exact).max()) < 0.05
+    subset = subset_probability(net, 1, threshold, units, samples=1024, repeats=6, seed=1)
+    assert float(((subset.prob - exact) / subset.stderr).abs().max()) < Z_LIMIT
 
 
 @pytest.mark.parametrize(("layer", "threshold", "upper", "units"), [(3, 3.9, True, [2]), (2, -3.0, False, [0, 5])])
@@ -57,6 +60,9 @@ def test_agrees_with_exact_counts(layer: int, threshold: float, upper: bool, uni
     assert bool((counts.counts[units] >= 20).all())
     assert float(z.abs().max()) < Z_LIMIT
     assert result.flops > 0 and result.samples == 1 << 14
+    subset = subset_probability(net, layer, threshold, units, upper=upper, samples=1024, repeats=6, seed=2)
+    z = (subset.prob - exact) / torch.sqrt(subset.stderr**2 + count_error**2)
+    assert float(z.abs().max()) < Z_LIMIT
 
 
 def test_an_impossible_event_has_probability_zero() -> None:
@@ -66,6 +72,14 @@ def test_an_impossible_event_has_probability_zero() -> None:
     result = importance_probability(positive, 2, -0.5, upper=False, samples=256, seed=0)
     assert result.prob.tolist() == [0.0, 0.0]
     assert [len(shift) for shift in result.shifts] == [2, 2]  # defensive and cross-entropy means, no design point
+
+
+def test_subset_simulation_of_an_impossible_event_is_zero_and_needs_repeats() -> None:
+    net = random_mlp(4, 1, input_dim=3, output_dim=2, seed=0)
+    positive = MLP([net.weights[0], net.weights[1].abs()], [None, None], net.activations)
+    assert subset_probability(positive, 2, -0.5, upper=False, samples=64, repeats=2).prob.tolist() == [0.0, 0.0]
+    with pytest.raises(MechestError, match="repeats"):
+        subset_probability(positive, 2, -0.5, upper=False, repeats=1)
 
 
 def test_bad_units() -> None:
