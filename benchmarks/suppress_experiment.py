@@ -193,19 +193,20 @@ def main() -> None:
     parser.add_argument("--ss-repeats", type=int, default=8, help="independent subset simulations per unit")
     parser.add_argument("--mc-flops", type=float, default=2e11, help="FLOPs of each exact count (default 2e11)")
     parser.add_argument("--change-samples", type=int, default=1 << 18)
-    parser.add_argument("--json", default="benchmarks/data/suppress_experiment.json")
+    parser.add_argument("--json", nargs="+", default=["benchmarks/data/suppress_experiment.json"],
+                        help="where to write the records (the first file); --replot reads and merges all")
     parser.add_argument("--figure", default="docs/figures/suppress.png")
     parser.add_argument("--mechanistic-only", action="store_true", help="skip the sampled baseline")
     parser.add_argument("--replot", action="store_true", help="redraw from --json, run nothing")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.replot:
-        records = json.loads(Path(args.json).read_text())["records"]
+        records = [record for path in args.json for record in json.loads(Path(path).read_text())["records"]]
     else:
         records = []
         for width in args.widths:
             records.append(run_width(width, args))
-            write_text_atomically(args.json, json.dumps({"settings": vars(args), "records": records}))
+            write_text_atomically(args.json[0], json.dumps({"settings": vars(args), "records": records}))
     print(table(records))
     plot(records, Path(args.figure))
     print(f"wrote {args.figure}")
