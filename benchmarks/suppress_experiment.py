@@ -64,15 +64,16 @@ def choose_event(net: MLP, count: int) -> tuple[float, list[int]]:
 
 def verify(net: MLP, reference: MLP, threshold: float, units: list[int], args: argparse.Namespace,
            counts: bool) -> dict:
-    """Importance-sampled probabilities, exact counts (if ``counts``) and the Monte Carlo function change."""
+    """Subset-simulation probabilities and the Monte Carlo function change; with ``counts`` also importance
+    sampling and exact counts."""
     start = time.perf_counter()
-    imp = importance_probability(net, LAYER, threshold, units, samples=args.is_samples, seed=args.seed + 7)
     subset = subset_probability(net, LAYER, threshold, units, samples=args.ss_samples, repeats=args.ss_repeats,
                                 seed=args.seed + 6)
-    record = {"is_prob": imp.prob.tolist(), "is_stderr": imp.stderr.tolist(), "is_flops": imp.flops,
-              "is_shifts": [len(shift) - 1 for shift in imp.shifts], "ss_prob": subset.prob.tolist(),
-              "ss_stderr": subset.stderr.tolist(), "ss_flops": subset.flops}
+    record = {"ss_prob": subset.prob.tolist(), "ss_stderr": subset.stderr.tolist(), "ss_flops": subset.flops}
     if counts:
+        imp = importance_probability(net, LAYER, threshold, units, samples=args.is_samples, seed=args.seed + 7)
+        record.update(is_prob=imp.prob.tolist(), is_stderr=imp.stderr.tolist(), is_flops=imp.flops,
+                      is_shifts=[len(shift) - 1 for shift in imp.shifts])
         samples = int(args.mc_flops // net.flops_per_sample())
         mc = monte_carlo(net, LAYER, threshold, samples=samples, seed=args.seed + 8)
         record.update(mc_counts=mc.counts[units].tolist(), mc_samples=mc.samples, mc_high=mc.high[units].tolist())
