@@ -155,14 +155,13 @@ def plot(records: list[dict], path: Path) -> None:
     for axes, record in zip(panels[0], records):
         before = statistics.median(record["before"]["ss_prob"])
         for run in record["runs"]:
-            flops = [max(entry["flops"], 1) for entry in run["history"]]
+            flops = [entry["flops"] for entry in run["history"]]
             estimate = [statistics.median(entry["prob"]) for entry in run["history"]]
             label = "mechanistic (saddlepoint)" if run["method"] == "saddlepoint" else f"sampled, {run['method']}"
             line, = axes.plot(flops, estimate, label=label)
-            points = [(1, before), (run["middle"]["flops"], statistics.median(run["middle"]["ss_prob"])),
+            points = [(0, before), (run["middle"]["flops"], statistics.median(run["middle"]["ss_prob"])),
                       (run["flops"], statistics.median(run["final"]["ss_prob"]))]
             axes.plot(*zip(*points), linestyle="none", marker="o", color=line.get_color())
-        axes.set_xscale("log")
         axes.set_yscale("log")
         axes.set_xlabel("training FLOPs")
         axes.set_ylabel("median target P(z > t)")
