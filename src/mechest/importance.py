@@ -1,4 +1,7 @@
-"""Importance sampling of rare pre-activation events P(s·(z_i(x) − t) > 0), x ~ N(0, I), below what counting reaches.
+"""Rare pre-activation events P(s·(z_i(x) − t) > 0), x ~ N(0, I), below what counting reaches: importance sampling
+(``importance_probability``) and subset simulation (``subset_probability``, which needs no design point; on
+fine-tuned networks it agreed with exact counts where the importance sampler was up to 2x low, see
+docs/results.md).
 
 For each neuron i of a layer, the proposal is an equal mixture of mean-shifted Gaussians N(μ_k, I), k = 0..m:
 μ_0 = 0 (the *defensive* component, which bounds every weight by m + 1 and keeps events that are not rare, or
