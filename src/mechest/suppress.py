@@ -34,7 +34,10 @@ FINAL_BATCH fresh inputs and, if above 1, the weights are bisected back towards 
 
 FLOPs: the tail step's forward and backward pass is counted once with ``mechest.flops.FlopCounter`` (its
 operations do not depend on the weight values), and so are one evaluation of c (forward) and one with its
-gradient; the totals count every evaluation actually made. The descent update itself is not counted.
+gradient. Every step is charged the tail's forward and backward pass plus, per Newton projection check, one
+evaluation of c with its gradient (also the check that passes, whose gradient is never taken: an over-count
+of one backward pass of c per step, the same for both methods), plus every bisection evaluation (forward only).
+The descent update itself is not counted.
 """
 
 from __future__ import annotations
@@ -185,8 +188,8 @@ def bisect_back(net: MLP, start: list[torch.Tensor], change: Term, step: int) ->
 
 
 def project(net: MLP, start: list[torch.Tensor], change: Term, step: int) -> tuple[float, int, int]:
-    """Bring ``net`` back to change ≤ 1 (module docstring). Returns (change, evaluations with gradient,
-    evaluations without)."""
+    """Bring ``net`` back to change ≤ 1 (module docstring). Returns (change, Newton checks, each charged as an
+    evaluation with gradient, bisection evaluations)."""
     params = parameters(net)
     with_gradient = 0
     for _ in range(PROJECTION_STEPS):
