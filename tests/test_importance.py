@@ -36,14 +36,14 @@ def test_first_layer_probability_near_1e_minus_9_matches_the_closed_form() -> No
     mean, sigma = net.biases[0], net.weights[0].norm(dim=1)
     threshold = float((mean + 6.0 * sigma).max())
     exact = 0.5 * torch.erfc((threshold - mean) / (sigma * math.sqrt(2)))
-    units = [unit for unit, p in enumerate(exact.tolist()) if 1e-12 < p < 1e-8]
-    assert len(units) >= 2
+    units = [unit for unit, p in enumerate(exact.tolist()) if 1e-12 < p < 1e-8][:2]
+    assert len(units) == 2
     result = importance_probability(net, 1, threshold, units, samples=1 << 13, seed=1)
     exact = exact[units]
     z = (result.prob - exact) / result.stderr
     assert float(z.abs().max()) < Z_LIMIT
     assert float((result.stderr / exact).max()) < 0.05
-    subset = subset_probability(net, 1, threshold, units, samples=1024, repeats=6, seed=1)
+    subset = subset_probability(net, 1, threshold, units, samples=512, repeats=6, seed=1)
     assert float(((subset.prob - exact) / subset.stderr).abs().max()) < Z_LIMIT
 
 
