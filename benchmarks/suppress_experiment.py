@@ -137,7 +137,7 @@ def table(records: list[dict]) -> str:
         for run in record["runs"]:
             final = run["final"]
             lines.append(
-                f"| {record['width']} | {len(record['units'])} | {record['threshold']:g} | {run['method']} | "
+                f"| {record['width']} | {len(record['units'])} | {record['threshold']:g} | {label(run)} | "
                 f"{run['steps']} | {run['flops']:.3g} | {run['seconds']:.0f} | "
                 f"{statistics.median(run['prob_before']):.2e} → {statistics.median(run['prob_after']):.2e} | "
                 f"{statistics.median(before['ss_prob']):.2e} → {statistics.median(final['ss_prob']):.2e} | "
@@ -146,6 +146,27 @@ def table(records: list[dict]) -> str:
                 f"{sum(final['mc_counts'])} / {final['mc_samples']:.1e} | "
                 f"{100 * final['change']:.3f}% ± {100 * final['change_stderr']:.3f}% |")
     return "\n".join(lines)
+
+
+def merged(records: list[dict]) -> list[dict]:
+    """One record per width: the runs of later records of a width (same net, threshold and targets) appended to
+    the first's."""
+    by_width: dict[int, dict] = {}
+    for record in records:
+        if record["width"] in by_width:
+            first = by_width[record["width"]]
+            if (first["threshold"], first["units"]) != (record["threshold"], record["units"]):
+                raise SystemExit(f"records of width {record['width']} disagree on the threshold or the targets")
+            first["runs"].extend(record["runs"])
+        else:
+            by_width[record["width"]] = record
+    return list(by_width.values())
+
+
+def label(run: dict) -> str:
+    if run["method"] == "saddlepoint":
+        return f"mechanistic (saddlepoint), bound {run['max_change']:g}"
+    return f"sampled, {run['method']}, bound {run['max_change']:g}"
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -157,8 +178,7 @@ def plot(records: list[dict], path: Path) -> None:
         for run in record["runs"]:
             flops = [entry["flops"] for entry in run["history"]]
             estimate = [statistics.median(entry["prob"]) for entry in run["history"]]
-            label = "mechanistic (saddlepoint)" if run["method"] == "saddlepoint" else f"sampled, {run['method']}"
-            line, = axes.plot(flops, estimate, label=label)
+            line, = axes.plot(flops, estimate, label=label(run), linestyle="-" if "mech" in label(run) else "--")
             points = [(0, before), (run["middle"]["flops"], statistics.median(run["middle"]["ss_prob"])),
                       (run["flops"], statistics.median(run["final"]["ss_prob"]))]
             axes.plot(*zip(*points), linestyle="none", marker="o", color=line.get_color())
@@ -201,7 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.replot:
-        records = [record for path in args.json for record in json.loads(Path(path).read_text())["records"]]
+        records = merged([record for path in args.json for record in json.loads(Path(path).read_text())["records"]])
     else:
         records = []
         for width in args.widths:
