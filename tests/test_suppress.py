@@ -97,6 +97,13 @@ def test_lower_tail_and_default_units() -> None:
     assert bool((result.prob_after <= result.prob_before).all())
 
 
+def test_event_inside_the_network() -> None:
+    """A hidden layer's event: the layers after it get no tail gradient (only the projection moves them)."""
+    net = random_mlp(6, 3, input_dim=4, output_dim=3, bias_var=0.1, seed=2)
+    result = suppress(net, 2, 1.5, [0, 1], steps=3, lr=0.02, max_change=0.05)
+    assert bool((result.prob_after < result.prob_before).all()) and result.function_change <= 0.05
+
+
 def test_sampled_baseline_stays_within_its_budget_and_bound() -> None:
     net = tiny_net()
     budget = 7 * 10**6

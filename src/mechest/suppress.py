@@ -227,7 +227,9 @@ class NormalizedDescent(torch.optim.Optimizer):
                 state = self.state[tensor]
                 if "momentum" not in state:
                     state["momentum"] = torch.zeros_like(tensor)
-                state["momentum"].mul_(group["momentum"]).add_(tensor.grad)
+                state["momentum"].mul_(group["momentum"])
+                if tensor.grad is not None:  # None: a layer after the event's, which the tail does not reach
+                    state["momentum"].add_(tensor.grad)
                 buffers.append(state["momentum"])
             norm = torch.sqrt(sum((b * b).sum() for b in buffers))
             if norm > 0:
@@ -258,8 +260,11 @@ def optimise(net: MLP, tail: Term, change: Term, steps: int | None, lr: float, *
         tensor.grad = None
     if budget is not None:
         steps = budget // (tail_flops + change_grad_flops)
+        if steps < 1:
+            raise MechestError(f"{label}: one step costs {tail_flops + change_grad_flops:.3g} FLOPs, more than the "
+                               f"budget of {budget:.3g}; lower the batch size")
     if steps is None or steps < 1:
-        raise MechestError(f"need at least one step, got {steps} (budget {budget} FLOPs)")
+        raise MechestError(f"need at least one step, got {steps}")
     optimizer = NormalizedDescent(params, lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor("cosine", step, steps))
     flops, moved, value = 0, 0, 0.0
@@ -269,7 +274,8 @@ def optimise(net: MLP, tail: Term, change: Term, steps: int | None, lr: float, *
             optimizer.zero_grad()
             loss = tail(net, step)
             loss.backward()
-            if not torch.isfinite(loss.detach()) or not all(torch.isfinite(p.grad).all() for p in params):
+            if not torch.isfinite(loss.detach()) or not all(p.grad is None or torch.isfinite(p.grad).all()
+                                                            for p in params):
                 raise MechestError(f"{label}: the objective or its gradient became non-finite at step {step}; "
                                    "lower --lr")
             optimizer.step()
