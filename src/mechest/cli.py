@@ -281,6 +281,7 @@ def build_parser() -> OneLineParser:
                              help="our package's largest predicted FLOPs as a fraction of the budget (default 1)")
     whest_score.add_argument("--json", action="store_true", help="print one JSON object")
     add_distill_parser(commands)
+    add_suppress_parser(commands)
     sweep = commands.add_parser("bench", help="MSE-vs-compute benchmark of kprop against Monte Carlo (tables, "
                                 "results store, figures)")
     sweep.add_argument("--quick", action="store_true", help="small widths and few samples (a few minutes)")
@@ -358,6 +359,28 @@ def add_distill_parser(commands: argparse._SubParsersAction) -> None:
     distill.add_argument("--out", required=True, metavar="STUDENT.npz", help="where to write the trained student")
     distill.add_argument("--plot", metavar="LOSS.png", help="true loss against training FLOPs")
     distill.add_argument("--json", metavar="LOG.json", help="write every run's log as JSON")
+
+
+def add_suppress_parser(commands: argparse._SubParsersAction) -> None:
+    suppress = commands.add_parser("suppress", help="fine-tune a network so that a rare event P(z_i > t) falls, "
+                                   "keeping its function within --max-change (both estimated mechanistically)")
+    suppress.add_argument("--weights", required=True, metavar="FILE.npz", help="network file (format in README.md)")
+    suppress.add_argument("--layer", type=int, required=True,
+                          help="pre-activation of hidden layer L, from 1 (1 = W_0 x + b_0; depth + 1 = output)")
+    suppress.add_argument("--threshold", type=float, required=True, help="threshold t")
+    suppress.add_argument("--units", type=int, nargs="+", metavar="I",
+                          help="units of the layer to suppress (default: every unit whose event is not already ~0)")
+    suppress.add_argument("--lower", action="store_true", help="suppress P(z_i < t) instead of P(z_i > t)")
+    suppress.add_argument("--max-change", type=float, default=0.01,
+                          help="bound on E|M'(x) - M(x)|^2 / tr Cov M(x) (default 0.01)")
+    suppress.add_argument("--steps", type=int, default=100, help="descent steps (default 100)")
+    suppress.add_argument("--lr", type=float, default=0.03,
+                          help="step length in parameter space, decayed by a cosine to 1%% (default 0.03)")
+    suppress.add_argument("--order", "-K", type=int, default=3,
+                          help="kprop order of the marginal cumulants, 2 or 3 (default 3, factored)")
+    suppress.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
+    suppress.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the fine-tuned network")
+    suppress.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def network_from(args: argparse.Namespace) -> MLP:
@@ -533,6 +556,30 @@ def command_distill(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def command_suppress(args: argparse.Namespace) -> None:
+    from mechest.suppress import suppress
+
+    net = load(args.weights)
+    out = check_output_path(args.out)
+    if args.steps < 1:
+        raise MechestError(f"--steps must be positive, got {args.steps}")
+    result = suppress(net, args.layer, args.threshold, args.units, lower=args.lower, max_change=args.max_change,
+                      steps=args.steps, lr=args.lr, order=args.order, variant=args.variant, progress=True)
+    result.net.save(out)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return
+    event = f"z < {result.threshold:g}" if args.lower else f"z > {result.threshold:g}"
+    print(f"P({event}) at layer {result.layer} (saddlepoint, K={args.order} {args.variant}): {result.steps} steps, "
+          f"{result.flops:.3e} FLOPs, {result.seconds:.1f} s")
+    rows = [[unit, before, after, before / after if after > 0 else float("inf")]
+            for unit, before, after in zip(result.units, result.prob_before.tolist(), result.prob_after.tolist())]
+    print(format_table(["unit", "prob before", "prob after", "fall"], rows))
+    print(f"function change E|M' - M|^2 / tr Cov M = {result.function_change:.4g} (bound {result.max_change:g}), "
+          f"estimated")
+    print(f"wrote {out}")
+
+
 def command_bench(args: argparse.Namespace) -> None:
     base = bench.QUICK if args.quick else bench.BenchSettings()
     settings = bench.with_overrides(
@@ -590,7 +637,8 @@ def command_results(args: argparse.Namespace) -> None:
 
 COMMANDS = {"estimate": command_estimate, "net": command_net, "truth": command_truth, "score": command_score,
             "demo": command_demo, "bench": command_bench, "results": command_results, "tail": command_tail,
-            "tail-bench": command_tail_bench, "whestbench": command_whestbench, "distill": command_distill}
+            "tail-bench": command_tail_bench, "whestbench": command_whestbench, "distill": command_distill,
+            "suppress": command_suppress}
 
 
 class Terminated(KeyboardInterrupt):
