@@ -52,9 +52,9 @@ from tqdm.auto import tqdm
 
 from mechest.distill import expected_loss
 from mechest.errors import MechestError
-from mechest.flops import FlopCounter, warm_up
+from mechest.flops import FlopCounter
 from mechest.importance import check_units
-from mechest.kprop import check_options, propagate
+from mechest.kprop import Scheme, propagate
 from mechest.mlp import MLP
 from mechest.montecarlo import chunk_generator
 from mechest.tail import check_layer, check_threshold, marginal_cumulants, saddlepoint_tail
@@ -118,6 +118,11 @@ def parameters(net: MLP) -> list[torch.Tensor]:
     return list(net.weights) + [b for b in net.biases if b is not None]
 
 
+def scheme_of(order: int, variant: str) -> Scheme:
+    """The propagation suppress runs at (order, variant): κ_3 factored at K = 3."""
+    return Scheme(order, variant, order == 3)
+
+
 def detached(net: MLP) -> MLP:
     return MLP([w.detach().clone() for w in net.weights],
                [None if b is None else b.detach().clone() for b in net.biases], list(net.activations))
@@ -129,7 +134,7 @@ def saddlepoint_of_units(net: MLP, layer: int, threshold: float, units: list[int
     not clipped) and where the saddlepoint applied (elsewhere: Edgeworth). Only the chosen units' formulas are
     evaluated, so a fallback elsewhere cannot reach the gradient.
     """
-    cumulants = marginal_cumulants(net, layer, order, variant, factored=order == 3)[:, units]
+    cumulants = marginal_cumulants(net, layer, scheme_of(order, variant))[:, units]
     return saddlepoint_tail(cumulants, threshold, upper)
 
 
@@ -149,7 +154,7 @@ def tail_objective(net: MLP, layer: int, threshold: float, units: list[int], upp
 def output_variance(net: MLP, order: int = 3, variant: str = "simple") -> float:
     """tr Cov M(x) by kprop at ``order`` (factored at K = 3)."""
     with torch.no_grad():
-        return float(torch.trace(propagate(net, order, variant, factored=order == 3).cov))
+        return float(torch.trace(propagate(net, scheme_of(order, variant)).cov))
 
 
 def estimated_change(net: MLP, reference: MLP) -> torch.Tensor:
@@ -252,7 +257,6 @@ def optimise(net: MLP, tail: Term, change: Term, steps: int | None, lr: float, *
         raise MechestError(f"the learning rate must be positive, got {lr}")
     params = parameters(net)
     start = [p.detach().clone() for p in params]
-    warm_up()
     tail_flops = counted(lambda: tail(net, 0), backward=True)
     change_flops = counted(lambda: change(net, 0), backward=False)
     change_grad_flops = counted(lambda: change(net, 0), backward=True)
@@ -315,7 +319,7 @@ def resolve_units(net: MLP, layer: int, threshold: float, units: list[int] | Non
 
 def check_settings(net: MLP, layer: int, threshold: float, max_change: float, order: int, variant: str) -> float:
     check_layer(net, layer)
-    check_options(order, variant)
+    scheme_of(order, variant)
     if order < 2:
         raise MechestError("suppress needs order K >= 2 (K = 1 tracks no skewness, and no covariance for the change)")
     if not (max_change > 0 and math.isfinite(max_change)):
