@@ -527,7 +527,7 @@ whose factors are bases @ coefficients (``Compression``)."""
 
 @dataclass(frozen=True)
 class Compression:
-    """Compressed κ_3 sources (docs/method.md §7.4): only the ``age`` newest sources are kept as full factors; an
+    """Compressed κ_3 sources (docs/method.md §7.6): only the ``age`` newest sources are kept as full factors; an
     older one is projected once onto its own orthonormal basis B (n × ``rank``) of the row space of its factors
     [T, P, Q] (randomized range finder: a fixed test matrix, ``power`` power iterations, QR), X ≈ B (Bᵀ X). Later
     layers map only B (2n²r a layer instead of 6n³), and its slices cost ≈ 14n²r instead of 6n³. At rank ≥ the
@@ -633,11 +633,15 @@ def third_cubic(xp: Any, groups: Sources) -> Any:
     grader does not count the time as residual: measured 0.2 ms against 4.5 ms at 1024×1024×15)."""
     total = None
     for group in groups:
-        factors, scales = expanded(xp, group)
-        t, p, q = factors[:, 0], factors[:, 1], factors[:, 2]
-        value = xp.einsum("sik,sik,sk,sik->i", p, p, scales, t) + xp.einsum("sik,sik,sik->i", t, t, q)
+        value = group_cubic(xp, *expanded(xp, group))
         total = value if total is None else total + value
     return total
+
+
+def group_cubic(xp: Any, factors: Any, scales: Any) -> Any:
+    """``third_cubic`` of one group of full factors (S, 3, n, m) and scales (S, m)."""
+    t, p, q = factors[:, 0], factors[:, 1], factors[:, 2]
+    return xp.einsum("sik,sik,sk,sik->i", p, p, scales, t) + xp.einsum("sik,sik,sik->i", t, t, q)
 
 
 def third_slices(xp: Any, groups: Sources) -> tuple[Any, Any]:
@@ -649,9 +653,11 @@ def third_slices(xp: Any, groups: Sources) -> tuple[Any, Any]:
     three bracketed matrices with the factors (T, P, Q) themselves, 6n³ per source. For a compressed group
     (factors B·X', ``Compression``) the contraction runs through the basis: (left X'ᵀ) Bᵀ, 8n²r a source.
     """
-    double = None
+    double = cubic = None
     for group in groups:
         factors, scales = expanded(xp, group)
+        value = group_cubic(xp, factors, scales)
+        cubic = value if cubic is None else cubic + value
         t, p, q = factors[:, 0], factors[:, 1], factors[:, 2]
         v = scales[:, None, :]
         left = xp.stack([p * p * v + 2 * t * q, 2 * p * t * v, t * t], axis=1)
@@ -661,7 +667,7 @@ def third_slices(xp: Any, groups: Sources) -> tuple[Any, Any]:
         else:
             value = xp.einsum("sjik,sjlk->il", left, factors)
         double = value if double is None else double + value
-    return third_cubic(xp, groups), double / 3
+    return cubic, double / 3
 
 
 def carried_third(xp: Any, term: dict, slices: dict, groups: Sources, wick: Any) -> tuple:
@@ -885,13 +891,15 @@ def mean_field_flops(width: int, depth: int) -> int:
     return elementwise_bound(width, depth, 4 * depth)
 
 
-def choice_flops(width: int, depth: int, order: int, variant: str, window: int | None = None) -> int:
-    """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator."""
+def choice_flops(width: int, depth: int, order: int, variant: str, window: int | None = None,
+                 compression: Compression | None = None) -> int:
+    """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator (K = 3 optionally with
+    compressed sources)."""
     if order == 1:
         return mean_field_flops(width, depth)
     if (order, variant) == (2, "simple"):
         return covariance_flops(width, depth)
-    return planned_flops(width, depth, order, window)
+    return planned_flops(width, depth, order, window, compression if order == 3 else None)
 
 
 def plan_key(order: int, variant: str) -> str:
@@ -900,12 +908,14 @@ def plan_key(order: int, variant: str) -> str:
 
 
 def choice_means(backend: Backend, weights: Sequence[Any], order: int, variant: str, specs: dict,
-                 window: int | None = None) -> list[Any]:
+                 window: int | None = None, compression: Compression | None = None) -> list[Any]:
     """E[a_l] for every layer of a bias-free ReLU net without output map (WhestBench's) by one (order, variant,
-    window) choice; K = 3 and K = 2 augment run the plan ``specs[plan_key(order, variant)]``."""
+    window) choice; K = 3 and K = 2 augment run the plan ``specs[plan_key(order, variant)]``, K = 3 with
+    ``compression`` if given."""
     layers = relu_layers(weights)
     if order == 1:
         return mean_field(backend, layers).layer_means
     if (order, variant) == (2, "simple"):
         return covariance(backend, layers).layer_means
-    return planned(backend, layers, specs[plan_key(order, variant)], window).layer_means
+    return planned(backend, layers, specs[plan_key(order, variant)], window,
+                   compression=compression if order == 3 else None).layer_means
