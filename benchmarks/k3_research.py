@@ -28,7 +28,7 @@ from mechest.kprop import executor as xprop
 from mechest.kprop.spec import executor_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from whest_gpu_truths import FIRST_SEED, whest_weights  # noqa: E402  (the bake's weight generator)
+from whest_gpu_truths import FIRST_SEED, whest_weights  # the bake's weight generator
 
 DATA = Path(__file__).resolve().parent / "data" / "whestbench"
 ROUNDS = {"warmup": (256, 8, 3, 6.8e10), "phase2": (1024, 16, 2, 2.0**41)}  # width, depth, nets, budget B
