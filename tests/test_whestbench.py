@@ -171,7 +171,7 @@ def test_exported_estimator_compresses_where_the_multiplier_is_not_floored(packa
     compression = estimator.compression(phase2.width, phase2.depth, phase2.flop_budget)
     assert compression is not None and compression.rank < phase2.width
     assert estimator.plan(phase2.width, phase2.depth, phase2.flop_budget)[0] == (3, "simple", None)
-    width, depth = 32, 7
+    width, depth = 32, 9
     weights = whest_weights(width, depth, seed=9)
     budget = 4 * xprop.planned_flops(width, depth, 3)  # room for K = 3 and its fallbacks, K = 3 over 0.1 B
     compression = estimator.compression(width, depth, budget)

@@ -20,20 +20,20 @@ SOURCES = Path(__file__).resolve().parent
 FILES = ("estimator.py", "mechest_propagate.py", "mechest_plan.json", "mechest_config.json")
 
 
-DEFAULT_COMPRESSION = (4, 0.25, 1)
+DEFAULT_COMPRESSION = (6, 0.25, 1)
 """K = 3's source compression in the package (age, rank / width, power iterations; docs/whestbench.md): at
 1024×16 it scored best of the ladder in docs/results.md ("Beyond the reference")."""
 
 
 def parse_compression(text: str) -> tuple[int, float, int] | None:
-    """``AGE,FRACTION,POWER`` (e.g. 4,0.25,1) or ``none``, as the CLI's --compress takes it."""
+    """``AGE,FRACTION,POWER`` (e.g. 6,0.25,1) or ``none``, as the CLI's --compress takes it."""
     if text.strip().lower() == "none":
         return None
     try:
         age, fraction, power = text.split(",")
         return int(age), float(fraction), int(power)
     except ValueError:
-        raise MechestError(f"--compress must be AGE,FRACTION,POWER (e.g. 4,0.25,1) or none, got {text!r}") from None
+        raise MechestError(f"--compress must be AGE,FRACTION,POWER (e.g. 6,0.25,1) or none, got {text!r}") from None
 
 
 def package_config(max_order: int, budget_fraction: float, min_window: int, safety: float, augment: bool,
