@@ -50,14 +50,15 @@ def network(round_name: str, index: int) -> tuple[list[np.ndarray], np.ndarray, 
 
 
 def run_means(weights: list[np.ndarray], spec: dict, dtype: torch.dtype,
-              compression: xprop.Compression | None) -> np.ndarray:
+              compression: xprop.Compression | None, strassen: int = 0) -> np.ndarray:
     columns = [torch.tensor(w.T, dtype=dtype) for w in weights]  # h @ W is mechest's W.T @ h
     layers = xprop.relu_layers(columns)
-    means = xprop.planned(torch_backend(), layers, spec, compression=compression).layer_means
+    means = xprop.planned(torch_backend(), layers, spec, compression=compression, strassen=strassen).layer_means
     return torch.stack(means).double().numpy()
 
 
-def metered_flops(weights: list[np.ndarray], spec: dict, compression: xprop.Compression | None) -> int:
+def metered_flops(weights: list[np.ndarray], spec: dict, compression: xprop.Compression | None,
+                  strassen: int = 0) -> int:
     """flopscope's count of the float32 run (as the WhestBench package runs it)."""
     import warnings
 
@@ -70,7 +71,7 @@ def metered_flops(weights: list[np.ndarray], spec: dict, compression: xprop.Comp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with flops.BudgetContext(flop_budget=10**15, quiet=True) as context:
-            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, compression=compression)
+            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, compression=compression, strassen=strassen)
             return int(context.flops_used)
 
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--age", type=int, default=None, help="compress sources older than this (default: exact)")
     parser.add_argument("--rank", type=int, default=None)
     parser.add_argument("--power", type=int, default=0)
+    parser.add_argument("--strassen", type=int, default=0, help="levels of Strassen's recursion in the products")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument("--meter", action="store_true", help="also meter the first net with flopscope (float32)")
     parser.add_argument("--threads", type=int, default=1)
@@ -89,22 +91,23 @@ def main(argv: list[str] | None = None) -> None:
     width, depth, count, budget = ROUNDS[args.round]
     compression = None if args.age is None else xprop.Compression(args.age, args.rank or width, args.power)
     spec = executor_spec(3, "simple", max_width=width)
-    predicted = xprop.planned_flops(width, depth, 3, compression=compression)
+    predicted = xprop.planned_flops(width, depth, 3, compression=compression, strassen=args.strassen)
     errors = []
     for index in range(args.nets or count):
         weights, truth, floor = network(args.round, index)
         start = time.perf_counter()
-        means = run_means(weights, spec, getattr(torch, args.dtype), compression)
+        means = run_means(weights, spec, getattr(torch, args.dtype), compression, args.strassen)
         seconds = time.perf_counter() - start
         mse = float(np.mean((means[-1] - truth[-1]) ** 2)) - floor
         errors.append(mse)
         line = {"net": index, "final_mse": mse, "noise_floor": floor, "seconds": round(seconds, 1)}
         if args.meter and index == 0:
-            line["metered_flops"] = metered_flops(weights, spec, compression)
+            line["metered_flops"] = metered_flops(weights, spec, compression, args.strassen)
             line["metered_over_predicted"] = line["metered_flops"] / predicted
         print(json.dumps(line), flush=True)
     mse = float(np.mean(errors))
     print(json.dumps({"round": args.round, "age": args.age, "rank": args.rank, "power": args.power,
+                      "strassen": args.strassen,
                       "final_mse": mse, "flops": predicted, "flops_over_budget": predicted / budget,
                       "score": mse * max(0.1, predicted / budget)}), flush=True)
 

@@ -161,3 +161,28 @@ def test_compression_rejects_bad_parameters() -> None:
     for age, rank, power in ((0, 4, 0), (2, 0, 0), (2, 4, -1)):
         with pytest.raises(ValueError):
             xprop.Compression(age, rank, power)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_strassen_product_equals_the_dense_product(levels: int) -> None:
+    """Strassen's recursion is exact in exact arithmetic: equal to a @ b to float64 round-off, for a matrix and a
+    stack of matrices, rectangular; a dimension not divisible by 2^levels falls back to the dense product."""
+    rng = np.random.default_rng(levels)
+    a, b = rng.normal(size=(16, 24)), rng.normal(size=(2, 3, 24, 8))
+    np.testing.assert_allclose(xprop.product(np, a, b, levels), a @ b, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(xprop.product(np, a, b[0, 0], levels), a @ b[0, 0], rtol=0, atol=1e-12)
+    odd = rng.normal(size=(24, 7))
+    np.testing.assert_array_equal(xprop.product(np, a, odd, levels), a @ odd)
+
+
+@pytest.mark.parametrize("compression", [None, xprop.Compression(2, 4, 1)])
+def test_strassen_propagation_equals_the_dense_one(compression: xprop.Compression | None) -> None:
+    """K = 3 with every n³ product by Strassen equals the dense executor to round-off, exact or compressed,
+    including the last layer's mean."""
+    weights = whest_weights(16, 6, seed=4)
+    layers = xprop.relu_layers([w.T for w in weights])
+    spec = SPECS[xprop.plan_key(3, "simple")]
+    dense = np.stack(xprop.planned(NUMPY, layers, spec, compression=compression).layer_means)
+    for levels in (1, 2):
+        fast = np.stack(xprop.planned(NUMPY, layers, spec, compression=compression, strassen=levels).layer_means)
+        np.testing.assert_allclose(fast, dense, rtol=0, atol=TOLERANCE)

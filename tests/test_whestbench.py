@@ -106,6 +106,21 @@ def test_predicted_flops_bound_the_metered_flops_with_compression(width: int, de
     assert tightness * predicted <= metered <= predicted, metered / predicted
 
 
+@pytest.mark.parametrize(("width", "depth", "compression", "levels", "tightness"),
+                         [(64, 6, None, 1, 0.8), (128, 8, (2, 32, 1), 2, 0.85), (256, 8, None, 3, 0.9)])
+def test_predicted_flops_bound_the_metered_flops_with_strassen(width: int, depth: int, compression: tuple | None,
+                                                               levels: int, tightness: float) -> None:
+    """K = 3 with Strassen products (and compression): planned_flops stays an upper bound on flopscope's count."""
+    compression = None if compression is None else xprop.Compression(*compression)
+    columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
+    spec = SPECS[xprop.plan_key(3, "simple")]
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
+        xprop.planned(FLOAT32, xprop.relu_layers(columns), spec, compression=compression, strassen=levels)
+        metered = context.flops_used
+    predicted = xprop.planned_flops(width, depth, 3, compression=compression, strassen=levels)
+    assert tightness * predicted <= metered <= predicted, metered / predicted
+
+
 @pytest.mark.parametrize(("order", "variant"), [(3, "simple"), (2, "augment")])
 def test_float32_on_the_meter_is_accurate(order: int, variant: str) -> None:
     """The graded run is float32: it must agree with mechest's float64 engine to a few dozen float32 roundings

@@ -221,10 +221,14 @@ def linear_mean(xp: Any, weight: Any, bias: Any | None, mean: Any | None) -> Any
     return out if bias is None else out + bias
 
 
-def symmetric_product(weight: Any, cov: Any | None) -> Any:
-    """W Σ Wᵀ (W Wᵀ when ``cov`` is None, the identity), symmetrised against round-off."""
-    product = weight @ weight.T if cov is None else weight @ cov @ weight.T
-    return (product + product.T) / 2
+def symmetric_product(weight: Any, cov: Any | None, xp: Any = None, levels: int = 0) -> Any:
+    """W Σ Wᵀ (W Wᵀ when ``cov`` is None, the identity), symmetrised against round-off; with ``levels`` > 0 the
+    products by ``product`` (Strassen)."""
+    if levels:
+        value = product(xp, weight, weight.T if cov is None else product(xp, cov, weight.T, levels), levels)
+    else:
+        value = weight @ weight.T if cov is None else weight @ cov @ weight.T
+    return (value + value.T) / 2
 
 
 ISOTROPIC_TRACE_ROWS = 8
@@ -291,6 +295,58 @@ def covariance(backend: Backend, layers: Layers, outputs: str = "cov") -> Cumula
         if outputs != "mean":
             result.cov = symmetric_product(weight, cov)
     return result
+
+
+STRASSEN_LEFT = [[[1, 0], [0, 1]], [[0, 0], [1, 1]], [[1, 0], [0, 0]], [[0, 0], [0, 1]], [[1, 1], [0, 0]],
+                  [[-1, 0], [1, 0]], [[0, 1], [0, -1]]]
+STRASSEN_RIGHT = [[[1, 0], [0, 1]], [[1, 0], [0, 0]], [[0, 1], [0, -1]], [[-1, 0], [1, 0]], [[0, 0], [0, 1]],
+                  [[1, 1], [0, 0]], [[0, 0], [1, 1]]]
+STRASSEN_OUT = [[[1, 0], [0, 1]], [[0, 0], [1, -1]], [[0, 1], [0, 1]], [[1, 0], [1, 0]], [[-1, 1], [0, 0]],
+                [[0, 0], [0, 1]], [[1, 0], [0, 0]]]
+"""Strassen's seven products of 2×2 blocks: M_u = (Σ_ab L[u][a][b] A_ab)(Σ_ab R[u][a][b] B_ab), and
+C_ab = Σ_u O[u][a][b] M_u."""
+
+
+def strassen_split(xp: Any, x: Any, coefficients: list) -> Any:
+    """(T, Z, r, c) → (7T, Z, r/2, c/2): the seven block combinations of every matrix (one einsum)."""
+    t, batch, rows, cols = x.shape
+    blocks = x.reshape(t, batch, 2, rows // 2, 2, cols // 2)
+    out = xp.einsum("uab,tzaibj->utzij", xp.asarray(coefficients, dtype=x.dtype), blocks)
+    return out.reshape(7 * t, batch, rows // 2, cols // 2)
+
+
+def product(xp: Any, a: Any, b: Any, levels: int = 0) -> Any:
+    """a @ b (a 2-D, b 2-D or a stack of matrices) by ``levels`` levels of Strassen's recursion, each level one
+    einsum per operand forming the seven block combinations, the 7^levels block products one batched matmul,
+    and one einsum per level recombining them: (7/8)^levels of the dense product's multiplications plus
+    O(size of the operands) (``product_flops``). Dense ``@`` when levels = 0 or a dimension is not divisible
+    by 2^levels. Exact in exact arithmetic; in floating point the error grows by a small factor per level."""
+    n, k = a.shape
+    m = b.shape[-1]
+    if levels == 0 or any(d % 2**levels for d in (n, k, m)):
+        return a @ b
+    left, right = a.reshape(1, 1, n, k), b.reshape(1, -1, k, m)
+    for _ in range(levels):
+        left, right = strassen_split(xp, left, STRASSEN_LEFT), strassen_split(xp, right, STRASSEN_RIGHT)
+    out = left @ right
+    coefficients = xp.asarray(STRASSEN_OUT, dtype=out.dtype)
+    for _ in range(levels):
+        count, batch, p, q = out.shape
+        out = xp.einsum("uab,utzij->tzaibj", coefficients, out.reshape(7, count // 7, batch, p, q))
+        out = out.reshape(count // 7, batch, 2 * p, 2 * q)
+    return out.reshape(*b.shape[:-2], n, m)
+
+
+def product_flops(n: int, k: int, m: int, levels: int = 0) -> int:
+    """FLOPs of ``product`` for an (n × k)(k × m) product (a stack counts as its columns side by side): the
+    7^levels block products 2nkm (7/8)^levels, and per level i the block combinations, ≤ 10 FLOPs per output
+    entry of the operands' (7/4)^i·(nk + km) entries, and the recombination, ≤ 16 per entry of (7/4)^(i−1)·nm
+    (an envelope of flopscope's count, which is ≈ 8 and 14 plus the block products' own overhead)."""
+    if levels == 0 or any(d % 2**levels for d in (n, k)):
+        return 2 * n * k * m
+    combinations = sum(10 * (7 / 4) ** i * (n * k + k * m) + 16 * (7 / 4) ** (i - 1) * n * m
+                       for i in range(1, levels + 1))
+    return math.ceil(2 * n * k * m * (7 / 8) ** levels + combinations)
 
 
 _OFF_DIAGONAL_MASKS: dict = {}
@@ -614,7 +670,7 @@ def expanded(xp: Any, group: tuple) -> tuple[Any, Any]:
     return bases[:, None] @ coefficients, scales
 
 
-def mapped_third(xp: Any, weight: Any, third: tuple) -> Sources:
+def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources:
     """(W⊗W⊗W)κ_3 as source groups (factors, scales): every leg of every source times W.
 
     ``third`` = (groups, fresh, v): ``groups`` holds T, P, Q of the earlier sources, ``fresh`` (2, n, n) P and Q of
@@ -622,8 +678,9 @@ def mapped_third(xp: Any, weight: Any, third: tuple) -> Sources:
     every hidden layer has the same width).
     """
     groups, fresh, v = third
-    newest = xp.concatenate([weight[None], weight @ fresh])[None]
-    mapped = [(weight @ group[0], *group[1:]) for group in groups]  # a compressed group maps its bases alone
+    newest = xp.concatenate([weight[None], product(xp, weight, fresh, levels)])[None]
+    mapped = [(weight @ group[0] if is_compressed(group) else product(xp, weight, group[0], levels), *group[1:])
+              for group in groups]  # a compressed group maps its bases alone
     return joined(xp, mapped, (newest, v[None]))
 
 
@@ -644,7 +701,7 @@ def group_cubic(xp: Any, factors: Any, scales: Any) -> Any:
     return xp.einsum("sik,sik,sk,sik->i", p, p, scales, t) + xp.einsum("sik,sik,sik->i", t, t, q)
 
 
-def third_slices(xp: Any, groups: Sources) -> tuple[Any, Any]:
+def third_slices(xp: Any, groups: Sources, levels: int = 0) -> tuple[Any, Any]:
     """Slices (3) and (2,1) of κ_3 (``third_cubic``'s form), the (2,1) slice not yet zeroed on its diagonal.
 
     Sym(Σ_r A_r⊗A_r⊗C_r) has (2,1) slice ((A∘A)Cᵀ + 2(A∘C)Aᵀ)/3 (an assignment of factors to positions matters
@@ -664,6 +721,10 @@ def third_slices(xp: Any, groups: Sources) -> tuple[Any, Any]:
         if is_compressed(group):
             through = xp.einsum("sjik,sjak->sia", left, group[1])
             value = xp.einsum("sia,sla->il", through, group[0])
+        elif levels:  # as one (n × 3Sm)(3Sm × n) product
+            rows = xp.einsum("sjik->isjk", left).reshape(left.shape[2], -1)
+            columns = xp.einsum("sjlk->sjkl", factors).reshape(-1, factors.shape[2])
+            value = product(xp, rows, columns, levels)
         else:
             value = xp.einsum("sjik,sjlk->il", left, factors)
         double = value if double is None else double + value
@@ -742,7 +803,7 @@ def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: 
 
 
 def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = None,
-            outputs: str = "cov", compression: Compression | None = None) -> Cumulants:
+            outputs: str = "cov", compression: Compression | None = None, strassen: int = 0) -> Cumulants:
     """Propagation by the exported plan: K = 3 simple with κ_3 factored (equals mechest's factored engine) or
     K = 2 augment (equals mechest's unfactorised engine at K = 2 augment).
 
@@ -756,6 +817,8 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     layer is a ``last_mean`` too), also its covariance, or also its marginal κ_3 and κ_4, which need κ_3 and the
     pieces carried through the last hidden layer and every source mapped once more (at 256×4, K = 3: 1.1e9, 1.5e9
     and 1.9e9 FLOPs). ``compression`` compresses the κ_3 sources older than its age (``Compression``; None: exact).
+    ``strassen`` > 0 runs the n³ products (W Σ Wᵀ, W Wᵀ, the sources' mapping and (2,1) slices) by that many levels
+    of Strassen's recursion (``product``).
     """
     check_spec(spec)
     check_outputs(outputs)
@@ -769,13 +832,13 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     for layer, (weight, bias, activation) in enumerate(full_steps):
         n = weight.shape[0]
         pre_mean = linear_mean(xp, weight, bias, mean)
-        gram = symmetric_product(weight, None) if cov is None or cores else None
-        pre_cov = gram if cov is None else symmetric_product(weight, cov)
+        gram = symmetric_product(weight, None, xp, strassen) if cov is None or cores else None
+        pre_cov = gram if cov is None else symmetric_product(weight, cov, xp, strassen)
         slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
         groups = None
         if third is not None:
-            groups = compressed(xp, mapped_third(xp, weight, third), compression)
-            cubic, double = third_slices(xp, groups)
+            groups = compressed(xp, mapped_third(xp, weight, third, strassen), compression)
+            cubic, double = third_slices(xp, groups, strassen)
             slices[(3, (3,))] = cubic
             slices[(3, (2, 1))] = off_diagonal(xp, double)
         if cores:
@@ -794,7 +857,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         cores = projected_cores(spec, cumulants, n)
     if len(full_steps) < len(hidden):
         weight, bias, activation = hidden[-1]
-        mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third)
+        mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, strassen)
         means.append(mean)
         covs.append(None)
     result = Cumulants(means, covs)
@@ -809,7 +872,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     return result
 
 
-def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple | None) -> dict:
+def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple | None, levels: int = 0) -> dict:
     """The one-coordinate slices (degree, (degree,)) of κ_3 and of the radial pieces after z = W a + b (a bias
     moves only κ_1): they read only the diagonal of the metric W Wᵀ, and κ_3's sources only through slice (3)."""
     slices = {}
@@ -817,25 +880,26 @@ def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple 
         gram_diagonal = xp.diag(xp.sum(weight * weight, axis=1))  # a one-coordinate slice reads only M_aa
         slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram_diagonal, one_coordinate=True))
     if third is not None:
-        cubic = third_cubic(xp, mapped_third(xp, weight, third))
+        cubic = third_cubic(xp, mapped_third(xp, weight, third, levels))
         slices[(3, (3,))] = cubic if (3, (3,)) not in slices else slices[(3, (3,))] + cubic
     return slices
 
 
 def last_mean(backend: Backend, spec: dict, weight: Any, bias: Any | None, activation: str, mean: Any | None,
-              cov: Any | None, cores: dict, third: tuple | None) -> Any:
+              cov: Any | None, cores: dict, third: tuple | None, levels: int = 0) -> Any:
     """E[a_{L−1}] alone: pK_(1) reads only the diagonals of κ_2, κ_3 and κ_4, so the last layer skips the
     (2,1) slice of κ_3 and the off-diagonals of W Σ Wᵀ and W Wᵀ (same value as the full step)."""
     xp = backend.xp
     pre_mean = linear_mean(xp, weight, bias, mean)
-    pre_var = xp.sum(weight * weight, axis=1) if cov is None else xp.sum((weight @ cov) * weight, axis=1)
-    slices = marginal_slices(xp, spec, weight, cores, third)
+    pre_var = (xp.sum(weight * weight, axis=1) if cov is None
+               else xp.sum(product(xp, weight, cov, levels) * weight, axis=1))
+    slices = marginal_slices(xp, spec, weight, cores, third, levels)
     wick = activation_wick(backend, activation, pre_mean, pre_var, spec["k_max"], spec["p_max"])
     return dense_cumulants(xp, spec, slices, wick, only=(1,))[(1,)]
 
 
 def planned_flops(width: int, depth: int, order: int, window: int | None = None,
-                  compression: Compression | None = None) -> int:
+                  compression: Compression | None = None, strassen: int = 0) -> int:
     """Leading-order FLOPs of ``planned_means`` (float32 units) for the K = 3 (simple, factored) or K = 2
     (augment) plan, layer by layer as it runs: W Wᵀ (2n³) and W Σ Wᵀ (4n³) on hidden layers (the last layer
     only diag(W Σ Wᵀ), 2n³); at K = 3 with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the
@@ -848,30 +912,38 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
 
     With ``compression`` (age a, rank r) at most a sources are full; each older one maps its basis (2n²r) and its
     (2,1) slice costs 14n²r (expanding B·X' 6n²r, contracting through the basis 8n²r), plus 6n²r for its cubic
-    slice on the last layer; compressing a source costs (12 + 12·power)n²r and its QR 4nr²."""
+    slice on the last layer; compressing a source costs (12 + 12·power)n²r and its QR 4nr². With ``strassen``
+    levels every n³ product costs ``product_flops``."""
     first_carried = 0 if window is None else max(depth - window, 0)
     age = depth if compression is None else compression.age
     rank = width if compression is None else min(compression.rank, width)
     power = 0 if compression is None else compression.power
-    cubes, squares, thin, sources, packed, carried = 0, 0, 0, 0, 0, False
+    n = width
+
+    def mapping(count: int) -> int:  # W times the stacked factors of `count` older full sources, and the newest
+        return (product_flops(n, n, 3 * (count - 1) * n, strassen) if count > 1 else 0) + product_flops(
+            n, n, 2 * n, strassen)
+
+    square = product_flops(n, n, n, strassen)
+    products, squares, thin, sources, packed, carried = 0, 0, 0, 0, 0, False
     for layer in range(depth - 1):
-        cubes += (2 if layer == 0 or carried else 0) + (4 if layer > 0 else 0)
+        products += (square if layer == 0 or carried else 0) + (2 * square if layer > 0 else 0)
         if sources:
-            cubes += 6 * (sources - 1) + 4
+            products += mapping(sources)
             squares += 2 * packed
             if sources > age:
                 sources, packed = sources - 1, packed + 1
                 squares += 12 + 12 * power
                 thin += 4
-            cubes += 6 * sources
+            products += product_flops(n, 3 * sources * n, n, strassen)
             squares += 14 * packed
         carried = layer + 1 >= first_carried
         sources, packed = (sources + 1, packed) if carried and order == 3 else (0, 0)
-    cubes += (2 if depth > 1 else 0) + (6 * (sources - 1) + 4 if sources else 0)
+    products += (square if depth > 1 else 0) + (mapping(sources) if sources else 0)
     squares += 8 * packed
     quadratic = 28 * depth**2 + 60 * depth if order == 3 else 200 * depth
-    return (width**3 * cubes + width**2 * rank * squares + width * rank**2 * thin
-            + elementwise_bound(width, depth, quadratic))
+    return (products + width**2 * rank * squares + width * rank**2 * thin
+            + elementwise_bound(width, depth, quadratic + (6 * depth**2 if strassen else 0)))
 
 
 def elementwise_bound(width: int, depth: int, quadratic: int) -> int:
