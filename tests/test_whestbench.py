@@ -186,6 +186,11 @@ def test_exported_estimator_compresses_where_the_multiplier_is_not_floored(packa
     compression = estimator.compression(phase2.width, phase2.depth, phase2.flop_budget)
     assert compression is not None and compression.rank < phase2.width
     assert estimator.plan(phase2.width, phase2.depth, phase2.flop_budget)[0] == (3, "simple", None)
+    levels = estimator.strassen(phase2.width, phase2.depth, phase2.flop_budget)  # the cheapest predicted
+    assert levels == estimator.config["strassen"] and all(
+        xprop.planned_flops(phase2.width, phase2.depth, 3, compression=compression, strassen=fewer)
+        > xprop.planned_flops(phase2.width, phase2.depth, 3, compression=compression, strassen=levels)
+        for fewer in range(levels))
     width, depth = 32, 9
     weights = whest_weights(width, depth, seed=9)
     budget = 4 * xprop.planned_flops(width, depth, 3)  # room for K = 3 and its fallbacks, K = 3 over 0.1 B
@@ -196,7 +201,9 @@ def test_exported_estimator_compresses_where_the_multiplier_is_not_floored(packa
         got = np.asarray(estimator.predict(mlp, budget))
     columns = [w.T for w in weights]
     numpy_backend = xprop.Backend(np, lambda x: 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2))))
-    expected = np.stack(xprop.choice_means(numpy_backend, columns, 3, "simple", SPECS, compression=compression))
+    strassen = estimator.strassen(width, depth, budget)
+    expected = np.stack(xprop.choice_means(numpy_backend, columns, 3, "simple", SPECS, compression=compression,
+                                           strassen=strassen))
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
     assert np.abs(got - expected_means(weights, 3)).max() > 1e-8  # compressed, not exact
 

@@ -35,7 +35,7 @@ from mechest.tail import METHODS as TAIL_METHODS, tail_probability
 from mechest.training import LR_SCHEDULES
 from mechest.truth import compute_truth, load_truth, score
 from mechest.wick import ACTIVATION_NAMES
-from mechest.whest.export import DEFAULT_COMPRESSION, export_package, parse_compression
+from mechest.whest.export import DEFAULT_COMPRESSION, DEFAULT_STRASSEN, export_package, parse_compression
 from mechest.whest.score import ROUNDS as WHEST_ROUNDS
 from mechest.whest.score import score_round
 
@@ -278,6 +278,8 @@ def build_parser() -> OneLineParser:
                              help="our package's largest predicted FLOPs as a fraction of the budget (default 1)")
     whest_score.add_argument("--compress", default=",".join(map(str, DEFAULT_COMPRESSION)), metavar="AGE,FRACTION,POWER",
                              help="our package's K=3 source compression, as for export (default %(default)s)")
+    whest_score.add_argument("--strassen", type=int, default=DEFAULT_STRASSEN,
+                             help="our package's most Strassen levels, as for export (default %(default)s)")
     whest_score.add_argument("--json", action="store_true", help="print one JSON object")
     add_distill_parser(commands)
     sweep = commands.add_parser("bench", help="MSE-vs-compute benchmark of kprop against Monte Carlo (tables, "
@@ -332,6 +334,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="K=3 keeps the AGE newest κ_3 sources exact and compresses older ones to rank "
                              "FRACTION×width, where exact K=3 would cost over 0.1 of the budget; 'none': never "
                              "(default %(default)s)")
+    parser.add_argument("--strassen", type=int, default=DEFAULT_STRASSEN,
+                        help="K=3's n^3 products by up to this many levels of Strassen's recursion, the cheapest "
+                             "predicted (0: dense; default %(default)s)")
 
 
 def add_distill_parser(commands: argparse._SubParsersAction) -> None:
@@ -491,14 +496,14 @@ def command_tail_bench(args: argparse.Namespace) -> None:
 def command_whestbench(args: argparse.Namespace) -> None:
     if args.whest_command == "export":
         out = export_package(args.out, args.order, args.budget_fraction, args.min_window, augment=args.augment,
-                             compression=parse_compression(args.compress))
+                             compression=parse_compression(args.compress), strassen=args.strassen)
         print(f"wrote {out}: check it with `whest validate --estimator {out / 'estimator.py'}`")
         return
     root = check_output_directory(args.data_dir)
     truths = Path(args.truths) if args.truths else None
     rows, floor, dataset = score_round(args.round, args.n_mlps, args.samples, root, root / "package",
                                        args.width, args.depth, truths, args.flops_only, args.budget_fraction,
-                                       parse_compression(args.compress))
+                                       parse_compression(args.compress), args.strassen)
     if args.json:
         print(json.dumps({"round": args.round, "dataset": str(dataset),
                           "noise_floor": floor, "results": [row.__dict__ for row in rows]}))

@@ -964,14 +964,16 @@ def mean_field_flops(width: int, depth: int) -> int:
 
 
 def choice_flops(width: int, depth: int, order: int, variant: str, window: int | None = None,
-                 compression: Compression | None = None) -> int:
+                 compression: Compression | None = None, strassen: int = 0) -> int:
     """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator (K = 3 optionally with
-    compressed sources)."""
+    compressed sources and Strassen products)."""
     if order == 1:
         return mean_field_flops(width, depth)
     if (order, variant) == (2, "simple"):
         return covariance_flops(width, depth)
-    return planned_flops(width, depth, order, window, compression if order == 3 else None)
+    if order == 3:
+        return planned_flops(width, depth, order, window, compression, strassen)
+    return planned_flops(width, depth, order, window)
 
 
 def plan_key(order: int, variant: str) -> str:
@@ -980,14 +982,16 @@ def plan_key(order: int, variant: str) -> str:
 
 
 def choice_means(backend: Backend, weights: Sequence[Any], order: int, variant: str, specs: dict,
-                 window: int | None = None, compression: Compression | None = None) -> list[Any]:
+                 window: int | None = None, compression: Compression | None = None, strassen: int = 0) -> list[Any]:
     """E[a_l] for every layer of a bias-free ReLU net without output map (WhestBench's) by one (order, variant,
     window) choice; K = 3 and K = 2 augment run the plan ``specs[plan_key(order, variant)]``, K = 3 with
-    ``compression`` if given."""
+    ``compression`` and ``strassen`` levels if given."""
     layers = relu_layers(weights)
     if order == 1:
         return mean_field(backend, layers).layer_means
     if (order, variant) == (2, "simple"):
         return covariance(backend, layers).layer_means
-    return planned(backend, layers, specs[plan_key(order, variant)], window,
-                   compression=compression if order == 3 else None).layer_means
+    if order == 3:
+        return planned(backend, layers, specs[plan_key(order, variant)], window, compression=compression,
+                       strassen=strassen).layer_means
+    return planned(backend, layers, specs[plan_key(order, variant)], window).layer_means

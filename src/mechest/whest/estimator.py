@@ -14,7 +14,8 @@ m ≥ min_window layers (the largest m that fits); off by default, because measu
 of K = 3's gain (docs/whestbench.md). K = 3 compresses its old κ_3 sources (config "compression": age, rank as a
 fraction of the width, power iterations; docs/method.md §7.6) where exact K = 3 would cost more than
 COMPRESS_ABOVE·B: below that WhestBench's multiplier max(0.1, C/B) is floored, so compressing would only cost
-accuracy. Any non-finite mean makes it fall back to the next choice (K = 2 augment
+accuracy. K = 3's n³ products use the number of Strassen levels (≤ config "strassen") that its cost model
+predicts cheapest (``strassen``). Any non-finite mean makes it fall back to the next choice (K = 2 augment
 falls back to K = 2 simple), so the output is always finite.
 """
 
@@ -96,6 +97,14 @@ class Estimator(BaseEstimator):
             width, depth, 3)
         return compression if cheaper else None
 
+    def strassen(self, width: int, depth: int, budget: int) -> int:
+        """Levels of Strassen's recursion for K = 3's products: the fewest among the cheapest predicted, up to the
+        configured maximum (0 where none is configured)."""
+        compression = self.compression(width, depth, budget)
+        return min(range(self.config.get("strassen", 0) + 1),
+                   key=lambda levels: propagate.planned_flops(width, depth, 3, compression=compression,
+                                                              strassen=levels))
+
     def plan(self, width: int, depth: int, budget: int) -> list[Choice]:
         """(order, variant, window) to try, best first. A choice is kept only if its predicted FLOPs plus those of
         every fallback after it fit in fraction·budget / safety, so running any prefix of the list fits."""
@@ -110,7 +119,8 @@ class Estimator(BaseEstimator):
         choices: list[Choice] = []
         if self.config["max_order"] >= 3 and fits_width:
             tail = sum(propagate.choice_flops(width, depth, *c) for c in fallbacks)
-            k3 = propagate.planned_flops(width, depth, 3, compression=self.compression(width, depth, budget))
+            k3 = propagate.planned_flops(width, depth, 3, compression=self.compression(width, depth, budget),
+                                         strassen=self.strassen(width, depth, budget))
             if k3 + tail <= allowed:
                 # whether K = 3 pays is judged at exact K = 3's cost: K3_GAIN was measured exact, and compression's
                 # loss of accuracy is measured only at 256×8 and 1024×16 (docs/results.md)
@@ -134,18 +144,21 @@ class Estimator(BaseEstimator):
         return propagate.choice_flops(width, depth, *choice) + tail <= allowed
 
     def run(self, weights: list, order: int, variant: str, window: int | None,
-            compression: propagate.Compression | None = None) -> fnp.ndarray:
+            compression: propagate.Compression | None = None, strassen: int = 0) -> fnp.ndarray:
         """All layers' means, shape (depth, width), by one choice."""
-        return fnp.stack(propagate.choice_means(BACKEND, weights, order, variant, self.specs, window, compression),
-                         axis=0)
+        return fnp.stack(propagate.choice_means(BACKEND, weights, order, variant, self.specs, window, compression,
+                                                strassen), axis=0)
 
     def predict(self, mlp: MLP, budget: int) -> fnp.ndarray:
         weights = [w.T for w in mlp.weights]  # WhestBench's h @ W is mechest's W.T @ h
         with warnings.catch_warnings():  # flopscope's symmetry notes: printing them costs residual time
             warnings.simplefilter("ignore")
             compression = self.compression(mlp.width, mlp.depth, budget)
+            strassen = self.strassen(mlp.width, mlp.depth, budget)
             for order, variant, window in self.plan(mlp.width, mlp.depth, budget):
-                out = self.run(weights, order, variant, window, compression if window is None else None)
+                exact_window = window is None
+                out = self.run(weights, order, variant, window, compression if exact_window else None,
+                               strassen if exact_window else 0)
                 if math.isfinite(float(fnp.sum(out))):
                     return out
         return fnp.zeros((mlp.depth, mlp.width), dtype=fnp.float32)
