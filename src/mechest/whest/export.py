@@ -36,8 +36,10 @@ def parse_compression(text: str) -> tuple[int, float, int] | None:
         raise MechestError(f"--compress must be AGE,FRACTION,POWER (e.g. 6,0.25,1) or none, got {text!r}") from None
 
 
-DEFAULT_STRASSEN = 3
-"""Most levels of Strassen's recursion the package's K = 3 may use (it takes the cheapest predicted)."""
+DEFAULT_STRASSEN = 0
+"""Most levels of Strassen's recursion the package's K = 3 may use (it takes the cheapest predicted). Off by
+default: at 1024×16 three levels pushed the residual time per network to 0.51 s, over phase 2's 0.4 s gate
+(docs/results.md)."""
 
 
 def package_config(max_order: int, budget_fraction: float, min_window: int, safety: float, augment: bool,
