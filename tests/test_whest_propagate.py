@@ -104,3 +104,85 @@ def test_cli_does_not_need_the_whestbench_extra() -> None:
     code = ("import sys, mechest.cli, mechest.kprop.executor, mechest.whest.export; "
             "assert 'whestbench' not in sys.modules and 'flopscope' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def biased_layers(widths: list[int], seed: int, output: int | None) -> xprop.Layers:
+    """Column-convention ReLU layers of the given widths (input first) with biases, and an output map of
+    ``output`` rows when not None."""
+    rng = np.random.default_rng(seed)
+    shapes = list(zip(widths[1:], widths[:-1])) + ([(output, widths[-1])] if output else [])
+    weights = [rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_out, n_in)) for n_out, n_in in shapes]
+    biases = [rng.normal(0.0, 0.1, size=n_out) for n_out, _ in shapes]
+    return xprop.Layers(weights, biases, ["relu"] * (len(widths) - 1))
+
+
+@pytest.mark.parametrize("age", [1, 2, 3])
+@pytest.mark.parametrize(("widths", "output", "outputs"), [([5, 9, 7, 8, 6, 9], None, "cov"),
+                                                           ([6, 10, 8, 9, 7], 4, "marginals")])
+def test_compression_at_full_rank_is_exact(age: int, widths: list[int], output: int | None, outputs: str) -> None:
+    """At rank ≥ the width every basis is square orthogonal (B Bᵀ = I): the compressed executor equals the exact
+    one to round-off, on every layer and every returned cumulant, with unequal widths and an output map."""
+    layers = biased_layers(widths, seed=age, output=output)
+    spec = SPECS[xprop.plan_key(3, "simple")]
+    exact = xprop.planned(NUMPY, layers, spec, outputs=outputs)
+    got = xprop.planned(NUMPY, layers, spec, outputs=outputs, compression=xprop.Compression(age, max(widths)))
+    for a, b in zip(exact.layer_means + exact.layer_covs[:-1], got.layer_means + got.layer_covs[:-1], strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=TOLERANCE)
+    if output:
+        for name in ("mean", "cov", "third_diagonal", "fourth_diagonal"):
+            np.testing.assert_allclose(getattr(got, name), getattr(exact, name), rtol=0, atol=TOLERANCE)
+
+
+def test_compression_changes_the_result_below_full_rank() -> None:
+    """A rank below the width approximates (so the exactness test above can fail), and the error is largest at
+    the smallest rank and age."""
+    weights = whest_weights(16, 5, seed=3)
+    layers = xprop.relu_layers([w.T for w in weights])
+    spec = SPECS[xprop.plan_key(3, "simple")]
+    exact = np.stack(xprop.planned(NUMPY, layers, spec).layer_means)
+    errors = {(age, rank): np.abs(np.stack(xprop.planned(NUMPY, layers, spec, compression=xprop.Compression(age, rank))
+                                           .layer_means) - exact).max() for age, rank in ((1, 2), (3, 12))}
+    assert errors[(1, 2)] > 1e-6 and errors[(1, 2)] > errors[(3, 12)]
+
+
+@pytest.mark.parametrize("power", [0, 1])
+def test_range_finder_is_exact_on_low_rank_factors(power: int) -> None:
+    """If the three factors of a source span an r-dimensional row space, the rank-r basis captures it:
+    B Bᵀ X = X, so B (Bᵀ X) reproduces the factors."""
+    rng = np.random.default_rng(power)
+    span = rng.normal(size=(11, 3))
+    factors = np.stack([span @ rng.normal(size=(3, 7)) for _ in range(3)])
+    basis, coefficients = xprop.compressed_source(np, factors, 3, power)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(3), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(basis[None] @ coefficients, factors, rtol=0, atol=1e-12)
+
+
+def test_compression_rejects_bad_parameters() -> None:
+    for age, rank, power in ((0, 4, 0), (2, 0, 0), (2, 4, -1)):
+        with pytest.raises(ValueError):
+            xprop.Compression(age, rank, power)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_strassen_product_equals_the_dense_product(levels: int) -> None:
+    """Strassen's recursion is exact in exact arithmetic: equal to a @ b to float64 round-off, for a matrix and a
+    stack of matrices, rectangular; a dimension not divisible by 2^levels falls back to the dense product."""
+    rng = np.random.default_rng(levels)
+    a, b = rng.normal(size=(16, 24)), rng.normal(size=(2, 3, 24, 8))
+    np.testing.assert_allclose(xprop.product(np, a, b, levels), a @ b, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(xprop.product(np, a, b[0, 0], levels), a @ b[0, 0], rtol=0, atol=1e-12)
+    odd = rng.normal(size=(24, 7))
+    np.testing.assert_array_equal(xprop.product(np, a, odd, levels), a @ odd)
+
+
+@pytest.mark.parametrize("compression", [None, xprop.Compression(2, 4, 1)])
+def test_strassen_propagation_equals_the_dense_one(compression: xprop.Compression | None) -> None:
+    """K = 3 with every n³ product by Strassen equals the dense executor to round-off, exact or compressed,
+    including the last layer's mean."""
+    weights = whest_weights(16, 6, seed=4)
+    layers = xprop.relu_layers([w.T for w in weights])
+    spec = SPECS[xprop.plan_key(3, "simple")]
+    dense = np.stack(xprop.planned(NUMPY, layers, spec, compression=compression).layer_means)
+    for levels in (1, 2):
+        fast = np.stack(xprop.planned(NUMPY, layers, spec, compression=compression, strassen=levels).layer_means)
+        np.testing.assert_allclose(fast, dense, rtol=0, atol=TOLERANCE)

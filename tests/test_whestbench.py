@@ -90,6 +90,37 @@ def test_predicted_flops_bound_the_metered_flops(order: int, variant: str, width
     assert tightness * predicted <= metered <= predicted, metered / predicted
 
 
+@pytest.mark.parametrize(("width", "depth", "age", "rank", "power", "tightness"),
+                         [(16, 5, 1, 4, 0, 0.35), (64, 6, 2, 16, 1, 0.75), (128, 8, 1, 32, 1, 0.9),
+                          (256, 8, 4, 64, 0, 0.95)])
+def test_predicted_flops_bound_the_metered_flops_with_compression(width: int, depth: int, age: int, rank: int,
+                                                                  power: int, tightness: float) -> None:
+    """K = 3 with compressed sources: planned_flops stays an upper bound on flopscope's count (and tight)."""
+    compression = xprop.Compression(age, rank, power)
+    columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
+        xprop.choice_means(FLOAT32, columns, 3, "simple", SPECS, compression=compression)
+        metered = context.flops_used
+    predicted = xprop.choice_flops(width, depth, 3, "simple", compression=compression)
+    assert predicted < xprop.choice_flops(width, depth, 3, "simple")
+    assert tightness * predicted <= metered <= predicted, metered / predicted
+
+
+@pytest.mark.parametrize(("width", "depth", "compression", "levels", "tightness"),
+                         [(64, 6, None, 1, 0.8), (128, 8, (2, 32, 1), 2, 0.9), (256, 8, None, 3, 0.92)])
+def test_predicted_flops_bound_the_metered_flops_with_strassen(width: int, depth: int, compression: tuple | None,
+                                                               levels: int, tightness: float) -> None:
+    """K = 3 with Strassen products (and compression): planned_flops stays an upper bound on flopscope's count."""
+    compression = None if compression is None else xprop.Compression(*compression)
+    columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
+    spec = SPECS[xprop.plan_key(3, "simple")]
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
+        xprop.planned(FLOAT32, xprop.relu_layers(columns), spec, compression=compression, strassen=levels)
+        metered = context.flops_used
+    predicted = xprop.planned_flops(width, depth, 3, compression=compression, strassen=levels)
+    assert tightness * predicted <= metered <= predicted, metered / predicted
+
+
 @pytest.mark.parametrize(("order", "variant"), [(3, "simple"), (2, "augment")])
 def test_float32_on_the_meter_is_accurate(order: int, variant: str) -> None:
     """The graded run is float32: it must agree with mechest's float64 engine to a few dozen float32 roundings
@@ -142,6 +173,39 @@ def test_exported_estimator_equals_mechest_and_picks_order_by_budget(package: Pa
     estimator.config["augment"] = False
     assert (2, "augment", None) not in estimator.plan(1024, 16, int(tight))
     assert estimator.plan(1024, 16, 10**9)[0] == (1, "simple", None)
+
+
+def test_exported_estimator_compresses_where_the_multiplier_is_not_floored(package: Path) -> None:
+    """K = 3 compresses its old sources (the exported default) only where exact K = 3 would cost more than 0.1 of
+    the budget: at phase 2 (1024×16) but not at the warm-up (256×8, 0.08 B); and what it runs is the executor's
+    compressed K = 3 (flopscope, float64)."""
+    estimator = load_estimator(package)
+    rounds = importlib.import_module("whestbench.budget").ROUNDS
+    phase2, warmup = rounds["v2-phase2"], rounds["v1-warmup"]
+    assert estimator.compression(warmup.width, warmup.depth, warmup.flop_budget) is None
+    compression = estimator.compression(phase2.width, phase2.depth, phase2.flop_budget)
+    assert compression is not None and compression.rank < phase2.width
+    assert estimator.plan(phase2.width, phase2.depth, phase2.flop_budget)[0] == (3, "simple", None)
+    levels = estimator.strassen(phase2.width, phase2.depth, phase2.flop_budget)  # the cheapest predicted
+    assert levels == estimator.config["strassen"] and all(
+        xprop.planned_flops(phase2.width, phase2.depth, 3, compression=compression, strassen=fewer)
+        > xprop.planned_flops(phase2.width, phase2.depth, 3, compression=compression, strassen=levels)
+        for fewer in range(levels))
+    width, depth = 32, 9
+    weights = whest_weights(width, depth, seed=9)
+    budget = 4 * xprop.planned_flops(width, depth, 3)  # room for K = 3 and its fallbacks, K = 3 over 0.1 B
+    compression = estimator.compression(width, depth, budget)
+    assert compression is not None and estimator.plan(width, depth, budget)[0] == (3, "simple", None)
+    mlp = whestbench.MLP(width=width, depth=depth, weights=[fnp.asarray(w) for w in weights])
+    with flops.BudgetContext(flop_budget=budget, quiet=True):
+        got = np.asarray(estimator.predict(mlp, budget))
+    columns = [w.T for w in weights]
+    numpy_backend = xprop.Backend(np, lambda x: 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2))))
+    strassen = estimator.strassen(width, depth, budget)
+    expected = np.stack(xprop.choice_means(numpy_backend, columns, 3, "simple", SPECS, compression=compression,
+                                           strassen=strassen))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+    assert np.abs(got - expected_means(weights, 3)).max() > 1e-8  # compressed, not exact
 
 
 def test_exported_k2_augment_equals_mechest(package: Path) -> None:

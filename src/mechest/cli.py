@@ -36,7 +36,7 @@ from mechest.tail import METHODS as TAIL_METHODS, tail_probability
 from mechest.training import LR_SCHEDULES
 from mechest.truth import compute_truth, load_truth, score
 from mechest.wick import ACTIVATION_NAMES
-from mechest.whest.export import export_package
+from mechest.whest.export import DEFAULT_COMPRESSION, DEFAULT_STRASSEN, export_package, parse_compression
 from mechest.whest.score import ROUNDS as WHEST_ROUNDS
 from mechest.whest.score import score_round
 
@@ -279,6 +279,10 @@ def build_parser() -> OneLineParser:
                              help="price FLOPs only: no residual-time price or gate, no wall-time cap")
     whest_score.add_argument("--budget-fraction", type=float, default=1.0,
                              help="our package's largest predicted FLOPs as a fraction of the budget (default 1)")
+    whest_score.add_argument("--compress", default=",".join(map(str, DEFAULT_COMPRESSION)), metavar="AGE,FRACTION,POWER",
+                             help="our package's K=3 source compression, as for export (default %(default)s)")
+    whest_score.add_argument("--strassen", type=int, default=DEFAULT_STRASSEN,
+                             help="our package's most Strassen levels, as for export (default %(default)s)")
     whest_score.add_argument("--json", action="store_true", help="print one JSON object")
     add_distill_parser(commands)
     add_suppress_parser(commands)
@@ -330,6 +334,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-window", type=int, default=0,
                         help="if K=3 over all layers does not fit, carry κ_3 through the last m >= this many "
                              "layers instead (0, the default: never)")
+    parser.add_argument("--compress", default=",".join(map(str, DEFAULT_COMPRESSION)), metavar="AGE,FRACTION,POWER",
+                        help="K=3 keeps the AGE newest κ_3 sources exact and compresses older ones to rank "
+                             "FRACTION×width, where exact K=3 would cost over 0.1 of the budget; 'none': never "
+                             "(default %(default)s)")
+    parser.add_argument("--strassen", type=int, default=DEFAULT_STRASSEN,
+                        help="K=3's n^3 products by up to this many levels of Strassen's recursion, the cheapest "
+                             "predicted (0: dense; default %(default)s)")
 
 
 def add_distill_parser(commands: argparse._SubParsersAction) -> None:
@@ -510,13 +521,15 @@ def command_tail_bench(args: argparse.Namespace) -> None:
 
 def command_whestbench(args: argparse.Namespace) -> None:
     if args.whest_command == "export":
-        out = export_package(args.out, args.order, args.budget_fraction, args.min_window, augment=args.augment)
+        out = export_package(args.out, args.order, args.budget_fraction, args.min_window, augment=args.augment,
+                             compression=parse_compression(args.compress), strassen=args.strassen)
         print(f"wrote {out}: check it with `whest validate --estimator {out / 'estimator.py'}`")
         return
     root = check_output_directory(args.data_dir)
     truths = Path(args.truths) if args.truths else None
     rows, floor, dataset = score_round(args.round, args.n_mlps, args.samples, root, root / "package",
-                                       args.width, args.depth, truths, args.flops_only, args.budget_fraction)
+                                       args.width, args.depth, truths, args.flops_only, args.budget_fraction,
+                                       parse_compression(args.compress), args.strassen)
     if args.json:
         print(json.dumps({"round": args.round, "dataset": str(dataset),
                           "noise_floor": floor, "results": [row.__dict__ for row in rows]}))

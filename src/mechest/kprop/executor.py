@@ -237,10 +237,14 @@ def linear_mean(xp: Any, weight: Any, bias: Any | None, mean: Any | None) -> Any
     return out if bias is None else out + bias
 
 
-def symmetric_product(weight: Any, cov: Any | None) -> Any:
-    """W Σ Wᵀ (W Wᵀ when ``cov`` is None, the identity), symmetrised against round-off."""
-    product = weight @ weight.T if cov is None else weight @ cov @ weight.T
-    return (product + product.T) / 2
+def symmetric_product(weight: Any, cov: Any | None, xp: Any = None, levels: int = 0) -> Any:
+    """W Σ Wᵀ (W Wᵀ when ``cov`` is None, the identity), symmetrised against round-off; with ``levels`` > 0 the
+    products by ``product`` (Strassen)."""
+    if levels:
+        value = product(xp, weight, weight.T if cov is None else product(xp, cov, weight.T, levels), levels)
+    else:
+        value = weight @ weight.T if cov is None else weight @ cov @ weight.T
+    return (value + value.T) / 2
 
 
 ISOTROPIC_TRACE_ROWS = 8
@@ -310,6 +314,58 @@ def covariance(backend: Backend, layers: Layers, outputs: str = "cov") -> Cumula
         if outputs != "mean":
             result.cov = symmetric_product(weight, cov)
     return result
+
+
+STRASSEN_LEFT = [[[1, 0], [0, 1]], [[0, 0], [1, 1]], [[1, 0], [0, 0]], [[0, 0], [0, 1]], [[1, 1], [0, 0]],
+                  [[-1, 0], [1, 0]], [[0, 1], [0, -1]]]
+STRASSEN_RIGHT = [[[1, 0], [0, 1]], [[1, 0], [0, 0]], [[0, 1], [0, -1]], [[-1, 0], [1, 0]], [[0, 0], [0, 1]],
+                  [[1, 1], [0, 0]], [[0, 0], [1, 1]]]
+STRASSEN_OUT = [[[1, 0], [0, 1]], [[0, 0], [1, -1]], [[0, 1], [0, 1]], [[1, 0], [1, 0]], [[-1, 1], [0, 0]],
+                [[0, 0], [0, 1]], [[1, 0], [0, 0]]]
+"""Strassen's seven products of 2×2 blocks: M_u = (Σ_ab L[u][a][b] A_ab)(Σ_ab R[u][a][b] B_ab), and
+C_ab = Σ_u O[u][a][b] M_u."""
+
+
+def strassen_split(xp: Any, x: Any, coefficients: list) -> Any:
+    """(T, Z, r, c) → (7T, Z, r/2, c/2): the seven block combinations of every matrix (one einsum)."""
+    t, batch, rows, cols = x.shape
+    blocks = x.reshape(t, batch, 2, rows // 2, 2, cols // 2)
+    out = xp.einsum("uab,tzaibj->utzij", xp.asarray(coefficients, dtype=x.dtype), blocks)
+    return out.reshape(7 * t, batch, rows // 2, cols // 2)
+
+
+def product(xp: Any, a: Any, b: Any, levels: int = 0) -> Any:
+    """a @ b (a 2-D, b 2-D or a stack of matrices) by ``levels`` levels of Strassen's recursion, each level one
+    einsum per operand forming the seven block combinations, the 7^levels block products one batched matmul,
+    and one einsum per level recombining them: (7/8)^levels of the dense product's multiplications plus
+    O(size of the operands) (``product_flops``). Dense ``@`` when levels = 0 or a dimension is not divisible
+    by 2^levels. Exact in exact arithmetic; in floating point the error grows by a small factor per level."""
+    n, k = a.shape
+    m = b.shape[-1]
+    if levels == 0 or any(d % 2**levels for d in (n, k, m)):
+        return a @ b
+    left, right = a.reshape(1, 1, n, k), b.reshape(1, -1, k, m)
+    for _ in range(levels):
+        left, right = strassen_split(xp, left, STRASSEN_LEFT), strassen_split(xp, right, STRASSEN_RIGHT)
+    out = left @ right
+    coefficients = xp.asarray(STRASSEN_OUT, dtype=out.dtype)
+    for _ in range(levels):
+        count, batch, p, q = out.shape
+        out = xp.einsum("uab,utzij->tzaibj", coefficients, out.reshape(7, count // 7, batch, p, q))
+        out = out.reshape(count // 7, batch, 2 * p, 2 * q)
+    return out.reshape(*b.shape[:-2], n, m)
+
+
+def product_flops(n: int, k: int, m: int, levels: int = 0) -> int:
+    """FLOPs of ``product`` for an (n × k)(k × m) product (a stack counts as its columns side by side): the
+    7^levels block products 2nkm (7/8)^levels, and per level i the block combinations, ≤ 10 FLOPs per output
+    entry of the operands' (7/4)^i·(nk + km) entries, and the recombination, ≤ 16 per entry of (7/4)^(i−1)·nm
+    (an envelope of flopscope's count, which is ≈ 8 and 14 plus the block products' own overhead)."""
+    if levels == 0 or any(d % 2**levels for d in (n, k)):
+        return 2 * n * k * m
+    combinations = sum(10 * (7 / 4) ** i * (n * k + k * m) + 16 * (7 / 4) ** (i - 1) * n * m
+                       for i in range(1, levels + 1))
+    return math.ceil(2 * n * k * m * (7 / 8) ** levels + combinations)
 
 
 _OFF_DIAGONAL_MASKS: dict = {}
@@ -538,10 +594,102 @@ def cumulants_from_powers(xp: Any, spec: dict, power: dict, only: tuple | None) 
     return cumulants
 
 
-Sources = list  # [(factors (S, 3, n, r), scales (S, r)), ...]: the κ_3 sources, grouped by their rank r
+Sources = list
+"""The κ_3 sources as groups: full ones (factors (S, 3, n, m), scales (S, m)), T, P, Q of S sources of m columns
+each, oldest first, grouped by m; and compressed ones (bases (S, n, r), coefficients (S, 3, r, m), scales (S, m)),
+whose factors are bases @ coefficients (``Compression``)."""
 
 
-def mapped_third(xp: Any, weight: Any, third: tuple) -> Sources:
+@dataclass(frozen=True)
+class Compression:
+    """Compressed κ_3 sources (docs/method.md §7.6): only the ``age`` newest sources are kept as full factors; an
+    older one is projected once onto its own orthonormal basis B (n × ``rank``) of the row space of its factors
+    [T, P, Q] (randomized range finder: a fixed test matrix, ``power`` power iterations, QR), X ≈ B (Bᵀ X). Later
+    layers map only B (2n²r a layer instead of 6n³), and its slices cost ≈ 14n²r instead of 6n³. At rank ≥ the
+    source's width it is exact (B square orthogonal)."""
+
+    age: int
+    rank: int
+    power: int = 0
+
+    def __post_init__(self) -> None:
+        if self.age < 1 or self.rank < 1 or self.power < 0:
+            raise ValueError(f"compression needs age ≥ 1, rank ≥ 1, power ≥ 0; got {self}")
+
+
+def is_compressed(group: tuple) -> bool:
+    return len(group) == 3
+
+
+_TEST_MATRICES: dict = {}
+
+
+def test_matrix(xp: Any, like: Any, rows: int, columns: int) -> Any:
+    """A fixed (3, rows, columns) test matrix for the range finder, sin(α_a β_c + γ_a) with α, β, γ drawn once from
+    a seeded stdlib generator (few operations, the same on every namespace), cached per namespace and shape."""
+    key = (id(xp), str(getattr(like, "device", "")), rows, columns, str(like.dtype))
+    if key not in _TEST_MATRICES:
+        import random
+
+        generator = random.Random(rows * 100003 + columns)
+        alpha = [[generator.uniform(0.0, 1000.0)] for _ in range(3 * rows)]
+        gamma = [[generator.uniform(0.0, 2.0 * math.pi)] for _ in range(3 * rows)]
+        beta = [[generator.uniform(0.5, 1.5) for _ in range(columns)]]
+        angles = xp.asarray(alpha, dtype=like.dtype) * xp.asarray(beta, dtype=like.dtype)
+        _TEST_MATRICES[key] = xp.sin(angles + xp.asarray(gamma, dtype=like.dtype)).reshape(3, rows, columns)
+    return _TEST_MATRICES[key]
+
+
+def compressed_source(xp: Any, factors: Any, rank: int, power: int) -> tuple[Any, Any]:
+    """(B, Bᵀ X) for one source's factors X = (T, P, Q) (3, n, m): B (n × rank) an orthonormal basis of the range of
+    Σ_j X̂_j Ω_j (X̂_j = X_j / ‖X_j‖_F, so that each factor is represented; ``power`` times Y ← Σ_j X̂_j X̂_jᵀ Y)."""
+    norms = xp.sqrt(xp.sum(xp.sum(factors * factors, axis=2), axis=1))
+    scaled = factors / norms[:, None, None]
+    sketch = xp.einsum("jnk,jkr->nr", scaled, test_matrix(xp, factors, factors.shape[-1], rank))
+    for _ in range(power):
+        sketch = xp.einsum("jnk,jkr->nr", scaled, xp.einsum("jmk,mr->jkr", scaled, sketch))
+    basis = xp.linalg.qr(sketch)[0]
+    return basis, xp.einsum("nr,jnk->jrk", basis, factors)
+
+
+def compressed(xp: Any, groups: Sources, compression: Compression | None) -> Sources:
+    """``groups`` with every full source but the ``compression.age`` newest compressed (``compressed_source``),
+    each into the compressed group of its (rank, width); unchanged when ``compression`` is None."""
+    if compression is None:
+        return groups
+    full = [group for group in groups if not is_compressed(group)]
+    excess = sum(group[0].shape[0] for group in full) - compression.age
+    out = [group for group in groups if is_compressed(group)]
+    for factors, scales in full:
+        count = min(max(excess, 0), factors.shape[0])
+        excess -= count
+        for index in range(count):
+            basis, coefficients = compressed_source(xp, factors[index], min(compression.rank, factors.shape[2]),
+                                                    compression.power)
+            out = joined(xp, out, (basis[None], coefficients[None], scales[index][None]))
+        if count < factors.shape[0]:
+            out.append((factors[count:], scales[count:]))
+    return out
+
+
+def joined(xp: Any, groups: Sources, group: tuple) -> Sources:
+    """``groups`` with ``group`` concatenated onto the first group of the same kind and shapes, else appended."""
+    for index, other in enumerate(groups):
+        if len(other) == len(group) and all(a.shape[1:] == b.shape[1:] for a, b in zip(other, group, strict=True)):
+            merged = tuple(xp.concatenate([a, b]) for a, b in zip(other, group, strict=True))
+            return [*groups[:index], merged, *groups[index + 1:]]
+    return [*groups, group]
+
+
+def expanded(xp: Any, group: tuple) -> tuple[Any, Any]:
+    """A group's (factors, scales): a compressed group's factors B @ (Bᵀ X), (S, 3, n, m)."""
+    if not is_compressed(group):
+        return group
+    bases, coefficients, scales = group
+    return bases[:, None] @ coefficients, scales
+
+
+def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources:
     """(W⊗W⊗W)κ_3 as source groups (factors, scales): every leg of every source times W.
 
     ``third`` = (groups, fresh, v): ``groups`` holds T, P, Q of the earlier sources, ``fresh`` (2, n, n) P and Q of
@@ -549,13 +697,10 @@ def mapped_third(xp: Any, weight: Any, third: tuple) -> Sources:
     every hidden layer has the same width).
     """
     groups, fresh, v = third
-    newest = xp.concatenate([weight[None], weight @ fresh])[None]
-    mapped = [(weight @ factors, scales) for factors, scales in groups]
-    for index, (factors, scales) in enumerate(mapped):
-        if factors.shape[-1] == newest.shape[-1]:
-            mapped[index] = (xp.concatenate([factors, newest]), xp.concatenate([scales, v[None]]))
-            return mapped
-    return [*mapped, (newest, v[None])]
+    newest = xp.concatenate([weight[None], product(xp, weight, fresh, levels)])[None]
+    mapped = [(weight @ group[0] if is_compressed(group) else product(xp, weight, group[0], levels), *group[1:])
+              for group in groups]  # a compressed group maps its bases alone
+    return joined(xp, mapped, (newest, v[None]))
 
 
 def third_cubic(xp: Any, groups: Sources) -> Any:
@@ -563,29 +708,46 @@ def third_cubic(xp: Any, groups: Sources) -> Any:
     group instead of seven elementwise calls (their temporaries are freed inside the einsum, where the WhestBench
     grader does not count the time as residual: measured 0.2 ms against 4.5 ms at 1024×1024×15)."""
     total = None
-    for factors, scales in groups:
-        t, p, q = factors[:, 0], factors[:, 1], factors[:, 2]
-        value = xp.einsum("sik,sik,sk,sik->i", p, p, scales, t) + xp.einsum("sik,sik,sik->i", t, t, q)
+    for group in groups:
+        value = group_cubic(xp, *expanded(xp, group))
         total = value if total is None else total + value
     return total
 
 
-def third_slices(xp: Any, groups: Sources) -> tuple[Any, Any]:
+def group_cubic(xp: Any, factors: Any, scales: Any) -> Any:
+    """``third_cubic`` of one group of full factors (S, 3, n, m) and scales (S, m)."""
+    t, p, q = factors[:, 0], factors[:, 1], factors[:, 2]
+    return xp.einsum("sik,sik,sk,sik->i", p, p, scales, t) + xp.einsum("sik,sik,sik->i", t, t, q)
+
+
+def third_slices(xp: Any, groups: Sources, levels: int = 0) -> tuple[Any, Any]:
     """Slices (3) and (2,1) of κ_3 (``third_cubic``'s form), the (2,1) slice not yet zeroed on its diagonal.
 
     Sym(Σ_r A_r⊗A_r⊗C_r) has (2,1) slice ((A∘A)Cᵀ + 2(A∘C)Aᵀ)/3 (an assignment of factors to positions matters
     only through the lone factor, and the three classes are equally large). Per source A = [P, T] and
     C = [T·diag v, Q], so it is ([(P∘P)v + 2 T∘Q] Tᵀ + [2 P∘T v] Pᵀ + [T∘T] Qᵀ) / 3: one contraction of the
-    three bracketed matrices with the factors (T, P, Q) themselves, 6n³ per source.
+    three bracketed matrices with the factors (T, P, Q) themselves, 6n³ per source. For a compressed group
+    (factors B·X', ``Compression``) the contraction runs through the basis: (left X'ᵀ) Bᵀ, 8n²r a source.
     """
-    double = None
-    for factors, scales in groups:
+    double = cubic = None
+    for group in groups:
+        factors, scales = expanded(xp, group)
+        value = group_cubic(xp, factors, scales)
+        cubic = value if cubic is None else cubic + value
         t, p, q = factors[:, 0], factors[:, 1], factors[:, 2]
         v = scales[:, None, :]
         left = xp.stack([p * p * v + 2 * t * q, 2 * p * t * v, t * t], axis=1)
-        value = xp.einsum("sjik,sjlk->il", left, factors)
+        if is_compressed(group):
+            through = xp.einsum("sjik,sjak->sia", left, group[1])
+            value = xp.einsum("sia,sla->il", through, group[0])
+        elif levels:  # as one (n × 3Sm)(3Sm × n) product
+            rows = xp.einsum("sjik->isjk", left).reshape(left.shape[2], -1)
+            columns = xp.einsum("sjlk->sjkl", factors).reshape(-1, factors.shape[2])
+            value = product(xp, rows, columns, levels)
+        else:
+            value = xp.einsum("sjik,sjlk->il", left, factors)
         double = value if double is None else double + value
-    return third_cubic(xp, groups), double / 3
+    return cubic, double / 3
 
 
 def carried_third(xp: Any, term: dict, slices: dict, groups: Sources, wick: Any) -> tuple:
@@ -596,7 +758,14 @@ def carried_third(xp: Any, term: dict, slices: dict, groups: Sources, wick: Any)
         raise ValueError(f"carried block needs equal Wick orders, got {term['k']}")
     w, c = wick[term["k"][0]][1], term["c"]
     carried = []
-    for factors, scales in groups:
+    for group in groups:
+        if is_compressed(group):  # the rows are the bases' rows; c scales Q's coefficients and v
+            bases, coefficients, scales = group
+            if c != 1:
+                coefficients = coefficients * xp.asarray([1.0, 1.0, c], dtype=bases.dtype)[:, None, None]
+            carried.append((bases * w[:, None], coefficients, scales if c == 1 else c * scales))
+            continue
+        factors, scales = group
         factors = factors * w[:, None]
         if c != 1:
             factors = factors * xp.asarray([1.0, 1.0, c], dtype=factors.dtype)[:, None, None]
@@ -653,7 +822,7 @@ def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: 
 
 
 def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = None,
-            outputs: str = "cov") -> Cumulants:
+            outputs: str = "cov", compression: Compression | None = None, strassen: int = 0) -> Cumulants:
     """Propagation by the exported plan: K = 3 simple with κ_3 factored (equals mechest's factored engine) or
     K = 2 augment (equals mechest's unfactorised engine at K = 2 augment).
 
@@ -666,7 +835,9 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     them everywhere. ``outputs`` (OUTPUTS) says what the output map must give: its mean alone (then the last hidden
     layer is a ``last_mean`` too), also its covariance, or also its marginal κ_3 and κ_4, which need κ_3 and the
     pieces carried through the last hidden layer and every source mapped once more (at 256×4, K = 3: 1.1e9, 1.5e9
-    and 1.9e9 FLOPs).
+    and 1.9e9 FLOPs). ``compression`` compresses the κ_3 sources older than its age (``Compression``; None: exact).
+    ``strassen`` > 0 runs the n³ products (W Σ Wᵀ, W Wᵀ, the sources' mapping and (2,1) slices) by that many levels
+    of Strassen's recursion (``product``).
     """
     check_spec(spec)
     check_outputs(outputs)
@@ -680,13 +851,13 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     for layer, (weight, bias, activation) in enumerate(full_steps):
         n = weight.shape[0]
         pre_mean = linear_mean(xp, weight, bias, mean)
-        gram = symmetric_product(weight, None) if cov is None or cores else None
-        pre_cov = gram if cov is None else symmetric_product(weight, cov)
+        gram = symmetric_product(weight, None, xp, strassen) if cov is None or cores else None
+        pre_cov = gram if cov is None else symmetric_product(weight, cov, xp, strassen)
         slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
         groups = None
         if third is not None:
-            groups = mapped_third(xp, weight, third)
-            cubic, double = third_slices(xp, groups)
+            groups = compressed(xp, mapped_third(xp, weight, third, strassen), compression)
+            cubic, double = third_slices(xp, groups, strassen)
             slices[(3, (3,))] = cubic
             slices[(3, (2, 1))] = off_diagonal(xp, double)
         if cores:
@@ -705,7 +876,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         cores = projected_cores(spec, cumulants, n)
     if len(full_steps) < len(hidden):
         weight, bias, activation = hidden[-1]
-        mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third)
+        mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, strassen)
         means.append(mean)
         covs.append(None)
     result = Cumulants(means, covs)
@@ -720,7 +891,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     return result
 
 
-def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple | None) -> dict:
+def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple | None, levels: int = 0) -> dict:
     """The one-coordinate slices (degree, (degree,)) of κ_3 and of the radial pieces after z = W a + b (a bias
     moves only κ_1): they read only the diagonal of the metric W Wᵀ, and κ_3's sources only through slice (3)."""
     slices = {}
@@ -728,24 +899,26 @@ def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple 
         gram_diagonal = xp.diag(xp.sum(weight * weight, axis=1))  # a one-coordinate slice reads only M_aa
         slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram_diagonal, one_coordinate=True))
     if third is not None:
-        cubic = third_cubic(xp, mapped_third(xp, weight, third))
+        cubic = third_cubic(xp, mapped_third(xp, weight, third, levels))
         slices[(3, (3,))] = cubic if (3, (3,)) not in slices else slices[(3, (3,))] + cubic
     return slices
 
 
 def last_mean(backend: Backend, spec: dict, weight: Any, bias: Any | None, activation: str, mean: Any | None,
-              cov: Any | None, cores: dict, third: tuple | None) -> Any:
+              cov: Any | None, cores: dict, third: tuple | None, levels: int = 0) -> Any:
     """E[a_{L−1}] alone: pK_(1) reads only the diagonals of κ_2, κ_3 and κ_4, so the last layer skips the
     (2,1) slice of κ_3 and the off-diagonals of W Σ Wᵀ and W Wᵀ (same value as the full step)."""
     xp = backend.xp
     pre_mean = linear_mean(xp, weight, bias, mean)
-    pre_var = xp.sum(weight * weight, axis=1) if cov is None else xp.sum((weight @ cov) * weight, axis=1)
-    slices = marginal_slices(xp, spec, weight, cores, third)
+    pre_var = (xp.sum(weight * weight, axis=1) if cov is None
+               else xp.sum(product(xp, weight, cov, levels) * weight, axis=1))
+    slices = marginal_slices(xp, spec, weight, cores, third, levels)
     wick = activation_wick(backend, activation, pre_mean, pre_var, spec["k_max"], spec["p_max"])
     return dense_cumulants(xp, spec, slices, wick, only=(1,))[(1,)]
 
 
-def planned_flops(width: int, depth: int, order: int, window: int | None = None) -> int:
+def planned_flops(width: int, depth: int, order: int, window: int | None = None,
+                  compression: Compression | None = None, strassen: int = 0) -> int:
     """Leading-order FLOPs of ``planned_means`` (float32 units) for the K = 3 (simple, factored) or K = 2
     (augment) plan, layer by layer as it runs: W Wᵀ (2n³) and W Σ Wᵀ (4n³) on hidden layers (the last layer
     only diag(W Σ Wᵀ), 2n³); at K = 3 with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the
@@ -754,18 +927,42 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None)
     work (O(n²) a layer and source, O(n) a layer for the Wick table's constant coefficients) is bounded by
     n²(28L² + 60L) at K = 3, n²·200L at K = 2, plus 30000nL: an envelope of flopscope's counts
     (tests/test_whestbench.py), so the total is an upper bound (tested at n = 8–256; K = 3: 1.5% above the count
-    at 256×8, 0.3% at 1024×16; K = 2 augment: 10% above at 256×8)."""
+    at 256×8, 0.3% at 1024×16; K = 2 augment: 10% above at 256×8).
+
+    With ``compression`` (age a, rank r) at most a sources are full; each older one maps its basis (2n²r) and its
+    (2,1) slice costs 14n²r (expanding B·X' 6n²r, contracting through the basis 8n²r), plus 6n²r for its cubic
+    slice on the last layer; compressing a source costs (12 + 12·power)n²r and its QR 4nr². With ``strassen``
+    levels every n³ product costs ``product_flops``."""
     first_carried = 0 if window is None else max(depth - window, 0)
-    cubes, sources, carried = 0, 0, False
+    age = depth if compression is None else compression.age
+    rank = width if compression is None else min(compression.rank, width)
+    power = 0 if compression is None else compression.power
+    n = width
+
+    def mapping(count: int) -> int:  # W times the stacked factors of `count` older full sources, and the newest
+        return (product_flops(n, n, 3 * (count - 1) * n, strassen) if count > 1 else 0) + product_flops(
+            n, n, 2 * n, strassen)
+
+    square = product_flops(n, n, n, strassen)
+    products, squares, thin, sources, packed, carried = 0, 0, 0, 0, 0, False
     for layer in range(depth - 1):
-        cubes += (2 if layer == 0 or carried else 0) + (4 if layer > 0 else 0)
+        products += (square if layer == 0 or carried else 0) + (2 * square if layer > 0 else 0)
         if sources:
-            cubes += 6 * (sources - 1) + 4 + 6 * sources
+            products += mapping(sources)
+            squares += 2 * packed
+            if sources > age:
+                sources, packed = sources - 1, packed + 1
+                squares += 12 + 12 * power
+                thin += 4
+            products += product_flops(n, 3 * sources * n, n, strassen)
+            squares += 14 * packed
         carried = layer + 1 >= first_carried
-        sources = sources + 1 if carried and order == 3 else 0
-    cubes += (2 if depth > 1 else 0) + (6 * (sources - 1) + 4 if sources else 0)
+        sources, packed = (sources + 1, packed) if carried and order == 3 else (0, 0)
+    products += (square if depth > 1 else 0) + (mapping(sources) if sources else 0)
+    squares += 8 * packed
     quadratic = 28 * depth**2 + 60 * depth if order == 3 else 200 * depth
-    return width**3 * cubes + elementwise_bound(width, depth, quadratic)
+    return (products + width**2 * rank * squares + width * rank**2 * thin
+            + elementwise_bound(width, depth, quadratic + (6 * depth**2 if strassen else 0)))
 
 
 def elementwise_bound(width: int, depth: int, quadratic: int) -> int:
@@ -785,12 +982,16 @@ def mean_field_flops(width: int, depth: int) -> int:
     return elementwise_bound(width, depth, 4 * depth)
 
 
-def choice_flops(width: int, depth: int, order: int, variant: str, window: int | None = None) -> int:
-    """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator."""
+def choice_flops(width: int, depth: int, order: int, variant: str, window: int | None = None,
+                 compression: Compression | None = None, strassen: int = 0) -> int:
+    """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator (K = 3 optionally with
+    compressed sources and Strassen products)."""
     if order == 1:
         return mean_field_flops(width, depth)
     if (order, variant) == (2, "simple"):
         return covariance_flops(width, depth)
+    if order == 3:
+        return planned_flops(width, depth, order, window, compression, strassen)
     return planned_flops(width, depth, order, window)
 
 
@@ -800,12 +1001,16 @@ def plan_key(order: int, variant: str) -> str:
 
 
 def choice_means(backend: Backend, weights: Sequence[Any], order: int, variant: str, specs: dict,
-                 window: int | None = None) -> list[Any]:
+                 window: int | None = None, compression: Compression | None = None, strassen: int = 0) -> list[Any]:
     """E[a_l] for every layer of a bias-free ReLU net without output map (WhestBench's) by one (order, variant,
-    window) choice; K = 3 and K = 2 augment run the plan ``specs[plan_key(order, variant)]``."""
+    window) choice; K = 3 and K = 2 augment run the plan ``specs[plan_key(order, variant)]``, K = 3 with
+    ``compression`` and ``strassen`` levels if given."""
     layers = relu_layers(weights)
     if order == 1:
         return mean_field(backend, layers).layer_means
     if (order, variant) == (2, "simple"):
         return covariance(backend, layers).layer_means
+    if order == 3:
+        return planned(backend, layers, specs[plan_key(order, variant)], window, compression=compression,
+                       strassen=strassen).layer_means
     return planned(backend, layers, specs[plan_key(order, variant)], window).layer_means

@@ -11,7 +11,11 @@ config allows it), else simple. K = 3 is used if its FLOPs × safety fit in frac
 score better than that K = 2 under WhestBench's multiplier max(0.1, C/B) (``k3_pays``); else K = 2 if it fits;
 else K = 1. With min_window > 0 (opt-in), a K = 3 that does not fit may instead carry κ_3 through only the last
 m ≥ min_window layers (the largest m that fits); off by default, because measured at 256×8 it recovers little
-of K = 3's gain (docs/whestbench.md). Any non-finite mean makes it fall back to the next choice (K = 2 augment
+of K = 3's gain (docs/whestbench.md). K = 3 compresses its old κ_3 sources (config "compression": age, rank as a
+fraction of the width, power iterations; docs/method.md §7.6) where exact K = 3 would cost more than
+COMPRESS_ABOVE·B: below that WhestBench's multiplier max(0.1, C/B) is floored, so compressing would only cost
+accuracy. K = 3's n³ products use the number of Strassen levels (≤ config "strassen") that its cost model
+predicts cheapest (``strassen``). Any non-finite mean makes it fall back to the next choice (K = 2 augment
 falls back to K = 2 simple), so the output is always finite.
 """
 
@@ -65,6 +69,11 @@ def k3_pays(width: int, depth: int, k3_flops: float, k2_flops: float, budget: fl
     return gain * score_multiplier(k2_flops, budget, failed=False) > score_multiplier(k3_flops, budget, failed=False)
 
 
+COMPRESS_ABOVE = 0.1
+"""Exact K = 3 is replaced by its compressed form only where it would cost more than this fraction of the budget
+(the floor of WhestBench's score multiplier)."""
+
+
 Choice = tuple[int, str, int | None]  # (order, variant, window)
 
 
@@ -75,6 +84,26 @@ class Estimator(BaseEstimator):
     def __init__(self) -> None:
         self.config = json.loads((HERE / "mechest_config.json").read_text())
         self.specs = json.loads((HERE / "mechest_plan.json").read_text())
+
+    def compression(self, width: int, depth: int, budget: int) -> propagate.Compression | None:
+        """The compression K = 3 uses on this network (None: exact): the configured one where exact K = 3 costs
+        more than COMPRESS_ABOVE·budget and the compression predicts fewer FLOPs."""
+        config = self.config.get("compression")
+        if not config or propagate.planned_flops(width, depth, 3) <= COMPRESS_ABOVE * budget:
+            return None
+        compression = propagate.Compression(config["age"], max(1, round(config["rank_fraction"] * width)),
+                                            config["power"])
+        cheaper = propagate.planned_flops(width, depth, 3, compression=compression) < propagate.planned_flops(
+            width, depth, 3)
+        return compression if cheaper else None
+
+    def strassen(self, width: int, depth: int, budget: int) -> int:
+        """Levels of Strassen's recursion for K = 3's products: the fewest among the cheapest predicted, up to the
+        configured maximum (0 where none is configured)."""
+        compression = self.compression(width, depth, budget)
+        return min(range(self.config.get("strassen", 0) + 1),
+                   key=lambda levels: propagate.planned_flops(width, depth, 3, compression=compression,
+                                                              strassen=levels))
 
     def plan(self, width: int, depth: int, budget: int) -> list[Choice]:
         """(order, variant, window) to try, best first. A choice is kept only if its predicted FLOPs plus those of
@@ -90,11 +119,15 @@ class Estimator(BaseEstimator):
         choices: list[Choice] = []
         if self.config["max_order"] >= 3 and fits_width:
             tail = sum(propagate.choice_flops(width, depth, *c) for c in fallbacks)
-            k3 = propagate.planned_flops(width, depth, 3)
+            k3 = propagate.planned_flops(width, depth, 3, compression=self.compression(width, depth, budget),
+                                         strassen=self.strassen(width, depth, budget))
             if k3 + tail <= allowed:
+                # whether K = 3 pays is judged at exact K = 3's cost: K3_GAIN was measured exact, and compression's
+                # loss of accuracy is measured only at 256×8 and 1024×16 (docs/results.md)
                 best_k2 = fallbacks[0] if fallbacks[0][0] == 2 else None
-                if best_k2 is None or k3_pays(width, depth, k3, propagate.choice_flops(width, depth, *best_k2), budget,
-                                              AUGMENT_GAIN if best_k2[1] == "augment" else 1.0):
+                exact = propagate.planned_flops(width, depth, 3)
+                if best_k2 is None or k3_pays(width, depth, exact, propagate.choice_flops(width, depth, *best_k2),
+                                              budget, AUGMENT_GAIN if best_k2[1] == "augment" else 1.0):
                     choices.append((3, "simple", None))
             elif self.config["min_window"]:
                 window = max((m for m in range(1, depth)
@@ -110,16 +143,22 @@ class Estimator(BaseEstimator):
             tail += propagate.covariance_flops(width, depth)
         return propagate.choice_flops(width, depth, *choice) + tail <= allowed
 
-    def run(self, weights: list, order: int, variant: str, window: int | None) -> fnp.ndarray:
+    def run(self, weights: list, order: int, variant: str, window: int | None,
+            compression: propagate.Compression | None = None, strassen: int = 0) -> fnp.ndarray:
         """All layers' means, shape (depth, width), by one choice."""
-        return fnp.stack(propagate.choice_means(BACKEND, weights, order, variant, self.specs, window), axis=0)
+        return fnp.stack(propagate.choice_means(BACKEND, weights, order, variant, self.specs, window, compression,
+                                                strassen), axis=0)
 
     def predict(self, mlp: MLP, budget: int) -> fnp.ndarray:
         weights = [w.T for w in mlp.weights]  # WhestBench's h @ W is mechest's W.T @ h
         with warnings.catch_warnings():  # flopscope's symmetry notes: printing them costs residual time
             warnings.simplefilter("ignore")
+            compression = self.compression(mlp.width, mlp.depth, budget)
+            strassen = self.strassen(mlp.width, mlp.depth, budget)
             for order, variant, window in self.plan(mlp.width, mlp.depth, budget):
-                out = self.run(weights, order, variant, window)
+                exact_window = window is None
+                out = self.run(weights, order, variant, window, compression if exact_window else None,
+                               strassen if exact_window else 0)
                 if math.isfinite(float(fnp.sum(out))):
                     return out
         return fnp.zeros((mlp.depth, mlp.width), dtype=fnp.float32)

@@ -20,7 +20,31 @@ SOURCES = Path(__file__).resolve().parent
 FILES = ("estimator.py", "mechest_propagate.py", "mechest_plan.json", "mechest_config.json")
 
 
-def package_config(max_order: int, budget_fraction: float, min_window: int, safety: float, augment: bool) -> dict:
+DEFAULT_COMPRESSION = (6, 0.25, 1)
+"""K = 3's source compression in the package (age, rank / width, power iterations; docs/whestbench.md): at
+1024×16 it scored best of the ladder in docs/results.md ("Beyond the reference")."""
+
+
+def parse_compression(text: str) -> tuple[int, float, int] | None:
+    """``AGE,FRACTION,POWER`` (e.g. 6,0.25,1) or ``none``, as the CLI's --compress takes it."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        age, fraction, power = text.split(",")
+        return int(age), float(fraction), int(power)
+    except ValueError:
+        raise MechestError(f"--compress must be AGE,FRACTION,POWER (e.g. 6,0.25,1) or none, got {text!r}") from None
+
+
+DEFAULT_STRASSEN = 0
+"""Most levels of Strassen's recursion the package's K = 3 may use (it takes the cheapest predicted). Off by
+default: at 1024×16 three levels pushed the residual time per network to 0.51 s, over phase 2's 0.4 s gate
+(docs/results.md)."""
+
+
+def package_config(max_order: int, budget_fraction: float, min_window: int, safety: float, augment: bool,
+                   compression: tuple[int, float, int] | None = DEFAULT_COMPRESSION,
+                   strassen: int = DEFAULT_STRASSEN) -> dict:
     """The options the estimator reads at setup (checked here, so the package never holds a bad value)."""
     if max_order not in (1, 2, 3):
         raise MechestError(f"--order must be 1, 2 or 3 for WhestBench, got {max_order}")
@@ -30,15 +54,23 @@ def package_config(max_order: int, budget_fraction: float, min_window: int, safe
         raise MechestError(f"--min-window must be 0 (never window) or more, got {min_window}")
     if safety < 1:
         raise MechestError(f"--safety must be at least 1, got {safety}")
+    if compression is not None and (compression[0] < 1 or not 0 < compression[1] <= 1 or compression[2] < 0):
+        raise MechestError(f"--compress needs age ≥ 1, 0 < fraction ≤ 1 and power ≥ 0, got {compression}")
+    if not 0 <= strassen <= 6:
+        raise MechestError(f"--strassen must be 0 (dense products) to 6, got {strassen}")
     return {"max_order": max_order, "budget_fraction": budget_fraction, "min_window": min_window, "safety": safety,
-            "augment": augment}
+            "augment": augment, "compression": None if compression is None else
+            {"age": compression[0], "rank_fraction": compression[1], "power": compression[2]},
+            "strassen": strassen}
 
 
 def export_package(out: str | Path, max_order: int = 3, budget_fraction: float = 1.0, min_window: int = 0,
-                   safety: float = 1.02, augment: bool = True) -> Path:
+                   safety: float = 1.02, augment: bool = True,
+                   compression: tuple[int, float, int] | None = DEFAULT_COMPRESSION,
+                   strassen: int = DEFAULT_STRASSEN) -> Path:
     """Write estimator.py, its propagation module, the plans (K = 3 simple, K = 2 augment) and the config into
     ``out`` (atomically)."""
-    config = package_config(max_order, budget_fraction, min_window, safety, augment)
+    config = package_config(max_order, budget_fraction, min_window, safety, augment, compression, strassen)
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(p.name not in FILES for p in target.iterdir())):
         raise MechestError(f"{target} exists and is not an earlier export; choose another --out")

@@ -1,0 +1,79 @@
+"""Negative and diagnostic probes of issue 15 on the three warm-up nets (256×8, float64 torch), reported in
+docs/results.md ("Beyond the reference"). They replace one executor function for the duration of a run:
+
+- ``basis``: the compressed sources' basis from the range finder (the executor's) against the exact truncated SVD
+  of the stacked factors, normalised or not: how much a better basis could recover;
+- ``kappa4``: κ_4's trace-piece core multiplied by λ (the derived value is λ = 1): whether a multiple of the
+  fourth cumulant is a lever in this scheme.
+
+    PYTHONPATH=src python benchmarks/k3_probes.py basis
+    PYTHONPATH=src python benchmarks/k3_probes.py kappa4
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mechest.kprop import executor as xprop
+from mechest.kprop.spec import executor_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from k3_research import network, run_means  # the harness's nets and run
+
+
+@contextmanager
+def replaced(name: str, function):
+    original = getattr(xprop, name)
+    setattr(xprop, name, function)
+    try:
+        yield
+    finally:
+        setattr(xprop, name, original)
+
+
+def warmup_mse(compression: xprop.Compression | None) -> float:
+    """Mean final-layer MSE over the three warm-up nets, noise floor subtracted."""
+    spec = executor_spec(3, "simple", max_width=256)
+    errors = []
+    for index in range(3):
+        weights, truth, floor = network("warmup", index)
+        means = run_means(weights, spec, torch.float64, compression)
+        errors.append(float(np.mean((means[-1] - truth[-1]) ** 2)) - floor)
+    return float(np.mean(errors))
+
+
+def svd_basis(normalise: bool):
+    def compressed_source(xp, factors, rank, power):
+        blocks = [f / torch.linalg.norm(f) if normalise else f for f in factors]
+        basis = torch.linalg.svd(torch.cat(blocks, dim=1), full_matrices=False)[0][:, :rank]
+        return basis, xp.einsum("nr,jnk->jrk", basis, factors)
+    return compressed_source
+
+
+def probe_basis() -> None:
+    for age, rank, power in ((2, 64, 0), (2, 64, 1), (1, 64, 1), (4, 32, 0)):
+        compression = xprop.Compression(age, rank, power)
+        row = {"range finder": warmup_mse(compression)}
+        for label, normalise in (("svd normalised", True), ("svd raw", False)):
+            with replaced("compressed_source", svd_basis(normalise)):
+                row[label] = warmup_mse(compression)
+        print(f"age {age} rank {rank} power {power}: " + ", ".join(f"{k} {v:.3e}" for k, v in row.items()), flush=True)
+
+
+def probe_kappa4() -> None:
+    original = xprop.projected_cores
+    for scale in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0):
+        def scaled(spec, cumulants, n, scale=scale):
+            return {d: scale * c if d == 4 else c for d, c in original(spec, cumulants, n).items()}
+        with replaced("projected_cores", scaled):
+            print(f"kappa4 core x {scale}: {warmup_mse(None):.3e}", flush=True)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    {"basis": probe_basis, "kappa4": probe_kappa4}[sys.argv[1]]()
