@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 MIN_VARIANCE = 1e-10
@@ -821,6 +821,19 @@ def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: 
     return older, xp.stack([p, q]), v
 
 
+@dataclass(frozen=True)
+class PlannedState:
+    """What ``planned`` carries from one hidden layer to the next: how many layers are done, κ_1 and κ_2 (None:
+    the input's 0 and I), the κ_3 sources (``next_third``'s form; None: not carried) and the radial pieces'
+    cores."""
+
+    layers_done: int = 0
+    mean: Any = None
+    cov: Any = None
+    third: tuple | None = None
+    cores: dict = field(default_factory=dict)
+
+
 def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = None,
             outputs: str = "cov", compression: Compression | None = None, strassen: int = 0) -> Cumulants:
     """Propagation by the exported plan: K = 3 simple with κ_3 factored (equals mechest's factored engine) or
@@ -843,20 +856,18 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     check_outputs(outputs)
     xp = backend.xp
     hidden = layers.hidden()
-    full_steps = hidden if layers.output_map and outputs != "mean" else hidden[:-1]
+    full_steps = len(hidden) if layers.output_map and outputs != "mean" else len(hidden) - 1
     first_carried = 0 if window is None else max(len(hidden) - window, 0)
-    mean = cov = third = None
-    cores: dict = {}
-    means, covs = [], []
-    for layer, (weight, bias, activation) in enumerate(full_steps):
-        n = weight.shape[0]
-        pre_mean = linear_mean(xp, weight, bias, mean)
-        gram = symmetric_product(weight, None, xp, strassen) if cov is None or cores else None
-        pre_cov = gram if cov is None else symmetric_product(weight, cov, xp, strassen)
+
+    def step(state: PlannedState, weight: Any, bias: Any | None, activation: str) -> PlannedState:
+        layer, cores = state.layers_done, state.cores
+        pre_mean = linear_mean(xp, weight, bias, state.mean)
+        gram = symmetric_product(weight, None, xp, strassen) if state.cov is None or cores else None
+        pre_cov = gram if state.cov is None else symmetric_product(weight, state.cov, xp, strassen)
         slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
         groups = None
-        if third is not None:
-            groups = compressed(xp, mapped_third(xp, weight, third, strassen), compression)
+        if state.third is not None:
+            groups = compressed(xp, mapped_third(xp, weight, state.third, strassen), compression)
             cubic, double = third_slices(xp, groups, strassen)
             slices[(3, (3,))] = cubic
             slices[(3, (2, 1))] = off_diagonal(xp, double)
@@ -864,17 +875,18 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
             slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram))
         wick = activation_wick(backend, activation, pre_mean, xp.diag(pre_cov), spec["k_max"], spec["p_max"])
         cumulants = dense_cumulants(xp, spec, slices, wick)
-        mean = cumulants[(1,)]
-        cov = xp.diag(cumulants[(2,)]) + cumulants[(1, 1)]
-        means.append(mean)
-        covs.append(cov)
+        mean, cov = cumulants[(1,)], xp.diag(cumulants[(2,)]) + cumulants[(1, 1)]
         if layer + 1 < first_carried or (layer + 1 == len(hidden) and outputs != "marginals"):
-            third, cores = None, {}
-            continue
-        if spec["order"] == 3:
-            third = next_third(xp, spec, slices, groups, wick, cumulants)
-        cores = projected_cores(spec, cumulants, n)
-    if len(full_steps) < len(hidden):
+            return PlannedState(layer + 1, mean, cov)
+        third = next_third(xp, spec, slices, groups, wick, cumulants) if spec["order"] == 3 else None
+        return PlannedState(layer + 1, mean, cov, third, projected_cores(spec, cumulants, weight.shape[0]))
+
+    means, covs, state = [], [], PlannedState()
+    for state in layer_states(layers.prefix(full_steps), state, step):  # one state alive at a time (memory)
+        means.append(state.mean)
+        covs.append(state.cov)
+    mean, cov, third, cores = state.mean, state.cov, state.third, state.cores
+    if full_steps < len(hidden):
         weight, bias, activation = hidden[-1]
         mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, strassen)
         means.append(mean)
