@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from mechest.estimate import estimate
+from mechest.estimators.estimate import estimate
+from mechest.estimators.montecarlo import sample_moments
+from mechest.estimators.truth import Truth, score
 from mechest.mlp import random_mlp
-from mechest.montecarlo import sample_moments
 from mechest.tables import format_table
-from mechest.truth import Truth, score
 
 
 def best_seconds(function, repeats: int = 3) -> float:

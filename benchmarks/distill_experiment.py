@@ -21,10 +21,17 @@ from pathlib import Path
 
 import torch
 
-from mechest.distill import init_student
+from mechest.estimators.distill import init_student
+from mechest.experiments.training import (
+    LR_SCHEDULES,
+    TrainingRun,
+    fit,
+    mechanistic_objective,
+    sampled_objective,
+    step_flops,
+)
+from mechest.experiments.training_plots import plot_runs
 from mechest.mlp import random_mlp
-from mechest.training_plots import plot_runs
-from mechest.training import LR_SCHEDULES, TrainingRun, fit, mechanistic_objective, sampled_objective, step_flops
 
 TEACHER_WIDTH, INPUT_DIM, OUTPUT_DIM = 256, 32, 8
 

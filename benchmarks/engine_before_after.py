@@ -15,15 +15,16 @@ import time
 
 import torch
 
-from mechest import estimate, random_mlp
+from mechest import random_mlp
+from mechest.estimators import estimate
 from mechest.flops import FlopCounter
 
 try:  # the layered layout
     from mechest.estimators.distill import expected_loss
     from mechest.estimators.tail import tail_probability
 except ImportError:  # earlier versions
-    from mechest.distill import expected_loss
-    from mechest.tail import tail_probability
+    from mechest.estimators.distill import expected_loss
+    from mechest.estimators.tail import tail_probability
 
 SCHEMES = ((1, "simple", False), (2, "simple", False), (2, "augment", False), (3, "simple", True))
 

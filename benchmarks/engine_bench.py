@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from mechest.bench import find_truth
-from mechest.estimate import estimate
+from mechest.estimators.estimate import estimate
+from mechest.estimators.truth import score
+from mechest.experiments.bench import find_truth
 from mechest.mlp import random_mlp
 from mechest.tables import format_table
-from mechest.truth import score
 
 TRUTHS = Path(__file__).resolve().parent / "data" / "truths"
 SCHEMES = {"1": (1, "simple", False), "2": (2, "simple", False), "2a": (2, "augment", False),

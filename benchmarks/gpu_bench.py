@@ -3,7 +3,7 @@
 For each width (He-init ReLU, ``--depth`` hidden layers, seed 0) it times kprop K = 1, K = 2 (simple and
 augment), factored K = 3 (both variants) and K = 4 simple (up to width 256), and Monte Carlo at a fixed set of sample counts (giving the time per
 sample). Every timing is the best of ``--repeats`` runs after a warm-up run, each ended by a device
-synchronize (inside ``mechest.estimate``). With ``--truth-samples N`` it also samples a truth of N inputs and
+synchronize (inside ``mechest.estimators.estimate``). With ``--truth-samples N`` it also samples a truth of N inputs and
 prints each kprop estimate's MSE/Var, the Monte Carlo sample count with the same expected error
 (N_match = 1 / (MSE/Var), since Monte Carlo with N samples has MSE/Var = 1/N) and how long Monte Carlo
 takes to reach it on this device (N_match × the measured time per sample).
@@ -20,11 +20,11 @@ import math
 import torch
 
 from mechest.device import device_name, resolve_device
-from mechest.estimate import DTYPES, Estimate, estimate
+from mechest.estimators.estimate import DTYPES, Estimate, estimate
+from mechest.estimators.montecarlo import default_chunk_size, sample_moments
+from mechest.estimators.truth import Truth, score
 from mechest.mlp import MLP, random_mlp
-from mechest.montecarlo import default_chunk_size, sample_moments
 from mechest.tables import format_table
-from mechest.truth import Truth, score
 
 KPROP_CONFIGURATIONS = [(1, "simple", False), (2, "simple", False), (2, "augment", False), (3, "simple", True),
                         (3, "augment", True), (4, "simple", True)]

@@ -65,7 +65,7 @@ def metered_flops(weights: list[np.ndarray], spec: dict, compression: xprop.Comp
     import flopscope as flops
     import flopscope.numpy as fnp
 
-    from mechest.whest.estimator import BACKEND
+    from mechest.integrations.whestbench.estimator import BACKEND
 
     columns = [fnp.asarray(np.ascontiguousarray(w.T)) for w in weights]
     with warnings.catch_warnings():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from mechest.estimate import estimate
+from mechest.estimators.estimate import estimate
 from mechest.mlp import random_mlp
 from mechest.tables import format_table
 

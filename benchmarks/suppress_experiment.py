@@ -7,12 +7,12 @@ For each width: the He-init ReLU net random_mlp(width, 3, "relu", seed=0), layer
 is the one of a grid that puts the most units' saddlepoint estimates in [2e-6, 5e-5]; the targets are the
 ``--units`` of those nearest 1e-5 (log scale). Then
 
-- mechanistic: ``mechest.suppress.suppress`` (``--steps``, ``--lr``), its FLOPs the budget of
+- mechanistic: ``mechest.experiments.suppress.suppress`` (``--steps``, ``--lr``), its FLOPs the budget of
 - the sampled baseline ``suppress_sampled`` at every hinge margin of ``--margins`` (δ_i = margin × std z_i),
   minibatches of ``--batch-size``, the same optimiser and projection, the same budget;
 - verification of every final network, trusting no estimator: subset simulation and importance sampling
-  (``mechest.importance``) of each target's probability, exact exceedance counts over ``--mc-flops`` worth of
-  inputs (``mechest.tail.monte_carlo``; where the probability is below 1/N they bound it), and the function change
+  (``mechest.estimators.importance``) of each target's probability, exact exceedance counts over ``--mc-flops`` worth of
+  inputs (``mechest.estimators.tail.monte_carlo``; where the probability is below 1/N they bound it), and the function change
   E‖M' − M‖² / tr Cov M by Monte Carlo over ``--change-samples`` inputs; the snapshot half-way through each run
   is verified too.
 
@@ -35,13 +35,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from mechest.distill import squared_error_network
+from mechest.estimators.distill import squared_error_network
+from mechest.estimators.importance import importance_probability, subset_probability
+from mechest.estimators.montecarlo import sample_moments
+from mechest.estimators.tail import monte_carlo
+from mechest.experiments.suppress import estimated_probability, suppress, suppress_sampled
 from mechest.files import write_text_atomically
-from mechest.importance import importance_probability, subset_probability
 from mechest.mlp import MLP, random_mlp
-from mechest.montecarlo import sample_moments
-from mechest.suppress import estimated_probability, suppress, suppress_sampled
-from mechest.tail import monte_carlo
 
 LAYER = 4
 DEPTH = 3

@@ -17,10 +17,10 @@ import math
 import torch
 from suppress_experiment import LAYER, choose_event  # the sibling script (its folder is on sys.path)
 
-from mechest.importance import importance_probability, subset_probability
+from mechest.estimators.importance import importance_probability, subset_probability
+from mechest.estimators.tail import monte_carlo
+from mechest.experiments.suppress import pre_activation_and_output, suppress
 from mechest.mlp import random_mlp
-from mechest.suppress import pre_activation_and_output, suppress
-from mechest.tail import monte_carlo
 
 
 def main() -> None:

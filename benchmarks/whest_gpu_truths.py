@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-FIRST_SEED = 20261125  # mechest.whest.score.FIRST_SEED
+FIRST_SEED = 20261125  # mechest.integrations.whestbench.score.FIRST_SEED
 JOBS = [("warmup", 256, 8, 3, 4 * 10**8), ("phase1", 256, 32, 2, 10**8), ("phase2", 1024, 16, 2, 6 * 10**7)]
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mechest.bench import find_truth, fitted_slope
+from mechest.estimators.truth import Truth, compute_truth, score
+from mechest.experiments.bench import find_truth, fitted_slope
 from mechest.kprop import Scheme, propagate
 from mechest.kprop.plan import compile_plan
 from mechest.mlp import MLP, random_mlp
 from mechest.tables import format_table
-from mechest.truth import Truth, compute_truth, score
 
 CONFIGURATIONS = [(1, "simple")] + [(order, variant) for order in (2, 3, 4) for variant in ("simple", "augment")]
 

@@ -8,19 +8,18 @@ import math
 import numpy as np
 import pytest
 
-from mechest import bench
-from mechest.bench import BenchSettings, FlopCount
-from mechest.budget import count_flops, predicted_flops
+from mechest.cli import main
+from mechest.estimators import truth as truth_module
+from mechest.estimators.budget import count_flops, predicted_flops
+from mechest.estimators.estimate import estimate
+from mechest.estimators.montecarlo import RunningMoments, sample_moments
+from mechest.estimators.truth import compute_truth, score
+from mechest.experiments import bench
+from mechest.experiments.bench import BenchSettings
 from mechest.kprop import SCHEMES
 from mechest.kprop import Scheme as Config
-from mechest.cli import main
-from mechest.errors import MechestError
-from mechest.estimate import estimate
-from mechest import truth as truth_module
 from mechest.mlp import random_mlp
-from mechest.montecarlo import RunningMoments, sample_moments
 from mechest.results import read_runs, truths_dir
-from mechest.truth import compute_truth, score
 
 TINY = BenchSettings(widths=(4, 6), depth=2, depths=(1, 2), depth_width=4, seeds=(0,), truth_samples=20_000,
                      max_truth_flops=1e9, min_truth_samples=1000, max_flops=1e7, mc_samples=(10, 100),
@@ -148,7 +147,7 @@ def test_end_to_end_rows_store_truth_cache_and_figures(tmp_path, monkeypatch) ->
     assert [r["mse"] for r in again] == [r["mse"] for r in rows]
     assert read_runs(tmp_path).num_rows == 2 * len(rows)
 
-    from mechest.plots import make_plots
+    from mechest.experiments.plots import make_plots
 
     paths = make_plots(rows, settings, tmp_path / "figures")
     assert len(paths) == 8

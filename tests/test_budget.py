@@ -1,4 +1,4 @@
-"""Schemes as one value, and the best scheme for a FLOP budget (mechest.kprop.scheme, mechest.budget)."""
+"""Schemes as one value, and the best scheme for a FLOP budget (mechest.kprop.scheme, mechest.estimators.budget)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from mechest.budget import PROBE_WIDTH, choose_scheme, count_flops, predicted_flops, ranking
 from mechest.cli import main
 from mechest.errors import MechestError
-from mechest.estimate import estimate
+from mechest.estimators.budget import PROBE_WIDTH, choose_scheme, count_flops, predicted_flops, ranking
+from mechest.estimators.estimate import estimate
 from mechest.kprop import SCHEMES, Scheme
 from mechest.mlp import MLP, random_mlp
 

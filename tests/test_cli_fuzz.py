@@ -20,10 +20,10 @@ import pytest
 
 from mechest.cli import main
 from mechest.errors import MechestError
+from mechest.estimators.truth import compute_truth
+from mechest.integrations.whestbench.export import FILES as PACKAGE_FILES
+from mechest.math.wick import ACTIVATION_NAMES
 from mechest.mlp import load
-from mechest.truth import compute_truth
-from mechest.whest.export import FILES as PACKAGE_FILES
-from mechest.wick import ACTIVATION_NAMES
 
 SEED = 16
 Writer = Callable[[Path], None]

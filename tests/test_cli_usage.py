@@ -9,8 +9,8 @@ import pytest
 
 import mechest
 from mechest.cli import build_parser, main
+from mechest.estimators.tail import METHODS as TAIL_METHODS
 from mechest.progress import LogProgress, progress_bar
-from mechest.tail import METHODS as TAIL_METHODS
 
 
 def test_bare_mechest_prints_the_commands(capsys) -> None:

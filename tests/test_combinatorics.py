@@ -1,4 +1,4 @@
-"""Tests of mechest.combinatorics against OEIS counts, brute-force enumeration, exact rational identities and
+"""Tests of mechest.math.combinatorics against OEIS counts, brute-force enumeration, exact rational identities and
 the term-count goldens of docs/method.md §6.4."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import pytest
 
-from mechest.combinatorics import (
+from mechest.math.combinatorics import (
     VARIANTS,
     Diagram,
     Vector,

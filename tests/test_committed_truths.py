@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mechest.estimators.truth import load_truth, score
 from mechest.kprop import Scheme, propagate
 from mechest.mlp import random_mlp
-from mechest.truth import load_truth, score
 
 TRUTHS = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "truths"
 FILES = sorted(TRUTHS.glob("*-100000000.npz"))

@@ -8,17 +8,17 @@ import torch
 from mechest.cli import main
 from mechest.device import resolve_device
 from mechest.errors import MechestError
-from mechest.estimate import estimate
-from mechest.kprop import Scheme, propagate
-from mechest.mlp import random_mlp
-from mechest.montecarlo import (
+from mechest.estimators.estimate import estimate
+from mechest.estimators.montecarlo import (
     CUDA_MEMORY_FRACTION,
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,
     default_chunk_size,
     sample_moments,
 )
-from mechest.truth import score
+from mechest.estimators.truth import score
+from mechest.kprop import Scheme, propagate
+from mechest.mlp import random_mlp
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
@@ -104,7 +104,7 @@ def test_cuda_chunk_size_fits_the_memory_share() -> None:
 
 @CUDA
 def test_truth_on_cuda_is_reproducible(tmp_path) -> None:
-    from mechest.truth import compute_truth
+    from mechest.estimators.truth import compute_truth
 
     net = random_mlp(8, 2, "relu", seed=4)
     first = compute_truth(net, 50_000, tmp_path / "a.npz", seed=1, device="cuda", chunk_size=4096)
@@ -117,7 +117,7 @@ def test_bench_on_cuda_runs_kprop_monte_carlo_and_truths_there(tmp_path) -> None
     """`mechest bench --device cuda`: every estimate and the new truths run on the GPU; kprop rows equal CPU's."""
     import dataclasses
 
-    from mechest import bench
+    from mechest.experiments import bench
 
     tiny = bench.BenchSettings(widths=(6,), depth=2, depths=(2,), depth_width=6, seeds=(0,), truth_samples=20_000,
                                max_truth_flops=1e9, min_truth_samples=1000, max_flops=1e7, mc_samples=(100,),

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from mechest.combinatorics import integer_partitions
-from mechest.tensors.diagonal_slices import (
+from mechest.math.combinatorics import integer_partitions
+from mechest.math.tensors.diagonal_slices import (
     distinct_mask,
     from_dense,
     slice_from_dense,

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mechest.distill import (
+from mechest.cli import main
+from mechest.errors import MechestError
+from mechest.estimators.distill import (
     attached,
     expected_loss,
     gaussian_activation_moments,
@@ -18,12 +20,17 @@ from mechest.distill import (
     sampled_loss,
     squared_error_network,
 )
-from mechest.errors import MechestError
+from mechest.estimators.montecarlo import sample_moments
+from mechest.experiments.training import (
+    COSINE_FINAL_FRACTION,
+    DistillConfig,
+    distill,
+    fit,
+    lr_factor,
+    mechanistic_objective,
+)
 from mechest.kprop import Scheme, propagate
-from mechest.cli import main
 from mechest.mlp import MLP, load, random_mlp
-from mechest.montecarlo import sample_moments
-from mechest.training import COSINE_FINAL_FRACTION, DistillConfig, distill, fit, lr_factor, mechanistic_objective
 
 
 def pair(depth: int, activation: str = "relu", teacher_width: int = 6, student_width: int = 5) -> tuple[MLP, MLP]:
@@ -89,7 +96,7 @@ def test_mehler_series_matches_bivariate_quadrature() -> None:
     weight = np.outer(w, w)
     m1, m2 = (weight * np.tanh(z1)).sum(), (weight * np.tanh(z2)).sum()
     cross = (weight * np.tanh(z1) * np.tanh(z2)).sum() - m1 * m2
-    # mechest.wick's 100-node rule for tanh is accurate to a few 1e-9 at σ ≈ 1 (its docstring): allow 1e-8
+    # mechest.math.wick's 100-node rule for tanh is accurate to a few 1e-9 at σ ≈ 1 (its docstring): allow 1e-8
     assert act_mean.tolist() == pytest.approx([m1, m2], abs=1e-8)
     assert float(act_cov[0, 0]) == pytest.approx((weight * np.tanh(z1) ** 2).sum() - m1**2, abs=1e-8)
     assert float(act_cov[0, 1]) == pytest.approx(cross, abs=1e-8)

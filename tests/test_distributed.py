@@ -13,13 +13,13 @@ import pytest
 import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
-import mechest.montecarlo
-import mechest.truth
+import mechest.estimators.montecarlo
+import mechest.estimators.truth
 from mechest.cli import main
-from mechest.distributed import cluster_client, compute_truth_distributed, dask_runner
+from mechest.estimators.montecarlo import OrderedMerge, RunningMoments, run_chunks_locally
+from mechest.estimators.truth import checkpoint_path, compute_truth, load_truth, read_checkpoint
+from mechest.integrations.dask import cluster_client, compute_truth_distributed, dask_runner
 from mechest.mlp import random_mlp
-from mechest.montecarlo import OrderedMerge, RunningMoments, run_chunks_locally
-from mechest.truth import checkpoint_path, compute_truth, load_truth, read_checkpoint
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
 
@@ -69,7 +69,7 @@ def test_chunk_moments_do_not_depend_on_the_thread_count(net) -> None:
         moments = []
         for count in (1, 3):
             torch.set_num_threads(count)
-            moments.append(mechest.montecarlo.chunk_moments(net, 1, 0, 40_000))
+            moments.append(mechest.estimators.montecarlo.chunk_moments(net, 1, 0, 40_000))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(moments[0].mean, moments[1].mean) and torch.equal(moments[0].m2, moments[1].m2)
@@ -82,7 +82,7 @@ def test_checkpoint_keeps_out_of_order_chunks(net, tmp_path) -> None:
     merge = OrderedMerge(RunningMoments.empty(1), 0)
     for chunk, moments in chunks.items():
         merge.add(chunk, moments)
-    mechest.truth.write_checkpoint(tmp_path / "c.npz", run, merge)
+    mechest.estimators.truth.write_checkpoint(tmp_path / "c.npz", run, merge)
     back = read_checkpoint(tmp_path / "c.npz", run, torch.device("cpu"))
     assert back.next_chunk == 2 and sorted(back.pending) == [3, 5] and back.count == 4 * CHUNK
     assert torch.equal(back.done.mean, merge.done.mean) and torch.equal(back.pending[5].m2, chunks[5].m2)
@@ -102,7 +102,7 @@ def test_resuming_with_another_sample_count_drops_only_the_partial_chunk(net, tm
         merge.add(chunk, moments)
     for chunk, moments in run_chunks_locally(net, 1, 9000, CHUNK, [7, 8]):
         merge.add(chunk, moments)
-    mechest.truth.write_checkpoint(checkpoint_path(out), run, merge)
+    mechest.estimators.truth.write_checkpoint(checkpoint_path(out), run, merge)
     computed = []
 
     def recording_runner(net, seed, samples, chunk_size, chunks):
@@ -161,14 +161,14 @@ def test_interrupted_cli_truth_resumes_to_the_same_arrays(capsys, tmp_path, monk
     assert main(["net", "--width", "8", "--depth", "2", "--seed", "1", "--out", weights]) == 0
     common = ["truth", "--weights", weights, "--samples", "5e3", "--seed", "1", "--chunk-size", "512", "--workers", "0"]
     assert main(common + ["--out", whole]) == 0
-    original = mechest.montecarlo.chunk_moments
+    original = mechest.estimators.montecarlo.chunk_moments
 
     def interrupted_at_chunk_6(net, seed, chunk, size):
         if chunk == 6:
             raise KeyboardInterrupt
         return original(net, seed, chunk, size)
 
-    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", interrupted_at_chunk_6)
+    monkeypatch.setattr(mechest.estimators.montecarlo, "chunk_moments", interrupted_at_chunk_6)
     assert main(common + ["--out", part]) == 130
     assert not Path(part).exists() and checkpoint_path(Path(part)).exists()
     computed = []
@@ -177,7 +177,7 @@ def test_interrupted_cli_truth_resumes_to_the_same_arrays(capsys, tmp_path, monk
         computed.append(chunk)
         return original(net, seed, chunk, size)
 
-    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", recorded)
+    monkeypatch.setattr(mechest.estimators.montecarlo, "chunk_moments", recorded)
     assert main(common + ["--out", part]) == 0
     assert computed == list(range(6, 10)), "the rerun should compute only the chunks the checkpoint lacks"
     with np.load(whole) as a, np.load(part) as b:

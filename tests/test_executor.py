@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from mechest.estimators.tail import dense_marginals
 from mechest.kprop import Scheme, propagate
 from mechest.kprop.engine import propagate_general
 from mechest.kprop.executor import Backend, Layers, planned
-from mechest.kprop.run import executor_cumulants, executor_plan
 from mechest.kprop.plan import compile_plan
+from mechest.kprop.run import executor_cumulants, executor_plan
 from mechest.mlp import MLP
-from mechest.tail import dense_marginals
 
 scipy_special = pytest.importorskip("scipy.special")
 TOLERANCE = 1e-10

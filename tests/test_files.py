@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mechest.bench
 import mechest.cli
-import mechest.montecarlo
-import mechest.training
-import mechest.training_plots
+import mechest.estimators.montecarlo
+import mechest.experiments.bench
+import mechest.experiments.training
+import mechest.experiments.training_plots
 from mechest.cli import main
 from mechest.errors import MechestError
 from mechest.files import atomic_path, check_output_directory, check_output_path, write_npz_atomically
@@ -117,7 +117,7 @@ def no_work(*args, **kwargs):
 
 
 def test_truth_checks_its_output_before_sampling(capsys, monkeypatch, net_file, unwritable_dir) -> None:
-    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", no_work)
+    monkeypatch.setattr(mechest.estimators.montecarlo, "chunk_moments", no_work)
     code, out, err = run(capsys, "truth", "--weights", net_file, "--samples", "1000", "--workers", "0",
                          "--out", str(unwritable_dir / "truth.npz"))
     assert_one_line_error(code, err, "not writable")
@@ -127,7 +127,7 @@ def test_truth_checks_its_output_before_sampling(capsys, monkeypatch, net_file, 
 @pytest.mark.parametrize("command", ["net", "bench", "tail-bench", "whestbench-export", "whestbench-score"])
 def test_writing_commands_check_their_output_first(capsys, monkeypatch, unwritable_dir, command: str) -> None:
     monkeypatch.setattr(mechest.cli, "random_mlp", no_work)
-    monkeypatch.setattr(mechest.bench, "run_bench", no_work)
+    monkeypatch.setattr(mechest.experiments.bench, "run_bench", no_work)
     monkeypatch.setattr(mechest.cli, "score_round", no_work)
     target = str(unwritable_dir / "out")
     argv = {"net": ["net", "--width", "4", "--out", target + ".npz"],
@@ -157,7 +157,7 @@ def distill_argv(teacher: Path, out: Path, *extra: str) -> list[str]:
                                   "same file"])
 def test_distill_checks_every_output_before_training(capsys, monkeypatch, tmp_path, teacher_file, unwritable_dir,
                                                      case: str) -> None:
-    monkeypatch.setattr(mechest.training, "distill", no_work)
+    monkeypatch.setattr(mechest.experiments.training, "distill", no_work)
     out, blocked = tmp_path / "student.npz", str(unwritable_dir / "x")
     extra = {"out unwritable": [], "plot unwritable": ["--plot", blocked + ".png"],
              "json unwritable": ["--json", blocked + ".json"], "plot format": ["--plot", str(tmp_path / "loss.xyz")],
@@ -173,7 +173,7 @@ def test_distill_writes_nothing_when_the_plot_fails(capsys, monkeypatch, tmp_pat
     def plot_fails(*args, **kwargs):
         raise MechestError("the plot failed")
 
-    monkeypatch.setattr(mechest.training_plots, "plot_runs", plot_fails)
+    monkeypatch.setattr(mechest.experiments.training_plots, "plot_runs", plot_fails)
     code, _, err = run(capsys, *distill_argv(teacher_file, tmp_path / "student.npz", "--plot",
                                              str(tmp_path / "loss.png"), "--json", str(tmp_path / "log.json")))
     assert_one_line_error(code, err, "the plot failed")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import integrate, special, stats
 
-from mechest.gaussian import gauss_hermite, gaussian_moments, hermite_he, normal_cdf, normal_pdf
+from mechest.math.gaussian import gauss_hermite, gaussian_moments, hermite_he, normal_cdf, normal_pdf
 
 
 def test_pdf_and_cdf_match_scipy_including_the_far_lower_tail() -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import GOLDEN_NAMES, golden_network
+
 from mechest.kprop import Scheme, propagate
 from mechest.kprop.engine import propagate_general
 
@@ -50,7 +50,7 @@ def test_matches_reference(goldens, name: str, order: int, variant: str, storage
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_monte_carlo_agrees_with_our_monte_carlo_network(goldens, name: str) -> None:
     """Our forward pass on the golden weights reproduces the reference's 1e7-sample mean within 5 standard errors."""
-    from mechest.estimate import estimate
+    from mechest.estimators.estimate import estimate
 
     data = goldens[name]
     result = estimate(golden_network(data), "mc", samples=200_000, seed=1)

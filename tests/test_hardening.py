@@ -17,14 +17,14 @@ from torch import nn
 from mechest import limits
 from mechest.cli import main
 from mechest.errors import MechestError
-from mechest.estimate import estimate
+from mechest.estimators.estimate import estimate
+from mechest.estimators.montecarlo import chunk_generator
+from mechest.estimators.tail import METHODS as TAIL_METHODS
+from mechest.estimators.tail import hermite_tail, lpe, marginal_cumulants, tail_probability
+from mechest.estimators.truth import compute_truth, load_truth
 from mechest.kprop import Scheme
 from mechest.limits import check_sample_time
 from mechest.mlp import MLP, from_sequential, load, random_mlp
-from mechest.montecarlo import chunk_generator
-from mechest.tail import METHODS as TAIL_METHODS
-from mechest.tail import hermite_tail, lpe, marginal_cumulants, tail_probability
-from mechest.truth import compute_truth, load_truth
 
 
 def odd_sequential() -> nn.Sequential:
@@ -86,7 +86,7 @@ def test_cli_tail_of_a_users_sequential_net(capsys, tmp_path, method: str) -> No
 
 
 def test_exceedance_table_refuses_layers_of_different_widths(odd_net: MLP) -> None:
-    from mechest.tail import exceedance_table
+    from mechest.estimators.tail import exceedance_table
 
     with pytest.raises(MechestError, match="different widths"):
         exceedance_table(odd_net, (1, 2), ((0.0, True),), samples=10, seed=0)
@@ -242,8 +242,8 @@ def test_impossible_sample_counts_are_refused_before_sampling(capsys, tmp_path, 
 
 def test_cluster_runner_reads_chunk_numbers_lazily(monkeypatch) -> None:
     """A run of billions of chunks must not list their numbers before computing the first."""
-    from mechest import distributed
     from mechest.cli import build_parser, chunk_runner
+    from mechest.integrations import dask as distributed
 
     class Chunks:
         """Chunk numbers 0, 1, ... that fail the test when read past the 10th."""

@@ -9,9 +9,9 @@ from fractions import Fraction
 import pytest
 import torch
 
-from mechest.combinatorics import integer_partitions
-from mechest.tensors.diagonal_slices import from_dense, slice_from_dense, symmetrize, to_dense
-from mechest.tensors.harmonic import (
+from mechest.math.combinatorics import integer_partitions
+from mechest.math.tensors.diagonal_slices import from_dense, slice_from_dense, symmetrize, to_dense
+from mechest.math.tensors.harmonic import (
     HTensor,
     laplacian,
     laplacian_power_slices,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mechest.errors import MechestError
-from mechest.importance import check_units, importance_probability, log_weight, subset_probability
+from mechest.estimators.importance import check_units, importance_probability, log_weight, subset_probability
+from mechest.estimators.tail import monte_carlo
 from mechest.mlp import MLP, random_mlp
-from mechest.tail import monte_carlo
 
 Z_LIMIT = 4.0  # agreement within 4 combined standard errors (fixed seeds)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mechest.cli
-import mechest.montecarlo
+import mechest.estimators.montecarlo
 from mechest.cli import main
 from mechest.files import atomic_path
 
@@ -83,7 +83,7 @@ def test_a_second_run_on_the_same_output_stops(capsys, monkeypatch, tmp_path, ne
     text = {"running here": f"{os.getppid()} {socket.gethostname()}",
             "on another machine": f"{finished_pid()} not-{socket.gethostname()}"}[owner]
     lock.write_text(text)
-    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", no_work)
+    monkeypatch.setattr(mechest.estimators.montecarlo, "chunk_moments", no_work)
     code, out_text, err = run(capsys, *truth_argv(net_file, out))
     assert code == 2 and out_text == "" and err.count("\n") == 1
     assert "being written by another mechest run" in err and text in err

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from mechest.estimate import estimate
+from mechest.estimators.estimate import estimate
 from mechest.kprop import Scheme, engine, propagate, summed
 from mechest.kprop.engine import propagate_general
 from mechest.kprop.plan import Plan, compile_plan, reads_at_radial_index
+from mechest.math.tensors.diagonal_slices import from_dense, symmetrize
+from mechest.math.tensors.harmonic import project_slices
 from mechest.mlp import MLP, random_mlp
-from mechest.tensors.diagonal_slices import from_dense, symmetrize
-from mechest.tensors.harmonic import project_slices
 
 HIGHER = [(order, variant) for order in (2, 3, 4) for variant in ("simple", "augment")]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import GOLDEN_NAMES, golden_network
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import GOLDEN_NAMES, golden_network
 from mechest.errors import MechestError
 from mechest.flops import FlopCounter
 from mechest.kprop.engine import input_tower, linear_step, nonlinear_step, propagate_general
@@ -25,8 +25,8 @@ from mechest.kprop.factored import (
     split_dense_plan,
 )
 from mechest.kprop.plan import compile_plan
+from mechest.math.tensors.diagonal_slices import from_dense
 from mechest.mlp import random_mlp
-from mechest.tensors.diagonal_slices import from_dense
 
 NETS = [(activation, width, depth, seed) for activation in ("relu", "tanh") for width, depth, seed in
         ((5, 1, 0), (9, 3, 1), (16, 4, 2))]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import GOLDEN_NAMES, golden_network
+
 from mechest.errors import MechestError
 from mechest.flops import FlopCounter
 from mechest.kprop import Scheme, propagate
@@ -19,8 +19,8 @@ from mechest.kprop.factored4 import (
     pair_linear_map,
     pair_slice,
 )
+from mechest.math.tensors.diagonal_slices import from_dense
 from mechest.mlp import random_mlp
-from mechest.tensors.diagonal_slices import from_dense
 
 REPEATED = ((4,), (3, 1), (2, 2), (2, 1, 1))
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from scipy import integrate
 
-from mechest.estimate import estimate
 from mechest.errors import MechestError
+from mechest.estimators.estimate import estimate
 from mechest.flops import FlopCounter
 from mechest.kprop import Scheme, propagate
+from mechest.math.wick import ACTIVATION_NAMES, activation_function
 from mechest.mlp import MLP, random_mlp
-from mechest.wick import ACTIVATION_NAMES, activation_function
 
 NON_SMOOTH_POINTS = [0.0]
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from mechest.errors import MechestError
+from mechest.math.wick import ACTIVATION_NAMES
 from mechest.mlp import MLP, critical_variances, from_sequential, he_weight_variances, load, random_mlp
-from mechest.wick import ACTIVATION_NAMES
 
 
 def manual_forward(net: MLP, x: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from mechest.errors import MechestError
-from mechest.estimate import estimate
+from mechest.estimators.estimate import estimate
+from mechest.estimators.montecarlo import RunningMoments, chunk_count, chunk_size_of, sample_moments
 from mechest.flops import FlopCounter
 from mechest.mlp import MLP, random_mlp
-from mechest.montecarlo import RunningMoments, chunk_count, chunk_size_of, sample_moments
 
 
 def test_merge_equals_moments_of_concatenation() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mechest import plots
+from mechest.experiments import plots
 
 
 def kprop_row(width: int, depth: int, order: int) -> dict:

@@ -14,17 +14,17 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from mechest import bench
-from mechest.budget import predicted_flops
 from mechest.errors import MechestError
-from mechest.estimate import estimate
+from mechest.estimators.budget import predicted_flops
+from mechest.estimators.estimate import estimate
+from mechest.estimators.tail import METHODS as TAIL_METHODS
+from mechest.estimators.tail import tail_probability
+from mechest.estimators.truth import compute_truth, load_truth, score
+from mechest.experiments import bench
+from mechest.experiments.training import DistillConfig, distill
 from mechest.kprop import ALL_VARIANTS, MAX_ORDER, SCHEMES, Scheme, propagate
+from mechest.math.wick import ACTIVATION_NAMES
 from mechest.mlp import MLP, random_mlp
-from mechest.tail import METHODS as TAIL_METHODS
-from mechest.tail import tail_probability
-from mechest.training import DistillConfig, distill
-from mechest.truth import compute_truth, load_truth, score
-from mechest.wick import ACTIVATION_NAMES
 
 
 def random_network(seed: int, max_width: int = 7) -> MLP:

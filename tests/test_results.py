@@ -11,7 +11,13 @@ import pytest
 from mechest.cli import main
 from mechest.errors import MechestError
 from mechest.results import (
-    COLUMNS, filter_rows, new_run_id, parse_filter, read_runs, runs_dir, write_part,
+    COLUMNS,
+    filter_rows,
+    new_run_id,
+    parse_filter,
+    read_runs,
+    runs_dir,
+    write_part,
 )
 
 

@@ -9,18 +9,18 @@ import pytest
 import torch
 
 from mechest.cli import main
-from mechest.distill import expected_loss, squared_error_network
 from mechest.errors import MechestError
-from mechest.mlp import MLP, load, random_mlp
-from mechest.montecarlo import sample_moments
-from mechest.suppress import (
+from mechest.estimators.distill import expected_loss, squared_error_network
+from mechest.estimators.montecarlo import sample_moments
+from mechest.estimators.tail import monte_carlo
+from mechest.experiments.suppress import (
     estimated_change,
     saddlepoint_of_units,
     suppress,
     suppress_sampled,
     tail_objective,
 )
-from mechest.tail import monte_carlo
+from mechest.mlp import MLP, load, random_mlp
 
 Z_LIMIT = 4.0
 
@@ -158,7 +158,7 @@ def test_cli_unwritable_out_is_rejected_before_training(tmp_path, capsys, monkey
     """The output path is checked before any work: training is never started."""
     path = tmp_path / "net.npz"
     tiny_net().save(path)
-    monkeypatch.setattr("mechest.suppress.suppress", lambda *args, **kwargs: pytest.fail("training started"))
+    monkeypatch.setattr("mechest.experiments.suppress.suppress", lambda *args, **kwargs: pytest.fail("training started"))
     assert main(["suppress", "--weights", str(path), "--layer", "3", "--threshold", "1",
                  "--out", str(tmp_path / "missing" / "o.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -13,11 +13,9 @@ from scipy.stats import chi2
 
 from mechest.cli import main
 from mechest.errors import MechestError
-from mechest.kprop import Scheme
-from mechest.mlp import random_mlp
-from mechest.tail import (
-    hermite_tail,
+from mechest.estimators.tail import (
     heaviside_net,
+    hermite_tail,
     lpe,
     marginal_cumulants,
     monte_carlo,
@@ -25,7 +23,9 @@ from mechest.tail import (
     tail_probability,
     wilson_interval,
 )
-from mechest.wick import wick_table
+from mechest.kprop import Scheme
+from mechest.math.wick import wick_table
+from mechest.mlp import random_mlp
 
 
 def gaussian_density_derivative(order: int, point: float, mean: float, sigma: float) -> float:
@@ -148,8 +148,8 @@ def test_factored_marginals_equal_unfactored_for_simple(layer: int) -> None:
 
 def test_factored_augment_marginals_follow_the_factored_term_set() -> None:
     """AUGMENT factored drops terms on purpose (docs/method.md §7.4): it equals the dense engine under that term set."""
+    from mechest.estimators.tail import dense_marginals, truncate
     from mechest.kprop.plan import compile_plan
-    from mechest.tail import dense_marginals, truncate
 
     net = random_mlp(10, 2, seed=5)
     factored = marginal_cumulants(net, 3, Scheme(3, "augment", True))

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from mechest.cli import main
-from mechest.mlp import random_mlp
-from mechest.montecarlo import chunk_count, chunk_generator, chunk_size_of
-from mechest.tail import exceedance_counts, exceedance_table, truncate
-from mechest.tail_bench import (
+from mechest.estimators.montecarlo import chunk_count, chunk_generator, chunk_size_of
+from mechest.estimators.tail import exceedance_counts, exceedance_table, truncate
+from mechest.experiments.tail_bench import (
     LADDER,
     TailBenchSettings,
     budget_ladder,
@@ -21,6 +20,7 @@ from mechest.tail_bench import (
     make_truth,
     summarise,
 )
+from mechest.mlp import random_mlp
 
 
 @pytest.mark.parametrize("chunk_size", [1 << 16, 700])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import mechest.montecarlo
-import mechest.truth
+import mechest.estimators.montecarlo
+import mechest.estimators.truth
 from mechest.errors import MechestError
+from mechest.estimators.truth import Truth, compute_truth, load_truth, score
 from mechest.mlp import random_mlp
-from mechest.truth import Truth, compute_truth, load_truth, score
 
 
 def test_truth_file_round_trip(tmp_path) -> None:
@@ -24,20 +24,20 @@ def test_truth_file_round_trip(tmp_path) -> None:
 def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch) -> None:
     net = random_mlp(4, 2, seed=0)
     reference = compute_truth(net, 5000, tmp_path / "whole.npz", seed=3, chunk_size=512)
-    monkeypatch.setattr(mechest.truth, "CHECKPOINT_SECONDS", 0.0)
-    original = mechest.montecarlo.chunk_moments
+    monkeypatch.setattr(mechest.estimators.truth, "CHECKPOINT_SECONDS", 0.0)
+    original = mechest.estimators.montecarlo.chunk_moments
 
     def failing(net, seed, chunk, size):
         if chunk == 6:
             raise KeyboardInterrupt
         return original(net, seed, chunk, size)
 
-    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", failing)
+    monkeypatch.setattr(mechest.estimators.montecarlo, "chunk_moments", failing)
     with pytest.raises(KeyboardInterrupt):
         compute_truth(net, 5000, tmp_path / "part.npz", seed=3, chunk_size=512)
     assert not (tmp_path / "part.npz").exists()
     assert (tmp_path / "part.npz.checkpoint.npz").exists()
-    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", original)
+    monkeypatch.setattr(mechest.estimators.montecarlo, "chunk_moments", original)
     resumed = compute_truth(net, 5000, tmp_path / "part.npz", seed=3, chunk_size=512)
     np.testing.assert_array_equal(resumed.mean, reference.mean)
     np.testing.assert_array_equal(resumed.variance, reference.variance)
@@ -68,18 +68,18 @@ def test_checkpoint_of_another_dtype_is_not_resumed(tmp_path, monkeypatch) -> No
 
     net = random_mlp(4, 2, seed=0)
     reference = compute_truth(net, 2048, tmp_path / "whole.npz", seed=3, chunk_size=512)
-    monkeypatch.setattr(mechest.truth, "CHECKPOINT_SECONDS", 0.0)
-    original = mechest.montecarlo.chunk_moments
+    monkeypatch.setattr(mechest.estimators.truth, "CHECKPOINT_SECONDS", 0.0)
+    original = mechest.estimators.montecarlo.chunk_moments
 
     def failing(net, seed, chunk, size):
         if chunk == 2:
             raise KeyboardInterrupt
         return original(net, seed, chunk, size)
 
-    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", failing)
+    monkeypatch.setattr(mechest.estimators.montecarlo, "chunk_moments", failing)
     with pytest.raises(KeyboardInterrupt):
         compute_truth(net, 2048, tmp_path / "part.npz", seed=3, chunk_size=512, dtype=torch.float32)
-    monkeypatch.setattr(mechest.montecarlo, "chunk_moments", original)
+    monkeypatch.setattr(mechest.estimators.montecarlo, "chunk_moments", original)
     resumed = compute_truth(net, 2048, tmp_path / "part.npz", seed=3, chunk_size=512)
     np.testing.assert_array_equal(resumed.mean, reference.mean)
 

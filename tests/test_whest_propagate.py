@@ -1,4 +1,4 @@
-"""The array-namespace propagation (mechest.whest.propagate) equals mechest's torch propagation, in plain numpy."""
+"""The array-namespace propagation (mechest.integrations.whestbench.propagate) equals mechest's torch propagation, in plain numpy."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import mechest
+from mechest.integrations.whestbench.mapping import mechest_net
 from mechest.kprop import executor as xprop
-from mechest.whest.mapping import mechest_net
 from mechest.kprop.spec import PLANS, executor_spec
 
 scipy_special = pytest.importorskip("scipy.special")
@@ -63,12 +63,12 @@ def test_xp_matches_torch_propagation(order: int, variant: str, width: int, dept
 @pytest.mark.parametrize(("k_max", "p_max"), [(0, 2), (4, 4), (6, 5)])
 def test_polynomial_wick_table_equals_mechest_closed_forms(k_max: int, p_max: int) -> None:
     """relu_wick's one-einsum table (coefficients generated from the Hermite and truncated-moment recursions)
-    equals mechest.wick's closed forms entry by entry, over signs of μ, tiny and large σ, and the variance floor."""
+    equals mechest.math.wick's closed forms entry by entry, over signs of μ, tiny and large σ, and the variance floor."""
     mean = np.array([-3.0, -0.7, 0.0, 0.2, 1.5, 4.0, 0.3, -0.1])
     var = np.array([0.5, 2.0, 1.0, 0.05, 3.0, 1.0, 1e-12, 1e-10])
     got = xprop.relu_wick(NUMPY, mean, var, k_max, p_max)
     with pytest.warns(RuntimeWarning):  # mechest warns about the floored variance
-        expected = mechest.wick.wick_table("relu", torch.as_tensor(mean), torch.as_tensor(var), k_max, p_max)
+        expected = mechest.math.wick.wick_table("relu", torch.as_tensor(mean), torch.as_tensor(var), k_max, p_max)
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-10, atol=1e-12)
 
 
@@ -101,7 +101,7 @@ def test_same_code_runs_on_torch(order: int, variant: str) -> None:
 
 def test_cli_does_not_need_the_whestbench_extra() -> None:
     """mechest's CLI and the executor import neither whestbench nor flopscope (an optional extra)."""
-    code = ("import sys, mechest.cli, mechest.kprop.executor, mechest.whest.export; "
+    code = ("import sys, mechest.cli, mechest.kprop.executor, mechest.integrations.whestbench.export; "
             "assert 'whestbench' not in sys.modules and 'flopscope' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

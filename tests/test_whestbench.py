@@ -20,10 +20,10 @@ whestbench = pytest.importorskip("whestbench")
 import mechest  # noqa: E402
 from mechest.cli import main  # noqa: E402
 from mechest.errors import MechestError  # noqa: E402
+from mechest.integrations.whestbench.estimator import BACKEND as FLOAT32  # noqa: E402  (the shipped backend: Φ cast back to float32)
+from mechest.integrations.whestbench.export import export_package  # noqa: E402
+from mechest.integrations.whestbench.mapping import mechest_net  # noqa: E402
 from mechest.kprop import executor as xprop  # noqa: E402
-from mechest.whest.estimator import BACKEND as FLOAT32  # noqa: E402  (the shipped backend: Φ cast back to float32)
-from mechest.whest.export import export_package  # noqa: E402
-from mechest.whest.mapping import mechest_net  # noqa: E402
 from mechest.kprop.spec import PLANS, executor_spec  # noqa: E402
 
 FLOPSCOPE = xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x))
@@ -254,7 +254,7 @@ def test_export_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_with_truths_replaces_targets_of_the_same_networks_only(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from mechest.whest.score import bake, noise_floor, with_truths
+    from mechest.integrations.whestbench.score import bake, noise_floor, with_truths
 
     dataset = bake(tmp_path, width=4, depth=2, n_mlps=2, samples=100)
     rows = [row for f in sorted((dataset / "data").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]

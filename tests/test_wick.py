@@ -1,4 +1,4 @@
-"""Wick coefficients w(k, p) = E[∂^k φ(Z)^p], Z ~ N(μ, σ²), against references that do not use mechest.wick.
+"""Wick coefficients w(k, p) = E[∂^k φ(Z)^p], Z ~ N(μ, σ²), against references that do not use mechest.math.wick.
 
 References:
 - adaptive quadrature of φ^p against the k-th derivative of the Gaussian density (any activation);
@@ -20,7 +20,7 @@ import pytest
 import torch
 from scipy import integrate, special, stats
 
-from mechest.wick import ACTIVATION_NAMES, activation_function, second_moment, wick_table
+from mechest.math.wick import ACTIVATION_NAMES, activation_function, second_moment, wick_table
 
 MEANS = (-2.0, -0.7, 0.0, 0.4, 1.5)
 STDS = (0.05, 0.3, 1.0, 2.2)
@@ -30,7 +30,7 @@ CLOSED_FORMS = ("relu", "heaviside", "sgn", "abs", "identity", "square", "cube")
 SMOOTH = ("gelu", "tanh", "sigmoid")
 QUADRATURE_HALF_WIDTH = 14.0  # |u| ≤ 14 in standard units: the Gaussian mass left out is below ϕ(14) ≈ 5e-44
 
-# φ in plain Python, written independently of mechest.wick (gelu is the exact erf form z·Φ(z)).
+# φ in plain Python, written independently of mechest.math.wick (gelu is the exact erf form z·Φ(z)).
 REFERENCE_ACTIVATIONS: dict[str, Callable[[float], float]] = {
     "relu": lambda z: max(z, 0.0),
     "heaviside": lambda z: float(z > 0),

@@ -5,7 +5,7 @@ E[M(x)] for x ~ N(0, I) by cumulant propagation (``method="kprop"``) or Monte Ca
 """
 
 from mechest.errors import MechestError
-from mechest.estimate import Estimate, estimate
+from mechest.estimators.estimate import Estimate, estimate
 from mechest.kprop import SCHEMES, Scheme
 from mechest.mlp import MLP, Activation, from_sequential, load, random_mlp
 

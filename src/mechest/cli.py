@@ -21,24 +21,31 @@ from pathlib import Path
 import torch
 
 import mechest
-from mechest import bench, results
+from mechest import results
 from mechest.device import DEVICES, resolve_device
 from mechest.errors import MechestError
+from mechest.estimators.estimate import DTYPES, METHODS, Estimate, estimate
+from mechest.estimators.montecarlo import ChunkRunner, RunningMoments, run_chunks_locally
+from mechest.estimators.tail import METHODS as TAIL_METHODS
+from mechest.estimators.tail import tail_probability
+from mechest.estimators.truth import compute_truth, load_truth, score
+from mechest.experiments import bench
+from mechest.experiments.demo import run_demo
+from mechest.experiments.training import LR_SCHEDULES
 from mechest.files import atomic_path, check_output_directory, check_output_path
-from mechest.estimate import DTYPES, METHODS, Estimate, estimate
+from mechest.integrations.whestbench.export import (
+    DEFAULT_COMPRESSION,
+    DEFAULT_STRASSEN,
+    export_package,
+    parse_compression,
+)
+from mechest.integrations.whestbench.score import ROUNDS as WHEST_ROUNDS
+from mechest.integrations.whestbench.score import score_round
 from mechest.kprop import ALL_VARIANTS, MAX_ORDER, VARIANTS, Scheme
 from mechest.kprop.scheme import supported_list
-from mechest.demo import run_demo
+from mechest.math.wick import ACTIVATION_NAMES
 from mechest.mlp import MAX_SEED, MLP, load, random_mlp
-from mechest.montecarlo import ChunkRunner, RunningMoments, run_chunks_locally
 from mechest.tables import format_table
-from mechest.tail import METHODS as TAIL_METHODS, tail_probability
-from mechest.training import LR_SCHEDULES
-from mechest.truth import compute_truth, load_truth, score
-from mechest.wick import ACTIVATION_NAMES
-from mechest.whest.export import DEFAULT_COMPRESSION, DEFAULT_STRASSEN, export_package, parse_compression
-from mechest.whest.score import ROUNDS as WHEST_ROUNDS
-from mechest.whest.score import score_round
 
 EXIT_USAGE = 2
 
@@ -178,7 +185,7 @@ def chunk_runner(args: argparse.Namespace, device: torch.device) -> Iterator[Chu
             chunks = itertools.chain([first], chunks)
             if not runners:
                 # dask takes a second to import: only when a cluster is needed
-                from mechest.distributed import cluster_client, dask_runner
+                from mechest.integrations.dask import cluster_client, dask_runner
 
                 runners.append(dask_runner(stack.enter_context(cluster_client(args.scheduler, workers, device))))
             yield from runners[0](net, seed, samples, chunk_size, chunks)
@@ -496,7 +503,7 @@ def command_tail(args: argparse.Namespace) -> None:
 
 
 def command_tail_bench(args: argparse.Namespace) -> None:
-    from mechest.tail_bench import TailBenchSettings, make_truth, markdown_table, plot, run_tail_bench
+    from mechest.experiments.tail_bench import TailBenchSettings, make_truth, markdown_table, plot, run_tail_bench
 
     if args.width < 1 or args.depth < 1:
         raise MechestError("--width and --depth must be positive")
@@ -544,8 +551,8 @@ def command_whestbench(args: argparse.Namespace) -> None:
 
 
 def command_distill(args: argparse.Namespace) -> None:
-    from mechest.training_plots import image_format, plot_runs  # matplotlib loads only for this command
-    from mechest.training import DistillConfig, distill
+    from mechest.experiments.training import DistillConfig, distill
+    from mechest.experiments.training_plots import image_format, plot_runs  # matplotlib loads only for this command
 
     outputs = [check_output_path(path).resolve() for path in (args.out, args.plot, args.json) if path]
     if len(set(outputs)) < len(outputs):
@@ -570,7 +577,7 @@ def command_distill(args: argparse.Namespace) -> None:
 
 
 def command_suppress(args: argparse.Namespace) -> None:
-    from mechest.suppress import suppress
+    from mechest.experiments.suppress import suppress
 
     net = load(args.weights)
     out = check_output_path(args.out)
@@ -621,7 +628,7 @@ def command_bench(args: argparse.Namespace) -> None:
     print("\nHeadline:")
     print("\n".join(bench.headline_summary(rows, *settings.headline)))
     if settings.plots:
-        from mechest.plots import make_plots  # matplotlib is imported only when plotting
+        from mechest.experiments.plots import make_plots  # matplotlib is imported only when plotting
 
         paths = make_plots(rows, settings, results.figures_dir(settings.results))
         print(f"\nfigures: {', '.join(str(path) for path in paths)}")

@@ -25,7 +25,7 @@ from torch import nn
 from mechest.errors import MechestError
 from mechest.files import write_npz_atomically
 from mechest.limits import check_network_memory
-from mechest.wick import ACTIVATION_NAMES, activation_function, second_moment
+from mechest.math.wick import ACTIVATION_NAMES, activation_function, second_moment
 
 _TORCH_MODULE_NAMES: dict[type[nn.Module], str] = {
     nn.ReLU: "relu",

@@ -3,8 +3,8 @@
 Layout of a results directory::
 
     RESULTS/runs/<run id>-<part>.parquet     rows of one benchmark run (one file per finished network)
-    RESULTS/truths/<fingerprint>-<N>.npz      Monte Carlo ground truths with N samples (mechest.truth)
-    RESULTS/figures/*.png, *.pdf              plots of the last benchmark run (mechest.plots)
+    RESULTS/truths/<fingerprint>-<N>.npz      Monte Carlo ground truths with N samples (mechest.estimators.truth)
+    RESULTS/figures/*.png, *.pdf              plots of the last benchmark run (mechest.experiments.plots)
 
 Concurrency: every part file is written under a temporary name and renamed into place (``os.replace`` is
 atomic), and no file is ever appended to, so two runs writing at once never corrupt each other and a reader
@@ -18,7 +18,7 @@ import platform
 import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -69,11 +69,11 @@ def machine_description() -> str:
 
 def new_run_id() -> str:
     """A sortable, collision-free run id: UTC time plus random hex."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def runs_dir(results: str | Path) -> Path:

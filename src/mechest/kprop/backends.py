@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from mechest.kprop.executor import Backend, Layers
+from mechest.math.wick import wick_table
 from mechest.mlp import MLP
-from mechest.wick import wick_table
 
 
 class TorchNamespace:
@@ -36,7 +36,7 @@ _NAMESPACES: dict[str, TorchNamespace] = {}
 
 
 def torch_wick(activation: str, mean: torch.Tensor, var: torch.Tensor, k_max: int, p_max: int) -> torch.Tensor:
-    """mechest.wick's table for every supported activation (closed forms or Gauss–Hermite quadrature; fewer FLOPs
+    """mechest.math.wick's table for every supported activation (closed forms or Gauss–Hermite quadrature; fewer FLOPs
     than the executor's einsum form of ReLU's)."""
     return wick_table(activation, mean, var, k_max, p_max)
 

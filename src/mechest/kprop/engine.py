@@ -23,16 +23,16 @@ from mechest.kprop.executor import layer_states
 from mechest.kprop.plan import Plan, SliceTerm, compile_plan
 from mechest.kprop.result import Propagation
 from mechest.kprop.summed import capped_laplacian_term, split_summed, summed_cumulant
-from mechest.mlp import MLP
-from mechest.tensors.diagonal_slices import symmetrize_slice, zero_repeated
-from mechest.tensors.harmonic import (
+from mechest.math.tensors.diagonal_slices import symmetrize_slice, zero_repeated
+from mechest.math.tensors.harmonic import (
     HTensor,
     linear_map,
     map_metric,
     project_slices,
     slice_of,
 )
-from mechest.wick import wick_table
+from mechest.math.wick import wick_table
+from mechest.mlp import MLP
 
 Tower = dict[int, HTensor]
 Slices = dict[tuple[int, ...], torch.Tensor]

@@ -121,7 +121,7 @@ def check_outputs(outputs: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Wick coefficients of ReLU: w(k, p) = E[∂^k relu(Z)^p], Z ~ N(μ, σ²)  (mechest.wick._relu)
+# Wick coefficients of ReLU: w(k, p) = E[∂^k relu(Z)^p], Z ~ N(μ, σ²)  (mechest.math.wick._relu)
 
 
 Polynomial = dict  # {(a, b): coefficient} for Σ coefficient · μ^a σ^b
@@ -156,7 +156,7 @@ def add_term(poly: Polynomial, a: int, b: int, value: float) -> None:
 
 def wick_polynomials(k_max: int, p_max: int) -> dict[tuple[int, int, int], Polynomial]:
     """E[∂^k ReLU(Z)^p], Z ~ N(μ, σ²), as polynomials in μ and σ (σ to negative powers too) times the features
-    f = 0: Φ(α), 1: ϕ(α), 2: 1, α = μ/σ; keyed (k, p, f) (mechest.wick's formulas):
+    f = 0: Φ(α), 1: ϕ(α), 2: 1, α = μ/σ; keyed (k, p, f) (mechest.math.wick's formulas):
 
     p = 0: [k = 0]. k ≥ p ≥ 1: p!·w(k − p + 1), with w(1) = Φ, w(j ≥ 2) = (−1)^j σ^{1−j} He_{j−2}(α) ϕ (the
     derivatives of E[ReLU(Z)] = σϕ + μΦ). 1 ≤ p, k < p: (p)_k Σ_j C(p−k, j) μ^{p−k−j} σ^j T_j(α). Every α^c

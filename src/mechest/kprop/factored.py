@@ -39,7 +39,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from mechest.combinatorics import IntPartition, set_partition_count_of_type
 from mechest.errors import MechestError
 from mechest.kprop.backends import layers_of
 from mechest.kprop.engine import (
@@ -61,20 +60,21 @@ from mechest.kprop.plan import (
     needed_slice_types,
 )
 from mechest.kprop.result import Propagation
-from mechest.mlp import MLP
-from mechest.tensors.diagonal_slices import (
+from mechest.math.combinatorics import IntPartition, set_partition_count_of_type
+from mechest.math.tensors.diagonal_slices import (
     LETTERS,
     symmetrize,
     symmetrize_slice,
     zero_repeated,
 )
-from mechest.tensors.harmonic import (
+from mechest.math.tensors.harmonic import (
     cap_weight,
     project_slices,
     slice_of,
     slice_products,
 )
-from mechest.wick import wick_table
+from mechest.math.wick import wick_table
+from mechest.mlp import MLP
 
 ORDER = 3
 TOP: IntPartition = (1,) * ORDER

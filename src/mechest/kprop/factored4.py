@@ -32,7 +32,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from mechest.combinatorics import IntPartition
 from mechest.errors import MechestError
 from mechest.kprop.backends import layers_of
 from mechest.kprop.engine import (
@@ -46,10 +45,11 @@ from mechest.kprop.engine import (
 from mechest.kprop.executor import layer_states
 from mechest.kprop.plan import Factor, Plan, SliceTerm, compile_plan
 from mechest.kprop.result import Propagation
+from mechest.math.combinatorics import IntPartition
+from mechest.math.tensors.diagonal_slices import LETTERS, symmetrize, zero_repeated
+from mechest.math.tensors.harmonic import project_slices, slice_of
+from mechest.math.wick import wick_table
 from mechest.mlp import MLP
-from mechest.tensors.diagonal_slices import LETTERS, symmetrize, zero_repeated
-from mechest.tensors.harmonic import project_slices, slice_of
-from mechest.wick import wick_table
 
 ORDER = 4
 TOP: IntPartition = (1,) * ORDER

@@ -1,6 +1,6 @@
 """The propagation plan for one (K, variant): which pieces, slices, diagrams and conversions (no tensors).
 
-Compiled once from mechest.combinatorics and cached; the engine only executes it. A block v of a diagram on a
+Compiled once from mechest.math.combinatorics and cached; the engine only executes it. A block v of a diagram on a
 slice with m coordinates reads the type-q slice of κ_|v|, q = the nonzero entries of v in non-increasing
 order, laid on the coordinates supp(v) sorted to match q (larger v_j first, ties by coordinate).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from mechest.combinatorics import (
+from mechest.math.combinatorics import (
     Diagram,
     IntPartition,
     Vector,

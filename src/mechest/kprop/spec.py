@@ -4,16 +4,16 @@ and K = 2 augment.
 Everything combinatorial is read from mechest at export time, never typed in: the diagram terms and pK → K
 conversions of the compiled plan (mechest.kprop.plan.compile_plan), the slice types the factored step computes
 densely (mechest.kprop.factored.dense_slice_types), the einsum terms of the radial pieces' slices and the
-Laplacian weights and projection coefficients that bring a cumulant back to its piece (mechest.tensors.harmonic),
-and the set-partition counts of the lower-slice correction (mechest.combinatorics).
+Laplacian weights and projection coefficients that bring a cumulant back to its piece (mechest.math.tensors.harmonic),
+and the set-partition counts of the lower-slice correction (mechest.math.combinatorics).
 """
 
 from __future__ import annotations
 
-from mechest.combinatorics import set_partition_count_of_type
 from mechest.kprop.factored import TOP, dense_slice_types, factored_plan
 from mechest.kprop.plan import Plan, SliceTerm, compile_plan
-from mechest.tensors import harmonic
+from mechest.math.combinatorics import set_partition_count_of_type
+from mechest.math.tensors import harmonic
 
 PLANS = ((3, "simple"), (2, "augment"))
 MAX_WIDTH = 4096

@@ -22,10 +22,10 @@ from dataclasses import replace
 
 import torch
 
-from mechest.combinatorics import IntPartition
 from mechest.kprop.plan import Plan
-from mechest.tensors.diagonal_slices import LETTERS, symmetrize_slice, zero_repeated
-from mechest.tensors.harmonic import HTensor, cap_weight, slice_products
+from mechest.math.combinatorics import IntPartition
+from mechest.math.tensors.diagonal_slices import LETTERS, symmetrize_slice, zero_repeated
+from mechest.math.tensors.harmonic import HTensor, cap_weight, slice_products
 
 SUMMED_AXIS = 0
 MIN_WIDTH = 32  # below this width forming the slice is faster than the many small contractions (measured)

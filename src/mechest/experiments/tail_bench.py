@@ -30,11 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mechest.errors import MechestError
-from mechest.files import atomic_path, write_npz_atomically, write_text_atomically
-from mechest.flops import FlopCounter
-from mechest.kprop import Scheme
-from mechest.mlp import MLP, random_mlp, read_npz
-from mechest.tail import (
+from mechest.estimators.tail import (
     Event,
     exceedance_table,
     hermite_tail,
@@ -43,6 +39,10 @@ from mechest.tail import (
     saddlepoint_tail,
     truncate,
 )
+from mechest.files import atomic_path, write_npz_atomically, write_text_atomically
+from mechest.flops import FlopCounter
+from mechest.kprop import Scheme
+from mechest.mlp import MLP, random_mlp, read_npz
 
 UPPER_THRESHOLDS = (2.0, 3.0, 3.5, 4.0, 4.5, 5.0)
 LOWER_THRESHOLDS = (-2.0, -3.0, -4.0)

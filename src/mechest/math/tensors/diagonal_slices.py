@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-from mechest.combinatorics import integer_partitions, set_partitions
+from mechest.math.combinatorics import integer_partitions, set_partitions
 
 IntPartition = tuple[int, ...]
 Slices = dict[IntPartition, torch.Tensor]

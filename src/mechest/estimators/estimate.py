@@ -9,13 +9,13 @@ import torch
 
 from mechest.device import resolve_device, synchronize
 from mechest.errors import MechestError
+from mechest.estimators.montecarlo import check_sample_count, sample_moments
 from mechest.flops import FlopCounter
 from mechest.kprop import Propagation, Scheme, propagate, runs_on_executor
 from mechest.kprop.plan import compile_plan
 from mechest.kprop.run import executor_plan
 from mechest.limits import check_propagation_memory, require_finite_propagation
 from mechest.mlp import MLP
-from mechest.montecarlo import check_sample_count, sample_moments
 
 METHODS = ("kprop", "mc")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -86,7 +86,7 @@ def estimate(
 
     - ``method="kprop"``: cumulant propagation at ``scheme`` (a mechest.kprop.Scheme; by default the one made of
       ``order`` 1..4, ``variant`` "simple"/"augment" and ``factored``, see mechest.kprop.SCHEMES), or with
-      ``budget`` (FLOPs) the scheme predicted to be most accurate within it (mechest.budget.choose_scheme).
+      ``budget`` (FLOPs) the scheme predicted to be most accurate within it (mechest.estimators.budget.choose_scheme).
       float64 unless ``dtype`` says otherwise. Differentiable with respect to the weights. One run, its FLOPs
       counted as it goes (mechest.flops; ``count=False`` runs it uncounted, ``flops`` None, for clean timings).
       ``cov=True`` also returns the output covariance (``.cov``), which costs the last layers more work.
@@ -102,7 +102,7 @@ def estimate(
             raise MechestError("a sample count (--samples) is for method mc; kprop draws no samples")
         net = net.to(dtype=resolve_dtype(dtype, torch.float64), device=device)
         if budget is not None:
-            from mechest.budget import choose_scheme  # budget imports this module
+            from mechest.estimators.budget import choose_scheme  # budget imports this module
 
             scheme = choose_scheme(net, budget)
         return kprop_estimate(net, scheme if scheme is not None else Scheme(order, variant, factored), count, cov)

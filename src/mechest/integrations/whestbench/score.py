@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mechest.errors import MechestError
-from mechest.whest.export import DEFAULT_COMPRESSION, DEFAULT_STRASSEN, export_package
+from mechest.integrations.whestbench.export import DEFAULT_COMPRESSION, DEFAULT_STRASSEN, export_package
 
 ROUNDS = {"warmup": "v1-warmup", "phase1": "v1-phase1", "phase2": "v2-phase2"}
 BASELINES = ("MeanPropagationEstimator", "CovariancePropagationEstimator")

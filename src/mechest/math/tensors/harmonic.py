@@ -15,7 +15,7 @@ projection onto {Sym(A ⊗ I^{⊗r})}; its core A = C is
 with x^{(j)} the rising factorial. An ``HTensor`` (C, r, M) stands for Sym(C ⊗ M^{⊗r}) and is what the
 linear step maps exactly: Sym(C ⊗ M^{⊗r}) ↦ Sym((W^{⊗s} C) ⊗ (W M Wᵀ)^{⊗r}).
 
-Diagonal slices follow the plain-value convention of ``mechest.tensors.diagonal_slices``.
+Diagonal slices follow the plain-value convention of ``mechest.math.tensors.diagonal_slices``.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import torch
 
-from mechest.combinatorics import set_partition_count_of_type
-from mechest.tensors.diagonal_slices import (
+from mechest.math.combinatorics import set_partition_count_of_type
+from mechest.math.tensors.diagonal_slices import (
     LETTERS,
     IntPartition,
     Slices,
@@ -125,7 +125,7 @@ def radial_multiply(tensor: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
 # Projection P_{≥r}
 
 
-@lru_cache(maxsize=None)
+@cache
 def projection_coefficients(n: int, d: int, r: int) -> tuple[float, ...]:
     """ā_j = Σ_{r'=r..j} a_j(n, d, r') for j = r..⌊d/2⌋ (entry j − r), exactly in rationals.
 
@@ -322,7 +322,7 @@ def slice_products(h: HTensor, p: IntPartition) -> Iterator[tuple[float, tuple[t
             yield term.weight, ((term.core_subscripts, h.core), *((m, h.metric) for m in term.metric_subscripts))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _slice_terms(p: IntPartition, s: int, r: int) -> tuple[_SliceTerm, ...]:
     """Enumerate the splittings of the positions of a type-p slice and group them into einsum terms."""
     block_of = [b for b, part in enumerate(p) for _ in range(part)]

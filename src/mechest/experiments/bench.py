@@ -29,19 +29,19 @@ import torch
 from tqdm import tqdm
 
 from mechest.errors import MechestError
-from mechest.budget import count_flops, predicted_flops
-from mechest.estimate import Estimate, estimate
+from mechest.estimators.budget import count_flops, predicted_flops
+from mechest.estimators.estimate import Estimate, estimate
+from mechest.estimators.montecarlo import ChunkRunner, run_chunks_locally
+from mechest.estimators.truth import Truth, compute_truth, load_truth, score
 from mechest.kprop import MAX_ORDER, SCHEMES, VARIANTS, Scheme
 from mechest.mlp import MLP, random_mlp, read_npz
-from mechest.montecarlo import ChunkRunner, run_chunks_locally
 from mechest.progress import LogProgress, progress_bar
 from mechest.results import machine_description, make_directory, new_run_id, truths_dir, utc_now, write_part
-from mechest.truth import Truth, compute_truth, load_truth, score
 
 TRUTH_SEED_OFFSET = 1000  # truth of the net with seed s uses seed 1000 + s (as the project's cached truths)
 MC_SEED_OFFSET = 5000  # Monte Carlo estimates of net s use seed 5000 + s: never the truth's samples
 MIN_TRUTH_SAMPLES = 1000
-CHECKPOINT_SUFFIX = ".npz.checkpoint.npz"  # mechest.truth.checkpoint_path of OUT.npz
+CHECKPOINT_SUFFIX = ".npz.checkpoint.npz"  # mechest.estimators.truth.checkpoint_path of OUT.npz
 
 
 def all_configs(orders: Iterable[int] = range(1, MAX_ORDER + 1), variants: Iterable[str] = VARIANTS) -> list[Scheme]:
@@ -52,7 +52,7 @@ def all_configs(orders: Iterable[int] = range(1, MAX_ORDER + 1), variants: Itera
 
 
 def bench_flops(net: MLP, config: Scheme) -> FlopCount:
-    """Raw and discounted FLOPs of propagating ``net`` at ``config`` (mechest.budget.count_flops)."""
+    """Raw and discounted FLOPs of propagating ``net`` at ``config`` (mechest.estimators.budget.count_flops)."""
     return FlopCount(*count_flops(net, config, discount=True))
 
 
@@ -102,7 +102,7 @@ def wanted_truth_samples(net: MLP, samples: int, max_truth_flops: float) -> int:
 
 def ground_truth(net: MLP, seed: int, settings: BenchSettings, runner: ChunkRunner = run_chunks_locally) -> Truth | None:
     """A cached truth with enough samples, or a new one computed into RESULTS/truths (float32 forward pass,
-    float64 accumulation; mechest.truth); None when a new one would have fewer than min_truth_samples
+    float64 accumulation; mechest.estimators.truth); None when a new one would have fewer than min_truth_samples
     samples under the truth FLOP cap (too noisy to score the best estimates). Chunks run on ``runner`` (this
     process, or a Dask cluster) and ``settings.device``."""
     wanted = wanted_truth_samples(net, settings.truth_samples, settings.max_truth_flops)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from mechest.estimate import Estimate, estimate
+from mechest.estimators.estimate import Estimate, estimate
+from mechest.estimators.montecarlo import sample_moments
+from mechest.estimators.truth import Truth, score
 from mechest.mlp import random_mlp
 from mechest.tables import format_table
-from mechest.montecarlo import sample_moments
-from mechest.truth import Truth, score
 
 
 def demo_rows(estimates: list[Estimate], truth: Truth) -> list[list[object]]:

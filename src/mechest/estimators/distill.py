@@ -22,7 +22,7 @@ propagation alone keeps only the k = 1 term; ``hermite_terms=1`` reproduces it.
 the variance the K terms leave unexplained: exact at ρ_ij = 1 for units with proportional coefficients (a unit
 and its copy), so a student equal to its teacher gets ≈ 0 instead of the 24-term truncation's Σ_i 2 r_i (0.7%
 of tr Cov T for a width-64, 3-hidden-layer ReLU net), and by Cauchy–Schwarz never off by more than
-|ρ_ij|^(K+1)·2·sqrt(r_i r_j) per pair. Nearly equal networks (``mechest.suppress``) need it.
+|ρ_ij|^(K+1)·2·sqrt(r_i r_j) per pair. Nearly equal networks (``mechest.experiments.suppress``) need it.
 
 ``method="mehler"`` instead takes *every* nonlinear step that way (the Gaussian closure with exact bivariate
 moments: each layer's pre-activations treated as jointly Gaussian with the propagated mean and covariance).
@@ -39,8 +39,8 @@ from torch import nn
 
 from mechest.errors import MechestError
 from mechest.kprop import Scheme, propagate
+from mechest.math.wick import MIN_VARIANCE, wick_table
 from mechest.mlp import MLP, from_sequential, random_mlp
-from mechest.wick import MIN_VARIANCE, wick_table
 
 HERMITE_TERMS = 24
 METHODS = ("kprop", "mehler")

@@ -7,7 +7,7 @@ differentiable by autograd. X denotes a standard normal variable throughout.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ def hermite_he(k_max: int, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(polys[: k_max + 1])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hermgauss(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """numpy's physicists' Gauss–Hermite rule, computed once per node count.
 

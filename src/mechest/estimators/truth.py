@@ -22,10 +22,7 @@ import torch
 
 from mechest.device import resolve_device
 from mechest.errors import MechestError
-from mechest.files import check_output_path, output_lock, write_npz_atomically
-from mechest.limits import check_sample_time, require_finite
-from mechest.mlp import MLP, read_npz
-from mechest.montecarlo import (
+from mechest.estimators.montecarlo import (
     ChunkRunner,
     OrderedMerge,
     RunningMoments,
@@ -37,6 +34,9 @@ from mechest.montecarlo import (
     run_chunks_locally,
     sample_progress,
 )
+from mechest.files import check_output_path, output_lock, write_npz_atomically
+from mechest.limits import check_sample_time, require_finite
+from mechest.mlp import MLP, read_npz
 
 CHECKPOINT_SECONDS = 30.0
 
@@ -125,7 +125,7 @@ def compute_truth(
     The forward pass runs in ``dtype`` (float32 is about 3x faster on CPU; its rounding changes each output
     by ~1e-6 relative, far below any error we measure) on ``device`` (None: where ``net`` is); moments are
     always accumulated in float64. ``runner`` computes the chunks: in this process by default, or on a
-    Dask cluster (``mechest.distributed``). Chunks are merged in chunk order as they arrive, so the result
+    Dask cluster (``mechest.integrations.dask``). Chunks are merged in chunk order as they arrive, so the result
     is the same bit for bit for any runner. Finished chunks are checkpointed every CHECKPOINT_SECONDS and
     when the run is interrupted; running the same call again resumes from the checkpoint. While it runs,
     ``<out>.lock`` keeps a second run on the same ``out`` away (a one-line MechestError).

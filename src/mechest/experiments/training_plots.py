@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
 from mechest.errors import MechestError  # noqa: E402
+from mechest.experiments.training import TrainingRun  # noqa: E402
 from mechest.files import atomic_path  # noqa: E402
-from mechest.training import TrainingRun  # noqa: E402
 
 
 def image_format(path: str | Path) -> str:

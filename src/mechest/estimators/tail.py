@@ -41,9 +41,15 @@ from dataclasses import dataclass
 import torch
 
 from mechest.errors import MechestError
-from mechest.estimate import counted_propagation, prepare, resolve_dtype
+from mechest.estimators.estimate import counted_propagation, prepare, resolve_dtype
+from mechest.estimators.montecarlo import (
+    DEFAULT_CHUNK_SIZE,
+    check_sample_count,
+    chunk_count,
+    chunk_generator,
+    chunk_size_of,
+)
 from mechest.flops import FlopCounter
-from mechest.gaussian import normal_cdf, normal_pdf
 from mechest.kprop import Scheme, runs_on_executor
 from mechest.kprop.engine import dense_towers, input_tower, linear_step
 from mechest.kprop.factored import output_marginals
@@ -57,17 +63,11 @@ from mechest.limits import (
     require_all_finite,
     require_finite,
 )
+from mechest.math.gaussian import normal_cdf, normal_pdf
+from mechest.math.tensors.harmonic import slice_of
+from mechest.math.wick import activation_function
 from mechest.mlp import MLP
-from mechest.montecarlo import (
-    DEFAULT_CHUNK_SIZE,
-    check_sample_count,
-    chunk_count,
-    chunk_generator,
-    chunk_size_of,
-)
 from mechest.progress import progress_bar
-from mechest.tensors.harmonic import slice_of
-from mechest.wick import activation_function
 
 METHODS = ("lpe", "edgeworth", "saddlepoint", "mc")
 WILSON_Z = 1.959963984540054  # two-sided 95% normal quantile
@@ -314,7 +314,7 @@ def exceedance_table(net: MLP, layers: Sequence[int], events: Sequence[Event], s
                      chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False) -> torch.Tensor:
     """counts[layer, event, neuron] = #{inputs with s·(z_i − t) > 0} (int64, on the CPU) for the pre-activations
     z of ``layers`` (1 = first hidden layer, depth + 1 = output), every layer and event from one forward pass per
-    chunk. Chunk c uses mechest.montecarlo's generator of (seed, c), so a count does not depend on the order.
+    chunk. Chunk c uses mechest.estimators.montecarlo's generator of (seed, c), so a count does not depend on the order.
     The layers must have one width (the table's last axis)."""
     widths = {net.dims[layer] for layer in layers}
     if len(widths) != 1:

@@ -2,7 +2,7 @@
 
 Both trainers run Adam on the student's weights and biases and differ only in the objective:
 
-- mechanistic: the cumulant-propagation estimate of E‖S(x) − T(x)‖² (mechest.distill.expected_loss);
+- mechanistic: the cumulant-propagation estimate of E‖S(x) − T(x)‖² (mechest.estimators.distill.expected_loss);
 - sampled: the mean of ‖S(x) − T(x)‖² over a fresh minibatch of Gaussian inputs each step.
 
 A step's cost is the FLOPs (mechest.flops) of its objective's forward and backward pass, counted once
@@ -20,12 +20,19 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from mechest.distill import METHODS, expected_loss, init_student, parameters, sampled_loss, squared_error_network
 from mechest.errors import MechestError
+from mechest.estimators.distill import (
+    METHODS,
+    expected_loss,
+    init_student,
+    parameters,
+    sampled_loss,
+    squared_error_network,
+)
+from mechest.estimators.montecarlo import chunk_generator, sample_moments
 from mechest.flops import FlopCounter
 from mechest.kprop import Scheme
 from mechest.mlp import MLP
-from mechest.montecarlo import chunk_generator, sample_moments
 from mechest.progress import progress_bar
 
 Objective = Callable[[MLP, int], torch.Tensor]

@@ -34,10 +34,16 @@ from dataclasses import dataclass
 import torch
 
 from mechest.errors import MechestError
+from mechest.estimators.montecarlo import (
+    DEFAULT_CHUNK_SIZE,
+    check_sample_count,
+    chunk_count,
+    chunk_generator,
+    chunk_size_of,
+)
+from mechest.estimators.tail import check_layer, check_threshold, truncate
 from mechest.flops import FlopCounter
 from mechest.mlp import MLP
-from mechest.montecarlo import DEFAULT_CHUNK_SIZE, check_sample_count, chunk_count, chunk_generator, chunk_size_of
-from mechest.tail import check_layer, check_threshold, truncate
 
 DESIGN_STEPS = 20
 DESIGN_STARTS = 16  # random-direction starts, and as many again from the pilot

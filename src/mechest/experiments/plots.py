@@ -18,11 +18,15 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from mechest.kprop import Scheme as Config  # noqa: E402
-from mechest.bench import (  # noqa: E402
-    BenchSettings, fit_mc_time, fitted_slope, pareto_front, seed_means,
+from mechest.experiments.bench import (  # noqa: E402
+    BenchSettings,
+    fit_mc_time,
+    fitted_slope,
+    pareto_front,
+    seed_means,
 )
 from mechest.files import atomic_path  # noqa: E402
+from mechest.kprop import Scheme as Config  # noqa: E402
 from mechest.results import make_directory  # noqa: E402
 
 MARKERS = {("simple", False): "o", ("augment", False): "s", ("simple", True): "^", ("augment", True): "D",

@@ -4,12 +4,12 @@ close to M, E‖M'(x) − M(x)‖² ≤ ε · tr Cov M(x), x ~ N(0, I).
 Mechanistic (``suppress``): both sides are estimated from the weights, never from samples.
 
 - The event's probability p_i is the saddlepoint (Lugannani–Rice) tail of z_{L,i}'s marginal cumulants
-  (μ, σ², κ_3, κ_4) as kprop propagates them (``mechest.tail.marginal_cumulants`` at ``order``; factored at
-  K = 3), the most accurate of ``mechest.tail``'s formulas, and differentiable in the weights: the Newton
+  (μ, σ², κ_3, κ_4) as kprop propagates them (``mechest.estimators.tail.marginal_cumulants`` at ``order``; factored at
+  K = 3), the most accurate of ``mechest.estimators.tail``'s formulas, and differentiable in the weights: the Newton
   iterations that find the saddlepoint are differentiated through. The training objective is mean_i log p_i,
   the log of the geometric mean, so every unit counts, however rare it already is.
 - The function change D = E‖M' − M‖² is the Mehler-closure estimate of the joint network M' − M
-  (``mechest.distill.expected_loss``, ``method="mehler"``, ``CHANGE_TERMS`` Hermite terms plus their tail
+  (``mechest.estimators.distill.expected_loss``, ``method="mehler"``, ``CHANGE_TERMS`` Hermite terms plus their tail
   estimate, which makes D ≈ 0 at M' = M), divided by ε·tr Cov M with tr Cov M from the same order of
   ``mechest.kprop.propagate``. Call c = D / (ε tr Cov M); the constraint is c ≤ 1.
 
@@ -50,16 +50,16 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from mechest.distill import expected_loss
 from mechest.errors import MechestError
+from mechest.estimators.distill import expected_loss
+from mechest.estimators.importance import check_units
+from mechest.estimators.montecarlo import chunk_generator
+from mechest.estimators.tail import check_layer, check_threshold, marginal_cumulants, saddlepoint_tail
+from mechest.experiments.training import lr_factor
 from mechest.flops import FlopCounter
-from mechest.importance import check_units
 from mechest.kprop import Scheme, propagate
+from mechest.math.wick import activation_function
 from mechest.mlp import MLP
-from mechest.montecarlo import chunk_generator
-from mechest.tail import check_layer, check_threshold, marginal_cumulants, saddlepoint_tail
-from mechest.training import lr_factor
-from mechest.wick import activation_function
 
 CHANGE_TERMS = 48  # Hermite terms of the Mehler closure (plus the tail estimate)
 MIN_PROBABILITY = 1e-12  # an event estimated rarer than this is "already ~0": nothing to suppress

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from mechest.gaussian import gauss_hermite, gaussian_moments, hermite_he, normal_cdf, normal_pdf
+from mechest.math.gaussian import gauss_hermite, gaussian_moments, hermite_he, normal_cdf, normal_pdf
 
 ACTIVATION_NAMES: tuple[str, ...] = (
     "relu",

@@ -21,9 +21,9 @@ import torch
 from distributed import Client, Future, LocalCluster, as_completed
 
 from mechest.errors import MechestError
+from mechest.estimators.montecarlo import ChunkRunner, RunningMoments, chunk_moments, chunk_size_of
+from mechest.estimators.truth import Truth, compute_truth
 from mechest.mlp import MLP
-from mechest.montecarlo import ChunkRunner, RunningMoments, chunk_moments, chunk_size_of
-from mechest.truth import Truth, compute_truth
 
 TASKS_PER_THREAD = 4  # chunks queued per worker thread: enough to keep workers busy, few to hold out of order
 CONNECT_TIMEOUT = "10s"

@@ -1,0 +1,1 @@
+"""Integrations with other systems: the WhestBench entry and Dask clusters."""
