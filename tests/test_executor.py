@@ -115,3 +115,13 @@ def test_the_numpy_backend_without_a_wick_table_refuses_other_activations() -> N
     layers = Layers([w.numpy() for w in net.weights], [None] * 3, net.activations)
     with pytest.raises(ValueError, match="only relu is built in"):
         planned(Backend(np, scipy_special.ndtr), layers, executor_plan(Scheme(2, "augment"), 8))
+
+
+@pytest.mark.parametrize(("scheme", "_"), EXECUTOR, ids=[str(s) for s, _ in EXECUTOR])
+@pytest.mark.parametrize("outputs", ["mean", "cov", "marginals"])
+def test_a_network_without_hidden_layers_is_its_linear_map(scheme: Scheme, _: tuple, outputs: str) -> None:
+    net = odd_network([4, 3], [], seed=5)
+    result = executor_cumulants(net, scheme, outputs)
+    torch.testing.assert_close(result.mean, net.biases[0], rtol=0, atol=TOLERANCE)
+    if outputs != "mean" and scheme.order > 1:
+        torch.testing.assert_close(result.cov, net.weights[0] @ net.weights[0].T, rtol=0, atol=TOLERANCE)

@@ -856,7 +856,8 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     check_outputs(outputs)
     xp = backend.xp
     hidden = layers.hidden()
-    full_steps = len(hidden) if layers.output_map and outputs != "mean" else len(hidden) - 1
+    mean_only_last = bool(hidden) and not (layers.output_map and outputs != "mean")
+    full_steps = len(hidden) - mean_only_last
     first_carried = 0 if window is None else max(len(hidden) - window, 0)
 
     def step(state: PlannedState, weight: Any, bias: Any | None, activation: str) -> PlannedState:
@@ -886,7 +887,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         means.append(state.mean)
         covs.append(state.cov)
     mean, cov, third, cores = state.mean, state.cov, state.third, state.cores
-    if full_steps < len(hidden):
+    if mean_only_last:
         weight, bias, activation = hidden[-1]
         mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, strassen)
         means.append(mean)
