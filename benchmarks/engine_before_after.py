@@ -16,16 +16,15 @@ import time
 
 import torch
 
-from mechest import random_mlp
-from mechest.estimators import estimate
+from mechest import estimate, random_mlp
 from mechest.flops import FlopCounter
 
 try:  # the layered layout
     from mechest.estimators.distill import expected_loss
     from mechest.estimators.tail import tail_probability
 except ImportError:  # earlier versions
-    from mechest.estimators.distill import expected_loss
-    from mechest.estimators.tail import tail_probability
+    from mechest.distill import expected_loss  # type: ignore[no-redef]
+    from mechest.tail import tail_probability  # type: ignore[no-redef]
 
 SCHEMES = ((1, "simple", False), (2, "simple", False), (2, "augment", False), (3, "simple", True))
 

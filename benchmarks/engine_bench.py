@@ -23,11 +23,15 @@ from pathlib import Path
 
 import torch
 
-from mechest.estimators.estimate import estimate
-from mechest.estimators.truth import score
-from mechest.experiments.bench import find_truth
-from mechest.mlp import random_mlp
+from mechest import estimate, random_mlp
 from mechest.tables import format_table
+
+try:  # the layered layout
+    from mechest.estimators.truth import score
+    from mechest.experiments.bench import find_truth
+except ImportError:  # earlier versions, for before/after comparisons
+    from mechest.bench import find_truth  # type: ignore[no-redef]
+    from mechest.truth import score  # type: ignore[no-redef]
 
 TRUTHS = Path(__file__).resolve().parent / "data" / "truths"
 SCHEMES = {"1": (1, "simple", False), "2": (2, "simple", False), "2a": (2, "augment", False),

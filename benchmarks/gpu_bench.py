@@ -1,12 +1,12 @@
 """kprop against Monte Carlo on one device (a GPU by default): wall-clock and FLOPs at widths 256 and 1024.
 
 For each width (He-init ReLU, ``--depth`` hidden layers, seed 0) it times kprop K = 1, K = 2 (simple and
-augment), factored K = 3 (both variants) and K = 4 simple (up to width 256), and Monte Carlo at a fixed set of sample counts (giving the time per
-sample). Every timing is the best of ``--repeats`` runs after a warm-up run, each ended by a device
-synchronize (inside ``mechest.estimators.estimate``). With ``--truth-samples N`` it also samples a truth of N inputs and
-prints each kprop estimate's MSE/Var, the Monte Carlo sample count with the same expected error
-(N_match = 1 / (MSE/Var), since Monte Carlo with N samples has MSE/Var = 1/N) and how long Monte Carlo
-takes to reach it on this device (N_match × the measured time per sample).
+augment), factored K = 3 (both variants) and K = 4 simple (up to width 256), and Monte Carlo at a fixed set
+of sample counts (giving the time per sample). Every timing is the best of ``--repeats`` runs after a warm-up
+run, each ended by a device synchronize (inside ``mechest.estimators.estimate``). With ``--truth-samples N``
+it also samples a truth of N inputs and prints each kprop estimate's MSE/Var, the Monte Carlo sample count
+with the same expected error (N_match = 1 / (MSE/Var), since Monte Carlo with N samples has MSE/Var = 1/N)
+and how long Monte Carlo takes to reach it on this device (N_match × the measured time per sample).
 
 Run: python benchmarks/gpu_bench.py                    (cuda when available: widths 256 1024, truth 1e8)
      python benchmarks/gpu_bench.py --device cpu       (smaller: widths 64 256, no truth)

@@ -11,10 +11,10 @@ is the one of a grid that puts the most units' saddlepoint estimates in [2e-6, 5
 - the sampled baseline ``suppress_sampled`` at every hinge margin of ``--margins`` (δ_i = margin × std z_i),
   minibatches of ``--batch-size``, the same optimiser and projection, the same budget;
 - verification of every final network, trusting no estimator: subset simulation and importance sampling
-  (``mechest.estimators.importance``) of each target's probability, exact exceedance counts over ``--mc-flops`` worth of
-  inputs (``mechest.estimators.tail.monte_carlo``; where the probability is below 1/N they bound it), and the function change
-  E‖M' − M‖² / tr Cov M by Monte Carlo over ``--change-samples`` inputs; the snapshot half-way through each run
-  is verified too.
+  (``mechest.estimators.importance``) of each target's probability, exact exceedance counts over ``--mc-flops``
+  worth of inputs (``mechest.estimators.tail.monte_carlo``; where the probability is below 1/N they bound it), and
+  the function change E‖M' − M‖² / tr Cov M by Monte Carlo over ``--change-samples`` inputs; the snapshot
+  half-way through each run is verified too.
 
 Writes ``--json`` (every record) and ``--figure`` (median target probability against training FLOPs: estimated
 lines, subset-simulation markers), prints a markdown table.
@@ -119,7 +119,8 @@ def run_width(width: int, args: argparse.Namespace) -> dict:
         record["runs"].append(entry)
         final = entry["final"]
         print(f"  {result.method}: {result.flops:.3g} FLOPs, {result.seconds:.0f} s, est {result.prob_after.tolist()}"
-              f", IS {final['is_prob']}, SS {final['ss_prob']}, change {final['change']:.4f} ± {final['change_stderr']:.1e}",
+              f", IS {final['is_prob']}, SS {final['ss_prob']}"
+              f", change {final['change']:.4f} ± {final['change_stderr']:.1e}",
               flush=True)
     return record
 

@@ -41,7 +41,8 @@ def main() -> None:
         z = torch.cat([pre_activation_and_output(tuned, torch.randn(1 << 16, args.width, generator=generator,
                                                                       dtype=torch.float64), LAYER)[0][:, units]
                        for _ in range(math.ceil(args.samples / (1 << 16)))])
-    print("| unit | fraction | t | exact count p | importance p | z | subset sim. p | z |\n|---|---|---|---|---|---|---|---|")
+    print("| unit | fraction | t | exact count p | importance p | z | subset sim. p | z |\n"
+          "|---|---|---|---|---|---|---|---|")
     scores, subset_scores = [], []
     for fraction in (1e-4, 1e-5):
         rank = int(fraction * z.shape[0])

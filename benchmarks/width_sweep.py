@@ -7,7 +7,8 @@ and the fitted slope of log MSE against log width (it should be close to -K). Wr
 RESULTS/width_sweep.csv.
 
 `mechest bench` is the general form of this sweep (it also times Monte Carlo, counts FLOPs and plots); this
-script keeps the exact table of docs/results.md. Run: python benchmarks/width_sweep.py [--widths 16 32 64 128] [--seeds 3] [--samples 1e8]
+script keeps the exact table of docs/results.md.
+Run: python benchmarks/width_sweep.py [--widths 16 32 64 128] [--seeds 3] [--samples 1e8]
 """
 
 from __future__ import annotations

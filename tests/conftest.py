@@ -18,8 +18,8 @@ GOLDEN_NAMES = sorted(path.stem for path in GOLDEN_DIR.glob("*.npz"))
 def golden_network(data: Mapping[str, np.ndarray]) -> MLP:
     """The network stored in a golden file."""
     layers = int(data["num_linear_layers"])
-    weights = [torch.from_numpy(data[f"weight_{l}"]) for l in range(layers)]
-    biases = [torch.from_numpy(data[f"bias_{l}"]) if f"bias_{l}" in data else None for l in range(layers)]
+    weights = [torch.from_numpy(data[f"weight_{layer}"]) for layer in range(layers)]
+    biases = [torch.from_numpy(data[f"bias_{layer}"]) if f"bias_{layer}" in data else None for layer in range(layers)]
     return MLP(weights, biases, [str(a) for a in data["activation"]])
 
 

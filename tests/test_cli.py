@@ -21,7 +21,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.fixture
 def net_file(tmp_path, capsys) -> str:
     path = str(tmp_path / "net.npz")
-    assert run(capsys, "net", "--width", "8", "--depth", "2", "--activation", "relu", "--seed", "1", "--out", path)[0] == 0
+    assert run(capsys, "net", "--width", "8", "--depth", "2", "--activation", "relu", "--seed", "1",
+               "--out", path)[0] == 0
     return path
 
 
@@ -115,7 +116,8 @@ def test_no_half_written_output(capsys, tmp_path) -> None:
 
 def test_score_refuses_monte_carlo_with_the_truths_own_seed(capsys, net_file, tmp_path) -> None:
     truth = str(tmp_path / "truth.npz")
-    assert run(capsys, "truth", "--weights", net_file, "--samples", "1000", "--seed", "4", "--workers", "0", "--out", truth)[0] == 0
+    assert run(capsys, "truth", "--weights", net_file, "--samples", "1000", "--seed", "4", "--workers", "0",
+               "--out", truth)[0] == 0
     code, _, err = run(capsys, "score", "--weights", net_file, "--truth", truth, "--method", "mc",
                        "--samples", "100", "--seed", "4")
     assert code == 2 and "own seed" in err

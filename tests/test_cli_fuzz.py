@@ -48,11 +48,11 @@ def random_arrays(rng: random.Random) -> dict[str, np.ndarray]:
     depth = rng.randint(0, 3)
     dims = [rng.randint(1, 5) for _ in range(depth + 2)]
     generator = np.random.default_rng(rng.randrange(2**32))
-    arrays = {f"weight_{l}": generator.normal(0, 1 / math.sqrt(dims[l]), (dims[l + 1], dims[l]))
-              for l in range(depth + 1)}
-    for l in range(depth + 1):
+    arrays = {f"weight_{layer}": generator.normal(0, 1 / math.sqrt(dims[layer]), (dims[layer + 1], dims[layer]))
+              for layer in range(depth + 1)}
+    for layer in range(depth + 1):
         if rng.random() < 0.3:
-            arrays[f"bias_{l}"] = generator.normal(0, 0.3, dims[l + 1])
+            arrays[f"bias_{layer}"] = generator.normal(0, 0.3, dims[layer + 1])
     if depth:
         names = [rng.choice(ACTIVATION_NAMES) for _ in range(depth)]
         arrays["activation"] = np.array(names[0] if rng.random() < 0.3 else names)
@@ -298,7 +298,8 @@ def option_cases(rng: random.Random, count: int, net: Writer) -> Iterator[tuple[
             outputs = ("student.npz", "loss.png", "loss.pdf")
         elif kind == "export":
             argv = ("whestbench", "export", "--order", pick(["1", "2", "3"], ["0", "4"]),
-                    "--budget-fraction", pick(["1", "0.5"], ["0", "2", "nan"]), "--min-window", pick(["0", "2"], ["-1"]),
+                    "--budget-fraction", pick(["1", "0.5"], ["0", "2", "nan"]),
+                    "--min-window", pick(["0", "2"], ["-1"]),
                     *flag("--no-augment"), "--compress", pick(["6,0.25,1", "none"], ["0,0.25,1", "4,2,1", "x"]),
                     "--strassen", pick(["0", "2"], ["-1", "9"]), "--out", pick(["OUT/package"], ["OUT"]))
             outputs = ("package", *PACKAGE_FILES)  # --out OUT: the (empty) output folder becomes the package

@@ -76,7 +76,7 @@ def joint_cumulant(values: list[list[Fraction]], probs: list[Fraction]) -> Fract
     d = len(values)
 
     def moment(block: tuple[int, ...]) -> Fraction:
-        return sum((pr * math.prod(values[l][s] for l in block) for s, pr in enumerate(probs)), Fraction(0))
+        return sum((pr * math.prod(values[index][s] for index in block) for s, pr in enumerate(probs)), Fraction(0))
 
     return sum(
         (

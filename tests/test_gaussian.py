@@ -96,7 +96,8 @@ def test_moments_match_quadrature() -> None:
     mean, std = -0.7, 1.3
     moments = gaussian_moments(9, torch.tensor(mean, dtype=torch.float64), torch.tensor(std**2, dtype=torch.float64))
     for i in range(10):
-        expected = integrate.quad(lambda x: (mean + std * x) ** i * stats.norm.pdf(x), -40, 40, epsabs=1e-13, epsrel=1e-13)[0]
+        expected = integrate.quad(lambda x: (mean + std * x) ** i * stats.norm.pdf(x), -40, 40,
+                                  epsabs=1e-13, epsrel=1e-13)[0]
         assert moments[i].item() == pytest.approx(expected, rel=1e-11, abs=1e-11)
 
 

@@ -52,7 +52,8 @@ def test_one_hidden_layer_mean_equals_order_one(activation: str, order: int, var
     """With one hidden layer the pre-activations are exactly Gaussian and every order gives the exact mean;
     the exact value is tested against quadrature in test_kprop_gaussian for K = 1, 2."""
     net = random_mlp(5, 1, activation, bias_mean=0.2, bias_var=0.1, seed=7)
-    torch.testing.assert_close(propagate(net, Scheme(order, variant)).mean, propagate(net, Scheme(1)).mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(propagate(net, Scheme(order, variant)).mean, propagate(net, Scheme(1)).mean,
+                               rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("order, variant", [(3, "simple"), (3, "augment"), (4, "simple"), (4, "augment"),
@@ -65,7 +66,8 @@ def test_square_then_cube_gives_the_sixth_moment(order: int, variant: str) -> No
 @pytest.mark.parametrize("order, variant", HIGHER)
 def test_two_squarings_give_the_fourth_moment(order: int, variant: str) -> None:
     """x → x² → (x²)²: E[x⁴] = 3 = (2²−1)!!, exact at every K ≥ 2 (the mean and variance of x² suffice)."""
-    assert float(propagate(unit_chain(["square", "square"]), Scheme(order, variant)).mean) == pytest.approx(3, abs=1e-12)
+    assert float(propagate(unit_chain(["square", "square"]), Scheme(order, variant)).mean) == pytest.approx(
+        3, abs=1e-12)
 
 
 def test_k2_simple_at_width_one_misses_the_sixth_moment() -> None:

@@ -152,7 +152,8 @@ def test_isotropic_equals_mean_field_when_all_rows_have_equal_norms(activation: 
 
 def test_isotropic_differs_from_mean_field_when_row_norms_differ() -> None:
     net = random_mlp(20, 3, "relu", seed=4)
-    assert not torch.allclose(propagate(net, Scheme(1, "isotropic")).mean, propagate(net, Scheme(1, "simple")).mean, atol=1e-6)
+    assert not torch.allclose(propagate(net, Scheme(1, "isotropic")).mean, propagate(net, Scheme(1, "simple")).mean,
+                              atol=1e-6)
 
 
 def test_isotropic_one_hidden_layer_is_exact_with_equal_row_norms() -> None:

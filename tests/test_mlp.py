@@ -95,7 +95,8 @@ def test_file_with_one_activation_string_and_extra_arrays(tmp_path) -> None:
 @pytest.mark.parametrize("arrays, message", [
     ({"weight_0": np.full((2, 2), np.nan)}, "NaN"),
     ({"weight_0": np.ones((3, 2)), "weight_1": np.ones((2, 4)), "activation": np.array(["relu"])}, "shape mismatch"),
-    ({"weight_0": np.ones((2, 2)), "weight_1": np.ones((2, 2)), "activation": np.array(["swish"])}, "unknown activation"),
+    ({"weight_0": np.ones((2, 2)), "weight_1": np.ones((2, 2)), "activation": np.array(["swish"])},
+     "unknown activation"),
     ({"weight_0": np.ones((2, 2)), "bias_0": np.ones(3)}, "bias_0"),
     ({"bias_0": np.ones(3)}, "weight_0"),
     ({"weight_0": np.array([["a", "b"]])}, "not numeric"),

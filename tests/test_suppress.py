@@ -158,7 +158,8 @@ def test_cli_unwritable_out_is_rejected_before_training(tmp_path, capsys, monkey
     """The output path is checked before any work: training is never started."""
     path = tmp_path / "net.npz"
     tiny_net().save(path)
-    monkeypatch.setattr("mechest.experiments.suppress.suppress", lambda *args, **kwargs: pytest.fail("training started"))
+    monkeypatch.setattr("mechest.experiments.suppress.suppress",
+                        lambda *args, **kwargs: pytest.fail("training started"))
     assert main(["suppress", "--weights", str(path), "--layer", "3", "--threshold", "1",
                  "--out", str(tmp_path / "missing" / "o.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -100,7 +100,8 @@ def test_saddlepoint_is_exact_for_a_gaussian_and_falls_back_without_a_saddlepoin
 def test_lower_tail_is_the_upper_tail_of_the_negated_variable() -> None:
     cumulants = torch.tensor([[0.4], [1.3], [0.2], [0.1]], dtype=torch.float64)
     negated = cumulants * torch.tensor([[-1.0], [1.0], [-1.0], [1.0]], dtype=torch.float64)
-    torch.testing.assert_close(hermite_tail(cumulants, -2.0, upper=False), hermite_tail(negated, 2.0), rtol=1e-15, atol=0)
+    torch.testing.assert_close(hermite_tail(cumulants, -2.0, upper=False), hermite_tail(negated, 2.0),
+                               rtol=1e-15, atol=0)
     torch.testing.assert_close(saddlepoint_tail(cumulants, -2.0, upper=False)[0], saddlepoint_tail(negated, 2.0)[0],
                                rtol=1e-13, atol=0)
 
@@ -202,7 +203,8 @@ def test_lpe_agrees_with_monte_carlo_at_probability_one_percent() -> None:
 def test_wilson_interval_closed_form() -> None:
     low, high = wilson_interval(torch.tensor([0, 5, 100]), 100)
     z2 = 1.959963984540054**2
-    assert float(low[0]) == pytest.approx(0.0, abs=1e-15) and float(high[0]) == pytest.approx(z2 / (100 + z2), rel=1e-12)
+    assert (float(low[0]) == pytest.approx(0.0, abs=1e-15)
+            and float(high[0]) == pytest.approx(z2 / (100 + z2), rel=1e-12))
     assert float(high[2]) == 1.0 and float(low[2]) == pytest.approx(100 / (100 + z2), rel=1e-12)
     assert float(low[1]) < 0.05 < float(high[1])
 

@@ -1,4 +1,5 @@
-"""The array-namespace propagation (mechest.integrations.whestbench.propagate) equals mechest's torch propagation, in plain numpy."""
+"""The array-namespace propagation (mechest.integrations.whestbench.propagate) equals mechest's torch propagation,
+in plain numpy."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def test_xp_matches_torch_propagation(order: int, variant: str, width: int, dept
 @pytest.mark.parametrize(("k_max", "p_max"), [(0, 2), (4, 4), (6, 5)])
 def test_polynomial_wick_table_equals_mechest_closed_forms(k_max: int, p_max: int) -> None:
     """relu_wick's one-einsum table (coefficients generated from the Hermite and truncated-moment recursions)
-    equals mechest.math.wick's closed forms entry by entry, over signs of μ, tiny and large σ, and the variance floor."""
+    equals mechest.math.wick's closed forms entry by entry, over signs of μ, tiny and large σ, and the variance
+    floor."""
     mean = np.array([-3.0, -0.7, 0.0, 0.2, 1.5, 4.0, 0.3, -0.1])
     var = np.array([0.5, 2.0, 1.0, 0.05, 3.0, 1.0, 1e-12, 1e-10])
     got = xprop.relu_wick(NUMPY, mean, var, k_max, p_max)
@@ -95,7 +97,8 @@ def test_same_code_runs_on_torch(order: int, variant: str) -> None:
     weights = whest_weights(12, 3, seed=4)
     backend = xprop.Backend(torch, lambda x: 0.5 * torch.special.erfc(-x / 2**0.5))
     columns = [torch.as_tensor(w.T.copy()) for w in weights]
-    got = torch.stack(xprop.planned(backend, xprop.relu_layers(columns), executor_spec(order, variant, max_width=64)).layer_means).numpy()
+    got = torch.stack(xprop.planned(backend, xprop.relu_layers(columns),
+                                    executor_spec(order, variant, max_width=64)).layer_means).numpy()
     np.testing.assert_allclose(got, mechest_layer_means(weights, order, variant), rtol=0, atol=TOLERANCE)
 
 

@@ -143,7 +143,8 @@ def test_a_window_as_deep_as_the_net_changes_nothing(order: int, variant: str) -
     numpy_backend = xprop.Backend(np, lambda x: 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2))))
     full = np.stack(xprop.planned(numpy_backend, xprop.relu_layers(columns), spec).layer_means)
     for window in (3, 4, 10):
-        np.testing.assert_array_equal(np.stack(xprop.planned(numpy_backend, xprop.relu_layers(columns), spec, window).layer_means), full)
+        np.testing.assert_array_equal(
+            np.stack(xprop.planned(numpy_backend, xprop.relu_layers(columns), spec, window).layer_means), full)
     short = np.stack(xprop.planned(numpy_backend, xprop.relu_layers(columns), spec, 1).layer_means)
     np.testing.assert_array_equal(short[0], full[0])
     assert (np.abs(short[1:] - full[1:]).max(axis=1) > 1e-6).all()

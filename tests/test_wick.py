@@ -221,7 +221,8 @@ def autograd_reference(name: str, means: torch.Tensor, stds: torch.Tensor, p_max
     """
     nodes, weights = special.roots_legendre(400)
     u = torch.tensor(QUADRATURE_HALF_WIDTH * nodes, dtype=torch.float64)
-    weights = torch.tensor(QUADRATURE_HALF_WIDTH * weights, dtype=torch.float64) * torch.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+    weights = (torch.tensor(QUADRATURE_HALF_WIDTH * weights, dtype=torch.float64)
+               * torch.exp(-0.5 * u * u) / math.sqrt(2 * math.pi))
     shift = torch.zeros(p_max, len(means), dtype=torch.float64, requires_grad=True)  # one h per (p, neuron)
     activation = TORCH_REFERENCE_ACTIVATIONS[name](means[:, None] + shift[..., None] + stds[:, None] * u)
     # Integer powers: a float exponent would differentiate 0^(p - k) into NaN where gelu underflows to 0.

@@ -109,7 +109,7 @@ def seed_value(text: str) -> int:
 
 
 def add_network_arguments(parser: argparse.ArgumentParser, *, weights: str = "optional") -> None:
-    """--weights FILE ("required", "optional" or "none"), and for a random He-init network --width/--depth/--activation."""
+    """--weights FILE ("required", "optional" or "none"), and for a random He-init net --width/--depth/--activation."""
     if weights != "none":
         parser.add_argument("--weights", metavar="FILE.npz", required=weights == "required",
                             help="network file (format in README.md)")
@@ -251,7 +251,8 @@ def build_parser() -> OneLineParser:
     tail.add_argument("--order", "-K", type=int, default=2, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
     tail.add_argument("--variant", choices=VARIANTS, default="simple", help="kprop variant (default simple)")
     tail.add_argument("--factored", action="store_true",
-                      help="factored (CP) top cumulant: lpe at K = 3 and K = 4 simple, edgeworth and saddlepoint at K = 3")
+                      help="factored (CP) top cumulant: lpe at K = 3 and K = 4 simple, "
+                           "edgeworth and saddlepoint at K = 3")
     tail.add_argument("--samples", type=sample_count, help="Monte Carlo sample count, e.g. 1e6")
     tail.add_argument("--seed", type=seed_value, default=0, help="Monte Carlo seed, and the random net's seed")
     tail.add_argument("--dtype", choices=tuple(DTYPES), help="float64 (default for kprop) or float32")
@@ -286,7 +287,8 @@ def build_parser() -> OneLineParser:
                              help="price FLOPs only: no residual-time price or gate, no wall-time cap")
     whest_score.add_argument("--budget-fraction", type=float, default=1.0,
                              help="our package's largest predicted FLOPs as a fraction of the budget (default 1)")
-    whest_score.add_argument("--compress", default=",".join(map(str, DEFAULT_COMPRESSION)), metavar="AGE,FRACTION,POWER",
+    whest_score.add_argument("--compress", default=",".join(map(str, DEFAULT_COMPRESSION)),
+                             metavar="AGE,FRACTION,POWER",
                              help="our package's K=3 source compression, as for export (default %(default)s)")
     whest_score.add_argument("--strassen", type=int, default=DEFAULT_STRASSEN,
                              help="our package's most Strassen levels, as for export (default %(default)s)")

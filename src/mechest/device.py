@@ -14,7 +14,8 @@ DEVICES = ("cpu", "cuda", "auto")
 
 
 def resolve_device(device: torch.device | str | None, default: torch.device | str = "cpu") -> torch.device:
-    """A torch device from ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``), ``"auto"`` (CUDA when available) or None (``default``).
+    """A torch device from ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``), ``"auto"`` (CUDA when available) or None
+    (``default``).
 
     Asking for CUDA where torch sees no CUDA device is a MechestError, not a silent fall-back to the CPU.
     """
@@ -32,7 +33,8 @@ def resolve_device(device: torch.device | str | None, default: torch.device | st
         if not torch.cuda.is_available():
             raise MechestError(f"device {device!r} asked for, but torch sees no CUDA device on this machine")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise MechestError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA devices")
+            raise MechestError(f"device {device!r} asked for, "
+                               f"but this machine has {torch.cuda.device_count()} CUDA devices")
     return resolved
 
 

@@ -164,7 +164,9 @@ class MLP:
         write_npz_atomically(path, arrays)
 
 
-def validate(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None], activations: Sequence[str]) -> None:
+def validate(
+    weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None], activations: Sequence[str]
+) -> None:
     """Raise a one-line MechestError unless the arrays describe a well-formed finite MLP."""
     if len(weights) == 0:
         raise MechestError("a network needs at least one weight matrix")
@@ -226,7 +228,8 @@ def per_layer(value: float | Sequence[float], count: int, what: str) -> list[flo
 
 
 def per_hidden_layer(activation: str | Sequence[str], depth: int) -> list[str]:
-    """Broadcast one activation name to every hidden layer, or check a list of them (a list one too long drops its last)."""
+    """Broadcast one activation name to every hidden layer, or check a list of them (a list one too long drops its
+    last)."""
     if isinstance(activation, str):
         return [check_activation(activation)] * depth
     names = list(activation)

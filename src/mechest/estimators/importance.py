@@ -90,8 +90,9 @@ def design_points(prefix: MLP, unit: int, threshold: float, upper: bool = True, 
     """Distinct approximate design points (rows) of the event of neuron ``unit``, nearest first.
 
     HLRF from ``starts`` random points on the sphere of radius START_RADIUS and from ``start`` (one batch; the
-    cross-entropy mean in ``proposal_means``). A run's candidate is its shortest iterate on which the event holds (after a bisection along the ray
-    to the boundary); runs that never reach the event are dropped, so the result has no rows when none does.
+    cross-entropy mean in ``proposal_means``). A run's candidate is its shortest iterate on which the event holds
+    (after a bisection along the ray to the boundary); runs that never reach the event are dropped, so the result
+    has no rows when none does.
     """
     generator = torch.Generator().manual_seed(seed)
     weights = [w.detach() for w in prefix.weights]

@@ -174,7 +174,9 @@ ChunkRunner = Callable[[MLP, int, int, int, Iterable[int]], Iterator[tuple[int, 
 """runner(net, seed, samples, chunk_size, chunks) yields (chunk, moments) for each of ``chunks``, in any order."""
 
 
-def run_chunks_locally(net: MLP, seed: int, samples: int, chunk_size: int, chunks: Iterable[int]) -> Iterator[tuple[int, RunningMoments]]:
+def run_chunks_locally(
+    net: MLP, seed: int, samples: int, chunk_size: int, chunks: Iterable[int]
+) -> Iterator[tuple[int, RunningMoments]]:
     """The ChunkRunner of one process: each chunk's moments, computed here, in the order given."""
     for chunk in chunks:
         yield chunk, chunk_moments(net, seed, chunk, chunk_size_of(chunk, samples, chunk_size))

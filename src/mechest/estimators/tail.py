@@ -239,7 +239,9 @@ def hermite_tail(cumulants: torch.Tensor, threshold: float, upper: bool = True,
     return normal_cdf(-x) + torch.where(density > 0, density * correction, torch.zeros_like(density))
 
 
-def saddlepoint_tail(cumulants: torch.Tensor, threshold: float, upper: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def saddlepoint_tail(
+    cumulants: torch.Tensor, threshold: float, upper: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lugannani–Rice tail P(s·z > s·t) from the quartic-truncated CGF, and where it applied (else Edgeworth).
 
     Newton's method on K'(s) = t from s = 0 with steps capped at NEWTON_MAX_STEP; the saddlepoint is accepted

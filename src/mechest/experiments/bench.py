@@ -100,7 +100,9 @@ def wanted_truth_samples(net: MLP, samples: int, max_truth_flops: float) -> int:
     return max(MIN_TRUTH_SAMPLES, min(samples, int(max_truth_flops // net.flops_per_sample())))
 
 
-def ground_truth(net: MLP, seed: int, settings: BenchSettings, runner: ChunkRunner = run_chunks_locally) -> Truth | None:
+def ground_truth(
+    net: MLP, seed: int, settings: BenchSettings, runner: ChunkRunner = run_chunks_locally
+) -> Truth | None:
     """A cached truth with enough samples, or a new one computed into RESULTS/truths (float32 forward pass,
     float64 accumulation; mechest.estimators.truth); None when a new one would have fewer than min_truth_samples
     samples under the truth FLOP cap (too noisy to score the best estimates). Chunks run on ``runner`` (this

@@ -75,7 +75,9 @@ def dask_runner(client: Client) -> ChunkRunner:
     queued at a time, so the client holds few out-of-order chunks however long the run.
     """
 
-    def run(net: MLP, seed: int, samples: int, chunk_size: int, chunks: Iterable[int]) -> Iterator[tuple[int, RunningMoments]]:
+    def run(
+        net: MLP, seed: int, samples: int, chunk_size: int, chunks: Iterable[int]
+    ) -> Iterator[tuple[int, RunningMoments]]:
         device = str(net.device)
         shared = client.submit(network_task, net.to(device="cpu"), pure=False)
         todo = iter(chunks)

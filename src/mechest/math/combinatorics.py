@@ -119,7 +119,8 @@ def diagram_coefficient(diagram: Diagram) -> Fraction:
 
 
 def leg_partition_count(diagram: Diagram) -> int:
-    """N(ν) = Π_j k_j! · c(ν): the number of set partitions of type ν of the k_j = Σ_{v∈ν} v_j labelled legs on each j."""
+    """N(ν) = Π_j k_j! · c(ν): the number of set partitions of type ν of the k_j = Σ_{v∈ν} v_j labelled legs on
+    each j."""
     k = diagram_degrees(diagram)
     count = math.prod(math.factorial(x) for x in k) * diagram_coefficient(diagram)
     assert count.denominator == 1

@@ -103,7 +103,8 @@ def wick_table(
 
 def second_moment(activation: str, mean: float = 0.0) -> float:
     """E[φ(Z + mean)²] with Z ~ N(0, 1), in float64 (He init uses w_var = 1 / E[φ²])."""
-    table = wick_table(activation, torch.tensor(mean, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64), 0, 2)
+    table = wick_table(activation, torch.tensor(mean, dtype=torch.float64),
+                       torch.tensor(1.0, dtype=torch.float64), 0, 2)
     return float(table[0, 2])
 
 
@@ -192,7 +193,7 @@ def _abs(mean: torch.Tensor, std: torch.Tensor, k_max: int, p_max: int) -> _Colu
     """|z|^p = ReLU(z)^p + ReLU(-z)^p, so w_abs(k, p; μ, σ) = w_ReLU(k, p; μ, σ) + (-1)^k w_ReLU(k, p; -μ, σ)."""
     right = _relu(mean, std, k_max, p_max)
     left = _relu(-mean, std, k_max, p_max)
-    return [[r + (-1) ** k * l for r, l in zip(right[k], left[k])] for k in range(k_max + 1)]
+    return [[r + (-1) ** k * left_value for r, left_value in zip(right[k], left[k])] for k in range(k_max + 1)]
 
 
 def _sgn(mean: torch.Tensor, std: torch.Tensor, relu_slopes: list[torch.Tensor], p_max: int) -> _Columns:
@@ -203,7 +204,9 @@ def _sgn(mean: torch.Tensor, std: torch.Tensor, relu_slopes: list[torch.Tensor],
     return [[odd[k] if p % 2 else even[k] for p in range(1, p_max + 1)] for k in range(len(relu_slopes))]
 
 
-def _polynomial(coefficients: tuple[int, ...], mean: torch.Tensor, var: torch.Tensor, k_max: int, p_max: int) -> _Columns:
+def _polynomial(
+    coefficients: tuple[int, ...], mean: torch.Tensor, var: torch.Tensor, k_max: int, p_max: int
+) -> _Columns:
     """w(k, p) = Σ_i c_i E[Z^i], where Σ_i c_i z^i = d^k/dz^k q(z)^p for the polynomial q with these coefficients."""
     degree = (len(coefficients) - 1) * p_max
     moments = gaussian_moments(degree, mean, var)
