@@ -25,6 +25,7 @@ import torch
 from mechest.errors import MechestError
 from mechest.flops import FlopCounter
 from mechest.kprop import Scheme, propagate
+from mechest.limits import check_propagation_memory
 from mechest.mlp import MLP
 
 PROBE_WIDTH = 32
@@ -92,15 +93,24 @@ def ranking(net: MLP) -> list[Scheme]:
             Scheme(3, "augment", True), Scheme(3, "simple", True), *k2, Scheme(1), Scheme(1, "isotropic")]
 
 
+def fits_in_memory(net: MLP, scheme: Scheme) -> bool:
+    """Whether propagating ``net`` at ``scheme`` fits in the available memory (mechest.limits' peak-memory model)."""
+    try:
+        check_propagation_memory(net.dims, scheme, net.dtype, net.device)
+    except MechestError:
+        return False
+    return True
+
+
 def choose_scheme(net: MLP, budget: float) -> Scheme:
-    """The first scheme of ``ranking`` whose predicted FLOPs fit in ``budget``; a one-line MechestError with the
-    cheapest scheme's cost if none does."""
+    """The first scheme of ``ranking`` whose predicted FLOPs fit in ``budget`` and whose propagation fits in memory;
+    a one-line MechestError with the cheapest scheme's cost if none does."""
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise MechestError(f"the FLOP budget must be a positive number, got {budget!r}")
     costs = {}
     for scheme in ranking(net):
         costs[scheme] = predicted_flops(net, scheme)
-        if costs[scheme] <= budget:
+        if costs[scheme] <= budget and fits_in_memory(net, scheme):
             return scheme
     cheapest = min(costs, key=costs.get)
     raise MechestError(f"no kprop scheme fits in {budget:.3g} FLOPs on this network; the cheapest, {cheapest}, "
