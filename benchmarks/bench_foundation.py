@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import fastest
 
 from mechest.estimators.estimate import estimate
 from mechest.estimators.montecarlo import sample_moments
 from mechest.estimators.truth import Truth, score
 from mechest.mlp import random_mlp
 from mechest.tables import format_table
-
-
-def best_seconds(function, repeats: int = 3) -> float:
-    """Fastest of a few runs (the machine is shared; the minimum is the least noisy)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -46,12 +36,12 @@ def main() -> None:
         truth = Truth(reference.mean.numpy(), reference.variance.numpy(), reference.count, seed, net.fingerprint())
         forward = net.flops_per_sample()
         mc = estimate(net, "mc", samples=args.mc_samples, seed=seed)
-        mc_seconds = best_seconds(lambda: estimate(net, "mc", samples=args.mc_samples, seed=seed))
+        mc_seconds = fastest(lambda: estimate(net, "mc", samples=args.mc_samples, seed=seed))
         mc_seconds_per_sample = mc_seconds / args.mc_samples
         rows.append([seed, f"MC N={args.mc_samples}", mc.flops, mc_seconds, score(mc.mean, truth).relative, "", ""])
         for order in (1, 2):
             kp = estimate(net, "kprop", order=order)
-            seconds = best_seconds(lambda: estimate(net, "kprop", order=order))
+            seconds = fastest(lambda: estimate(net, "kprop", order=order))
             relative = score(kp.mean, truth).relative
             equal_samples = 1 / max(relative, 1e-300)
             rows.append([seed, f"kprop K={order}", kp.flops, seconds, relative,

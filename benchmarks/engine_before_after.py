@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
+from timing import fastest
 
 from mechest import estimate, random_mlp
 from mechest.flops import FlopCounter
@@ -28,14 +28,6 @@ except ImportError:  # earlier versions
 
 SCHEMES = ((1, "simple", False), (2, "simple", False), (2, "augment", False), (3, "simple", True))
 
-
-def fastest(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import fastest
 
 from mechest import estimate, random_mlp
 from mechest.tables import format_table
@@ -38,15 +39,6 @@ SCHEMES = {"1": (1, "simple", False), "2": (2, "simple", False), "2a": (2, "augm
            "3f": (3, "simple", True), "3af": (3, "augment", True)}
 LOAD = "import torch\nx = torch.randn(1024, 1024)\nwhile True:\n    x = torch.tanh(x @ x / 32)\n"
 
-
-def fastest(function, repeats: int) -> float:
-    """Fastest of ``repeats`` runs of ``function`` (seconds)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def kprop_seconds(net, order: int, variant: str, factored: bool, repeats: int) -> float:
