@@ -26,9 +26,10 @@ class Estimate:
     """An estimate of E[M(x)], x ~ N(0, I), per output coordinate, and what it cost.
 
     For Monte Carlo ``stderr`` = sqrt(variance / samples) and ``variance`` is the per-coordinate sample
-    variance; for kprop ``cov`` is the output covariance as propagated at that order and ``third`` the
-    output's third cumulant tensor (orders K ≥ 3, else None).
-    FLOPs follow mechest.flops (random-number generation is not counted).
+    variance. For kprop ``scheme`` is the scheme run, ``cov`` the output covariance as propagated by it (asked for
+    with ``estimate(..., cov=True)``, else None) and ``third`` the output's dense third cumulant tensor where an
+    unfactorised K ≥ 3 scheme tracks it (else None). FLOPs follow mechest.flops (counted in the run; None for an
+    uncounted run; random-number generation is not counted).
     """
 
     method: str
