@@ -9,6 +9,7 @@ import torch
 
 from mechest.device import resolve_device, synchronize
 from mechest.errors import MechestError
+from mechest.estimators.budget import choose_scheme
 from mechest.estimators.montecarlo import check_sample_count, sample_moments
 from mechest.flops import FlopCounter
 from mechest.kprop import Propagation, Scheme, propagate, runs_on_executor
@@ -103,8 +104,6 @@ def estimate(
             raise MechestError("a sample count (--samples) is for method mc; kprop draws no samples")
         net = net.to(dtype=resolve_dtype(dtype, torch.float64), device=device)
         if budget is not None:
-            from mechest.estimators.budget import choose_scheme  # budget imports this module
-
             scheme = choose_scheme(net, budget)
         return kprop_estimate(net, scheme if scheme is not None else Scheme(order, variant, factored), count, cov)
     if method == "mc":
