@@ -245,7 +245,8 @@ def saddlepoint_tail(
     """Lugannani–Rice tail P(s·z > s·t) from the quartic-truncated CGF, and where it applied (else Edgeworth).
 
     Newton's method on K'(s) = t from s = 0 with steps capped at NEWTON_MAX_STEP; the saddlepoint is accepted
-    when it solves the equation and K'' > 0 on all of [0, ŝ] (K'' is a quadratic: check both ends and its vertex).
+    when it solves the equation, K'' > 0 on all of [0, ŝ] (K'' is a quadratic: check both ends and its vertex)
+    and the Lugannani–Rice value is a probability.
     """
     sign = 1.0 if upper else -1.0
     mean, variance, third, fourth = cumulants * torch.tensor([[sign], [1.0], [sign], [1.0]], dtype=cumulants.dtype)
@@ -272,6 +273,7 @@ def saddlepoint_tail(
     w = torch.sign(s) * (2 * (s * t - cgf)).clamp_min(0).sqrt()
     u = s * curvature(s).clamp_min(MIN_VARIANCE).sqrt()
     lugannani_rice = normal_cdf(-w) + normal_pdf(w) * (1 / u - 1 / w)
+    valid = valid & (lugannani_rice >= 0) & (lugannani_rice <= 1)  # 1/u − 1/w cancels badly near the mean
     return torch.where(valid, lugannani_rice, hermite_tail(cumulants, threshold, upper)), valid
 
 
