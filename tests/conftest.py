@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from mechest.cli import main
 from mechest.mlp import MLP
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "reference-goldens"
@@ -31,3 +32,10 @@ def goldens() -> dict[str, dict[str, np.ndarray]]:
         with np.load(GOLDEN_DIR / f"{name}.npz") as data:
             loaded[name] = {key: data[key] for key in data.files}
     return loaded
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """``mechest ARGV`` in this process: (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -8,14 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-
-from mechest.cli import main
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from conftest import run
 
 
 @pytest.fixture

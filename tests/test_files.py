@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run
 
 import mechest.cli
 import mechest.estimators.montecarlo
 import mechest.experiments.bench
 import mechest.experiments.training
 import mechest.experiments.training_plots
-from mechest.cli import main
 from mechest.errors import MechestError
 from mechest.files import atomic_path, check_output_directory, check_output_path, write_npz_atomically
 from mechest.mlp import random_mlp
@@ -43,12 +43,6 @@ def unwritable_dir(tmp_path_factory):
         yield found
     finally:
         read_only.chmod(0o755)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code: int, err: str, *words: str) -> None:

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from conftest import run
 from torch import nn
 
 from mechest import limits
-from mechest.cli import main
 from mechest.errors import MechestError
 from mechest.estimators.estimate import estimate
 from mechest.estimators.montecarlo import chunk_generator
@@ -36,12 +36,6 @@ def odd_sequential() -> nn.Sequential:
 @pytest.fixture
 def odd_net() -> MLP:
     return from_sequential(odd_sequential())
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # item 1: tail on networks whose widths differ

@@ -11,17 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run
 
 import mechest.cli
 import mechest.estimators.montecarlo
-from mechest.cli import main
 from mechest.files import atomic_path
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
