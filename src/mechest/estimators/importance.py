@@ -56,8 +56,8 @@ CE_LEVELS = 20
 
 
 @dataclass
-class ImportanceEstimate:
-    """Per-neuron probability estimates, standard errors and the proposal means (units × shifts × input)."""
+class UnitEstimate:
+    """Per-neuron estimates of P(s·(z_i − t) > 0) for the ``units`` of one layer, with standard errors."""
 
     layer: int
     threshold: float
@@ -65,6 +65,18 @@ class ImportanceEstimate:
     units: list[int]
     prob: torch.Tensor
     stderr: torch.Tensor
+
+    def event_dict(self, method: str) -> dict:
+        """The JSON fields every such estimate has."""
+        return {"method": method, "layer": self.layer, "threshold": self.threshold,
+                "tail": "upper" if self.upper else "lower", "units": self.units, "prob": self.prob.tolist(),
+                "stderr": self.stderr.tolist()}
+
+
+@dataclass
+class ImportanceEstimate(UnitEstimate):
+    """Importance-sampling estimates, with the proposal means (units × shifts × input)."""
+
     hits: torch.Tensor
     samples: int
     shifts: list[torch.Tensor]
@@ -72,9 +84,7 @@ class ImportanceEstimate:
     seconds: float
 
     def to_dict(self) -> dict:
-        return {"method": "importance", "layer": self.layer, "threshold": self.threshold,
-                "tail": "upper" if self.upper else "lower", "units": self.units, "prob": self.prob.tolist(),
-                "stderr": self.stderr.tolist(), "hits": self.hits.tolist(), "samples": self.samples,
+        return {**self.event_dict("importance"), "hits": self.hits.tolist(), "samples": self.samples,
                 "shift_norms": [shift.norm(dim=1).tolist() for shift in self.shifts], "flops": self.flops,
                 "seconds": self.seconds}
 
@@ -253,15 +263,9 @@ PCN_STEP = 0.6  # initial pCN step β; adapted towards acceptance rates in [0.2,
 
 
 @dataclass
-class SubsetEstimate:
-    """Per-neuron subset-simulation estimates: the mean over ``repeats`` independent runs and its standard error."""
+class SubsetEstimate(UnitEstimate):
+    """Subset-simulation estimates: the mean over ``repeats`` independent runs and its standard error."""
 
-    layer: int
-    threshold: float
-    upper: bool
-    units: list[int]
-    prob: torch.Tensor
-    stderr: torch.Tensor
     levels: list[list[int]]
     samples: int
     repeats: int
@@ -269,9 +273,7 @@ class SubsetEstimate:
     seconds: float
 
     def to_dict(self) -> dict:
-        return {"method": "subset", "layer": self.layer, "threshold": self.threshold,
-                "tail": "upper" if self.upper else "lower", "units": self.units, "prob": self.prob.tolist(),
-                "stderr": self.stderr.tolist(), "levels": self.levels, "samples": self.samples,
+        return {**self.event_dict("subset"), "levels": self.levels, "samples": self.samples,
                 "repeats": self.repeats, "flops": self.flops, "seconds": self.seconds}
 
 
