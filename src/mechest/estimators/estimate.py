@@ -12,9 +12,8 @@ from mechest.errors import MechestError
 from mechest.estimators.budget import choose_scheme
 from mechest.estimators.montecarlo import check_sample_count, sample_moments
 from mechest.flops import FlopCounter
-from mechest.kprop import Propagation, Scheme, propagate, runs_on_executor
-from mechest.kprop.plan import compile_plan
-from mechest.kprop.run import executor_plan
+from mechest.kprop import Propagation, Scheme, propagate
+from mechest.kprop.run import prepare
 from mechest.limits import check_propagation_memory, require_finite_propagation
 from mechest.mlp import MLP
 
@@ -112,15 +111,6 @@ def estimate(
         return monte_carlo_estimate(net.to(dtype=resolve_dtype(dtype, net.dtype), device=device), samples, seed,
                                     chunk_size, progress)
     raise MechestError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-
-
-def prepare(net: MLP, scheme: Scheme) -> None:
-    """One-time work that is not part of a propagation: compiling the plan (diagram enumeration)."""
-    if runs_on_executor(scheme):
-        if scheme.order >= 2 and scheme != Scheme(2, "simple"):
-            executor_plan(scheme, max(net.dims[1:-1], default=1))
-    else:
-        compile_plan(scheme.order, scheme.variant, "factored" if scheme.factored else "full")
 
 
 def counted_propagation(net: MLP, scheme: Scheme, count: bool = True,

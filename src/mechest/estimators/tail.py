@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from mechest.errors import MechestError
-from mechest.estimators.estimate import counted_propagation, prepare, resolve_dtype
+from mechest.estimators.estimate import counted_propagation, resolve_dtype
 from mechest.estimators.montecarlo import (
     DEFAULT_CHUNK_SIZE,
     check_sample_count,
@@ -54,7 +54,7 @@ from mechest.kprop import Scheme, runs_on_executor
 from mechest.kprop.engine import dense_towers, input_tower, linear_step
 from mechest.kprop.factored import output_marginals
 from mechest.kprop.plan import Plan, compile_plan
-from mechest.kprop.run import executor_cumulants
+from mechest.kprop.run import executor_cumulants, prepare
 from mechest.limits import (
     Quantity,
     check_propagation_memory,

@@ -18,13 +18,16 @@ from mechest.kprop.engine import propagate_general
 from mechest.kprop.executor import Backend, Cumulants, Layers, covariance, mean_field, planned
 from mechest.kprop.factored import propagate_factored
 from mechest.kprop.factored4 import propagate_factored4
+from mechest.kprop.plan import compile_plan
 from mechest.kprop.result import Propagation
 from mechest.kprop.scheme import Scheme
 from mechest.kprop.spec import executor_spec
 from mechest.mlp import MLP
 
-EXECUTOR_SCHEMES = frozenset({Scheme(1, "simple"), Scheme(1, "augment"), Scheme(1, "isotropic"), Scheme(2, "simple"),
-                              Scheme(2, "augment"), Scheme(3, "simple", True)})
+EXECUTOR_SCHEMES = frozenset({Scheme(1, "simple"), Scheme(1, "isotropic"), Scheme(2, "simple"), Scheme(2, "augment"),
+                              Scheme(3, "simple", True)})
+PLANNED_SCHEMES = frozenset({Scheme(2, "augment"), Scheme(3, "simple", True)})
+"""The executor schemes that run a plan (``planned``); K = 1 and K = 2 simple are closed recursions."""
 
 
 def runs_on_executor(scheme: Scheme) -> bool:
@@ -49,14 +52,27 @@ def executor_cumulants(net: MLP, scheme: Scheme, outputs: str = "cov") -> Cumula
     return run_executor(torch_backend(net.device), layers_of(net), scheme, outputs)
 
 
+def hidden_width(layers: Layers) -> int:
+    """The widest hidden layer (1 without hidden layers): the projection coefficients a plan must hold."""
+    return max((weight.shape[0] for weight in layers.weights[: len(layers.activations)]), default=1)
+
+
 def run_executor(backend: Backend, layers: Layers, scheme: Scheme, outputs: str) -> Cumulants:
     """``layers`` propagated by the executor on ``backend`` at an executor scheme."""
+    if scheme in PLANNED_SCHEMES:
+        return planned(backend, layers, executor_plan(scheme, hidden_width(layers)), outputs=outputs)
     if scheme.order == 1:
         return mean_field(backend, layers, isotropic=scheme.variant == "isotropic")
-    if scheme == Scheme(2, "simple"):
-        return covariance(backend, layers, outputs)
-    widest = max((weight.shape[0] for weight in layers.weights[: len(layers.activations)]), default=1)
-    return planned(backend, layers, executor_plan(scheme, widest), outputs=outputs)
+    return covariance(backend, layers, outputs)
+
+
+def prepare(net: MLP, scheme: Scheme) -> None:
+    """One-time work that is not part of a propagation, done before a timed run: building the scheme's plan (the
+    executor's plan data, or the engines' diagram enumeration; both cached)."""
+    if scheme in PLANNED_SCHEMES:
+        executor_plan(scheme, hidden_width(layers_of(net)))
+    elif not runs_on_executor(scheme):
+        compile_plan(scheme.order, scheme.variant, "factored" if scheme.factored else "full")
 
 
 def propagate(net: MLP, scheme: Scheme, outputs: str = "cov") -> Propagation:
