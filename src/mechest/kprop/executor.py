@@ -247,6 +247,14 @@ def symmetric_product(weight: Any, cov: Any | None, xp: Any = None, levels: int 
     return (value + value.T) / 2
 
 
+def linear_variance(xp: Any, weight: Any, cov: Any | None, levels: int = 0) -> Any:
+    """diag(W Σ Wᵀ) = Σ_j (W Σ)_ij W_ij without forming W Σ Wᵀ (Σ = I when ``cov`` is None: the squared row norms);
+    W Σ by ``levels`` Strassen levels (``product``)."""
+    if cov is None:
+        return xp.sum(weight * weight, axis=1)
+    return xp.sum(product(xp, weight, cov, levels) * weight, axis=1)
+
+
 ISOTROPIC_TRACE_ROWS = 8
 """Rows of W read to estimate tr(W Wᵀ)/n_out in the isotropic mean field (relative error ≈ sqrt(2/(8·n_in)) for
 i.i.d. weights; all rows when W has fewer)."""
@@ -256,7 +264,7 @@ def squared_row_norms(xp: Any, weight: Any, isotropic: bool) -> Any:
     """diag(W Wᵀ) = Σ_k W_ik² per row, or (``isotropic``) its mean over ISOTROPIC_TRACE_ROWS evenly spaced rows,
     for every row."""
     if not isotropic:
-        return xp.sum(weight * weight, axis=1)
+        return linear_variance(xp, weight, None)
     sampled = weight[:: max(1, weight.shape[0] // ISOTROPIC_TRACE_ROWS)][:ISOTROPIC_TRACE_ROWS]
     return xp.zeros(weight.shape[0], dtype=weight.dtype) + xp.sum(sampled * sampled) / sampled.shape[0]
 
@@ -304,7 +312,7 @@ def covariance(backend: Backend, layers: Layers, outputs: str = "cov") -> Cumula
     mean, cov = states[-1] if states else (None, None)
     if mean_only_last:
         weight, bias, activation = hidden[-1]
-        pre_var = xp.sum((weight @ cov) * weight, axis=1)
+        pre_var = linear_variance(xp, weight, cov)
         mean = activation_wick(backend, activation, linear_mean(xp, weight, bias, mean), pre_var, 0, 1)[0][1]
         result.layer_means.append(mean)
         result.layer_covs.append(None)
@@ -909,7 +917,7 @@ def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple 
     moves only κ_1): they read only the diagonal of the metric W Wᵀ, and κ_3's sources only through slice (3)."""
     slices = {}
     if cores:
-        gram_diagonal = xp.diag(xp.sum(weight * weight, axis=1))  # a one-coordinate slice reads only M_aa
+        gram_diagonal = xp.diag(linear_variance(xp, weight, None))  # a one-coordinate slice reads only M_aa
         slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram_diagonal, one_coordinate=True))
     if third is not None:
         cubic = third_cubic(xp, mapped_third(xp, weight, third, levels))
@@ -923,8 +931,7 @@ def last_mean(backend: Backend, spec: dict, weight: Any, bias: Any | None, activ
     (2,1) slice of κ_3 and the off-diagonals of W Σ Wᵀ and W Wᵀ (same value as the full step)."""
     xp = backend.xp
     pre_mean = linear_mean(xp, weight, bias, mean)
-    pre_var = (xp.sum(weight * weight, axis=1) if cov is None
-               else xp.sum(product(xp, weight, cov, levels) * weight, axis=1))
+    pre_var = linear_variance(xp, weight, cov, levels)
     slices = marginal_slices(xp, spec, weight, cores, third, levels)
     wick = activation_wick(backend, activation, pre_mean, pre_var, spec["k_max"], spec["p_max"])
     return dense_cumulants(xp, spec, slices, wick, only=(1,))[(1,)]
