@@ -287,8 +287,9 @@ def from_marginals(net: MLP, layer: int, threshold: float, upper: bool = True, *
     scheme = Scheme(order, variant, factored)
     threshold = check_threshold(threshold)
     net = net.to(dtype=resolve_dtype(dtype, torch.float64))
-    check_propagation_memory(truncate(net, layer).dims, scheme, net.dtype, net.device)
-    prepare(net, scheme)
+    prefix = truncate(net, layer)  # what marginal_cumulants propagates
+    check_propagation_memory(prefix.dims, scheme, net.dtype, net.device)
+    prepare(prefix, scheme)
     start = time.perf_counter()
     with FlopCounter() as counter:
         cumulants = marginal_cumulants(net, layer, scheme)
