@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -13,8 +14,6 @@ from mechest.mlp import MLP
 
 class TorchNamespace:
     """torch as the executor's ``xp``, its constants (``asarray``, ``eye``, ``zeros``) made on one device."""
-
-    __name__ = "torch"
 
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
@@ -32,21 +31,16 @@ class TorchNamespace:
         return torch.zeros(n, dtype=dtype, device=self.device)
 
 
-_NAMESPACES: dict[str, TorchNamespace] = {}
-
-
-def torch_wick(activation: str, mean: torch.Tensor, var: torch.Tensor, k_max: int, p_max: int) -> torch.Tensor:
-    """mechest.math.wick's table for every supported activation (closed forms or Gauss–Hermite quadrature; fewer FLOPs
-    than the executor's einsum form of ReLU's)."""
-    return wick_table(activation, mean, var, k_max, p_max)
+@functools.cache
+def _backend(device: str) -> Backend:
+    return Backend(TorchNamespace(torch.device(device)), torch.special.ndtr, wick_table)
 
 
 def torch_backend(device: torch.device | str) -> Backend:
-    """The executor on torch tensors of ``device``: differentiable, float32 or float64, CPU or CUDA."""
-    key = str(torch.device(device))
-    if key not in _NAMESPACES:
-        _NAMESPACES[key] = TorchNamespace(torch.device(device))
-    return Backend(_NAMESPACES[key], torch.special.ndtr, torch_wick)
+    """The executor on torch tensors of ``device``: differentiable, float32 or float64, CPU or CUDA; the Wick tables
+    of every activation from mechest.math.wick (for ReLU fewer FLOPs than the executor's einsum form). One namespace
+    per device, so the executor's per-namespace caches are shared."""
+    return _backend(str(torch.device(device)))
 
 
 def layers_of(net: MLP) -> Layers:
