@@ -35,8 +35,8 @@ AUGMENT_MIN_WIDTH_PER_LAYER = 16
 def cost_degree(scheme: Scheme) -> int:
     """Degree in the width n of a scheme's FLOPs per layer (docs/method.md): n² for K = 1, n³ for K = 2, n^K for
     factored K ≥ 3, n^(K+1) unfactored."""
-    if scheme.order <= 2:
-        return scheme.order + 1 if scheme.order == 2 else 2
+    if scheme.order == 1:
+        return 2
     return scheme.order if scheme.factored else scheme.order + 1
 
 
@@ -73,12 +73,12 @@ def structure_network(dims: tuple[int, ...], activations: tuple[str, ...], has_b
 
 def predicted_flops(net: MLP, scheme: Scheme) -> float:
     """An over-estimate of the FLOPs of propagating ``net`` at ``scheme`` (exact for nets ≤ PROBE_WIDTH wide)."""
-    dims, activations, has_bias, dtype, device = structure_key(net)
+    dims, *rest = structure_key(net)
     widest = max(dims)
     if widest <= PROBE_WIDTH:
-        return float(_counted((dims, activations, has_bias, dtype, device), scheme, False)[0])
+        return float(count_flops(net, scheme)[0])
     probe = tuple(max(1, math.ceil(d * PROBE_WIDTH / widest)) for d in dims)
-    counted = _counted((probe, activations, has_bias, dtype, device), scheme, False)[0]
+    counted = _counted((probe, *rest), scheme, False)[0]
     return counted * (widest / PROBE_WIDTH) ** cost_degree(scheme)
 
 
