@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -120,10 +121,8 @@ def counted_propagation(net: MLP, scheme: Scheme, count: bool = True,
     prepare(net, scheme)
     synchronize(net.device)
     start = time.perf_counter()
-    if count:
-        with FlopCounter() as counter:
-            result = propagate(net, scheme, outputs)
-    else:
+    counter = FlopCounter() if count else nullcontext()
+    with counter:
         result = propagate(net, scheme, outputs)
     synchronize(net.device)
     return result, counter.total if count else None, time.perf_counter() - start
