@@ -939,7 +939,7 @@ def last_mean(backend: Backend, spec: dict, weight: Any, bias: Any | None, activ
 
 def planned_flops(width: int, depth: int, order: int, window: int | None = None,
                   compression: Compression | None = None, strassen: int = 0) -> int:
-    """Leading-order FLOPs of ``planned_means`` (float32 units) for the K = 3 (simple, factored) or K = 2
+    """Leading-order FLOPs of ``planned`` (float32 units) for the K = 3 (simple, factored) or K = 2
     (augment) plan, layer by layer as it runs: W Wᵀ (2n³) and W Σ Wᵀ (4n³) on hidden layers (the last layer
     only diag(W Σ Wᵀ), 2n³); at K = 3 with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the
     newest, whose T is I) and, on hidden layers, the (2,1) slice (6n³ a source). Without a window: K = 3
@@ -992,13 +992,13 @@ def elementwise_bound(width: int, depth: int, quadratic: int) -> int:
 
 
 def covariance_flops(width: int, depth: int) -> int:
-    """FLOPs of ``covariance_means`` (float32 units), an upper bound: W Σ Wᵀ, 4n³ per layer, and its elementwise
+    """FLOPs of ``covariance`` (float32 units), an upper bound: W Σ Wᵀ, 4n³ per layer, and its elementwise
     work (≤ 200n² a layer)."""
     return 4 * width**3 * depth + elementwise_bound(width, depth, 200 * depth)
 
 
 def mean_field_flops(width: int, depth: int) -> int:
-    """FLOPs of ``mean_field_means`` (float32 units), an upper bound: W·mean and Σ_j W_ij², ≤ 4n² a layer."""
+    """FLOPs of ``mean_field`` (float32 units), an upper bound: W·mean and Σ_j W_ij², ≤ 4n² a layer."""
     return elementwise_bound(width, depth, 4 * depth)
 
 
@@ -1025,12 +1025,18 @@ def choice_means(backend: Backend, weights: Sequence[Any], order: int, variant: 
     """E[a_l] for every layer of a bias-free ReLU net without output map (WhestBench's) by one (order, variant,
     window) choice; K = 3 and K = 2 augment run the plan ``specs[plan_key(order, variant)]``, K = 3 with
     ``compression`` and ``strassen`` levels if given."""
-    layers = relu_layers(weights)
+    options = {"compression": compression, "strassen": strassen} if order == 3 else {}
+    return run_scheme(backend, relu_layers(weights), order, variant, specs.get(plan_key(order, variant)),
+                      window=window, **options).layer_means
+
+
+def run_scheme(backend: Backend, layers: Layers, order: int, variant: str, spec: dict | None,
+               outputs: str = "cov", window: int | None = None, compression: Compression | None = None,
+               strassen: int = 0) -> Cumulants:
+    """The executor's one dispatch: K = 1 (variant "simple" or "isotropic") and K = 2 simple as their closed
+    recursions, K = 2 augment and factored K = 3 simple by their plan ``spec`` (``planned``)."""
     if order == 1:
-        return mean_field(backend, layers).layer_means
+        return mean_field(backend, layers, isotropic=variant == "isotropic")
     if (order, variant) == (2, "simple"):
-        return covariance(backend, layers).layer_means
-    if order == 3:
-        return planned(backend, layers, specs[plan_key(order, variant)], window, compression=compression,
-                       strassen=strassen).layer_means
-    return planned(backend, layers, specs[plan_key(order, variant)], window).layer_means
+        return covariance(backend, layers, outputs)
+    return planned(backend, layers, spec, window, outputs, compression, strassen)

@@ -15,7 +15,7 @@ import torch
 
 from mechest.kprop.backends import layers_of, torch_backend
 from mechest.kprop.engine import propagate_general
-from mechest.kprop.executor import Backend, Cumulants, Layers, covariance, mean_field, planned
+from mechest.kprop.executor import Backend, Cumulants, Layers, run_scheme
 from mechest.kprop.factored import propagate_factored
 from mechest.kprop.factored4 import propagate_factored4
 from mechest.kprop.plan import compile_plan
@@ -59,11 +59,8 @@ def hidden_width(layers: Layers) -> int:
 
 def run_executor(backend: Backend, layers: Layers, scheme: Scheme, outputs: str) -> Cumulants:
     """``layers`` propagated by the executor on ``backend`` at an executor scheme."""
-    if scheme in PLANNED_SCHEMES:
-        return planned(backend, layers, executor_plan(scheme, hidden_width(layers)), outputs=outputs)
-    if scheme.order == 1:
-        return mean_field(backend, layers, isotropic=scheme.variant == "isotropic")
-    return covariance(backend, layers, outputs)
+    spec = executor_plan(scheme, hidden_width(layers)) if scheme in PLANNED_SCHEMES else None
+    return run_scheme(backend, layers, scheme.order, scheme.variant, spec, outputs)
 
 
 def prepare(net: MLP, scheme: Scheme) -> None:
