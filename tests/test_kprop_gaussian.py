@@ -13,6 +13,7 @@ from mechest.errors import MechestError
 from mechest.estimators.estimate import estimate
 from mechest.flops import FlopCounter
 from mechest.kprop import Scheme, propagate
+from mechest.kprop.executor import relu_wick_matrix
 from mechest.math.wick import ACTIVATION_NAMES, activation_function
 from mechest.mlp import MLP, random_mlp
 
@@ -86,22 +87,29 @@ def test_gradients_match_finite_differences(order: int) -> None:
 
 def test_order_two_flops_counted_match_hand_formula_for_matrix_products() -> None:
     """K = 2 spends 2n³ (W Wᵀ; the input's zero mean is not multiplied through W) on the first layer and
-    2n² (mean) + 4n³ (W Σ Wᵀ) on every later one."""
+    2n² (mean) + 4n³ (W Σ Wᵀ) on every later one, plus per layer the ReLU Wick table's product of its constant
+    coefficients (one row per (k, p)) with the n neurons' monomials."""
     n, depth = 20, 3
+
+    def wick_products(k_max: int, p_max: int) -> int:
+        matrix = relu_wick_matrix(k_max, p_max)
+        return 2 * len(matrix) * len(matrix[0]) * n
+
     net = random_mlp(n, depth, "relu", seed=0)
     with FlopCounter() as counter:
         propagate(net, Scheme(2))
     products = counter.by_operation["mm"] + counter.by_operation["mv"]
-    assert products == 2 * n**3 + depth * (2 * n**2 + 4 * n**3)
+    assert products == 2 * n**3 + depth * (2 * n**2 + 4 * n**3 + wick_products(1, 2))
     # everything else is elementwise work on n × n matrices and vectors: O(n²) per layer
     assert counter.total - products < 40 * n**2 * (depth + 1)
     assert estimate(net, "kprop", order=2, cov=True).flops == counter.total
     # the mean alone skips the output's W Σ Wᵀ (4n³) and reads only diag(W Σ Wᵀ) = Σ_j (W Σ)_ij W_ij on the last
-    # hidden layer (2n³ instead of 4n³): 6n³ less
+    # hidden layer (2n³ instead of 4n³): 6n³ less, and its Wick table needs only E[φ] (k = 0, p ≤ 1)
     with FlopCounter() as mean_only:
         propagate(net, Scheme(2), "mean")
     assert estimate(net, "kprop", order=2).flops == mean_only.total
-    assert counter.by_operation["mm"] - mean_only.by_operation["mm"] == 6 * n**3
+    assert counter.by_operation["mm"] - mean_only.by_operation["mm"] == 6 * n**3 + wick_products(1, 2) - wick_products(
+        0, 1)
 
 
 def test_order_one_costs_order_n_squared() -> None:
@@ -109,7 +117,10 @@ def test_order_one_costs_order_n_squared() -> None:
     with FlopCounter() as counter:
         propagate(random_mlp(n, depth, seed=0), Scheme(1))
     assert counter.by_operation["mv"] == depth * 2 * n**2  # W μ per map but the first (the input mean is 0)
-    assert counter.total < 10 * n**2 * (depth + 1)
+    # besides, per hidden layer the Wick table's product with the neurons' monomials: O(n), 2·rows·columns·n
+    matrix = relu_wick_matrix(0, 2)
+    assert counter.by_operation["mm"] == depth * 2 * len(matrix) * len(matrix[0]) * n
+    assert counter.total - counter.by_operation["mm"] < 10 * n**2 * (depth + 1)
 
 
 def test_float32_is_offered_and_close() -> None:

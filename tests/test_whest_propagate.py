@@ -133,7 +133,8 @@ def test_compression_at_full_rank_is_exact(age: int, widths: list[int], output: 
         np.testing.assert_allclose(b, a, rtol=0, atol=TOLERANCE)
     if output:
         for name in ("mean", "cov", "third_diagonal", "fourth_diagonal"):
-            np.testing.assert_allclose(getattr(got, name), getattr(exact, name), rtol=0, atol=TOLERANCE)
+            # the output's κ_4 diagonal reaches ~1e4 here: round-off is relative
+            np.testing.assert_allclose(getattr(got, name), getattr(exact, name), rtol=1e-12, atol=TOLERANCE)
 
 
 def test_compression_changes_the_result_below_full_rank() -> None:

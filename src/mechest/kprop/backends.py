@@ -38,7 +38,7 @@ def _backend(device: str) -> Backend:
 
 def torch_backend(device: torch.device | str) -> Backend:
     """The executor on torch tensors of ``device``: differentiable, float32 or float64, CPU or CUDA; the Wick tables
-    of every activation from mechest.math.wick (for ReLU fewer FLOPs than the executor's einsum form). One namespace
+    of activations other than ReLU from mechest.math.wick (ReLU's is the executor's own closed form). One namespace
     per device, so the executor's per-namespace caches are shared."""
     return _backend(str(torch.device(device)))
 

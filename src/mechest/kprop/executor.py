@@ -202,29 +202,49 @@ def wick_coefficients(k_max: int, p_max: int) -> tuple[list, list[int], list[int
 
 
 def relu_wick(backend: Backend, mean: Any, var: Any, k_max: int, p_max: int) -> Any:
-    """table[k, p] = E[∂^k ReLU(Z)^p] for k ≤ k_max, p ≤ p_max (variances floored at MIN_VARIANCE): one einsum of
-    the constant coefficients (``wick_coefficients``) with the features Φ, ϕ, 1 and the powers of μ and σ
-    (few operations: the grader gates the Python time between them)."""
+    """table[k, p] = E[∂^k ReLU(Z)^p] for k ≤ k_max, p ≤ p_max (variances floored at MIN_VARIANCE): the constant
+    coefficients (``wick_coefficients``, one (k, p) row per column of monomials) times the monomials
+    feature_f · μ^a σ^b of every neuron, one matrix product (few operations: the grader gates the Python time
+    between them, and torch dispatches each one)."""
     xp = backend.xp
-    dtype = mean.dtype
-    std = xp.sqrt(xp.where(var > MIN_VARIANCE, var, MIN_VARIANCE))
+    std = xp.sqrt(xp.where(var < MIN_VARIANCE, MIN_VARIANCE, var))  # NaN stays NaN
     alpha = mean / std
     features = xp.stack([backend.normal_cdf(alpha), xp.exp(-0.5 * alpha * alpha) * INV_SQRT_2PI, alpha * 0 + 1])
-    coefficients, mean_exponents, std_exponents = wick_coefficients(k_max, p_max)
-    mean_powers = mean[None, :] ** xp.asarray(mean_exponents, dtype=dtype)[:, None]
-    std_powers = std[None, :] ** xp.asarray(std_exponents, dtype=dtype)[:, None]
-    return xp.einsum("kpfab,fn,an,bn->kpn", xp.asarray(coefficients, dtype=dtype), features, mean_powers,
-                     std_powers)
+    _, mean_exponents, std_exponents = wick_coefficients(k_max, p_max)
+    mean_powers = mean[None, :] ** constant(xp, mean, ("mean exponents", k_max, p_max), lambda: mean_exponents)[:, None]
+    std_powers = std[None, :] ** constant(xp, mean, ("std exponents", k_max, p_max), lambda: std_exponents)[:, None]
+    monomials = features[:, None, None, :] * mean_powers[None, :, None, :] * std_powers[None, None, :, :]
+    table = constant(xp, mean, ("relu wick", k_max, p_max), lambda: relu_wick_matrix(k_max, p_max))
+    return (table @ monomials.reshape(-1, mean.shape[0])).reshape(k_max + 1, p_max + 1, mean.shape[0])
+
+
+def relu_wick_matrix(k_max: int, p_max: int) -> list[list[float]]:
+    """``wick_coefficients`` as a matrix: row (k, p), column (f, a, b), both in row-major order."""
+    coefficients, _, _ = wick_coefficients(k_max, p_max)
+    return [[value for per_feature in row for per_mean in per_feature for value in per_mean]
+            for per_k in coefficients for row in per_k]
+
+
+_CONSTANTS: dict = {}
+
+
+def constant(xp: Any, like: Any, name: Any, values: Callable[[], Any]) -> Any:
+    """``xp.asarray(values())`` in ``like``'s dtype and on its device, made once per (namespace, device, dtype,
+    ``name``): the executor's constant coefficient arrays (``name`` must determine ``values``)."""
+    key = (id(xp), str(getattr(like, "device", "")), str(like.dtype), name)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = xp.asarray(values(), dtype=like.dtype)
+    return _CONSTANTS[key]
 
 
 def activation_wick(backend: Backend, activation: str, mean: Any, var: Any, k_max: int, p_max: int) -> Any:
-    """table[k, p] = E[∂^k φ(Z)^p], Z ~ N(mean, var): by ``backend.wick`` where the backend has one, else ReLU's
-    closed form here (few operations, many FLOPs per neuron: the choice for a grader that times the calls)."""
-    if backend.wick is not None:
-        return backend.wick(activation, mean, var, k_max, p_max)
-    if activation != "relu":
+    """table[k, p] = E[∂^k φ(Z)^p], Z ~ N(mean, var): ReLU by its closed form here (``relu_wick``: few operations,
+    the same on every namespace), other activations by ``backend.wick``."""
+    if activation == "relu":
+        return relu_wick(backend, mean, var, k_max, p_max)
+    if backend.wick is None:
         raise ValueError(f"activation {activation!r} needs a Wick table from the backend; only relu is built in")
-    return relu_wick(backend, mean, var, k_max, p_max)
+    return backend.wick(activation, mean, var, k_max, p_max)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,39 +533,79 @@ def block_product(slices: dict, sig: Signature, m: int, one: Any) -> Any:
 
 
 def power_vectors(xp: Any, spec: dict, slices: dict, table: Any, only: tuple | None) -> dict:
-    """pK_p for the one-coordinate types p, all in one einsum: Σ_{s,k} c[q,s,k] w(k, p_q) ⊙ B_s."""
-    types, signatures, coefficients = diagram_coefficients(spec, set(slices), 1, only)
-    k_count, p_count = table.shape[0], table.shape[1]
-    array = [[[[0.0] * p_count for _ in range(k_count)] for _ in signatures] for _ in types]
-    for (q, sig, k), c in coefficients.items():
-        array[q][signatures.index(sig)][k][types[q][0]] = c
-    one = table[0][0]
-    products = xp.stack([block_product(slices, sig, 1, one) for sig in signatures])
-    values = xp.einsum("qskp,kpn,sn->qn", xp.asarray(array, dtype=table.dtype), table, products)
+    """pK_p for the one-coordinate types p: U[q,s] = Σ_k c[q,s,k] w(k, p_q) (one matrix product with the Wick
+    table), then pK = Σ_s U[q,s] ⊙ B_s."""
+    types, signatures, matrix = spec_cached(spec, ("power vectors", frozenset(slices), only),
+                                            lambda: vector_coefficients(spec, set(slices), only, table.shape))
+    products = xp.stack([block_product(slices, sig, 1, table[0][0]) for sig in signatures])
+    weights = constant(xp, table, (id(spec), "power vectors", frozenset(slices), only), lambda: matrix)
+    combined = (weights @ table.reshape(-1, table.shape[-1])).reshape(len(types), len(signatures), -1)
+    values = xp.sum(combined * products[None], axis=1)
     return {p: values[i] for i, p in enumerate(types)}
+
+
+def vector_coefficients(spec: dict, available: set, only: tuple | None, shape: tuple) -> tuple[list, list, list]:
+    """(types, signatures, c as a matrix with row (q, s) and column (k, p) of the Wick table) for ``power_vectors``."""
+    types, signatures, coefficients = diagram_coefficients(spec, available, 1, only)
+    k_count, p_count = shape[0], shape[1]
+    matrix = [[0.0] * (k_count * p_count) for _ in range(len(types) * len(signatures))]
+    for (q, sig, k), c in coefficients.items():
+        matrix[q * len(signatures) + signatures.index(sig)][k * p_count + types[q][0]] += c
+    return types, signatures, matrix
 
 
 def power_matrices(xp: Any, spec: dict, slices: dict, table: Any) -> dict:
-    """pK_p for the two-coordinate types p: U[q,s] = Σ_{k_0,k_1} c[q,s,k_0,k_1] w(k_0, p_0) ⊗ w(k_1, p_1), then
-    pK = Σ_s U[q,s] ⊙ B_s, zero on the diagonal (two einsums after gathering each type's Wick rows)."""
-    types, signatures, coefficients = diagram_coefficients(spec, set(slices), 2, None)
+    """pK_p for the two-coordinate types p: Σ_{s,k_0,k_1} c[q,s,k_0,k_1] w(k_0, p_0) ⊗ w(k_1, p_1) ⊙ B_s, zero on
+    the diagonal. The blocks B_s are first summed per (k_0, k_1) into X = Σ_s c B_s (shared by the types with the
+    same coefficients), so each type costs two scalings and an addition per distinct (k_0, k_1)."""
+    types, terms = spec_cached(spec, ("power matrices", frozenset(slices)), lambda: matrix_terms(spec, set(slices)))
+    one = table[0][0]
+    combined: dict[tuple, Any] = {}
+    out = {}
+    for p, rows in zip(types, terms, strict=True):
+        value = None
+        for k0, k1, blocks in rows:
+            if blocks not in combined:
+                combined[blocks] = sum_blocks(slices, blocks, one)
+            term = table[k0][p[0]][:, None] * combined[blocks] * table[k1][p[1]][None, :]
+            value = term if value is None else value + term
+        out[p] = off_diagonal(xp, value)
+    return out
+
+
+def matrix_terms(spec: dict, available: set) -> tuple[list, list]:
+    """(types, per type the terms (k_0, k_1, ((c, signature), ...))) for ``power_matrices``."""
+    types, signatures, coefficients = diagram_coefficients(spec, available, 2, None)
     if any(all(len(axes) < 2 for _, _, axes in sig) for sig in signatures):
         raise ValueError("a two-coordinate diagram term without a two-coordinate block is not supported")
-    orders = sorted({k for key in coefficients for k in key[2:]})
-    k_count, p_count = table.shape[0], table.shape[1]
-    array = [[[[0.0] * len(orders) for _ in orders] for _ in signatures] for _ in types]
-    for (q, sig, k0, k1), c in coefficients.items():
-        array[q][signatures.index(sig)][orders.index(k0)][orders.index(k1)] = c
-    rows = []
-    for axis in range(2):
-        pick = [[[[1.0 if (k == order and p == types[q][axis]) else 0.0 for p in range(p_count)]
-                  for k in range(k_count)] for order in orders] for q in range(len(types))]
-        rows.append(xp.einsum("qjkp,kpn->qjn", xp.asarray(pick, dtype=table.dtype), table))
-    outer = xp.einsum("qskl,qki,qlj->qsij", xp.asarray(array, dtype=table.dtype), rows[0], rows[1])
-    one = table[0][0]
-    products = xp.stack([block_product(slices, sig, 2, one) for sig in signatures])
-    values = off_diagonal(xp, xp.einsum("qsij,sij->qij", outer, products))
-    return {p: values[i] for i, p in enumerate(types)}
+    grouped: list[dict] = [{} for _ in types]
+    for (q, sig, k0, k1), c in sorted(coefficients.items()):
+        grouped[q].setdefault((k0, k1), []).append((c, sig))
+    return types, [[(k0, k1, tuple(blocks)) for (k0, k1), blocks in rows.items()] for rows in grouped]
+
+
+def sum_blocks(slices: dict, blocks: tuple, one: Any) -> Any:
+    """Σ c · Π_{blocks of s} κ_block over the (c, s) of ``blocks``, on two coordinates."""
+    total = None
+    for c, sig in blocks:
+        value = block_product(slices, sig, 2, one)
+        value = value if c == 1 else c * value
+        total = value if total is None else total + value
+    return total
+
+
+_SPEC_CACHES: dict[int, tuple[dict, dict]] = {}
+
+
+def spec_cached(spec: dict, key: Any, make: Callable[[], Any]) -> Any:
+    """``make()`` computed once per plan ``spec`` and ``key`` (what the executor derives from the plan's data: its
+    coefficient lists). The cache holds the spec itself, so its id is not reused while the entry lives."""
+    entry = _SPEC_CACHES.get(id(spec))
+    if entry is None or entry[0] is not spec:
+        entry = _SPEC_CACHES[id(spec)] = (spec, {})
+    if key not in entry[1]:
+        entry[1][key] = make()
+    return entry[1][key]
 
 
 def placed(value: Any, axes: Sequence[int], m: int) -> Any:
