@@ -155,10 +155,10 @@ def test_range_finder_is_exact_on_low_rank_factors(power: int) -> None:
     B Bᵀ X = X, so B (Bᵀ X) reproduces the factors."""
     rng = np.random.default_rng(power)
     span = rng.normal(size=(11, 3))
-    factors = np.stack([span @ rng.normal(size=(3, 7)) for _ in range(3)])
+    factors = np.stack([span @ rng.normal(size=(3, 7)) for _ in range(3)], axis=1)  # (n, 3, m): leg index first
     basis, coefficients = xprop.compressed_source(np, factors, 3, power)
     np.testing.assert_allclose(basis.T @ basis, np.eye(3), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(basis[None] @ coefficients, factors, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.einsum("nr,jrk->njk", basis, coefficients), factors, rtol=0, atol=1e-12)
 
 
 def test_compression_rejects_bad_parameters() -> None:

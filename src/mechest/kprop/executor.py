@@ -396,17 +396,12 @@ def product_flops(n: int, k: int, m: int, levels: int = 0) -> int:
     return math.ceil(2 * n * k * m * (7 / 8) ** levels + combinations)
 
 
-_OFF_DIAGONAL_MASKS: dict = {}
-
-
 def off_diagonal(xp: Any, matrix: Any) -> Any:
     """The matrix (or each of a stack) with its diagonal set to zero (the (1,1) slice of a symmetric 2-tensor):
-    times the mask I == 0, cached per (namespace, device, width, dtype) so that it costs one operation (and made by
-    a comparison, which no FLOP counter bills, so that a first call costs what every later one does)."""
-    key = (id(xp), str(getattr(matrix, "device", "")), matrix.shape[-1], str(matrix.dtype))
-    if key not in _OFF_DIAGONAL_MASKS:
-        _OFF_DIAGONAL_MASKS[key] = xp.eye(matrix.shape[-1], dtype=matrix.dtype) == 0
-    return matrix * _OFF_DIAGONAL_MASKS[key]
+    times the mask 1{i ≠ j}, a ``constant`` made by a comparison (which no FLOP counter bills, so that a first call
+    costs what every later one does) and stored in the matrix's dtype (a boolean mask is converted at every use)."""
+    width = matrix.shape[-1]
+    return matrix * constant(xp, matrix, ("off-diagonal", width), lambda: xp.eye(width, dtype=matrix.dtype) == 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,8 +551,9 @@ def vector_coefficients(spec: dict, available: set, only: tuple | None, shape: t
 
 def power_matrices(xp: Any, spec: dict, slices: dict, table: Any) -> dict:
     """pK_p for the two-coordinate types p: Σ_{s,k_0,k_1} c[q,s,k_0,k_1] w(k_0, p_0) ⊗ w(k_1, p_1) ⊙ B_s, zero on
-    the diagonal. The blocks B_s are first summed per (k_0, k_1) into X = Σ_s c B_s (shared by the types with the
-    same coefficients), so each type costs two scalings and an addition per distinct (k_0, k_1)."""
+    the diagonal because every B_s has a two-coordinate block, which is. The blocks B_s are first summed per
+    (k_0, k_1) into X = Σ_s c B_s (shared by the types with the same coefficients), so each type costs two scalings
+    and an addition per distinct (k_0, k_1)."""
     types, terms = spec_cached(spec, ("power matrices", frozenset(slices)), lambda: matrix_terms(spec, set(slices)))
     one = table[0][0]
     combined: dict[tuple, Any] = {}
@@ -569,7 +565,7 @@ def power_matrices(xp: Any, spec: dict, slices: dict, table: Any) -> dict:
                 combined[blocks] = sum_blocks(slices, blocks, one)
             term = table[k0][p[0]][:, None] * combined[blocks] * table[k1][p[1]][None, :]
             value = term if value is None else value + term
-        out[p] = off_diagonal(xp, value)
+        out[p] = value
     return out
 
 
@@ -635,37 +631,48 @@ def memoised_product(parts: tuple, power: dict, m: int, products: dict) -> Any:
 
 def cumulants_from_powers(xp: Any, spec: dict, power: dict, only: tuple | None) -> dict:
     """K_p = Σ_terms c · Π_parts pK_q laid on their axes (the spec's pK → K conversions), for the one- and the
-    two-coordinate types each one einsum over the distinct products (built from memoised prefixes); the
-    two-coordinate ones zeroed on the diagonal."""
+    two-coordinate types each one product of the coefficients with the distinct monomials (built from memoised
+    prefixes). A two-coordinate K is zero on the diagonal: it is where every term has a two-coordinate part (the
+    power matrices are), else it is zeroed."""
     cumulants = {}
     for m, subscripts in ((1, "pt,tn->pn"), (2, "pt,tij->pij")):
-        entries = [e for e in spec["conversions"] if len(e["p"]) == m and (only is None or tuple(e["p"]) == only)]
-        if not entries:
+        types, monomials, coefficients, has_diagonal = spec_cached(spec, ("conversions", m, only),
+                                                                   lambda: conversion_terms(spec, m, only))
+        if not types:
             continue
         products: dict[tuple, Any] = {}
-        rows = []
-        for entry in entries:
-            row: dict[tuple, float] = {}
-            for term in entry["terms"]:
-                parts = tuple(sorted(((tuple(q), tuple(axes)) for q, axes in term["parts"]),
-                                     key=lambda part: (-len(part[1]), part)))
-                memoised_product(parts, power, m, products)
-                row[parts] = row.get(parts, 0.0) + term["c"]
-            rows.append(row)
-        monomials = list(dict.fromkeys(parts for row in rows for parts in row))
-        coefficients = [[row.get(parts, 0.0) for parts in monomials] for row in rows]
-        stacked = xp.stack([products[parts] for parts in monomials])
-        values = xp.einsum(subscripts, xp.asarray(coefficients, dtype=stacked.dtype), stacked)
-        if m == 2:
+        stacked = xp.stack([memoised_product(parts, power, m, products) for parts in monomials])
+        weights = constant(xp, stacked, (id(spec), "conversions", m, only), lambda: coefficients)
+        values = xp.einsum(subscripts, weights, stacked)
+        if has_diagonal:
             values = off_diagonal(xp, values)
-        cumulants.update({tuple(entry["p"]): values[i] for i, entry in enumerate(entries)})
+        cumulants.update({p: values[i] for i, p in enumerate(types)})
     return cumulants
 
 
+def conversion_terms(spec: dict, m: int, only: tuple | None) -> tuple[list, list, list, bool]:
+    """(types, distinct monomials (parts sorted so that products share prefixes), coefficients per type and
+    monomial, whether some two-coordinate monomial lacks a two-coordinate part) for ``cumulants_from_powers``."""
+    entries = [e for e in spec["conversions"] if len(e["p"]) == m and (only is None or tuple(e["p"]) == only)]
+    rows = []
+    for entry in entries:
+        row: dict[tuple, float] = {}
+        for term in entry["terms"]:
+            parts = tuple(sorted(((tuple(q), tuple(axes)) for q, axes in term["parts"]),
+                                 key=lambda part: (-len(part[1]), part)))
+            row[parts] = row.get(parts, 0.0) + term["c"]
+        rows.append(row)
+    monomials = list(dict.fromkeys(parts for row in rows for parts in row))
+    coefficients = [[row.get(parts, 0.0) for parts in monomials] for row in rows]
+    has_diagonal = m == 2 and any(all(len(axes) < 2 for _, axes in parts) for parts in monomials)
+    return [tuple(entry["p"]) for entry in entries], monomials, coefficients, has_diagonal
+
+
 Sources = list
-"""The κ_3 sources as groups: full ones (factors (S, 3, n, m), scales (S, m)), T, P, Q of S sources of m columns
-each, oldest first, grouped by m; and compressed ones (bases (S, n, r), coefficients (S, 3, r, m), scales (S, m)),
-whose factors are bases @ coefficients (``Compression``)."""
+"""The κ_3 sources as groups: full ones (factors (n, S, 3, m), scales (S, m)): for S sources of m columns each,
+oldest first, grouped by m, the factors T, P, Q with the leg index first, so that W times every factor is one
+matrix product and the (2,1) slice one more (no copies); and compressed ones (bases (S, n, r), coefficients
+(S, 3, r, m), scales (S, m)), whose factors are bases @ coefficients (``Compression``)."""
 
 
 @dataclass(frozen=True)
@@ -709,15 +716,16 @@ def test_matrix(xp: Any, like: Any, rows: int, columns: int) -> Any:
 
 
 def compressed_source(xp: Any, factors: Any, rank: int, power: int) -> tuple[Any, Any]:
-    """(B, Bᵀ X) for one source's factors X = (T, P, Q) (3, n, m): B (n × rank) an orthonormal basis of the range of
-    Σ_j X̂_j Ω_j (X̂_j = X_j / ‖X_j‖_F, so that each factor is represented; ``power`` times Y ← Σ_j X̂_j X̂_jᵀ Y)."""
-    norms = xp.sqrt(xp.sum(xp.sum(factors * factors, axis=2), axis=1))
-    scaled = factors / norms[:, None, None]
-    sketch = xp.einsum("jnk,jkr->nr", scaled, test_matrix(xp, factors, factors.shape[-1], rank))
+    """(B, Bᵀ X) for one source's factors X = (T, P, Q) (n, 3, m): B (n × rank) an orthonormal basis of the range of
+    Σ_j X̂_j Ω_j (X̂_j = X_j / ‖X_j‖_F, so that each factor is represented; ``power`` times Y ← Σ_j X̂_j X̂_jᵀ Y);
+    Bᵀ X as (3, rank, m)."""
+    norms = xp.sqrt(xp.sum(xp.sum(factors * factors, axis=2), axis=0))
+    scaled = factors / norms[None, :, None]
+    sketch = xp.einsum("njk,jkr->nr", scaled, test_matrix(xp, factors, factors.shape[-1], rank))
     for _ in range(power):
-        sketch = xp.einsum("jnk,jkr->nr", scaled, xp.einsum("jmk,mr->jkr", scaled, sketch))
+        sketch = xp.einsum("njk,jkr->nr", scaled, xp.einsum("ajk,ar->jkr", scaled, sketch))
     basis = xp.linalg.qr(sketch)[0]
-    return basis, xp.einsum("nr,jnk->jrk", basis, factors)
+    return basis, xp.einsum("nr,njk->jrk", basis, factors)
 
 
 def compressed(xp: Any, groups: Sources, compression: Compression | None) -> Sources:
@@ -726,66 +734,71 @@ def compressed(xp: Any, groups: Sources, compression: Compression | None) -> Sou
     if compression is None:
         return groups
     full = [group for group in groups if not is_compressed(group)]
-    excess = sum(group[0].shape[0] for group in full) - compression.age
+    excess = sum(group[0].shape[1] for group in full) - compression.age
     out = [group for group in groups if is_compressed(group)]
     for factors, scales in full:
-        count = min(max(excess, 0), factors.shape[0])
+        count = min(max(excess, 0), factors.shape[1])
         excess -= count
         for index in range(count):
-            basis, coefficients = compressed_source(xp, factors[index], min(compression.rank, factors.shape[2]),
+            basis, coefficients = compressed_source(xp, factors[:, index], min(compression.rank, factors.shape[3]),
                                                     compression.power)
             out = joined(xp, out, (basis[None], coefficients[None], scales[index][None]))
-        if count < factors.shape[0]:
-            out.append((factors[count:], scales[count:]))
+        if count < factors.shape[1]:
+            out.append((factors[:, count:], scales[count:]))
     return out
 
 
 def joined(xp: Any, groups: Sources, group: tuple) -> Sources:
-    """``groups`` with ``group`` concatenated onto the first group of the same kind and shapes, else appended."""
+    """``groups`` with ``group`` concatenated onto the first group of the same kind and shapes (along the sources'
+    axis: 1 for full factors, 0 otherwise), else appended."""
+    axes = (0,) * 3 if is_compressed(group) else (1, 0)
     for index, other in enumerate(groups):
-        if len(other) == len(group) and all(a.shape[1:] == b.shape[1:] for a, b in zip(other, group, strict=True)):
-            merged = tuple(xp.concatenate([a, b]) for a, b in zip(other, group, strict=True))
+        if len(other) == len(group) and all(a.shape[:axis] + a.shape[axis + 1:] == b.shape[:axis] + b.shape[axis + 1:]
+                                            for a, b, axis in zip(other, group, axes, strict=True)):
+            merged = tuple(xp.concatenate([a, b], axis=axis) for a, b, axis in zip(other, group, axes, strict=True))
             return [*groups[:index], merged, *groups[index + 1:]]
     return [*groups, group]
 
 
 def expanded(xp: Any, group: tuple) -> tuple[Any, Any]:
-    """A group's (factors, scales): a compressed group's factors B @ (Bᵀ X), (S, 3, n, m)."""
+    """A group's (factors (n, S, 3, m), scales): a compressed group's factors B (Bᵀ X)."""
     if not is_compressed(group):
         return group
     bases, coefficients, scales = group
-    return bases[:, None] @ coefficients, scales
+    return xp.einsum("snr,sjrk->nsjk", bases, coefficients), scales
 
 
 def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources:
-    """(W⊗W⊗W)κ_3 as source groups (factors, scales): every leg of every source times W.
+    """(W⊗W⊗W)κ_3 as source groups (factors, scales): every leg of every source times W, one matrix product a group.
 
-    ``third`` = (groups, fresh, v): ``groups`` holds T, P, Q of the earlier sources, ``fresh`` (2, n, n) P and Q of
+    ``third`` = (groups, fresh, v): ``groups`` holds T, P, Q of the earlier sources, ``fresh`` (n, 2, m) P and Q of
     the newest, whose T is the identity, so its W·T is W itself; it joins the group of its rank n (one group when
     every hidden layer has the same width).
     """
     groups, fresh, v = third
-    newest = xp.concatenate([weight[None], product(xp, weight, fresh, levels)])[None]
-    mapped = [(weight @ group[0] if is_compressed(group) else product(xp, weight, group[0], levels), *group[1:])
+    newest = xp.concatenate([weight[:, None], mapped(xp, weight, fresh, levels)], axis=1)[:, None]
+    groups = [(weight @ group[0], *group[1:]) if is_compressed(group) else (mapped(xp, weight, group[0], levels),
+                                                                            group[1])
               for group in groups]  # a compressed group maps its bases alone
-    return joined(xp, mapped, (newest, v[None]))
+    return joined(xp, groups, (newest, v[None]))
+
+
+def mapped(xp: Any, weight: Any, factors: Any, levels: int) -> Any:
+    """W times factors with the leg index first (n, ...), as one matrix product (``levels`` Strassen levels)."""
+    return product(xp, weight, factors.reshape(factors.shape[0], -1), levels).reshape(weight.shape[0],
+                                                                                       *factors.shape[1:])
 
 
 def third_cubic(xp: Any, groups: Sources) -> Any:
-    """Slice (3) of κ_3 = Σ_s Sym(Σ_k P_k⊗P_k⊗v_k T_k + T_k⊗T_k⊗Q_k): Σ_s Σ_k (P² v T + T² Q), as two einsums a
-    group instead of seven elementwise calls (their temporaries are freed inside the einsum, where the WhestBench
-    grader does not count the time as residual: measured 0.2 ms against 4.5 ms at 1024×1024×15)."""
+    """Slice (3) of κ_3 = Σ_s Sym(Σ_k P_k⊗P_k⊗v_k T_k + T_k⊗T_k⊗Q_k): Σ_s Σ_k T (P² v + T Q), read alone where the
+    (2,1) slice (whose diagonal it is, ``third_slices``) is not needed."""
     total = None
     for group in groups:
-        value = group_cubic(xp, *expanded(xp, group))
+        factors, scales = expanded(xp, group)
+        t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
+        value = xp.einsum("isk,isk->i", t, p * p * scales[None] + t * q)
         total = value if total is None else total + value
     return total
-
-
-def group_cubic(xp: Any, factors: Any, scales: Any) -> Any:
-    """``third_cubic`` of one group of full factors (S, 3, n, m) and scales (S, m)."""
-    t, p, q = factors[:, 0], factors[:, 1], factors[:, 2]
-    return xp.einsum("sik,sik,sk,sik->i", p, p, scales, t) + xp.einsum("sik,sik,sik->i", t, t, q)
 
 
 def third_slices(xp: Any, groups: Sources, levels: int = 0) -> tuple[Any, Any]:
@@ -793,29 +806,26 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0) -> tuple[Any, Any]:
 
     Sym(Σ_r A_r⊗A_r⊗C_r) has (2,1) slice ((A∘A)Cᵀ + 2(A∘C)Aᵀ)/3 (an assignment of factors to positions matters
     only through the lone factor, and the three classes are equally large). Per source A = [P, T] and
-    C = [T·diag v, Q], so it is ([(P∘P)v + 2 T∘Q] Tᵀ + [2 P∘T v] Pᵀ + [T∘T] Qᵀ) / 3: one contraction of the
-    three bracketed matrices with the factors (T, P, Q) themselves, 6n³ per source. For a compressed group
-    (factors B·X', ``Compression``) the contraction runs through the basis: (left X'ᵀ) Bᵀ, 8n²r a source.
+    C = [T·diag v, Q], so it is ([(P∘P)v + 2 T∘Q] Tᵀ + [2 P∘T v] Pᵀ + [T∘T] Qᵀ) / 3: one product of the three
+    bracketed matrices, side by side for every source, with the factors (T, P, Q) themselves, 6n³ per source. Its
+    diagonal is slice (3). For a compressed group (factors B·X', ``Compression``) the contraction runs through the
+    basis: (left X'ᵀ) Bᵀ, 8n²r a source.
     """
-    double = cubic = None
+    double = None
     for group in groups:
         factors, scales = expanded(xp, group)
-        value = group_cubic(xp, factors, scales)
-        cubic = value if cubic is None else cubic + value
-        t, p, q = factors[:, 0], factors[:, 1], factors[:, 2]
-        v = scales[:, None, :]
-        left = xp.stack([p * p * v + 2 * t * q, 2 * p * t * v, t * t], axis=1)
+        t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
+        v = scales[None]
+        left = xp.stack([p * p * v + 2 * t * q, 2 * p * t * v, t * t], axis=2)
         if is_compressed(group):
-            through = xp.einsum("sjik,sjak->sia", left, group[1])
+            through = xp.einsum("isjk,sjak->sia", left, group[1])
             value = xp.einsum("sia,sla->il", through, group[0])
-        elif levels:  # as one (n × 3Sm)(3Sm × n) product
-            rows = xp.einsum("sjik->isjk", left).reshape(left.shape[2], -1)
-            columns = xp.einsum("sjlk->sjkl", factors).reshape(-1, factors.shape[2])
-            value = product(xp, rows, columns, levels)
         else:
-            value = xp.einsum("sjik,sjlk->il", left, factors)
+            rows = factors.shape[0]
+            value = product(xp, left.reshape(rows, -1), factors.reshape(rows, -1).T, levels)
         double = value if double is None else double + value
-    return cubic, double / 3
+    double = double / 3
+    return xp.diag(double), double
 
 
 def carried_third(xp: Any, term: dict, slices: dict, groups: Sources, wick: Any) -> tuple:
@@ -834,9 +844,9 @@ def carried_third(xp: Any, term: dict, slices: dict, groups: Sources, wick: Any)
             carried.append((bases * w[:, None], coefficients, scales if c == 1 else c * scales))
             continue
         factors, scales = group
-        factors = factors * w[:, None]
+        factors = factors * w[:, None, None, None]
         if c != 1:
-            factors = factors * xp.asarray([1.0, 1.0, c], dtype=factors.dtype)[:, None, None]
+            factors = factors * xp.asarray([1.0, 1.0, c], dtype=factors.dtype)[:, None]
         carried.append((factors, scales if c == 1 else c * scales))
     cubic = c * w * w * w * slices[(3, (3,))]
     double = c * (w * w)[:, None] * slices[(3, (2, 1))] * w[None, :]
@@ -886,7 +896,7 @@ def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: 
         cubic, double = cubic + carried_cubic, double + carried_double
     counts = spec["lower_slice_counts"]
     q = counts["2,1"] * (cumulants[(2, 1)] - double).T + counts["3"] * xp.diag(cumulants[(3,)] - cubic)
-    return older, xp.stack([p, q]), v
+    return older, xp.stack([p, q], axis=1), v
 
 
 @dataclass(frozen=True)
@@ -1005,7 +1015,7 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     newest, whose T is I) and, on hidden layers, the (2,1) slice (6n³ a source). Without a window: K = 3
     n³(6L² − 8L), K = 2 augment n³(6L − 8), for L ≥ 2; K = 3 with window m Θ(n³(L + m²)). The elementwise
     work (O(n²) a layer and source, O(n) a layer for the Wick table's constant coefficients) is bounded by
-    n²(28L² + 60L) at K = 3, n²·200L at K = 2, plus 30000nL: an envelope of flopscope's counts
+    n²(28L² + 60L) at K = 3, n²·160L at K = 2 augment, plus 30000nL: an envelope of flopscope's counts
     (tests/test_whestbench.py), so the total is an upper bound (tested at n = 8–256; K = 3: 1.5% above the count
     at 256×8, 0.3% at 1024×16; K = 2 augment: 10% above at 256×8).
 
@@ -1040,7 +1050,7 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
         sources, packed = (sources + 1, packed) if carried and order == 3 else (0, 0)
     products += (square if depth > 1 else 0) + (mapping(sources) if sources else 0)
     squares += 8 * packed
-    quadratic = 28 * depth**2 + 60 * depth if order == 3 else 200 * depth
+    quadratic = 28 * depth**2 + 60 * depth if order == 3 else 160 * depth
     return (products + width**2 * rank * squares + width * rank**2 * thin
             + elementwise_bound(width, depth, quadratic + (6 * depth**2 if strassen else 0)))
 
