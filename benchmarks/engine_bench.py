@@ -7,7 +7,10 @@ fastest of --repeats runs of --mc-samples). Both timings come from the same run,
 shared machine; ``--load`` repeats everything while a CPU-bound process runs beside it. The last lines time the
 whole ``mechest estimate`` process.
 
-Run: python benchmarks/engine_bench.py [--schemes 3f 2a 2] [--seeds 0 1 2] [--load]
+kprop runs in float64 (mechest's default) and, with ``--dtypes float64 float32``, also in float32, the precision
+the Monte Carlo forward passes are timed in (rows "3f/float32").
+
+Run: python benchmarks/engine_bench.py [--schemes 3f 2a 2] [--seeds 0 1 2] [--dtypes float64 float32] [--load]
 (works on earlier mechest versions too: it only calls ``estimate``, for before/after comparisons).
 """
 
@@ -41,18 +44,17 @@ LOAD = "import torch\nx = torch.randn(1024, 1024)\nwhile True:\n    x = torch.ta
 
 
 
-def kprop_seconds(net, order: int, variant: str, factored: bool, repeats: int) -> float:
+def kprop_seconds(net, order: int, variant: str, factored: bool, dtype: str, repeats: int) -> float:
     """Fastest uncounted run (``count=False`` where this mechest has it; older versions timed a plain run)."""
+    options = {"order": order, "variant": variant, "factored": factored, "dtype": dtype}
     try:
-        estimate(net, "kprop", order=order, variant=variant, factored=factored, count=False)
-        return fastest(lambda: estimate(net, "kprop", order=order, variant=variant, factored=factored,
-                                        count=False), repeats)
+        estimate(net, "kprop", count=False, **options)
+        return fastest(lambda: estimate(net, "kprop", count=False, **options), repeats)
     except TypeError:
-        return min(estimate(net, "kprop", order=order, variant=variant, factored=factored).seconds
-                   for _ in range(repeats))
+        return min(estimate(net, "kprop", **options).seconds for _ in range(repeats))
 
 
-def measure(seeds: list[int], schemes: list[str], repeats: int, mc_samples: int) -> list[list]:
+def measure(seeds: list[int], schemes: list[str], dtypes: list[str], repeats: int, mc_samples: int) -> list[list]:
     rows = []
     for seed in seeds:
         net = random_mlp(256, 4, "relu", seed=seed)
@@ -63,23 +65,26 @@ def measure(seeds: list[int], schemes: list[str], repeats: int, mc_samples: int)
                                 repeats) / mc_samples
         for key in schemes:
             order, variant, factored = SCHEMES[key]
-            result = estimate(net, "kprop", order=order, variant=variant, factored=factored)
-            seconds = kprop_seconds(net, order, variant, factored, repeats)
-            relative = score(result.mean, truth).relative
-            samples = 1 / relative
-            rows.append([seed, key, result.flops, seconds, relative, samples * net.flops_per_sample() / result.flops,
-                         samples * mc_per_sample / seconds, mc_per_sample])
+            for dtype in dtypes:
+                result = estimate(net, "kprop", order=order, variant=variant, factored=factored, dtype=dtype)
+                seconds = kprop_seconds(net, order, variant, factored, dtype, repeats)
+                relative = score(result.mean.double(), truth).relative
+                samples = 1 / relative
+                label = key if dtype == "float64" else f"{key}/{dtype}"
+                rows.append([seed, label, result.flops, seconds, relative,
+                             samples * net.flops_per_sample() / result.flops, samples * mc_per_sample / seconds,
+                             mc_per_sample])
     return rows
 
 
-def process_seconds(key: str, repeats: int) -> float:
+def process_seconds(key: str, dtype: str, repeats: int) -> float:
     """Wall-clock of the whole ``mechest estimate --weights F`` process (imports included), fastest of repeats."""
     order, variant, factored = SCHEMES[key]
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / "net.npz"
         random_mlp(256, 4, "relu", seed=0).save(weights)
         command = [sys.executable, "-m", "mechest.cli", "estimate", "--weights", str(weights), "--order",
-                   str(order), "--variant", variant, "--json"] + (["--factored"] if factored else [])
+                   str(order), "--variant", variant, "--dtype", dtype, "--json"] + (["--factored"] if factored else [])
         return fastest(lambda: subprocess.run(command, check=True, capture_output=True), repeats)
 
 
@@ -99,19 +104,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schemes", nargs="+", choices=tuple(SCHEMES), default=["3f", "2a", "2"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--dtypes", nargs="+", choices=("float64", "float32"), default=["float64"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mc-samples", type=int, default=2**14)
     parser.add_argument("--load", action="store_true", help="also measure while a CPU-bound process runs")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    report(measure(args.seeds, args.schemes, args.repeats, args.mc_samples), "quiet")
+    report(measure(args.seeds, args.schemes, args.dtypes, args.repeats, args.mc_samples), "quiet")
     for key in args.schemes:
-        print(f"mechest estimate process, {key}: {process_seconds(key, 3):.2f} s")
+        for dtype in args.dtypes:
+            print(f"mechest estimate process, {key} {dtype}: {process_seconds(key, dtype, 3):.2f} s")
     if args.load:
         load = subprocess.Popen([sys.executable, "-c", LOAD])
         try:
             time.sleep(2)
-            report(measure(args.seeds, args.schemes, args.repeats, args.mc_samples), "beside a CPU-bound process")
+            report(measure(args.seeds, args.schemes, args.dtypes, args.repeats, args.mc_samples),
+                   "beside a CPU-bound process")
         finally:
             load.kill()
             load.wait()

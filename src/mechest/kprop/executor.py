@@ -462,7 +462,7 @@ def projected_cores(spec: dict, cumulants: dict, n: int) -> dict:
         total = None
         for entry in piece["laplacian"]:
             value = cumulants[tuple(entry["p"])]
-            if entry["summed"]:
+            if entry["summed"] and tuple(entry["p"]) not in summed_types(spec):  # those are sums already
                 value = value.sum(axis=tuple(entry["summed"]))
             value = entry["weight"] * value
             total = value if total is None else total + value
@@ -549,11 +549,12 @@ def vector_coefficients(spec: dict, available: set, only: tuple | None, shape: t
     return types, signatures, matrix
 
 
-def power_matrices(xp: Any, spec: dict, slices: dict, table: Any) -> dict:
+def power_matrices(xp: Any, spec: dict, slices: dict, table: Any, summed: frozenset) -> dict:
     """pK_p for the two-coordinate types p: Σ_{s,k_0,k_1} c[q,s,k_0,k_1] w(k_0, p_0) ⊗ w(k_1, p_1) ⊙ B_s, zero on
     the diagonal because every B_s has a two-coordinate block, which is. The blocks B_s are first summed per
     (k_0, k_1) into X = Σ_s c B_s (shared by the types with the same coefficients), so each type costs two scalings
-    and an addition per distinct (k_0, k_1)."""
+    and an addition per distinct (k_0, k_1). A type in ``summed`` is returned as Σ_ij pK_p = Σ w(k_0)ᵀ X w(k_1),
+    two matrix-vector products a term and no n × n temporary."""
     types, terms = spec_cached(spec, ("power matrices", frozenset(slices)), lambda: matrix_terms(spec, set(slices)))
     one = table[0][0]
     combined: dict[tuple, Any] = {}
@@ -563,7 +564,11 @@ def power_matrices(xp: Any, spec: dict, slices: dict, table: Any) -> dict:
         for k0, k1, blocks in rows:
             if blocks not in combined:
                 combined[blocks] = sum_blocks(slices, blocks, one)
-            term = table[k0][p[0]][:, None] * combined[blocks] * table[k1][p[1]][None, :]
+            left, right = table[k0, p[0]], table[k1, p[1]]
+            if p in summed:
+                term = xp.sum(left * (combined[blocks] @ right))
+            else:
+                term = left[:, None] * combined[blocks] * right[None, :]
             value = term if value is None else value + term
         out[p] = value
     return out
@@ -613,11 +618,27 @@ def placed(value: Any, axes: Sequence[int], m: int) -> Any:
 
 def dense_cumulants(xp: Any, spec: dict, slices: dict, wick: Any, only: tuple | None = None) -> dict:
     """K_p for the dense slice types (only K_``only`` and what it needs, if given): power cumulants by diagram
-    sums, then pK → K (docs/method.md §6.3–§6.6)."""
+    sums, then pK → K (docs/method.md §6.3–§6.6). A two-coordinate type that is read only through its full sum
+    (``summed_types``) is returned as Σ_ij K_p."""
     power = power_vectors(xp, spec, slices, wick, only)
+    summed = summed_types(spec)
     if only is None or len(only) == 2:
-        power.update(power_matrices(xp, spec, slices, wick))
-    return cumulants_from_powers(xp, spec, power, only)
+        power.update(power_matrices(xp, spec, slices, wick, summed))
+    return cumulants_from_powers(xp, spec, power, only, summed)
+
+
+def summed_types(spec: dict) -> frozenset:
+    """The two-coordinate types whose K is read only as Σ_ij K_p (by a radial piece's Laplacian, summed over both
+    axes): all but (1,1) (the covariance), (2,1) at K = 3 (the newest κ_3 source) and those a Laplacian keeps an
+    axis of."""
+
+    def make() -> frozenset:
+        kept = {(1, 1)} | ({(2, 1)} if spec["order"] == 3 else set())
+        laplacian = [entry for piece in spec["pieces"] for entry in piece["laplacian"] if len(entry["p"]) == 2]
+        kept |= {tuple(entry["p"]) for entry in laplacian if len(entry["summed"]) < 2}
+        return frozenset(tuple(p) for p in spec["dense_types"] if len(p) == 2) - kept
+
+    return spec_cached(spec, "summed types", make)
 
 
 def memoised_product(parts: tuple, power: dict, m: int, products: dict) -> Any:
@@ -629,30 +650,50 @@ def memoised_product(parts: tuple, power: dict, m: int, products: dict) -> Any:
     return products[parts]
 
 
-def cumulants_from_powers(xp: Any, spec: dict, power: dict, only: tuple | None) -> dict:
-    """K_p = Σ_terms c · Π_parts pK_q laid on their axes (the spec's pK → K conversions), for the one- and the
-    two-coordinate types each one product of the coefficients with the distinct monomials (built from memoised
-    prefixes). A two-coordinate K is zero on the diagonal: it is where every term has a two-coordinate part (the
-    power matrices are), else it is zeroed."""
+def cumulants_from_powers(xp: Any, spec: dict, power: dict, only: tuple | None,
+                          summed: frozenset = frozenset()) -> dict:
+    """K_p = Σ_terms c · Π_parts pK_q laid on their axes (the spec's pK → K conversions), the products built from
+    memoised prefixes. A two-coordinate K is zero on the diagonal: it is where every term has a two-coordinate part
+    (the power matrices are), else it is zeroed. A type in ``summed`` is computed as Σ_ij K_p (``power`` holds the
+    same sums of the summed power types)."""
     cumulants = {}
-    for m, subscripts in ((1, "pt,tn->pn"), (2, "pt,tij->pij")):
-        types, monomials, coefficients, has_diagonal = spec_cached(spec, ("conversions", m, only),
-                                                                   lambda: conversion_terms(spec, m, only))
-        if not types:
-            continue
+    for m in (1, 2):
+        types, rows, has_diagonal = spec_cached(spec, ("conversions", m, only), lambda: conversion_terms(spec, m, only))
         products: dict[tuple, Any] = {}
-        stacked = xp.stack([memoised_product(parts, power, m, products) for parts in monomials])
-        weights = constant(xp, stacked, (id(spec), "conversions", m, only), lambda: coefficients)
-        values = xp.einsum(subscripts, weights, stacked)
-        if has_diagonal:
-            values = off_diagonal(xp, values)
-        cumulants.update({p: values[i] for i, p in enumerate(types)})
+        for p, row in zip(types, rows, strict=True):
+            value = None
+            for parts, c in row:
+                if p in summed:
+                    term = summed_product(xp, parts, power, products, summed)
+                else:
+                    term = memoised_product(parts, power, m, products)
+                term = term if c == 1 else c * term
+                value = term if value is None else value + term
+            cumulants[p] = off_diagonal(xp, value) if has_diagonal and p not in summed else value
     return cumulants
 
 
-def conversion_terms(spec: dict, m: int, only: tuple | None) -> tuple[list, list, list, bool]:
-    """(types, distinct monomials (parts sorted so that products share prefixes), coefficients per type and
-    monomial, whether some two-coordinate monomial lacks a two-coordinate part) for ``cumulants_from_powers``."""
+def summed_product(xp: Any, parts: tuple, power: dict, products: dict, summed: frozenset) -> Any:
+    """Σ_ij Π_parts pK_q laid on their axes: a summed type's own sum, or (Π matrices) contracted with the products
+    u, v of the vectors on axes 0 and 1, uᵀ M v."""
+    if any(q in summed for q, _ in parts):
+        ((q, _),) = parts
+        return power[q]
+    matrices = tuple(part for part in parts if len(part[1]) == 2)  # a prefix: parts are sorted matrices first
+    if not matrices:
+        raise ValueError(f"a summed two-coordinate term without a two-coordinate part is not supported: {parts}")
+    vectors = [None, None]
+    for q, axes in parts[len(matrices):]:
+        vectors[axes[0]] = power[q] if vectors[axes[0]] is None else vectors[axes[0]] * power[q]
+    left, right = vectors
+    matrix = memoised_product(matrices, power, 2, products)
+    rows = xp.sum(matrix, axis=1) if right is None else matrix @ right
+    return xp.sum(rows if left is None else rows * left)
+
+
+def conversion_terms(spec: dict, m: int, only: tuple | None) -> tuple[list, list, bool]:
+    """(types, per type its terms (parts sorted so that products share prefixes, summed coefficient), whether some
+    two-coordinate term lacks a two-coordinate part) for ``cumulants_from_powers``."""
     entries = [e for e in spec["conversions"] if len(e["p"]) == m and (only is None or tuple(e["p"]) == only)]
     rows = []
     for entry in entries:
@@ -661,11 +702,9 @@ def conversion_terms(spec: dict, m: int, only: tuple | None) -> tuple[list, list
             parts = tuple(sorted(((tuple(q), tuple(axes)) for q, axes in term["parts"]),
                                  key=lambda part: (-len(part[1]), part)))
             row[parts] = row.get(parts, 0.0) + term["c"]
-        rows.append(row)
-    monomials = list(dict.fromkeys(parts for row in rows for parts in row))
-    coefficients = [[row.get(parts, 0.0) for parts in monomials] for row in rows]
-    has_diagonal = m == 2 and any(all(len(axes) < 2 for _, axes in parts) for parts in monomials)
-    return [tuple(entry["p"]) for entry in entries], monomials, coefficients, has_diagonal
+        rows.append([(parts, c) for parts, c in row.items() if c])
+    has_diagonal = m == 2 and any(all(len(axes) < 2 for _, axes in parts) for row in rows for parts, _ in row)
+    return [tuple(entry["p"]) for entry in entries], rows, has_diagonal
 
 
 Sources = list
@@ -1015,9 +1054,9 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     newest, whose T is I) and, on hidden layers, the (2,1) slice (6n³ a source). Without a window: K = 3
     n³(6L² − 8L), K = 2 augment n³(6L − 8), for L ≥ 2; K = 3 with window m Θ(n³(L + m²)). The elementwise
     work (O(n²) a layer and source, O(n) a layer for the Wick table's constant coefficients) is bounded by
-    n²(28L² + 60L) at K = 3, n²·160L at K = 2 augment, plus 30000nL: an envelope of flopscope's counts
+    n²(22L² + 40L) at K = 3, n²·100L at K = 2 augment, plus 30000nL: an envelope of flopscope's counts
     (tests/test_whestbench.py), so the total is an upper bound (tested at n = 8–256; K = 3: 1.5% above the count
-    at 256×8, 0.3% at 1024×16; K = 2 augment: 10% above at 256×8).
+    at 256×8; K = 2 augment: 10% above at 256×8).
 
     With ``compression`` (age a, rank r) at most a sources are full; each older one maps its basis (2n²r) and its
     (2,1) slice costs 14n²r (expanding B·X' 6n²r, contracting through the basis 8n²r), plus 6n²r for its cubic
@@ -1050,7 +1089,7 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
         sources, packed = (sources + 1, packed) if carried and order == 3 else (0, 0)
     products += (square if depth > 1 else 0) + (mapping(sources) if sources else 0)
     squares += 8 * packed
-    quadratic = 28 * depth**2 + 60 * depth if order == 3 else 160 * depth
+    quadratic = 22 * depth**2 + 40 * depth if order == 3 else 100 * depth
     return (products + width**2 * rank * squares + width * rank**2 * thin
             + elementwise_bound(width, depth, quadratic + (6 * depth**2 if strassen else 0)))
 
