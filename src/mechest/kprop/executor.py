@@ -810,13 +810,15 @@ def expanded(xp: Any, group: tuple) -> tuple[Any, Any]:
 def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources:
     """(W⊗W⊗W)κ_3 as source groups (factors, scales): every leg of every source times W, one matrix product a group.
 
-    ``third`` = (groups, fresh, v): ``groups`` holds T, P, Q of the earlier sources, ``fresh`` (n, 2, m) P and Q of
-    the newest, whose T is the identity, so its W·T is W itself; it joins the group of its rank n (one group when
-    every hidden layer has the same width).
+    ``third`` = (groups, rows, fresh, v): ``groups`` holds T, P, Q of the earlier sources, whose rows are still to be
+    scaled by ``rows`` (``carried_third``; None: not), so they are mapped by W·diag(rows); ``fresh`` (n, 2, m) P and
+    Q of the newest, whose T is the identity, so its W·T is W itself; it joins the group of its rank n (one group
+    when every hidden layer has the same width).
     """
-    groups, fresh, v = third
+    groups, rows, fresh, v = third
     newest = xp.concatenate([weight[:, None], mapped(xp, weight, fresh, levels)], axis=1)[:, None]
-    groups = [(weight @ group[0], *group[1:]) if is_compressed(group) else (mapped(xp, weight, group[0], levels),
+    scaled = weight if rows is None else weight * rows[None, :]
+    groups = [(scaled @ group[0], *group[1:]) if is_compressed(group) else (mapped(xp, scaled, group[0], levels),
                                                                             group[1])
               for group in groups]  # a compressed group maps its bases alone
     return joined(xp, groups, (newest, v[None]))
@@ -869,27 +871,26 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0) -> tuple[Any, Any]:
 
 def carried_third(xp: Any, term: dict, slices: dict, groups: Sources, wick: Any) -> tuple:
     """The carried block c·(w⊗w⊗w)⊙κ_3 of pK_(1,1,1): every leg's rows times w (w = wick[k][1], k the same on all
-    three legs), c on the C side (v and Q). Its slices are κ_3's times c·w_a³ and c·w_a²w_b: no new n³ work.
-    Returns (groups, cubic, double)."""
+    three legs), c on the C side (v and Q). Its slices are κ_3's times c·w_a³ and c·w_a²w_b: no new n³ work. The
+    rows are not scaled here: the next W maps the groups as W·diag(w) (``mapped_third``), n² work instead of the
+    factors' size. Returns (groups with c applied, w, cubic, double)."""
     if len(set(term["k"])) != 1:
         raise ValueError(f"carried block needs equal Wick orders, got {term['k']}")
     w, c = wick[term["k"][0]][1], term["c"]
     carried = []
     for group in groups:
-        if is_compressed(group):  # the rows are the bases' rows; c scales Q's coefficients and v
+        if c == 1:
+            carried.append(group)
+        elif is_compressed(group):  # c scales Q's coefficients and v
             bases, coefficients, scales = group
-            if c != 1:
-                coefficients = coefficients * xp.asarray([1.0, 1.0, c], dtype=bases.dtype)[:, None, None]
-            carried.append((bases * w[:, None], coefficients, scales if c == 1 else c * scales))
-            continue
-        factors, scales = group
-        factors = factors * w[:, None, None, None]
-        if c != 1:
-            factors = factors * xp.asarray([1.0, 1.0, c], dtype=factors.dtype)[:, None]
-        carried.append((factors, scales if c == 1 else c * scales))
+            coefficients = coefficients * xp.asarray([1.0, 1.0, c], dtype=bases.dtype)[:, None, None]
+            carried.append((bases, coefficients, c * scales))
+        else:
+            factors, scales = group
+            carried.append((factors * xp.asarray([1.0, 1.0, c], dtype=factors.dtype)[:, None], c * scales))
     cubic = c * w * w * w * slices[(3, (3,))]
     double = c * (w * w)[:, None] * slices[(3, (2, 1))] * w[None, :]
-    return carried, cubic, double
+    return carried, w, cubic, double
 
 
 def path_source(xp: Any, term: dict, slices: dict, wick: list[list[Any]]) -> tuple[Any, Any, Any, Any]:
@@ -922,7 +923,8 @@ def path_source(xp: Any, term: dict, slices: dict, wick: list[list[Any]]) -> tup
 def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: Any, cumulants: dict) -> tuple:
     """κ_3 after the nonlinearity, exact on every slice: pK_(1,1,1) (carried block + one new path source) plus
     Sym(Σ_a e_a⊗e_a⊗Q_a), Q_a = N(2,1)·g_(2,1)[a,:] + N(3)·g_(3)[a]·e_a with g_q = K_q − slice_q(pK_(1,1,1)): the
-    correction is the new source's Q (its T is I too). Returns (groups, fresh, v) for ``mapped_third``."""
+    correction is the new source's Q (its T is I too). Returns (groups, their row scale, fresh, v) for
+    ``mapped_third``."""
     (entry,) = [e for e in spec["diagrams"] if tuple(e["p"]) == TOP]
     carried = [t for t in entry["terms"] if len(t["blocks"]) == 1 and tuple(t["blocks"][0][1]) == TOP]
     paths = [t for t in entry["terms"] if t not in carried]
@@ -930,12 +932,13 @@ def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: 
         raise ValueError(f"expected one carried and one path term in pK_(1,1,1), got {len(carried)} and {len(paths)}")
     p, v, cubic, double = path_source(xp, paths[0], slices, wick)
     older: Sources = []
+    rows = None
     if groups is not None:
-        older, carried_cubic, carried_double = carried_third(xp, carried[0], slices, groups, wick)
+        older, rows, carried_cubic, carried_double = carried_third(xp, carried[0], slices, groups, wick)
         cubic, double = cubic + carried_cubic, double + carried_double
     counts = spec["lower_slice_counts"]
     q = counts["2,1"] * (cumulants[(2, 1)] - double).T + counts["3"] * xp.diag(cumulants[(3,)] - cubic)
-    return older, xp.stack([p, q], axis=1), v
+    return older, rows, xp.stack([p, q], axis=1), v
 
 
 @dataclass(frozen=True)
