@@ -13,7 +13,7 @@ from mechest.errors import MechestError
 from mechest.estimators.estimate import estimate
 from mechest.flops import FlopCounter
 from mechest.kprop import Scheme, propagate
-from mechest.kprop.executor import relu_wick_matrix
+from mechest.kprop.executor import relu_wick_terms
 from mechest.math.wick import ACTIVATION_NAMES, activation_function
 from mechest.mlp import MLP, random_mlp
 
@@ -92,7 +92,7 @@ def test_order_two_flops_counted_match_hand_formula_for_matrix_products() -> Non
     n, depth = 20, 3
 
     def wick_products(k_max: int, p_max: int) -> int:
-        matrix = relu_wick_matrix(k_max, p_max)
+        matrix = relu_wick_terms(k_max, p_max)[2]
         return 2 * len(matrix) * len(matrix[0]) * n
 
     net = random_mlp(n, depth, "relu", seed=0)
@@ -118,7 +118,7 @@ def test_order_one_costs_order_n_squared() -> None:
         propagate(random_mlp(n, depth, seed=0), Scheme(1))
     assert counter.by_operation["mv"] == depth * 2 * n**2  # W μ per map but the first (the input mean is 0)
     # besides, per hidden layer the Wick table's product with the neurons' monomials: O(n), 2·rows·columns·n
-    matrix = relu_wick_matrix(0, 2)
+    matrix = relu_wick_terms(0, 2)[2]
     assert counter.by_operation["mm"] == depth * 2 * len(matrix) * len(matrix[0]) * n
     assert counter.total - counter.by_operation["mm"] < 10 * n**2 * (depth + 1)
 

@@ -203,26 +203,34 @@ def wick_coefficients(k_max: int, p_max: int) -> tuple[list, list[int], list[int
 
 def relu_wick(backend: Backend, mean: Any, var: Any, k_max: int, p_max: int) -> Any:
     """table[k, p] = E[∂^k ReLU(Z)^p] for k ≤ k_max, p ≤ p_max (variances floored at MIN_VARIANCE): the constant
-    coefficients (``wick_coefficients``, one (k, p) row per column of monomials) times the monomials
+    coefficients (``relu_wick_terms``: one row per (k, p), one column per monomial used) times the monomials
     feature_f · μ^a σ^b of every neuron, one matrix product (few operations: the grader gates the Python time
     between them, and torch dispatches each one)."""
     xp = backend.xp
+    n = mean.shape[0]
     std = xp.sqrt(xp.where(var < MIN_VARIANCE, MIN_VARIANCE, var))  # NaN stays NaN
     alpha = mean / std
     features = xp.stack([backend.normal_cdf(alpha), xp.exp(-0.5 * alpha * alpha) * INV_SQRT_2PI, alpha * 0 + 1])
     _, mean_exponents, std_exponents = wick_coefficients(k_max, p_max)
+    feature_index, power_index, matrix = relu_wick_terms(k_max, p_max)
     mean_powers = mean[None, :] ** constant(xp, mean, ("mean exponents", k_max, p_max), lambda: mean_exponents)[:, None]
     std_powers = std[None, :] ** constant(xp, mean, ("std exponents", k_max, p_max), lambda: std_exponents)[:, None]
-    monomials = features[:, None, None, :] * mean_powers[None, :, None, :] * std_powers[None, None, :, :]
-    table = constant(xp, mean, ("relu wick", k_max, p_max), lambda: relu_wick_matrix(k_max, p_max))
-    return (table @ monomials.reshape(-1, mean.shape[0])).reshape(k_max + 1, p_max + 1, mean.shape[0])
+    powers = (mean_powers[:, None, :] * std_powers[None, :, :]).reshape(-1, n)
+    monomials = features[feature_index] * powers[power_index]
+    table = constant(xp, mean, ("relu wick", k_max, p_max), lambda: matrix)
+    return (table @ monomials).reshape(k_max + 1, p_max + 1, n)
 
 
-def relu_wick_matrix(k_max: int, p_max: int) -> list[list[float]]:
-    """``wick_coefficients`` as a matrix: row (k, p), column (f, a, b), both in row-major order."""
-    coefficients, _, _ = wick_coefficients(k_max, p_max)
-    return [[value for per_feature in row for per_mean in per_feature for value in per_mean]
-            for per_k in coefficients for row in per_k]
+@functools.cache
+def relu_wick_terms(k_max: int, p_max: int) -> tuple[list[int], list[int], list[list[float]]]:
+    """``wick_coefficients`` as (feature index f, index of μ^a σ^b in the row-major (a, b) grid, coefficient matrix)
+    over the monomials used: rows (k, p) in row-major order, one column per used monomial."""
+    coefficients, mean_exponents, std_exponents = wick_coefficients(k_max, p_max)
+    grid = [(f, a, b) for f in range(3) for a in range(len(mean_exponents)) for b in range(len(std_exponents))]
+    used = [(f, a, b) for f, a, b in grid
+            if any(per_k[p][f][a][b] for per_k in coefficients for p in range(p_max + 1))]
+    matrix = [[per_k[p][f][a][b] for f, a, b in used] for per_k in coefficients for p in range(p_max + 1)]
+    return [f for f, _, _ in used], [a * len(std_exponents) + b for _, a, b in used], matrix
 
 
 _CONSTANTS: dict = {}
@@ -1057,7 +1065,7 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     newest, whose T is I) and, on hidden layers, the (2,1) slice (6n³ a source). Without a window: K = 3
     n³(6L² − 8L), K = 2 augment n³(6L − 8), for L ≥ 2; K = 3 with window m Θ(n³(L + m²)). The elementwise
     work (O(n²) a layer and source, O(n) a layer for the Wick table's constant coefficients) is bounded by
-    n²(22L² + 40L) at K = 3, n²·100L at K = 2 augment, plus 30000nL: an envelope of flopscope's counts
+    n²(22L² + 40L) at K = 3, n²·100L at K = 2 augment, plus 12000nL: an envelope of flopscope's counts
     (tests/test_whestbench.py), so the total is an upper bound (tested at n = 8–256; K = 3: 1.5% above the count
     at 256×8; K = 2 augment: 10% above at 256×8).
 
@@ -1098,9 +1106,9 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
 
 
 def elementwise_bound(width: int, depth: int, quadratic: int) -> int:
-    """Bound on the O(n²) and O(n) work of a propagation: quadratic·n² + 30000·n·L (the O(n) part is mostly the
+    """Bound on the O(n²) and O(n) work of a propagation: quadratic·n² + 12000·n·L (the O(n) part is mostly the
     Wick table's einsum over its constant coefficients)."""
-    return width**2 * quadratic + 30000 * width * depth
+    return width**2 * quadratic + 12000 * width * depth
 
 
 def covariance_flops(width: int, depth: int) -> int:
