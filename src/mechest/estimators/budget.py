@@ -10,7 +10,8 @@ scheme predicted to fit never exceeds the budget.
 
 Accuracy order (``ranking``): the squared error of kprop falls like n^−2K in width for He-init networks, so a
 higher order is predicted better, augment better than simple at the same order (it keeps every diagram of squared
-size Θ(n^−2K)), and factored equal to (simple) or just behind (augment) unfactored. At K = 2 augment is placed
+size Θ(n^−2K)), and factored equal to (simple) or just behind (augment) unfactored; factored K = 3 core (K = 3
+simple with κ_4's matrix core, docs/method.md §7.8) between K = 3 augment and simple. At K = 2 augment is placed
 after simple on deep narrow nets (width < AUGMENT_MIN_WIDTH_PER_LAYER · depth), where it measured worse
 (docs/whestbench.md).
 """
@@ -90,7 +91,8 @@ def ranking(net: MLP) -> list[Scheme]:
     if width < AUGMENT_MIN_WIDTH_PER_LAYER * net.depth:
         k2.reverse()
     return [Scheme(4, "augment"), Scheme(4, "simple", True), Scheme(4), Scheme(3, "augment"),
-            Scheme(3, "augment", True), Scheme(3, "simple", True), *k2, Scheme(1), Scheme(1, "isotropic")]
+            Scheme(3, "augment", True), Scheme(3, "core", True), Scheme(3, "simple", True), *k2, Scheme(1),
+            Scheme(1, "isotropic")]
 
 
 def fits_in_memory(net: MLP, scheme: Scheme) -> bool:
