@@ -9,15 +9,16 @@ the truths' weight sums. The executor runs on torch (float64 by default) with th
     PYTHONPATH=src python benchmarks/k3_research.py --round warmup                       # exact K = 3
     PYTHONPATH=src python benchmarks/k3_research.py --round warmup --age 4 --rank 96     # compressed sources
     PYTHONPATH=src python benchmarks/k3_research.py --round phase2 --nets 1 --dtype float32 --age 4 --rank 384
-    PYTHONPATH=src python benchmarks/k3_research.py --round mechest --core two       # κ_4 matrix core, 256×4
-    PYTHONPATH=src python benchmarks/k3_research.py --round warmup --core two --count
+    PYTHONPATH=src python benchmarks/k3_research.py --round mechest --core plain     # κ_4 matrix core, 256×4
+    PYTHONPATH=src python benchmarks/k3_research.py --round warmup --core plain --count
 
 The "mechest" round is mechest's 256×4 benchmark: random_mlp(256, 4, "relu", seed=0..2), the output map's mean
 scored by mechest.estimators.truth.score (MSE/Var, noise floor subtracted) against the committed 1e8-sample truths;
 its FLOPs are always counted. ``--core`` keeps κ_4 with an n×n core (mechest.kprop.executor.FourthCore,
-docs/method.md §7.8): "plain" without the capped (2,1,1) sum, "summed" with it, "two" also with the extra
-two-coordinate terms (the scheme K = 3 core factored). ``--count`` counts the first net's FLOPs with
-mechest.flops.FlopCounter (the torch run's operations; the cost model ``planned_flops`` leaves out the core's work).
+docs/method.md §7.8): "plain" without the capped (2,1,1) sum (the scheme K = 3 core factored), "summed" with it,
+"two" also with the extra two-coordinate terms, "plain-two" the extra terms without the capped sum. ``--count``
+counts the first net's FLOPs with mechest.flops.FlopCounter (the torch run's operations; the cost model
+``planned_flops`` leaves out the core's work).
 
 Prints one JSON line per network and one summary line (mean MSE, FLOPs, FLOPs / B, score = MSE·max(0.1, C/B); with
 a counted run, FLOPs is the count).
@@ -45,7 +46,8 @@ from whest_gpu_truths import FIRST_SEED, whest_weights  # the bake's weight gene
 DATA = Path(__file__).resolve().parent / "data" / "whestbench"
 ROUNDS = {"warmup": (256, 8, 3, 6.8e10), "phase2": (1024, 16, 2, 2.0**41), "mechest": (256, 4, 3, 1.5e9)}
 """width, depth, nets, budget B (mechest: the 256×4 cost target of issue 15)"""
-CORES = {"plain": xprop.FourthCore(summed=False), "summed": xprop.FourthCore(), "two": xprop.FourthCore(two=True)}
+CORES = {"plain": xprop.FourthCore(summed=False), "summed": xprop.FourthCore(), "two": xprop.FourthCore(two=True),
+         "plain-two": xprop.FourthCore(summed=False, two=True)}
 
 
 def torch_backend() -> xprop.Backend:

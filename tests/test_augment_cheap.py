@@ -1,6 +1,6 @@
 """The matrix-core option of the K = 3 executor (mechest.kprop.executor.FourthCore, docs/method.md §7.8): off it is
 the reference bit for bit; on it equals the dense engine run on its plan (mechest.kprop.spec.fourth_core_plan), on
-torch and numpy; as the scheme K = 3 core factored it is FourthCore(two=True)."""
+torch and numpy; as the scheme K = 3 core factored it is FourthCore(summed=False)."""
 
 from __future__ import annotations
 
@@ -36,15 +36,17 @@ def test_off_is_the_reference_bit_for_bit(spec: dict) -> None:
             assert (ours is None and theirs is None) or torch.equal(ours, theirs), (outputs, name)
 
 
-@pytest.mark.parametrize(("width", "depth", "outputs", "two"),
-                         [(8, 3, "mean", False), (12, 4, "cov", False), (6, 2, "mean", False), (8, 4, "mean", True),
-                          (10, 3, "cov", True), (7, 3, "marginals", True)])
-def test_matches_the_dense_engine_on_its_plan(spec: dict, width: int, depth: int, outputs: str, two: bool) -> None:
+@pytest.mark.parametrize(("width", "depth", "outputs", "two", "summed"),
+                         [(8, 3, "mean", False, True), (12, 4, "cov", False, True), (6, 2, "mean", False, True),
+                          (8, 4, "mean", True, True), (10, 3, "cov", True, True), (7, 3, "marginals", True, True),
+                          (9, 4, "cov", False, False), (8, 3, "marginals", False, False)])
+def test_matches_the_dense_engine_on_its_plan(spec: dict, width: int, depth: int, outputs: str, two: bool,
+                                              summed: bool) -> None:
     net = net_of(width, depth, width + depth)
-    plan = fourth_core_plan(two)
+    plan = fourth_core_plan(two, summed)
     dense = collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), dense_towers(net, plan))
     result = xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs=outputs,
-                           core=xprop.FourthCore(two=two))
+                           core=xprop.FourthCore(summed=summed, two=two))
     torch.testing.assert_close(result.mean, dense.mean, rtol=1e-10, atol=1e-12)
     if outputs != "mean":
         torch.testing.assert_close(result.cov, dense.cov, rtol=1e-10, atol=1e-12)
@@ -70,12 +72,12 @@ def test_numpy_namespace_equals_torch(spec: dict) -> None:
     np.testing.assert_allclose(got.cov, expected.cov.numpy(), rtol=1e-10, atol=1e-12)
 
 
-def test_the_core_scheme_is_the_option_with_the_two_coordinate_terms() -> None:
+def test_the_core_scheme_is_the_option_without_the_capped_sum() -> None:
     net = net_of(9, 3, 4)
     scheme = mechest.Scheme(3, "core", factored=True)
     result = mechest.estimate(net, scheme=scheme, count=False)
     expected = xprop.planned(torch_backend(net.device), layers_of(net), executor_spec(3, "core", max_width=64),
-                             outputs="mean", core=xprop.FourthCore(two=True))
+                             outputs="mean", core=xprop.FourthCore(summed=False))
     torch.testing.assert_close(result.mean, expected.mean, rtol=1e-12, atol=1e-14)
     with pytest.raises(mechest.MechestError, match="factored"):
         mechest.Scheme(3, "core")

@@ -10,8 +10,7 @@ scheme predicted to fit never exceeds the budget.
 
 Accuracy order (``ranking``): the squared error of kprop falls like n^−2K in width for He-init networks, so a
 higher order is predicted better, augment better than simple at the same order (it keeps every diagram of squared
-size Θ(n^−2K)), and factored equal to (simple) or just behind (augment) unfactored; factored K = 3 core (K = 3
-simple with κ_4's matrix core, docs/method.md §7.8) between K = 3 augment and simple. At K = 2 augment is placed
+size Θ(n^−2K)), and factored equal to (simple) or just behind (augment) unfactored. At K = 2 augment is placed
 after simple on deep narrow nets (width < AUGMENT_MIN_WIDTH_PER_LAYER · depth), where it measured worse
 (docs/whestbench.md).
 """
@@ -85,14 +84,15 @@ def predicted_flops(net: MLP, scheme: Scheme) -> float:
 
 def ranking(net: MLP) -> list[Scheme]:
     """Every scheme, predicted most accurate first (see the module docstring), but unfactored K = 3 simple, which
-    gives factored K = 3 simple's estimate at a higher cost."""
+    gives factored K = 3 simple's estimate at a higher cost, and factored K = 3 core, which is more accurate than
+    K = 3 simple on some nets and less on others (docs/results.md, "Which augment terms matter"): selectable,
+    never chosen for a budget."""
     width = max(net.dims[1:-1], default=1)
     k2 = [Scheme(2, "augment"), Scheme(2)]
     if width < AUGMENT_MIN_WIDTH_PER_LAYER * net.depth:
         k2.reverse()
     return [Scheme(4, "augment"), Scheme(4, "simple", True), Scheme(4), Scheme(3, "augment"),
-            Scheme(3, "augment", True), Scheme(3, "core", True), Scheme(3, "simple", True), *k2, Scheme(1),
-            Scheme(1, "isotropic")]
+            Scheme(3, "augment", True), Scheme(3, "simple", True), *k2, Scheme(1), Scheme(1, "isotropic")]
 
 
 def fits_in_memory(net: MLP, scheme: Scheme) -> bool:

@@ -1267,11 +1267,11 @@ def run_scheme(backend: Backend, layers: Layers, order: int, variant: str, spec:
                strassen: int = 0) -> Cumulants:
     """The executor's one dispatch: K = 1 (variant "simple" or "isotropic") and K = 2 simple as their closed
     recursions, K = 2 augment and factored K = 3 simple by their plan ``spec`` (``planned``), K = 3 "core" as K = 3
-    simple with κ_4's matrix core and its two-coordinate terms (``FourthCore(two=True)``; ``spec`` with the core's
-    data)."""
+    simple with κ_4's matrix core (``FourthCore(summed=False)``, the setting that was better than K = 3 simple on
+    every measured net; ``spec`` with the core's data)."""
     if order == 1:
         return mean_field(backend, layers, isotropic=variant == "isotropic")
     if (order, variant) == (2, "simple"):
         return covariance(backend, layers, outputs)
-    core = FourthCore(two=True) if (order, variant) == (3, "core") else None
+    core = FourthCore(summed=False) if (order, variant) == (3, "core") else None
     return planned(backend, layers, spec, window, outputs, compression, strassen, core)

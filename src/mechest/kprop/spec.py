@@ -128,13 +128,13 @@ def _summed_is_quadratic(blocks: tuple) -> bool:
     return not {1, 2} <= {axis for b in touching for axis in b.axes}
 
 
-def fourth_core_plan(two: bool = False) -> Plan:
+def fourth_core_plan(two: bool = False, summed: bool = True) -> Plan:
     """The plan the matrix-core option evaluates, as a mechest Plan (the dense engine's oracle): the factored K = 3
     augment plan with κ_4 at r = 1, K = 3 simple's terms on every slice K = 3 simple has, on κ_4's (3,1) slice the
     terms ``_core_keeps`` keeps, and on its (2,1,1) slice those of them that are O(n²) in the capped sum
     (``_summed_is_quadratic``); of the (2,1,1) pK → K terms only pK_(2,1,1) itself (the others are a κ_3
     contraction and a matrix product). ``two``: also augment's extra terms on the two-coordinate slices (1,1),
-    (2,1), (2,2) (O(n²) each)."""
+    (2,1), (2,2) (O(n²) each); ``summed`` False: no (2,1,1) terms (``FourthCore(summed=False)``)."""
     simple, augment = factored_plan(3, "simple"), factored_plan(3, "augment")
     diagrams = {}
     for p in augment.slice_types:
@@ -142,8 +142,10 @@ def fourth_core_plan(two: bool = False) -> Plan:
             diagrams[p] = augment.diagrams[p] if two and len(p) == 2 else simple.diagrams[p]
         elif p == (3, 1):
             diagrams[p] = tuple(t for t in augment.diagrams[p] if _core_keeps(t))
-        else:
+        elif summed:
             diagrams[p] = tuple(t for t in augment.diagrams[p] if _core_keeps(t) and _summed_is_quadratic(t.blocks))
+        else:
+            diagrams[p] = ()
     conversions = dict(augment.conversions)
     conversions[(2, 1, 1)] = tuple(c for c in conversions[(2, 1, 1)] if len(c.parts) == 1)
     block_types = frozenset((b.degree, b.slice_type) for terms in diagrams.values() for t in terms for b in t.blocks)
