@@ -26,7 +26,7 @@ every other extra term). A suffix ``/traced``, ``/cube`` or ``/quad`` (repeatabl
 (2,1,1) slice of that kind (``summed_kind``), diagrams and pK → K terms alike. Scores: output mean of
 random_mlp(width, depth, "relu", seed) against the committed 1e8-sample truths (256×4, seeds 0..2) or against
 Monte Carlo truths computed here (``--mc N``, seed 9000 + s, noise floor Var/N subtracted). Hybrids that read
-κ_4's pure-trace piece on the top slice (e.g. ``augment-core``) are refused by the factored engine
+κ_4's pure-trace piece on the top slice (e.g. ``top:all``, ``augment-core``) are refused by the factored engine
 (NotImplementedError: a scalar core factor in its forests); the others run.
 """
 
