@@ -9,13 +9,25 @@ the truths' weight sums. The executor runs on torch (float64 by default) with th
     PYTHONPATH=src python benchmarks/k3_research.py --round warmup                       # exact K = 3
     PYTHONPATH=src python benchmarks/k3_research.py --round warmup --age 4 --rank 96     # compressed sources
     PYTHONPATH=src python benchmarks/k3_research.py --round phase2 --nets 1 --dtype float32 --age 4 --rank 384
+    PYTHONPATH=src python benchmarks/k3_research.py --round mechest --core plain     # κ_4 matrix core, 256×4
+    PYTHONPATH=src python benchmarks/k3_research.py --round warmup --core plain --count
 
-Prints one JSON line per network and one summary line (mean MSE, FLOPs, FLOPs / B, score = MSE·max(0.1, C/B)).
+The "mechest" round is mechest's 256×4 benchmark: random_mlp(256, 4, "relu", seed=0..2), the output map's mean
+scored by mechest.estimators.truth.score (MSE/Var, noise floor subtracted) against the committed 1e8-sample truths;
+its FLOPs are always counted. ``--core`` keeps κ_4 with an n×n core (mechest.kprop.executor.FourthCore,
+docs/method.md §7.8): "plain" without the capped (2,1,1) sum (the scheme K = 3 core factored), "summed" with it,
+"two" also with the extra two-coordinate terms, "plain-two" the extra terms without the capped sum. ``--count``
+counts the first net's FLOPs with mechest.flops.FlopCounter (the torch run's operations; the cost model
+``planned_flops`` leaves out the core's work).
+
+Prints one JSON line per network and one summary line (mean MSE, FLOPs, FLOPs / B, score = MSE·max(0.1, C/B); with
+a counted run, FLOPs is the count).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -24,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mechest.flops import FlopCounter
 from mechest.kprop import executor as xprop
 from mechest.kprop.spec import executor_spec
 
@@ -31,7 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from whest_gpu_truths import FIRST_SEED, whest_weights  # the bake's weight generator
 
 DATA = Path(__file__).resolve().parent / "data" / "whestbench"
-ROUNDS = {"warmup": (256, 8, 3, 6.8e10), "phase2": (1024, 16, 2, 2.0**41)}  # width, depth, nets, budget B
+ROUNDS = {"warmup": (256, 8, 3, 6.8e10), "phase2": (1024, 16, 2, 2.0**41), "mechest": (256, 4, 3, 1.5e9)}
+"""width, depth, nets, budget B (mechest: the 256×4 cost target of issue 15)"""
+CORES = {"plain": xprop.FourthCore(summed=False), "summed": xprop.FourthCore(), "two": xprop.FourthCore(two=True),
+         "plain-two": xprop.FourthCore(summed=False, two=True)}
 
 
 def torch_backend() -> xprop.Backend:
@@ -49,16 +65,37 @@ def network(round_name: str, index: int) -> tuple[list[np.ndarray], np.ndarray, 
     return weights, truths[f"means{index}"], float(truths[f"var{index}"]) / float(truths["samples"])
 
 
-def run_means(weights: list[np.ndarray], spec: dict, dtype: torch.dtype,
-              compression: xprop.Compression | None, strassen: int = 0) -> np.ndarray:
+def run_means(weights: list[np.ndarray], spec: dict, dtype: torch.dtype, compression: xprop.Compression | None,
+              strassen: int = 0, core: xprop.FourthCore | None = None,
+              counter: FlopCounter | None = None) -> np.ndarray:
     columns = [torch.tensor(w.T, dtype=dtype) for w in weights]  # h @ W is mechest's W.T @ h
     layers = xprop.relu_layers(columns)
-    means = xprop.planned(torch_backend(), layers, spec, compression=compression, strassen=strassen).layer_means
+    with counter or contextlib.nullcontext():
+        means = xprop.planned(torch_backend(), layers, spec, compression=compression, strassen=strassen,
+                              core=core).layer_means
     return torch.stack(means).double().numpy()
 
 
+def mechest_score(index: int, spec: dict, dtype: torch.dtype, core: xprop.FourthCore | None,
+                  counter: FlopCounter) -> tuple[float, float]:
+    """(MSE/Var, noise floor / Var) of the output mean of random_mlp(256, 4, seed=index) against its committed
+    truth (mechest's 256×4 benchmark), the run counted by ``counter``."""
+    import mechest
+    from mechest.estimators.truth import score
+    from mechest.experiments.bench import find_truth
+    from mechest.kprop.backends import layers_of
+
+    net = mechest.random_mlp(256, 4, "relu", seed=index)
+    truth = find_truth(net, 10**8, [DATA.parent / "truths"])
+    layers = layers_of(net.to(dtype=dtype))
+    with counter:
+        result = xprop.planned(torch_backend(), layers, spec, outputs="mean", core=core)
+    error = score(result.mean.double(), truth)
+    return error.relative, error.noise_floor / error.variance
+
+
 def metered_flops(weights: list[np.ndarray], spec: dict, compression: xprop.Compression | None,
-                  strassen: int = 0) -> int:
+                  strassen: int = 0, core: xprop.FourthCore | None = None) -> int:
     """flopscope's count of the float32 run (as the WhestBench package runs it)."""
     import warnings
 
@@ -71,7 +108,8 @@ def metered_flops(weights: list[np.ndarray], spec: dict, compression: xprop.Comp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with flops.BudgetContext(flop_budget=10**15, quiet=True) as context:
-            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, compression=compression, strassen=strassen)
+            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, compression=compression, strassen=strassen,
+                          core=core)
             return int(context.flops_used)
 
 
@@ -86,30 +124,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument("--meter", action="store_true", help="also meter the first net with flopscope (float32)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--core", choices=sorted(CORES), default=None,
+                        help="κ_4 with an n×n core (docs/method.md §7.8): without / with the capped (2,1,1) sum, or "
+                             "also with the two-coordinate terms")
+    parser.add_argument("--count", action="store_true", help="count the first net's FLOPs (mechest.flops)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     width, depth, count, budget = ROUNDS[args.round]
     compression = None if args.age is None else xprop.Compression(args.age, args.rank or width, args.power)
-    spec = executor_spec(3, "simple", max_width=width)
-    predicted = xprop.planned_flops(width, depth, 3, compression=compression, strassen=args.strassen)
-    errors = []
+    spec = executor_spec(3, "simple" if args.core is None else "core", max_width=width)
+    core = None if args.core is None else CORES[args.core]
+    flops = xprop.planned_flops(width, depth, 3, compression=compression, strassen=args.strassen)
+    errors, counted = [], []
     for index in range(args.nets or count):
-        weights, truth, floor = network(args.round, index)
+        counter = FlopCounter() if args.round == "mechest" or (args.count and index == 0) else None
         start = time.perf_counter()
-        means = run_means(weights, spec, getattr(torch, args.dtype), compression, args.strassen)
-        seconds = time.perf_counter() - start
-        mse = float(np.mean((means[-1] - truth[-1]) ** 2)) - floor
+        if args.round == "mechest":
+            mse, floor = mechest_score(index, spec, getattr(torch, args.dtype), core, counter)
+            line = {"net": index, "mse_over_var": mse, "noise_floor_over_var": floor}
+        else:
+            weights, truth, floor = network(args.round, index)
+            means = run_means(weights, spec, getattr(torch, args.dtype), compression, args.strassen, core, counter)
+            mse = float(np.mean((means[-1] - truth[-1]) ** 2)) - floor
+            line = {"net": index, "final_mse": mse, "noise_floor": floor}
+        line["seconds"] = round(time.perf_counter() - start, 1)
         errors.append(mse)
-        line = {"net": index, "final_mse": mse, "noise_floor": floor, "seconds": round(seconds, 1)}
-        if args.meter and index == 0:
-            line["metered_flops"] = metered_flops(weights, spec, compression, args.strassen)
-            line["metered_over_predicted"] = line["metered_flops"] / predicted
+        if counter is not None:
+            counted.append(counter.total)
+            line["counted_flops"] = counter.total
+        if args.meter and index == 0 and args.round != "mechest":
+            line["metered_flops"] = metered_flops(weights, spec, compression, args.strassen, core)
+            line["metered_over_predicted"] = line["metered_flops"] / flops
         print(json.dumps(line), flush=True)
     mse = float(np.mean(errors))
+    flops = float(np.mean(counted)) if counted else flops
     print(json.dumps({"round": args.round, "age": args.age, "rank": args.rank, "power": args.power,
-                      "strassen": args.strassen,
-                      "final_mse": mse, "flops": predicted, "flops_over_budget": predicted / budget,
-                      "score": mse * max(0.1, predicted / budget)}), flush=True)
+                      "strassen": args.strassen, "core": args.core, "counted": bool(counted),
+                      "final_mse": mse, "flops": flops, "flops_over_budget": flops / budget,
+                      "score": mse * max(0.1, flops / budget)}), flush=True)
 
 
 if __name__ == "__main__":

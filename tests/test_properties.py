@@ -46,6 +46,8 @@ def implemented(order: int, variant: str, factored: bool) -> bool | None:
     right (factoring at K ≤ 2 changes nothing, and may be refused instead)."""
     if variant == "isotropic" and order != 1:
         return False
+    if variant == "core":
+        return order == 3 and factored
     if factored and order == 4 and variant != "simple":
         return False
     if factored and order <= 2:

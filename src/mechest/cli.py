@@ -41,7 +41,7 @@ from mechest.integrations.whestbench.export import (
 )
 from mechest.integrations.whestbench.score import ROUNDS as WHEST_ROUNDS
 from mechest.integrations.whestbench.score import score_round
-from mechest.kprop import ALL_VARIANTS, MAX_ORDER, VARIANTS, Scheme
+from mechest.kprop import ALL_VARIANTS, FACTORED_ONLY_VARIANTS, MAX_ORDER, VARIANTS, Scheme
 from mechest.kprop.scheme import supported_list
 from mechest.math.wick import ACTIVATION_NAMES
 from mechest.mlp import MAX_SEED, MLP, load, random_mlp
@@ -136,9 +136,10 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
                         help="kprop: cumulant propagation (default); mc: Monte Carlo over --samples inputs")
     parser.add_argument("--order", "-K", type=int, help=f"kprop order K, 1..{MAX_ORDER} (default 2)")
     parser.add_argument("--variant", choices=ALL_VARIANTS,
-                        help="kprop variant (default simple; isotropic: K = 1 only, the cheapest estimate)")
+                        help="kprop variant (default simple; isotropic: K = 1 only, the cheapest estimate; core: "
+                             "factored K = 3 simple with κ_4 kept with a matrix core)")
     parser.add_argument("--factored", action="store_true",
-                        help="carry the top cumulant in factored form (K = 3 both variants, K = 4 simple)")
+                        help="carry the top cumulant in factored form (K = 3 simple, augment, core; K = 4 simple)")
     parser.add_argument("--budget", type=flop_budget, metavar="FLOPS",
                         help="kprop: run the scheme predicted to be most accurate within this many FLOPs (instead "
                              f"of --order/--variant/--factored; schemes: {supported_list()})")
@@ -304,7 +305,8 @@ def build_parser() -> OneLineParser:
     sweep.add_argument("--depth-width", type=int, help="width of the depth sweep (full: 64, quick: 16)")
     sweep.add_argument("--seeds", type=seed_value, nargs="+", help="network seeds (full: 0 1 2, quick: 0 1)")
     sweep.add_argument("--orders", type=int, nargs="+", help=f"kprop orders (full: 1..{MAX_ORDER}, quick: 1..3)")
-    sweep.add_argument("--variants", choices=VARIANTS, nargs="+", help="kprop variants (default both)")
+    sweep.add_argument("--variants", choices=VARIANTS + FACTORED_ONLY_VARIANTS, nargs="+",
+                       help="kprop variants (default all; core: factored K = 3 only)")
     sweep.add_argument("--truth-samples", type=sample_count, help="truth sample count (full: 1e8, quick: 1e6)")
     sweep.add_argument("--max-truth-flops", type=float, help="cap on a new truth's FLOPs: wide nets get fewer "
                        "samples unless a cached truth has enough (full: 1e12, quick: 5e10)")

@@ -84,7 +84,9 @@ def predicted_flops(net: MLP, scheme: Scheme) -> float:
 
 def ranking(net: MLP) -> list[Scheme]:
     """Every scheme, predicted most accurate first (see the module docstring), but unfactored K = 3 simple, which
-    gives factored K = 3 simple's estimate at a higher cost."""
+    gives factored K = 3 simple's estimate at a higher cost, and factored K = 3 core (selectable, never chosen for a
+    budget: its gain over K = 3 simple is small, measured on few nets, and its memory is not modelled; docs/method.md
+    §7.8)."""
     width = max(net.dims[1:-1], default=1)
     k2 = [Scheme(2, "augment"), Scheme(2)]
     if width < AUGMENT_MIN_WIDTH_PER_LAYER * net.depth:

@@ -33,7 +33,7 @@ from mechest.estimators.budget import count_flops, predicted_flops
 from mechest.estimators.estimate import Estimate, estimate
 from mechest.estimators.montecarlo import ChunkRunner, run_chunks_locally
 from mechest.estimators.truth import Truth, compute_truth, load_truth, score
-from mechest.kprop import MAX_ORDER, SCHEMES, VARIANTS, Scheme
+from mechest.kprop import FACTORED_ONLY_VARIANTS, MAX_ORDER, SCHEMES, VARIANTS, Scheme
 from mechest.mlp import MLP, random_mlp, read_npz
 from mechest.progress import LogProgress, progress_bar
 from mechest.results import machine_description, make_directory, new_run_id, truths_dir, utc_now, write_part
@@ -44,7 +44,12 @@ MIN_TRUTH_SAMPLES = 1000
 CHECKPOINT_SUFFIX = ".npz.checkpoint.npz"  # mechest.estimators.truth.checkpoint_path of OUT.npz
 
 
-def all_configs(orders: Iterable[int] = range(1, MAX_ORDER + 1), variants: Iterable[str] = VARIANTS) -> list[Scheme]:
+BENCH_VARIANTS = VARIANTS + FACTORED_ONLY_VARIANTS
+"""The variants a bench runs by default (K = 1 isotropic comes with K = 1)."""
+
+
+def all_configs(orders: Iterable[int] = range(1, MAX_ORDER + 1),
+                variants: Iterable[str] = BENCH_VARIANTS) -> list[Scheme]:
     """The schemes of mechest.kprop.SCHEMES with those orders, in those variants (K = 1 isotropic with K = 1)."""
     orders, variants = set(orders), set(variants)
     return [scheme for scheme in SCHEMES
@@ -136,7 +141,7 @@ class BenchSettings:
     mc_samples: tuple[int, ...] = (10, 100, 1000, 10_000, 100_000)
     repeats: int = 2
     orders: tuple[int, ...] = tuple(range(1, MAX_ORDER + 1))
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = BENCH_VARIANTS
     dtype: str = "float64"
     device: str = "cpu"
     results: Path = Path("results")

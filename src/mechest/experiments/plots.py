@@ -30,8 +30,8 @@ from mechest.kprop import Scheme as Config  # noqa: E402
 from mechest.results import make_directory  # noqa: E402
 
 MARKERS = {("simple", False): "o", ("augment", False): "s", ("simple", True): "^", ("augment", True): "D",
-           ("isotropic", False): "v"}
-VARIANT_STYLES = {"simple": "-", "augment": "--", "isotropic": ":"}
+           ("isotropic", False): "v", ("core", True): "P"}
+VARIANT_STYLES = {"simple": "-", "augment": "--", "isotropic": ":", "core": "-."}
 
 
 def colour(order: int) -> str:

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from mechest.kprop.result import Propagation
 from mechest.kprop.run import propagate, runs_on_executor
-from mechest.kprop.scheme import ALL_VARIANTS, MAX_ORDER, ORDER_ONE_VARIANTS, SCHEMES, VARIANTS, Scheme
+from mechest.kprop.scheme import (
+    ALL_VARIANTS,
+    FACTORED_ONLY_VARIANTS,
+    MAX_ORDER,
+    ORDER_ONE_VARIANTS,
+    SCHEMES,
+    VARIANTS,
+    Scheme,
+)
 
-__all__ = ["ALL_VARIANTS", "MAX_ORDER", "ORDER_ONE_VARIANTS", "SCHEMES", "VARIANTS", "Propagation", "Scheme",
-           "propagate", "runs_on_executor"]
+__all__ = ["ALL_VARIANTS", "FACTORED_ONLY_VARIANTS", "MAX_ORDER", "ORDER_ONE_VARIANTS", "SCHEMES", "VARIANTS",
+           "Propagation", "Scheme", "propagate", "runs_on_executor"]

@@ -637,11 +637,12 @@ def dense_cumulants(xp: Any, spec: dict, slices: dict, wick: Any, only: tuple | 
 
 def summed_types(spec: dict) -> frozenset:
     """The two-coordinate types whose K is read only as Σ_ij K_p (by a radial piece's Laplacian, summed over both
-    axes): all but (1,1) (the covariance), (2,1) at K = 3 (the newest κ_3 source) and those a Laplacian keeps an
-    axis of."""
+    axes): all but (1,1) (the covariance), (2,1) at K = 3 (the newest κ_3 source), those a Laplacian keeps an
+    axis of, and those an extension of the plan reads as matrices (its "matrix_types": ``core_spec``)."""
 
     def make() -> frozenset:
         kept = {(1, 1)} | ({(2, 1)} if spec["order"] == 3 else set())
+        kept |= {tuple(p) for p in spec.get("matrix_types", [])}
         laplacian = [entry for piece in spec["pieces"] for entry in piece["laplacian"] if len(entry["p"]) == 2]
         kept |= {tuple(entry["p"]) for entry in laplacian if len(entry["summed"]) < 2}
         return frozenset(tuple(p) for p in spec["dense_types"] if len(p) == 2) - kept
@@ -949,21 +950,124 @@ def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: 
     return older, rows, xp.stack([p, q], axis=1), v
 
 
+# ---------------------------------------------------------------------------------------------
+# κ_4 with a matrix core (docs/method.md §7.8)
+
+
+@dataclass(frozen=True)
+class FourthCore:
+    """κ_4 of K = 3 simple kept as K = 3 augment keeps it, at r = 1: Sym(G ⊗ M) with an n×n core G (M = W Wᵀ),
+    instead of the pure trace c·Sym(M ⊗ M) (docs/method.md §7.8). G is mapped by W (W G Wᵀ, 4n³ a layer; 2n³ for
+    its diagonal where only κ_4's (4) slice is read), κ_4's slices (4), (2,2) and (3,1) are read from W G Wᵀ and M
+    (O(n²)), and the new G is the r = 1 projection of κ_4 computed from its (4), (2,2) and (3,1) slices and, with
+    ``summed``, the O(n²) part of the capped sum Σ_a K_(2,1,1)[a,b,c] (``core_summed``; augment's κ_3 contraction
+    and matrix-product terms there cost O(n³) per source and are left out). ``two`` also adds K = 3 augment's extra
+    terms on the two-coordinate slices (1,1), (2,1), (2,2) (κ_2 × κ_3, κ_2 × κ_4, κ_4's (3,1) block, κ_2³; O(n²)
+    each). Needs the plan data of mechest.kprop.spec.fourth_core_spec; equals the dense engine run on
+    mechest.kprop.spec.fourth_core_plan(two) (tests/test_augment_cheap.py)."""
+
+    summed: bool = True
+    two: bool = False
+
+
+def core_spec(spec: dict, core: FourthCore) -> dict:
+    """``spec`` with the matrix core's data merged in: the (3,1) slice's diagram and pK → K terms (with ``two`` also
+    the extra terms of the two-coordinate slices), its k_max, and the two-coordinate types the core reads as
+    matrices ("matrix_types", which ``summed_types`` keeps)."""
+    if "fourth_core" not in spec:
+        raise ValueError("the matrix core needs the plan data of mechest.kprop.spec.fourth_core_spec")
+
+    def make() -> dict:
+        extra = spec["fourth_core"]
+        more = {tuple(entry["p"]): entry["terms"] for entry in extra["two"]} if core.two else {}
+        diagrams = [{"p": entry["p"], "terms": [*entry["terms"], *more.get(tuple(entry["p"]), [])]}
+                    for entry in spec["diagrams"]]
+        return {**spec, "diagrams": [*diagrams, *extra["diagrams"]],
+                "conversions": [*spec["conversions"], *extra["conversions"]],
+                "dense_types": [*spec["dense_types"], *(entry["p"] for entry in extra["diagrams"])],
+                "k_max": extra["k_max"], "matrix_types": extra["matrix_types"]}
+
+    return spec_cached(spec, ("fourth core", core.two), make)
+
+
+def core_slices(xp: Any, weight: Any, core: Any, gram: Any, levels: int = 0) -> tuple[Any, dict]:
+    """(W G Wᵀ, κ_4's slices) for κ_4 = Sym(W G Wᵀ ⊗ M) after z = W a, M = ``gram`` = W Wᵀ: (4) G_ii M_ii,
+    (2,2) (G_ii M_jj + G_jj M_ii + 4 G_ij M_ij)/6 and (3,1) (G_ii M_ij + G_ij M_ii)/2 (tripled coordinate first)."""
+    mapped = symmetric_product(weight, core, xp, levels)
+    diagonal, metric_diagonal = xp.diag(mapped), xp.diag(gram)
+    slices = {(4, (4,)): diagonal * metric_diagonal,
+              (4, (2, 2)): off_diagonal(xp, (diagonal[:, None] * metric_diagonal[None, :]
+                                             + metric_diagonal[:, None] * diagonal[None, :]
+                                             + 4 * mapped * gram) / 6),
+              (4, (3, 1)): off_diagonal(xp, (diagonal[:, None] * gram + mapped * metric_diagonal[:, None]) / 2)}
+    return mapped, slices
+
+
+def core_summed(xp: Any, spec: dict, slices: dict, wick: Any, mapped: Any | None, gram: Any | None) -> Any:
+    """Σ_{a ∉ {b,c}} of the (2,1,1) terms of ``spec["fourth_core"]["summed"]``, the matrix over (b, c) before
+    symmetrisation: c·w_a(1,2) κ_2[a,c] κ_2[b,c] w_b(1) w_c(2) and c·w_a(1,2) κ_4[c,c,a,b] w_b(1) w_c(2), with
+    κ_4[c,c,a,b] = (G_cc M_ab + G_ab M_cc + 2 G_ca M_cb + 2 G_cb M_ca)/6, each in O(n²) (the sum over a is a
+    matrix-vector product, minus its a = b and a = c entries)."""
+    total = None
+    for term in spec["fourth_core"]["summed"]:
+        shape = tuple((d, tuple(q), tuple(a)) for d, q, a in term["blocks"])
+        first, left, right = wick[term["k"][0]][2], wick[term["k"][1]][1], wick[term["k"][2]][1]
+        if shape == ((2, (1, 1), (0, 2)), (2, (1, 1), (1, 2))):
+            cov = slices[(2, (1, 1))]
+            inner = cov * ((cov @ first)[None, :] - first[:, None] * cov)
+        elif shape == ((4, (2, 1, 1), (2, 0, 1)),):
+            if mapped is None:
+                continue  # no κ_4 yet (the first layer)
+            core_off, metric_off = off_diagonal(xp, mapped), off_diagonal(xp, gram)
+            core_diagonal, metric_diagonal = xp.diag(mapped), xp.diag(gram)
+            core_first, metric_first = core_off @ first, metric_off @ first
+            inner = (core_diagonal[None, :] * (metric_first[:, None] - first[None, :] * metric_off)
+                     + metric_diagonal[None, :] * (core_first[:, None] - first[None, :] * core_off)
+                     + 2 * metric_off * (core_first[None, :] - first[:, None] * core_off)
+                     + 2 * core_off * (metric_first[None, :] - first[:, None] * metric_off)) / 6
+        else:
+            raise ValueError(f"unexpected term of the (2,1,1) capped sum: {term}")
+        value = term["c"] * left[:, None] * inner * right[None, :]
+        total = value if total is None else total + value
+    return total
+
+
+def core_projection(xp: Any, spec: dict, cumulants: dict, summed: Any | None, n: int) -> Any:
+    """The core G of P_{≥1} κ_4 = Sym(G ⊗ I) (docs/method.md §3.2): G = ā_1 L K + 2ā_2 tr(L K)·I with
+    (L K)_ii = 12 (K_(4)[i] + Σ_j K_(2,2)[i,j]) and, off the diagonal, (L K)_bc = 12 (K_(3,1)[b,c] + K_(3,1)[c,b]
+    + sym(Σ_a K_(2,1,1)[a,b,c])) (``summed``: the capped sum before symmetrisation, or None)."""
+    first, second = spec["fourth_core"]["projection"][n]
+    diagonal = 12 * (cumulants[(4,)] + cumulants[(2, 2)].sum(axis=1))
+    off = cumulants[(3, 1)] + cumulants[(3, 1)].T
+    if summed is not None:
+        off = off + (summed + summed.T) / 2
+    return xp.diag(first * diagonal + 2 * second * diagonal.sum()) + (12 * first) * off_diagonal(xp, off)
+
+
+def core_next(xp: Any, spec: dict, core: FourthCore, slices: dict, wick: Any, cumulants: dict, mapped: Any | None,
+              gram: Any | None, n: int) -> Any:
+    """The new core G after the nonlinearity (``core_projection`` of the cumulants and ``core_summed``)."""
+    summed = core_summed(xp, spec, slices, wick, mapped, gram) if core.summed else None
+    return core_projection(xp, spec, cumulants, summed, n)
+
+
 @dataclass(frozen=True)
 class PlannedState:
     """What ``planned`` carries from one hidden layer to the next: how many layers are done, κ_1 and κ_2 (None:
-    the input's 0 and I), the κ_3 sources (``next_third``'s form; None: not carried) and the radial pieces'
-    cores."""
+    the input's 0 and I), the κ_3 sources (``next_third``'s form; None: not carried), the radial pieces' cores
+    and κ_4's matrix core G (``FourthCore``; None: not kept)."""
 
     layers_done: int = 0
     mean: Any = None
     cov: Any = None
     third: tuple | None = None
     cores: dict = field(default_factory=dict)
+    fourth: Any = None
 
 
 def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = None,
-            outputs: str = "cov", compression: Compression | None = None, strassen: int = 0) -> Cumulants:
+            outputs: str = "cov", compression: Compression | None = None, strassen: int = 0,
+            core: FourthCore | None = None) -> Cumulants:
     """Propagation by the exported plan: K = 3 simple with κ_3 factored (equals mechest's factored engine) or
     K = 2 augment (equals mechest's unfactorised engine at K = 2 augment).
 
@@ -978,8 +1082,13 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     pieces carried through the last hidden layer and every source mapped once more (at 256×4, K = 3: 1.1e9, 1.5e9
     and 1.9e9 FLOPs). ``compression`` compresses the κ_3 sources older than its age (``Compression``; None: exact).
     ``strassen`` > 0 runs the n³ products (W Σ Wᵀ, W Wᵀ, the sources' mapping and (2,1) slices) by that many levels
-    of Strassen's recursion (``product``).
+    of Strassen's recursion (``product``). ``core`` (K = 3 only; ``spec`` from mechest.kprop.spec.fourth_core_spec)
+    keeps κ_4 with an n×n core (``FourthCore``, docs/method.md §7.8); None: the reference scheme.
     """
+    if core is not None:
+        if spec.get("order") != 3:
+            raise ValueError("the matrix core of κ_4 extends the K = 3 plan")
+        spec = core_spec(spec, core)
     check_spec(spec)
     check_outputs(outputs)
     xp = backend.xp
@@ -1002,22 +1111,28 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
             slices[(3, (2, 1))] = off_diagonal(xp, double)
         if cores:
             slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram))
+        mapped = None
+        if state.fourth is not None:  # κ_4 from its matrix core replaces its pure-trace slices
+            mapped, fourth = core_slices(xp, weight, state.fourth, gram, strassen)
+            slices.update(fourth)
         wick = activation_wick(backend, activation, pre_mean, xp.diag(pre_cov), spec["k_max"], spec["p_max"])
         cumulants = dense_cumulants(xp, spec, slices, wick)
         mean, cov = cumulants[(1,)], xp.diag(cumulants[(2,)]) + cumulants[(1, 1)]
         if layer + 1 < first_carried or (layer + 1 == len(hidden) and outputs != "marginals"):
             return PlannedState(layer + 1, mean, cov)
         third = next_third(xp, spec, slices, groups, wick, cumulants) if spec["order"] == 3 else None
-        return PlannedState(layer + 1, mean, cov, third, projected_cores(spec, cumulants, weight.shape[0]))
+        fourth = None if core is None else core_next(xp, spec, core, slices, wick, cumulants, mapped, gram,
+                                                     weight.shape[0])
+        return PlannedState(layer + 1, mean, cov, third, projected_cores(spec, cumulants, weight.shape[0]), fourth)
 
     means, covs, state = [], [], PlannedState()
     for state in layer_states(layers.prefix(full_steps), state, step):  # one state alive at a time (memory)
         means.append(state.mean)
         covs.append(state.cov)
-    mean, cov, third, cores = state.mean, state.cov, state.third, state.cores
+    mean, cov, third, cores, fourth = state.mean, state.cov, state.third, state.cores, state.fourth
     if mean_only_last:
         weight, bias, activation = hidden[-1]
-        mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, strassen)
+        mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, strassen, fourth)
         means.append(mean)
         covs.append(None)
     result = Cumulants(means, covs)
@@ -1027,14 +1142,16 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         if outputs != "mean":
             result.cov = symmetric_product(weight, cov)
         if outputs == "marginals":
-            slices = marginal_slices(xp, spec, weight, cores, third)
+            slices = marginal_slices(xp, spec, weight, cores, third, fourth=fourth)
             result.third_diagonal, result.fourth_diagonal = slices.get((3, (3,))), slices.get((4, (4,)))
     return result
 
 
-def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple | None, levels: int = 0) -> dict:
+def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple | None, levels: int = 0,
+                    fourth: Any | None = None) -> dict:
     """The one-coordinate slices (degree, (degree,)) of κ_3 and of the radial pieces after z = W a + b (a bias
-    moves only κ_1): they read only the diagonal of the metric W Wᵀ, and κ_3's sources only through slice (3)."""
+    moves only κ_1): they read only the diagonal of the metric W Wᵀ, and κ_3's sources only through slice (3).
+    With κ_4's matrix core G (``fourth``, ``FourthCore``) its (4) slice is diag(W G Wᵀ)·diag(W Wᵀ) (2n³)."""
     slices = {}
     if cores:
         gram_diagonal = xp.diag(linear_variance(xp, weight, None))  # a one-coordinate slice reads only M_aa
@@ -1042,17 +1159,20 @@ def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple 
     if third is not None:
         cubic = third_cubic(xp, mapped_third(xp, weight, third, levels))
         slices[(3, (3,))] = cubic if (3, (3,)) not in slices else slices[(3, (3,))] + cubic
+    if fourth is not None:
+        slices[(4, (4,))] = linear_variance(xp, weight, fourth, levels) * linear_variance(xp, weight, None)
     return slices
 
 
 def last_mean(backend: Backend, spec: dict, weight: Any, bias: Any | None, activation: str, mean: Any | None,
-              cov: Any | None, cores: dict, third: tuple | None, levels: int = 0) -> Any:
+              cov: Any | None, cores: dict, third: tuple | None, levels: int = 0, fourth: Any | None = None) -> Any:
     """E[a_{L−1}] alone: pK_(1) reads only the diagonals of κ_2, κ_3 and κ_4, so the last layer skips the
-    (2,1) slice of κ_3 and the off-diagonals of W Σ Wᵀ and W Wᵀ (same value as the full step)."""
+    (2,1) slice of κ_3 and the off-diagonals of W Σ Wᵀ and W Wᵀ (same value as the full step); ``fourth``: κ_4's
+    matrix core (``FourthCore``; 2n³ for the diagonal of W G Wᵀ)."""
     xp = backend.xp
     pre_mean = linear_mean(xp, weight, bias, mean)
     pre_var = linear_variance(xp, weight, cov, levels)
-    slices = marginal_slices(xp, spec, weight, cores, third, levels)
+    slices = marginal_slices(xp, spec, weight, cores, third, levels, fourth)
     wick = activation_wick(backend, activation, pre_mean, pre_var, spec["k_max"], spec["p_max"])
     return dense_cumulants(xp, spec, slices, wick, only=(1,))[(1,)]
 
@@ -1154,9 +1274,12 @@ def run_scheme(backend: Backend, layers: Layers, order: int, variant: str, spec:
                outputs: str = "cov", window: int | None = None, compression: Compression | None = None,
                strassen: int = 0) -> Cumulants:
     """The executor's one dispatch: K = 1 (variant "simple" or "isotropic") and K = 2 simple as their closed
-    recursions, K = 2 augment and factored K = 3 simple by their plan ``spec`` (``planned``)."""
+    recursions, K = 2 augment and factored K = 3 simple by their plan ``spec`` (``planned``), K = 3 "core" as K = 3
+    simple with κ_4's matrix core (``FourthCore(summed=False)``, the setting that was better than K = 3 simple on
+    every measured net; ``spec`` with the core's data)."""
     if order == 1:
         return mean_field(backend, layers, isotropic=variant == "isotropic")
     if (order, variant) == (2, "simple"):
         return covariance(backend, layers, outputs)
-    return planned(backend, layers, spec, window, outputs, compression, strassen)
+    core = FourthCore(summed=False) if (order, variant) == (3, "core") else None
+    return planned(backend, layers, spec, window, outputs, compression, strassen, core)

@@ -15,16 +15,19 @@ MAX_ORDER = 4
 VARIANTS = ("simple", "augment")
 ORDER_ONE_VARIANTS = ("isotropic",)
 """Variants that exist at K = 1 only: "isotropic" (the cheapest estimate; docs/method.md)."""
-ALL_VARIANTS = VARIANTS + ORDER_ONE_VARIANTS
-FACTORED_VARIANTS = {3: VARIANTS, 4: ("simple",)}
+FACTORED_ONLY_VARIANTS = ("core",)
+"""Variants that exist in factored form at K = 3 only: "core" (K = 3 simple with κ_4 kept with an n×n core,
+docs/method.md §7.8)."""
+ALL_VARIANTS = VARIANTS + ORDER_ONE_VARIANTS + FACTORED_ONLY_VARIANTS
+FACTORED_VARIANTS = {3: VARIANTS + FACTORED_ONLY_VARIANTS, 4: ("simple",)}
 """Orders whose top cumulant can be carried in factored form, and in which variants."""
 
 
 @dataclass(frozen=True)
 class Scheme:
-    """Order K (1..MAX_ORDER), variant ("simple", "augment"; "isotropic" at K = 1 only) and whether the order-K
-    cumulant is carried in factored form (K = 3 both variants, K = 4 simple). At K = 1 simple and augment
-    coincide (both are mean field)."""
+    """Order K (1..MAX_ORDER), variant ("simple", "augment"; "isotropic" at K = 1 only; "core" at factored K = 3
+    only) and whether the order-K cumulant is carried in factored form (K = 3 simple, augment and core, K = 4
+    simple). At K = 1 simple and augment coincide (both are mean field)."""
 
     order: int
     variant: str = "simple"
@@ -56,8 +59,10 @@ def unsupported_reason(order: object, variant: object, factored: object) -> str 
         return "factored must be True or False"
     if variant in ORDER_ONE_VARIANTS and order != 1:
         return f"variant {variant!r} exists at order 1 only"
+    if variant in FACTORED_ONLY_VARIANTS and not (factored and order == 3):
+        return f"variant {variant!r} exists at order 3, factored, only"
     if factored and variant not in FACTORED_VARIANTS.get(order, ()):
-        return "factored form exists for K = 3 (simple, augment) and K = 4 simple only"
+        return "factored form exists for K = 3 (simple, augment, core) and K = 4 simple only"
     return None
 
 
