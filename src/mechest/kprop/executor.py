@@ -717,10 +717,11 @@ def conversion_terms(spec: dict, m: int, only: tuple | None) -> tuple[list, list
 
 
 Sources = list
-"""The κ_3 sources as groups: full ones (factors (n, S, 3, m), scales (S, m)): for S sources of m columns each,
-oldest first, grouped by m, the factors T, P, Q with the leg index first, so that W times every factor is one
-matrix product and the (2,1) slice one more (no copies); and compressed ones (bases (S, n, r), coefficients
-(S, 3, r, m), scales (S, m)), whose factors are bases @ coefficients (``Compression``)."""
+"""The κ_3 sources as groups, oldest first: full ones (factors (n, S, 3, m), scales (S, m)), the factors T, P, Q of
+S sources of m columns with the leg index first, so that W times every factor is one matrix product and the (2,1)
+slice one more (no copies; each layer's new source is a group of its own, S = 1, as stacking the sources would
+copy them all every layer); and compressed ones (bases (S, n, r), coefficients (S, 3, r, m), scales (S, m)),
+stacked per (r, m), whose factors are bases @ coefficients (``Compression``)."""
 
 
 @dataclass(frozen=True)
@@ -821,8 +822,7 @@ def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources
 
     ``third`` = (groups, rows, fresh, v): ``groups`` holds T, P, Q of the earlier sources, whose rows are still to be
     scaled by ``rows`` (``carried_third``; None: not), so they are mapped by W·diag(rows); ``fresh`` (n, 2, m) P and
-    Q of the newest, whose T is the identity, so its W·T is W itself; it joins the group of its rank n (one group
-    when every hidden layer has the same width).
+    Q of the newest, whose T is the identity, so its W·T is W itself; it is appended as a group of its own.
     """
     groups, rows, fresh, v = third
     newest = xp.concatenate([weight[:, None], mapped(xp, weight, fresh, levels)], axis=1)[:, None]
@@ -830,7 +830,7 @@ def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources
     groups = [(scaled @ group[0], *group[1:]) if is_compressed(group) else (mapped(xp, scaled, group[0], levels),
                                                                             group[1])
               for group in groups]  # a compressed group maps its bases alone
-    return joined(xp, groups, (newest, v[None]))
+    return [*groups, (newest, v[None])]
 
 
 def mapped(xp: Any, weight: Any, factors: Any, levels: int) -> Any:
