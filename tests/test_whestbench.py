@@ -24,14 +24,15 @@ from mechest.integrations.whestbench.estimator import BACKEND as FLOAT32  # noqa
 from mechest.integrations.whestbench.export import export_package  # noqa: E402
 from mechest.integrations.whestbench.mapping import mechest_net  # noqa: E402
 from mechest.kprop import executor as xprop  # noqa: E402
-from mechest.kprop.spec import PLANS, executor_spec  # noqa: E402
+from mechest.kprop.spec import PACKAGE_PLANS, executor_spec  # noqa: E402
 
 FLOPSCOPE = xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x))
 # flopscope notes (SymmetryLossWarning) each elementwise product or sum of symmetric-tagged arrays with untagged
 # masks or diagonals: the propagation runs such operations on purpose, the FLOP bounds tested here price them
 # untagged, and the shipped estimator silences these notes in predict() (printing them costs residual time).
 pytestmark = pytest.mark.filterwarnings("ignore::flopscope.errors.SymmetryLossWarning")
-SPECS = {xprop.plan_key(order, variant): executor_spec(order, variant, max_width=256) for order, variant in PLANS}
+SPECS = {xprop.plan_key(order, variant): executor_spec(order, variant, max_width=256)
+         for order, variant in PACKAGE_PLANS}
 HUGE_BUDGET = 10**15
 
 
@@ -74,7 +75,10 @@ def test_flopscope_backend_matches_torch_propagation(order: int, variant: str) -
 @pytest.mark.parametrize(("order", "variant", "width", "depth", "window", "tightness"),
                          [(3, "simple", 8, 8, None, 0.2), (3, "simple", 32, 4, None, 0.5), (3, "simple", 64, 6, 2, 0.5),
                           (3, "simple", 64, 16, None, 0.9), (3, "simple", 128, 8, None, 0.95),
-                          (3, "simple", 256, 8, None, 0.98), (2, "augment", 8, 8, None, 0.2),
+                          (3, "simple", 256, 8, None, 0.98), (3, "core", 8, 2, None, 0.15),
+                          (3, "core", 16, 3, None, 0.25), (3, "core", 64, 16, None, 0.9),
+                          (3, "core", 128, 8, None, 0.95), (3, "core", 256, 8, None, 0.98),
+                          (2, "augment", 8, 8, None, 0.2),
                           (2, "augment", 128, 8, None, 0.75), (2, "augment", 256, 8, None, 0.85),
                           (2, "simple", 8, 2, None, 0.0), (2, "simple", 256, 8, None, 0.7),
                           (1, "simple", 8, 2, None, 0.0), (1, "simple", 256, 8, None, 0.04)])
@@ -106,18 +110,23 @@ def test_predicted_flops_bound_the_metered_flops_with_compression(width: int, de
     assert tightness * predicted <= metered <= predicted, metered / predicted
 
 
-@pytest.mark.parametrize(("width", "depth", "compression", "levels", "tightness"),
-                         [(64, 6, None, 1, 0.8), (128, 8, (2, 32, 1), 2, 0.9), (256, 8, None, 3, 0.92)])
+@pytest.mark.parametrize(("width", "depth", "compression", "levels", "tightness", "variant"),
+                         [(64, 6, None, 1, 0.8, "simple"), (128, 8, (2, 32, 1), 2, 0.9, "simple"),
+                          (256, 8, None, 3, 0.92, "simple"), (64, 6, None, 1, 0.8, "core"),
+                          (256, 8, None, 2, 0.95, "core")])
 def test_predicted_flops_bound_the_metered_flops_with_strassen(width: int, depth: int, compression: tuple | None,
-                                                               levels: int, tightness: float) -> None:
-    """K = 3 with Strassen products (and compression): planned_flops stays an upper bound on flopscope's count."""
+                                                               levels: int, tightness: float, variant: str) -> None:
+    """K = 3 (simple or core) with Strassen products (and compression): planned_flops stays an upper bound on
+    flopscope's count."""
     compression = None if compression is None else xprop.Compression(*compression)
     columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
-    spec = SPECS[xprop.plan_key(3, "simple")]
+    core = xprop.FourthCore(summed=False) if variant == "core" else None
+    spec = SPECS[xprop.plan_key(3, variant)]
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
-        xprop.planned(FLOAT32, xprop.relu_layers(columns), spec, compression=compression, strassen=levels)
+        xprop.planned(FLOAT32, xprop.relu_layers(columns), spec, compression=compression, strassen=levels, core=core)
         metered = context.flops_used
-    predicted = xprop.planned_flops(width, depth, 3, compression=compression, strassen=levels)
+    predicted = xprop.planned_flops(width, depth, 3, compression=compression, strassen=levels,
+                                    core=variant == "core")
     assert tightness * predicted <= metered <= predicted, metered / predicted
 
 
@@ -156,16 +165,24 @@ def test_exported_estimator_equals_mechest_and_picks_order_by_budget(package: Pa
     mlp = whestbench.MLP(width=16, depth=4, weights=[fnp.asarray(w) for w in weights])
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True):
         got = np.asarray(estimator.predict(mlp, HUGE_BUDGET))
+    # K = 3's multiplier is floored at this budget, so the package runs K = 3 core (κ_4 with a matrix core)
+    assert estimator.plan(16, 4, HUGE_BUDGET)[0] == (3, "core", None)
+    np.testing.assert_allclose(got, expected_means(weights, 3, "core"), rtol=0, atol=1e-10)
+    assert np.abs(got - expected_means(weights, 3)).max() > 1e-8
+    without_core = load_estimator(package)  # a package without the core's plan runs exact K = 3 simple
+    del without_core.specs[xprop.plan_key(3, "core")]
+    assert without_core.plan(16, 4, HUGE_BUDGET)[0] == (3, "simple", None)
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True):
+        got = np.asarray(without_core.predict(mlp, HUGE_BUDGET))
     np.testing.assert_allclose(got, expected_means(weights, 3), rtol=0, atol=1e-10)
-    assert estimator.plan(16, 4, HUGE_BUDGET)[0] == (3, "simple", None)
     rounds = importlib.import_module("whestbench.budget").ROUNDS
-    # predicted score: K = 3 pays at 256×8 (≈ 0.08 B) and 1024×16 (≈ 0.69 B), not at 256×32 (0.37 B, gain ≈ 3.5),
-    # where n/L = 8 is too small for augment
+    # predicted score: K = 3 pays at 256×8 (≈ 0.08 B, as K = 3 core: 0.09 B, still floored) and 1024×16 (≈ 0.69 B,
+    # compressed), not at 256×32 (0.37 B, gain ≈ 3.5), where n/L = 8 is too small for augment
     assert [estimator.plan(rounds[tag].width, rounds[tag].depth, rounds[tag].flop_budget)[0]
             for tag in ("v1-warmup", "v1-phase1", "v2-phase2")] == [
-        (3, "simple", None), (2, "simple", None), (3, "simple", None)]
+        (3, "core", None), (2, "simple", None), (3, "simple", None)]
     assert [choice[:2] for choice in estimator.plan(256, 8, rounds["v1-warmup"].flop_budget)] == [
-        (3, "simple"), (2, "augment"), (2, "simple"), (1, "simple")]
+        (3, "core"), (2, "augment"), (2, "simple"), (1, "simple")]
     tight = 2 * xprop.planned_flops(1024, 16, 3, 4) * estimator.config["safety"]
     assert estimator.plan(1024, 16, int(tight))[0] == (2, "augment", None)  # windowing is opt-in
     estimator.config["min_window"] = 2
@@ -174,6 +191,25 @@ def test_exported_estimator_equals_mechest_and_picks_order_by_budget(package: Pa
     estimator.config["augment"] = False
     assert (2, "augment", None) not in estimator.plan(1024, 16, int(tight))
     assert estimator.plan(1024, 16, 10**9)[0] == (1, "simple", None)
+
+
+def test_phase2_choice_is_unchanged_by_the_core(package: Path) -> None:
+    """K = 3 core replaces exact K = 3 only where its extra ≈ 4n³ a layer costs no multiplier: at 1024×16 (phase
+    2) the package still runs K = 3 simple with the same compression and Strassen levels as before the core was
+    shipped, also with compression off (`--compress none`, where the core's 0.72 B would cost more than exact's
+    0.69 B)."""
+    estimator = load_estimator(package)
+    phase2 = importlib.import_module("whestbench.budget").ROUNDS["v2-phase2"]
+    width, depth, budget = phase2.width, phase2.depth, phase2.flop_budget
+    assert estimator.plan(width, depth, budget) == [(3, "simple", None), (2, "augment", None), (2, "simple", None),
+                                                    (1, "simple", None)]
+    compression = estimator.compression(width, depth, budget)  # the vendored module's Compression
+    assert (compression.age, compression.rank, compression.power) == (6, 256, 1)
+    assert estimator.strassen(width, depth, budget) == 0
+    estimator.config["compression"] = None
+    assert estimator.plan(width, depth, budget)[0] == (3, "simple", None)
+    core, exact = (xprop.planned_flops(width, depth, 3, core=core) for core in (True, False))
+    assert exact / budget < 0.7 < core / budget
 
 
 def test_exported_estimator_compresses_where_the_multiplier_is_not_floored(package: Path) -> None:

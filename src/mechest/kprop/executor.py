@@ -1178,7 +1178,7 @@ def last_mean(backend: Backend, spec: dict, weight: Any, bias: Any | None, activ
 
 
 def planned_flops(width: int, depth: int, order: int, window: int | None = None,
-                  compression: Compression | None = None, strassen: int = 0) -> int:
+                  compression: Compression | None = None, strassen: int = 0, core: bool = False) -> int:
     """Leading-order FLOPs of ``planned`` (float32 units) for the K = 3 (simple, factored) or K = 2
     (augment) plan, layer by layer as it runs: W Wᵀ (2n³) and W Σ Wᵀ (4n³) on hidden layers (the last layer
     only diag(W Σ Wᵀ), 2n³); at K = 3 with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the
@@ -1192,7 +1192,12 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     With ``compression`` (age a, rank r) at most a sources are full; each older one maps its basis (2n²r) and its
     (2,1) slice costs 14n²r (expanding B·X' 6n²r, contracting through the basis 8n²r), plus 6n²r for its cubic
     slice on the last layer; compressing a source costs (12 + 12·power)n²r and its QR 4nr². With ``strassen``
-    levels every n³ product costs ``product_flops``."""
+    levels every n³ product costs ``product_flops``.
+
+    ``core`` (K = 3 with κ_4's matrix core, ``FourthCore(summed=False)``, the scheme K = 3 "core"): plus W G Wᵀ
+    (4n³) on every full hidden layer from the second on and diag(W G Wᵀ) (2n³) on the last, and its elementwise
+    work (the core's slices and projection, the (3,1) diagrams, a larger Wick table) bounded by
+    CORE_QUADRATIC·n²L + CORE_LINEAR·nL (tested against flopscope with the other bounds)."""
     first_carried = 0 if window is None else max(depth - window, 0)
     age = depth if compression is None else compression.age
     rank = width if compression is None else min(compression.rank, width)
@@ -1221,8 +1226,18 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     products += (square if depth > 1 else 0) + (mapping(sources) if sources else 0)
     squares += 8 * packed
     quadratic = 22 * depth**2 + 40 * depth if order == 3 else 100 * depth
-    return (products + width**2 * rank * squares + width * rank**2 * thin
+    if core and order == 3 and depth > 1:
+        products += square * (2 * (depth - 2) + 1)
+        quadratic += CORE_QUADRATIC * depth
+    extra = CORE_LINEAR * width * depth if core and order == 3 else 0
+    return (extra + products + width**2 * rank * squares + width * rank**2 * thin
             + elementwise_bound(width, depth, quadratic + (6 * depth**2 if strassen else 0)))
+
+
+CORE_QUADRATIC = 60
+"""n² FLOPs per layer that κ_4's matrix core adds to K = 3's elementwise work (an envelope of flopscope's count)."""
+CORE_LINEAR = 6000
+"""n FLOPs per layer that κ_4's matrix core adds (mostly the Wick table's higher derivatives)."""
 
 
 def elementwise_bound(width: int, depth: int, quadratic: int) -> int:
@@ -1244,14 +1259,14 @@ def mean_field_flops(width: int, depth: int) -> int:
 
 def choice_flops(width: int, depth: int, order: int, variant: str, window: int | None = None,
                  compression: Compression | None = None, strassen: int = 0) -> int:
-    """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator (K = 3 optionally with
-    compressed sources and Strassen products)."""
+    """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator (K = 3 simple or core,
+    optionally with compressed sources and Strassen products)."""
     if order == 1:
         return mean_field_flops(width, depth)
     if (order, variant) == (2, "simple"):
         return covariance_flops(width, depth)
     if order == 3:
-        return planned_flops(width, depth, order, window, compression, strassen)
+        return planned_flops(width, depth, order, window, compression, strassen, core=variant == "core")
     return planned_flops(width, depth, order, window)
 
 

@@ -18,6 +18,8 @@ from mechest.math.combinatorics import set_partition_count_of_type
 from mechest.math.tensors import harmonic
 
 PLANS = ((3, "simple"), (2, "augment"))
+"""The plans ``executor_spec`` compiles directly (K = 3 "core" is K = 3 simple's with the matrix core's data)."""
+PACKAGE_PLANS = (*PLANS, (3, "core"))
 """The plans the WhestBench package ships (mechest.integrations.whestbench.export)."""
 MAX_WIDTH = 4096
 

@@ -12,7 +12,7 @@ from mechest.errors import MechestError
 from mechest.files import check_output_directory, reason
 from mechest.kprop import executor
 from mechest.kprop.executor import plan_key
-from mechest.kprop.spec import PLANS, executor_spec
+from mechest.kprop.spec import PACKAGE_PLANS, executor_spec
 
 # Copied, not imported: estimator.py imports whestbench and flopscope, which are an optional extra.
 SOURCES = Path(__file__).resolve().parent
@@ -68,8 +68,8 @@ def export_package(out: str | Path, max_order: int = 3, budget_fraction: float =
                    safety: float = 1.02, augment: bool = True,
                    compression: tuple[int, float, int] | None = DEFAULT_COMPRESSION,
                    strassen: int = DEFAULT_STRASSEN) -> Path:
-    """Write estimator.py, its propagation module, the plans (K = 3 simple, K = 2 augment) and the config into
-    ``out`` (atomically)."""
+    """Write estimator.py, its propagation module, the plans (K = 3 simple and core, K = 2 augment) and the config
+    into ``out`` (atomically)."""
     config = package_config(max_order, budget_fraction, min_window, safety, augment, compression, strassen)
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(p.name not in FILES for p in target.iterdir())):
@@ -81,7 +81,8 @@ def export_package(out: str | Path, max_order: int = 3, budget_fraction: float =
         staging = Path(tempfile.mkdtemp(prefix=f".whest-export-{os.getpid()}-", dir=target.parent))
         shutil.copyfile(SOURCES / "estimator.py", staging / "estimator.py")
         shutil.copyfile(executor.__file__, staging / "mechest_propagate.py")
-        (staging / "mechest_plan.json").write_text(json.dumps({plan_key(k, v): executor_spec(k, v) for k, v in PLANS}))
+        (staging / "mechest_plan.json").write_text(json.dumps({plan_key(k, v): executor_spec(k, v)
+                                                                      for k, v in PACKAGE_PLANS}))
         (staging / "mechest_config.json").write_text(json.dumps(config, indent=1))
         if target.exists():
             shutil.rmtree(target)
