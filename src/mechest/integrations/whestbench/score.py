@@ -123,7 +123,7 @@ def noise_floor(dataset: Path) -> float:
     metadata = json.loads((dataset / "metadata.json").read_text())
     variances = []
     for path in sorted((dataset / "data").glob("*.parquet")):
-        table = pq.read_table(path, columns=["avg_variance"], use_threads=False)  # no reader threads: see with_truths
+        table = pq.read_table(path, columns=["avg_variance"], use_threads=False, pre_buffer=False)  # see with_truths
         variances += table.column("avg_variance").to_pylist()
     return sum(variances) / len(variances) / metadata["n_samples"]
 
@@ -163,9 +163,10 @@ def with_truths(dataset: Path, truths: Path) -> Path:
     shutil.copytree(dataset, staging)
     index = 0
     for path in sorted((staging / "data").glob("*.parquet")):
-        # no reader threads: arrow's can outlive the work and abort the process at exit (exit 134 after a fresh
-        # 1024×16 bake, twice in two runs; apache/arrow#34314)
-        table = pq.read_table(path, use_threads=False)
+        # no reader threads and no pre-buffering (which reads through arrow's I/O thread pool): arrow's threads can
+        # outlive the work and abort the process at exit (exit 134 after a fresh 1024×16 bake, twice in two runs;
+        # apache/arrow#34314)
+        table = pq.read_table(path, use_threads=False, pre_buffer=False)
         rows = table.to_pylist()
         for row in rows:
             if f"means{index}" not in data:
