@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from mechest.kprop.factored import TOP, dense_slice_types, factored_plan
 from mechest.kprop.plan import Plan, SliceTerm, compile_plan
-from mechest.math.combinatorics import set_partition_count_of_type
+from mechest.math.combinatorics import block_cost, set_partition_count_of_type
 from mechest.math.tensors import harmonic
 
 PLANS = ((3, "simple"), (2, "augment"))
@@ -104,15 +104,10 @@ def executor_spec(order: int, variant: str, max_width: int = MAX_WIDTH) -> dict:
 # κ_4 with a matrix core (docs/method.md §7.8)
 
 
-def _cost(q: tuple) -> int:
-    """cost(v) = |v| − 1 − [all v_j even] of a block of type q (docs/method.md §4.3)."""
-    return sum(q) - 1 - all(part % 2 == 0 for part in q)
-
-
 def _core_keeps(term: SliceTerm) -> bool:
     """A term of κ_4's (3,1) or (2,1,1) slice that the matrix-core option evaluates: cost ≤ 2 (what K = 3 simple
     would have there) or κ_4's own off-diagonal block alone (its carried part)."""
-    if sum(_cost(b.slice_type) for b in term.blocks) <= 2:
+    if sum(block_cost(b.slice_type) for b in term.blocks) <= 2:
         return True
     return len(term.blocks) == 1 and (term.blocks[0].degree, term.blocks[0].slice_type) in {(4, (3, 1)),
                                                                                           (4, (2, 1, 1))}
