@@ -47,7 +47,7 @@ from mechest.experiments.bench import find_truth
 from mechest.kprop.engine import collect_propagation, input_tower
 from mechest.kprop.factored import TOP, hidden_states
 from mechest.kprop.plan import Plan, SliceTerm, compile_plan, needed_slice_types
-from mechest.math.combinatorics import tracked_slice_types
+from mechest.math.combinatorics import block_cost, tracked_slice_types
 
 TRUTHS = Path(__file__).resolve().parent / "data" / "truths"
 WHERE = ("two", "top", "k4")
@@ -60,11 +60,6 @@ def where_of(p: tuple[int, ...]) -> str:
     if sum(p) == 4 and p not in ((4,), (2, 2)):
         return "k4"
     return "two"
-
-
-def block_cost(q: tuple[int, ...]) -> int:
-    """cost(v) = |v| − 1 − [all v_j even] (docs/method.md §4.3)."""
-    return sum(q) - 1 - all(part % 2 == 0 for part in q)
 
 
 def what_of(term: SliceTerm) -> str:
