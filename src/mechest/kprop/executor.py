@@ -745,14 +745,11 @@ def is_compressed(group: tuple) -> bool:
     return len(group) == 3
 
 
-_TEST_MATRICES: dict = {}
-
-
 def test_matrix(xp: Any, like: Any, rows: int, columns: int) -> Any:
     """A fixed (3, rows, columns) test matrix for the range finder, sin(α_a β_c + γ_a) with α, β, γ drawn once from
-    a seeded stdlib generator (few operations, the same on every namespace), cached per namespace and shape."""
-    key = (id(xp), str(getattr(like, "device", "")), rows, columns, str(like.dtype))
-    if key not in _TEST_MATRICES:
+    a seeded stdlib generator (few operations, the same on every namespace), a ``constant`` per shape."""
+
+    def values() -> Any:
         import random
 
         generator = random.Random(rows * 100003 + columns)
@@ -760,8 +757,9 @@ def test_matrix(xp: Any, like: Any, rows: int, columns: int) -> Any:
         gamma = [[generator.uniform(0.0, 2.0 * math.pi)] for _ in range(3 * rows)]
         beta = [[generator.uniform(0.5, 1.5) for _ in range(columns)]]
         angles = xp.asarray(alpha, dtype=like.dtype) * xp.asarray(beta, dtype=like.dtype)
-        _TEST_MATRICES[key] = xp.sin(angles + xp.asarray(gamma, dtype=like.dtype)).reshape(3, rows, columns)
-    return _TEST_MATRICES[key]
+        return xp.sin(angles + xp.asarray(gamma, dtype=like.dtype)).reshape(3, rows, columns)
+
+    return constant(xp, like, ("range-finder test matrix", rows, columns), values)
 
 
 def compressed_source(xp: Any, factors: Any, rank: int, power: int) -> tuple[Any, Any]:
@@ -1242,7 +1240,7 @@ CORE_LINEAR = 6000
 
 def elementwise_bound(width: int, depth: int, quadratic: int) -> int:
     """Bound on the O(n²) and O(n) work of a propagation: quadratic·n² + 12000·n·L (the O(n) part is mostly the
-    Wick table's einsum over its constant coefficients)."""
+    Wick table's product of its constant coefficients with the neurons' monomials)."""
     return width**2 * quadratic + 12000 * width * depth
 
 
