@@ -796,13 +796,11 @@ def compressed(xp: Any, groups: Sources, compression: Compression | None) -> Sou
 
 
 def joined(xp: Any, groups: Sources, group: tuple) -> Sources:
-    """``groups`` with ``group`` concatenated onto the first group of the same kind and shapes (along the sources'
-    axis: 1 for full factors, 0 otherwise), else appended."""
-    axes = (0,) * 3 if is_compressed(group) else (1, 0)
+    """Compressed ``groups`` with the compressed ``group`` stacked onto the one of the same shapes (rank and width),
+    else appended."""
     for index, other in enumerate(groups):
-        if len(other) == len(group) and all(a.shape[:axis] + a.shape[axis + 1:] == b.shape[:axis] + b.shape[axis + 1:]
-                                            for a, b, axis in zip(other, group, axes, strict=True)):
-            merged = tuple(xp.concatenate([a, b], axis=axis) for a, b, axis in zip(other, group, axes, strict=True))
+        if all(a.shape[1:] == b.shape[1:] for a, b in zip(other, group, strict=True)):
+            merged = tuple(xp.concatenate([a, b]) for a, b in zip(other, group, strict=True))
             return [*groups[:index], merged, *groups[index + 1:]]
     return [*groups, group]
 
