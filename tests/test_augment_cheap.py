@@ -93,3 +93,30 @@ def test_refuses_what_it_does_not_do() -> None:
     with pytest.raises(ValueError, match="K = 3"):
         xprop.planned(torch_backend(net.device), layers_of(net), executor_spec(2, "augment", max_width=16),
                       core=xprop.FourthCore())
+
+
+@pytest.mark.parametrize("outputs", ["mean", "cov", "marginals"])
+def test_core_scheme_on_an_odd_network_matches_the_dense_engine(spec: dict, outputs: str) -> None:
+    """Unequal widths (input 5, hidden 9, 7, 8, output 3), biases, and ReLU mixed with tanh: the scheme's setting
+    (``FourthCore(summed=False)``) equals the dense engine on its plan."""
+    generator = torch.Generator().manual_seed(3)
+    dims = [5, 9, 7, 8, 3]
+    weights = [torch.randn(d_out, d_in, generator=generator, dtype=torch.float64) * (2.0 / d_in) ** 0.5
+               for d_in, d_out in zip(dims, dims[1:], strict=False)]
+    biases = [0.1 * torch.randn(d_out, generator=generator, dtype=torch.float64) for d_out in dims[1:]]
+    net = mechest.MLP(weights, biases, ["relu", "tanh", "relu"])
+    plan = fourth_core_plan(two=False, summed=False)
+    dense = collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), dense_towers(net, plan))
+    result = xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs=outputs,
+                           core=xprop.FourthCore(summed=False))
+    torch.testing.assert_close(result.mean, dense.mean, rtol=1e-10, atol=1e-12)
+    if outputs != "mean":
+        torch.testing.assert_close(result.cov, dense.cov, rtol=1e-10, atol=1e-12)
+    if outputs == "marginals":
+        rows = dense_marginals(net, plan)
+        torch.testing.assert_close(result.third_diagonal, rows[2], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(result.fourth_diagonal, rows[3], rtol=1e-10, atol=1e-12)
+    scheme = mechest.kprop.propagate(net, mechest.Scheme(3, "core", factored=True), outputs)
+    torch.testing.assert_close(scheme.mean, result.mean, rtol=0, atol=0)
+    reference = xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs=outputs)
+    assert (reference.mean - dense.mean).abs().max() > 1e-8  # the option changes the estimate
