@@ -13,6 +13,8 @@ from mechest.estimators.tail import dense_marginals
 from mechest.kprop import executor as xprop
 from mechest.kprop.backends import layers_of, torch_backend
 from mechest.kprop.engine import collect_propagation, dense_towers, input_tower
+from mechest.kprop.plan import Plan
+from mechest.kprop.result import Propagation
 from mechest.kprop.spec import executor_spec, fourth_core_plan, fourth_core_spec
 
 
@@ -23,6 +25,19 @@ def spec() -> dict:
 
 def net_of(width: int, depth: int, seed: int) -> mechest.MLP:
     return mechest.random_mlp(width, depth, "relu", bias_var=0.05, seed=seed).to(dtype=torch.float64)
+
+
+def assert_matches_dense(result: xprop.Cumulants, dense: Propagation, net: mechest.MLP, plan: Plan,
+                         outputs: str) -> None:
+    """The executor's output mean (and covariance, marginal κ_3 and κ_4 where asked for) equal the dense
+    engine's on the same plan."""
+    torch.testing.assert_close(result.mean, dense.mean, rtol=1e-10, atol=1e-12)
+    if outputs != "mean":
+        torch.testing.assert_close(result.cov, dense.cov, rtol=1e-10, atol=1e-12)
+    if outputs == "marginals":
+        rows = dense_marginals(net, plan)
+        torch.testing.assert_close(result.third_diagonal, rows[2], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(result.fourth_diagonal, rows[3], rtol=1e-10, atol=1e-12)
 
 
 def test_off_is_the_reference_bit_for_bit(spec: dict) -> None:
@@ -47,13 +62,7 @@ def test_matches_the_dense_engine_on_its_plan(spec: dict, width: int, depth: int
     dense = collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), dense_towers(net, plan))
     result = xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs=outputs,
                            core=xprop.FourthCore(summed=summed, two=two))
-    torch.testing.assert_close(result.mean, dense.mean, rtol=1e-10, atol=1e-12)
-    if outputs != "mean":
-        torch.testing.assert_close(result.cov, dense.cov, rtol=1e-10, atol=1e-12)
-    if outputs == "marginals":
-        rows = dense_marginals(net, plan)
-        torch.testing.assert_close(result.third_diagonal, rows[2], rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(result.fourth_diagonal, rows[3], rtol=1e-10, atol=1e-12)
+    assert_matches_dense(result, dense, net, plan, outputs)
     reference = xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs=outputs)
     assert (reference.mean - dense.mean).abs().max() > 1e-6  # the option changes the estimate
 
@@ -109,13 +118,7 @@ def test_core_scheme_on_an_odd_network_matches_the_dense_engine(spec: dict, outp
     dense = collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), dense_towers(net, plan))
     result = xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs=outputs,
                            core=xprop.FourthCore(summed=False))
-    torch.testing.assert_close(result.mean, dense.mean, rtol=1e-10, atol=1e-12)
-    if outputs != "mean":
-        torch.testing.assert_close(result.cov, dense.cov, rtol=1e-10, atol=1e-12)
-    if outputs == "marginals":
-        rows = dense_marginals(net, plan)
-        torch.testing.assert_close(result.third_diagonal, rows[2], rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(result.fourth_diagonal, rows[3], rtol=1e-10, atol=1e-12)
+    assert_matches_dense(result, dense, net, plan, outputs)
     scheme = mechest.kprop.propagate(net, mechest.Scheme(3, "core", factored=True), outputs)
     torch.testing.assert_close(scheme.mean, result.mean, rtol=0, atol=0)
     reference = xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs=outputs)
