@@ -47,6 +47,7 @@ DATA = Path(__file__).resolve().parent / "data" / "whestbench"
 ROUNDS = {"warmup": (256, 8, 3, 6.8e10), "phase2": (1024, 16, 2, 2.0**41), "mechest": (256, 4, 3, 1.5e9)}
 """width, depth, nets, budget B (mechest: the 256×4 cost target of issue 15)"""
 CORES = {"plain": xprop.FourthCore(summed=False), "summed": xprop.FourthCore(), "two": xprop.FourthCore(two=True),
+         "closure": xprop.fourth_core(3, "closure"),
          "plain-two": xprop.FourthCore(summed=False, two=True)}
 
 
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--core", choices=sorted(CORES), default=None,
                         help="κ_4 with an n×n core (docs/method.md §7.8): without / with the capped (2,1,1) sum, or "
                              "also with the two-coordinate terms")
+    parser.add_argument("--shape", type=float, default=None,
+                        help="with --core closure: its multiple of ρ (default mechest's CLOSURE_SHAPE)")
     parser.add_argument("--count", action="store_true", help="count the first net's FLOPs (mechest.flops)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -134,7 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     compression = None if args.age is None else xprop.Compression(args.age, args.rank or width, args.power)
     spec = executor_spec(3, "simple" if args.core is None else "core", max_width=width)
     core = None if args.core is None else CORES[args.core]
-    flops = xprop.planned_flops(width, depth, 3, compression=compression, strassen=args.strassen)
+    if args.shape is not None:
+        if args.core != "closure":
+            raise SystemExit("--shape is the closure's multiple: use it with --core closure")
+        core = xprop.FourthCore(summed=False, shape=args.shape)
+    flops = xprop.planned_flops(width, depth, 3, compression=compression, strassen=args.strassen, core=core)
     errors, counted = [], []
     for index in range(args.nets or count):
         counter = FlopCounter() if args.round == "mechest" or (args.count and index == 0) else None
@@ -159,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     mse = float(np.mean(errors))
     flops = float(np.mean(counted)) if counted else flops
     print(json.dumps({"round": args.round, "age": args.age, "rank": args.rank, "power": args.power,
-                      "strassen": args.strassen, "core": args.core, "counted": bool(counted),
+                      "strassen": args.strassen, "core": args.core, "shape": None if core is None else core.shape,
+                      "counted": bool(counted),
                       "final_mse": mse, "flops": flops, "flops_over_budget": flops / budget,
                       "score": mse * max(0.1, flops / budget)}), flush=True)
 

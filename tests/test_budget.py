@@ -26,7 +26,7 @@ def odd_network(widths: list[int], activations: list[str], seed: int) -> MLP:
 
 
 def test_schemes_are_validated_once_with_what_was_passed_and_what_is_supported() -> None:
-    assert len(SCHEMES) == len(set(SCHEMES)) == 12
+    assert len(SCHEMES) == len(set(SCHEMES)) == 13
     assert Scheme(1, "augment") == Scheme(1, "simple")
     for order, variant, factored in ((2, "simple", True), (4, "augment", True), (3, "isotropic", False),
                                      (5, "simple", False), (0, "simple", False), (2, "fancy", False)):
@@ -54,7 +54,7 @@ def test_budget_picks_the_best_ranked_scheme_that_fits_and_never_exceeds_it(net:
 
 @pytest.mark.parametrize("scheme", [Scheme(1), Scheme(1, "isotropic"), Scheme(2), Scheme(2, "augment"),
                                     Scheme(3, "simple", True), Scheme(3, "augment", True), Scheme(3, "core", True),
-                                    Scheme(3)])
+                                    Scheme(3, "closure", True), Scheme(3)])
 def test_predictions_past_the_probe_width_over_estimate_the_count(scheme: Scheme) -> None:
     net = odd_network([45, 2 * PROBE_WIDTH + 3, 50, 9], ["relu", "gelu"], seed=2)
     actual = count_flops(net, scheme)[0]
@@ -65,8 +65,8 @@ def test_ranking_puts_k2_augment_after_simple_on_deep_narrow_nets() -> None:
     wide, deep = ranking(random_mlp(64, 2, seed=0)), ranking(random_mlp(8, 4, seed=0))
     assert wide.index(Scheme(2, "augment")) < wide.index(Scheme(2))
     assert deep.index(Scheme(2)) < deep.index(Scheme(2, "augment"))
-    # factored K = 3 simple: the same estimate, cheaper; K = 3 core: selectable, not ranked
-    assert set(wide) == set(SCHEMES) - {Scheme(3), Scheme(3, "core", True)}
+    # factored K = 3 simple: the same estimate, cheaper; K = 3 core and closure: selectable, not ranked
+    assert set(wide) == set(SCHEMES) - {Scheme(3), Scheme(3, "core", True), Scheme(3, "closure", True)}
 
 
 def test_cli_budget(tmp_path, capsys) -> None:

@@ -46,7 +46,7 @@ def implemented(order: int, variant: str, factored: bool) -> bool | None:
     right (factoring at K ≤ 2 changes nothing, and may be refused instead)."""
     if variant == "isotropic" and order != 1:
         return False
-    if variant == "core":
+    if variant in ("core", "closure"):
         return order == 3 and factored
     if factored and order == 4 and variant != "simple":
         return False

@@ -78,7 +78,8 @@ def test_flopscope_backend_matches_torch_propagation(order: int, variant: str) -
                           (3, "simple", 256, 8, None, 0.98), (3, "core", 8, 2, None, 0.15),
                           (3, "core", 16, 3, None, 0.25), (3, "core", 64, 16, None, 0.9),
                           (3, "core", 128, 8, None, 0.95), (3, "core", 256, 8, None, 0.98),
-                          (2, "augment", 8, 8, None, 0.2),
+                          (3, "closure", 8, 2, None, 0.12), (3, "closure", 64, 16, None, 0.9),
+                          (3, "closure", 256, 8, None, 0.98), (2, "augment", 8, 8, None, 0.2),
                           (2, "augment", 128, 8, None, 0.75), (2, "augment", 256, 8, None, 0.85),
                           (2, "simple", 8, 2, None, 0.0), (2, "simple", 256, 8, None, 0.7),
                           (1, "simple", 8, 2, None, 0.0), (1, "simple", 256, 8, None, 0.04)])
@@ -113,20 +114,20 @@ def test_predicted_flops_bound_the_metered_flops_with_compression(width: int, de
 @pytest.mark.parametrize(("width", "depth", "compression", "levels", "tightness", "variant"),
                          [(64, 6, None, 1, 0.8, "simple"), (128, 8, (2, 32, 1), 2, 0.9, "simple"),
                           (256, 8, None, 3, 0.92, "simple"), (64, 6, None, 1, 0.8, "core"),
-                          (256, 8, None, 2, 0.95, "core")])
+                          (256, 8, None, 2, 0.95, "core"), (64, 6, None, 1, 0.8, "closure"),
+                          (128, 8, (2, 32, 1), 2, 0.9, "closure")])
 def test_predicted_flops_bound_the_metered_flops_with_strassen(width: int, depth: int, compression: tuple | None,
                                                                levels: int, tightness: float, variant: str) -> None:
-    """K = 3 (simple or core) with Strassen products (and compression): planned_flops stays an upper bound on
-    flopscope's count."""
+    """K = 3 (simple, core or closure) with Strassen products (and compression): planned_flops stays an upper bound
+    on flopscope's count."""
     compression = None if compression is None else xprop.Compression(*compression)
     columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
-    core = xprop.FourthCore(summed=False) if variant == "core" else None
+    core = xprop.fourth_core(3, variant)
     spec = SPECS[xprop.plan_key(3, variant)]
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
         xprop.planned(FLOAT32, xprop.relu_layers(columns), spec, compression=compression, strassen=levels, core=core)
         metered = context.flops_used
-    predicted = xprop.planned_flops(width, depth, 3, compression=compression, strassen=levels,
-                                    core=variant == "core")
+    predicted = xprop.planned_flops(width, depth, 3, compression=compression, strassen=levels, core=core)
     assert tightness * predicted <= metered <= predicted, metered / predicted
 
 
@@ -208,7 +209,7 @@ def test_phase2_choice_is_unchanged_by_the_core(package: Path) -> None:
     assert estimator.strassen(width, depth, budget) == 0
     estimator.config["compression"] = None
     assert estimator.plan(width, depth, budget)[0] == (3, "simple", None)
-    core, exact = (xprop.planned_flops(width, depth, 3, core=core) for core in (True, False))
+    core, exact = (xprop.planned_flops(width, depth, 3, core=core) for core in (xprop.fourth_core(3, "core"), None))
     assert exact / budget < 0.7 < core / budget
 
 

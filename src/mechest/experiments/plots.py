@@ -30,8 +30,8 @@ from mechest.kprop import Scheme as Config  # noqa: E402
 from mechest.results import make_directory  # noqa: E402
 
 MARKERS = {("simple", False): "o", ("augment", False): "s", ("simple", True): "^", ("augment", True): "D",
-           ("isotropic", False): "v", ("core", True): "P"}
-VARIANT_STYLES = {"simple": "-", "augment": "--", "isotropic": ":", "core": "-."}
+           ("isotropic", False): "v", ("core", True): "P", ("closure", True): "X"}
+VARIANT_STYLES = {"simple": "-", "augment": "--", "isotropic": ":", "core": "-.", "closure": (0, (5, 1, 1, 1))}
 
 
 def colour(order: int) -> str:

@@ -960,10 +960,29 @@ class FourthCore:
     and matrix-product terms there cost O(n³) per source and are left out). ``two`` also adds K = 3 augment's extra
     terms on the two-coordinate slices (1,1), (2,1), (2,2) (κ_2 × κ_3, κ_2 × κ_4, κ_4's (3,1) block, κ_2³; O(n²)
     each). Needs the plan data of mechest.kprop.spec.fourth_core_spec; equals the dense engine run on
-    mechest.kprop.spec.fourth_core_plan(two) (tests/test_augment_cheap.py)."""
+    mechest.kprop.spec.fourth_core_plan(two) (tests/test_augment_cheap.py).
+
+    ``shape`` (the closure, docs/method.md §7.9): G keeps its projected diagonal g and its off-diagonal is modelled
+    as shape·ρ times the covariance's, ρ = Σ_i g_i / Σ_i Σ_ii, so G = diag(g − λ·diag Σ) + λΣ with λ = shape·ρ
+    (``ShapedCore``): n + 1 numbers, mapped by one product, W diag(·) Wᵀ + λ·W Σ Wᵀ (W Σ Wᵀ is the next
+    covariance, computed anyway). None: G's off-diagonal from the slices."""
 
     summed: bool = True
     two: bool = False
+    shape: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.shape is not None and (self.summed or not math.isfinite(self.shape) or self.shape < 0):
+            raise ValueError(f"the closure's shape needs summed=False and a finite shape ≥ 0; got {self}")
+
+
+@dataclass(frozen=True)
+class ShapedCore:
+    """κ_4's core in the closure's form (``FourthCore.shape``): G = diag(diagonal) + multiple·Σ, Σ the covariance
+    of the same layer's activations (carried beside it as ``PlannedState.cov``)."""
+
+    diagonal: Any
+    multiple: Any
 
 
 def core_spec(spec: dict, core: FourthCore) -> dict:
@@ -986,10 +1005,11 @@ def core_spec(spec: dict, core: FourthCore) -> dict:
     return spec_cached(spec, ("fourth core", core.two), make)
 
 
-def core_slices(xp: Any, weight: Any, core: Any, gram: Any, levels: int = 0) -> tuple[Any, dict]:
+def core_slices(xp: Any, weight: Any, core: Any, gram: Any, pre_cov: Any, levels: int = 0) -> tuple[Any, dict]:
     """(W G Wᵀ, κ_4's slices) for κ_4 = Sym(W G Wᵀ ⊗ M) after z = W a, M = ``gram`` = W Wᵀ: (4) G_ii M_ii,
-    (2,2) (G_ii M_jj + G_jj M_ii + 4 G_ij M_ij)/6 and (3,1) (G_ii M_ij + G_ij M_ii)/2 (tripled coordinate first)."""
-    mapped = symmetric_product(weight, core, xp, levels)
+    (2,2) (G_ii M_jj + G_jj M_ii + 4 G_ij M_ij)/6 and (3,1) (G_ii M_ij + G_ij M_ii)/2 (tripled coordinate first).
+    ``core`` is G (n×n) or a ``ShapedCore`` (``pre_cov`` = W Σ Wᵀ)."""
+    mapped = mapped_core(xp, weight, core, pre_cov, levels)
     diagonal, metric_diagonal = xp.diag(mapped), xp.diag(gram)
     slices = {(4, (4,)): diagonal * metric_diagonal,
               (4, (2, 2)): off_diagonal(xp, (diagonal[:, None] * metric_diagonal[None, :]
@@ -997,6 +1017,20 @@ def core_slices(xp: Any, weight: Any, core: Any, gram: Any, levels: int = 0) -> 
                                              + 4 * mapped * gram) / 6),
               (4, (3, 1)): off_diagonal(xp, (diagonal[:, None] * gram + mapped * metric_diagonal[:, None]) / 2)}
     return mapped, slices
+
+
+def mapped_core(xp: Any, weight: Any, core: Any, pre_cov: Any, levels: int = 0) -> Any:
+    """W G Wᵀ: two products for an n×n G; one for a ``ShapedCore``, W diag(d) Wᵀ + λ·W Σ Wᵀ (``pre_cov``)."""
+    if isinstance(core, ShapedCore):
+        return product(xp, weight * core.diagonal[None, :], weight.T, levels) + core.multiple * pre_cov
+    return symmetric_product(weight, core, xp, levels)
+
+
+def mapped_core_diagonal(xp: Any, weight: Any, core: Any, pre_var: Any, levels: int = 0) -> Any:
+    """diag(W G Wᵀ): 2n³ for an n×n G; O(n²) for a ``ShapedCore``, (W∘W) d + λ·diag(W Σ Wᵀ) (``pre_var``)."""
+    if isinstance(core, ShapedCore):
+        return (weight * weight) @ core.diagonal + core.multiple * pre_var
+    return linear_variance(xp, weight, core, levels)
 
 
 def core_summed(xp: Any, spec: dict, slices: dict, wick: Any, mapped: Any | None, gram: Any | None) -> Any:
@@ -1032,17 +1066,35 @@ def core_projection(xp: Any, spec: dict, cumulants: dict, summed: Any | None, n:
     """The core G of P_{≥1} κ_4 = Sym(G ⊗ I) (docs/method.md §3.2): G = ā_1 L K + 2ā_2 tr(L K)·I with
     (L K)_ii = 12 (K_(4)[i] + Σ_j K_(2,2)[i,j]) and, off the diagonal, (L K)_bc = 12 (K_(3,1)[b,c] + K_(3,1)[c,b]
     + sym(Σ_a K_(2,1,1)[a,b,c])) (``summed``: the capped sum before symmetrisation, or None)."""
-    first, second = spec["fourth_core"]["projection"][n]
-    diagonal = 12 * (cumulants[(4,)] + cumulants[(2, 2)].sum(axis=1))
+    first = spec["fourth_core"]["projection"][n][0]
     off = cumulants[(3, 1)] + cumulants[(3, 1)].T
     if summed is not None:
         off = off + (summed + summed.T) / 2
-    return xp.diag(first * diagonal + 2 * second * diagonal.sum()) + (12 * first) * off_diagonal(xp, off)
+    return xp.diag(core_diagonal(spec, cumulants, n)) + (12 * first) * off_diagonal(xp, off)
+
+
+def core_diagonal(spec: dict, cumulants: dict, n: int) -> Any:
+    """The diagonal of ``core_projection``'s G: ā_1 (L K)_ii + 2ā_2 tr(L K), (L K)_ii = 12 (K_(4)[i] + Σ_j
+    K_(2,2)[i,j])."""
+    first, second = spec["fourth_core"]["projection"][n]
+    diagonal = 12 * (cumulants[(4,)] + cumulants[(2, 2)].sum(axis=1))
+    return first * diagonal + 2 * second * diagonal.sum()
+
+
+def shaped_core(xp: Any, spec: dict, cumulants: dict, shape: float, n: int) -> ShapedCore:
+    """The closure's core (``FourthCore.shape``): G's projected diagonal g kept, its off-diagonal λ·Σ_off with
+    λ = shape·Σ_i g_i / Σ_i Σ_ii (Σ = the covariance of these activations)."""
+    diagonal, variance = core_diagonal(spec, cumulants, n), cumulants[(2,)]
+    multiple = shape * xp.sum(diagonal) / xp.sum(variance)
+    return ShapedCore(diagonal - multiple * variance, multiple)
 
 
 def core_next(xp: Any, spec: dict, core: FourthCore, slices: dict, wick: Any, cumulants: dict, mapped: Any | None,
               gram: Any | None, n: int) -> Any:
-    """The new core G after the nonlinearity (``core_projection`` of the cumulants and ``core_summed``)."""
+    """The new core after the nonlinearity: ``core_projection`` of the cumulants and ``core_summed``, or with
+    ``core.shape`` the closure's ``shaped_core``."""
+    if core.shape is not None:
+        return shaped_core(xp, spec, cumulants, core.shape, n)
     summed = core_summed(xp, spec, slices, wick, mapped, gram) if core.summed else None
     return core_projection(xp, spec, cumulants, summed, n)
 
@@ -1109,7 +1161,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
             slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram))
         mapped = None
         if state.fourth is not None:  # κ_4 from its matrix core replaces its pure-trace slices
-            mapped, fourth = core_slices(xp, weight, state.fourth, gram, strassen)
+            mapped, fourth = core_slices(xp, weight, state.fourth, gram, pre_cov, strassen)
             slices.update(fourth)
         wick = activation_wick(backend, activation, pre_mean, xp.diag(pre_cov), spec["k_max"], spec["p_max"])
         cumulants = dense_cumulants(xp, spec, slices, wick)
@@ -1138,16 +1190,17 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         if outputs != "mean":
             result.cov = symmetric_product(weight, cov)
         if outputs == "marginals":
-            slices = marginal_slices(xp, spec, weight, cores, third, fourth=fourth)
+            slices = marginal_slices(xp, spec, weight, cores, third, fourth=fourth, pre_var=xp.diag(result.cov))
             result.third_diagonal, result.fourth_diagonal = slices.get((3, (3,))), slices.get((4, (4,)))
     return result
 
 
 def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple | None, levels: int = 0,
-                    fourth: Any | None = None) -> dict:
+                    fourth: Any | None = None, pre_var: Any | None = None) -> dict:
     """The one-coordinate slices (degree, (degree,)) of κ_3 and of the radial pieces after z = W a + b (a bias
     moves only κ_1): they read only the diagonal of the metric W Wᵀ, and κ_3's sources only through slice (3).
-    With κ_4's matrix core G (``fourth``, ``FourthCore``) its (4) slice is diag(W G Wᵀ)·diag(W Wᵀ) (2n³)."""
+    With κ_4's matrix core G (``fourth``, ``FourthCore``) its (4) slice is diag(W G Wᵀ)·diag(W Wᵀ) (2n³; O(n²)
+    for a ``ShapedCore``, which reads ``pre_var`` = diag(W Σ Wᵀ))."""
     slices = {}
     if cores:
         gram_diagonal = xp.diag(linear_variance(xp, weight, None))  # a one-coordinate slice reads only M_aa
@@ -1156,7 +1209,8 @@ def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple 
         cubic = third_cubic(xp, mapped_third(xp, weight, third, levels))
         slices[(3, (3,))] = cubic if (3, (3,)) not in slices else slices[(3, (3,))] + cubic
     if fourth is not None:
-        slices[(4, (4,))] = linear_variance(xp, weight, fourth, levels) * linear_variance(xp, weight, None)
+        slices[(4, (4,))] = mapped_core_diagonal(xp, weight, fourth, pre_var, levels) * linear_variance(xp, weight,
+                                                                                                        None)
     return slices
 
 
@@ -1164,17 +1218,17 @@ def last_mean(backend: Backend, spec: dict, weight: Any, bias: Any | None, activ
               cov: Any | None, cores: dict, third: tuple | None, levels: int = 0, fourth: Any | None = None) -> Any:
     """E[a_{L−1}] alone: pK_(1) reads only the diagonals of κ_2, κ_3 and κ_4, so the last layer skips the
     (2,1) slice of κ_3 and the off-diagonals of W Σ Wᵀ and W Wᵀ (same value as the full step); ``fourth``: κ_4's
-    matrix core (``FourthCore``; 2n³ for the diagonal of W G Wᵀ)."""
+    matrix core (``FourthCore``; 2n³ for the diagonal of W G Wᵀ, O(n²) for a ``ShapedCore``)."""
     xp = backend.xp
     pre_mean = linear_mean(xp, weight, bias, mean)
     pre_var = linear_variance(xp, weight, cov, levels)
-    slices = marginal_slices(xp, spec, weight, cores, third, levels, fourth)
+    slices = marginal_slices(xp, spec, weight, cores, third, levels, fourth, pre_var)
     wick = activation_wick(backend, activation, pre_mean, pre_var, spec["k_max"], spec["p_max"])
     return dense_cumulants(xp, spec, slices, wick, only=(1,))[(1,)]
 
 
 def planned_flops(width: int, depth: int, order: int, window: int | None = None,
-                  compression: Compression | None = None, strassen: int = 0, core: bool = False) -> int:
+                  compression: Compression | None = None, strassen: int = 0, core: FourthCore | None = None) -> int:
     """Leading-order FLOPs of ``planned`` (float32 units) for the K = 3 (simple, factored) or K = 2
     (augment) plan, layer by layer as it runs: W Wᵀ (2n³) and W Σ Wᵀ (4n³) on hidden layers (the last layer
     only diag(W Σ Wᵀ), 2n³); at K = 3 with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the
@@ -1190,10 +1244,11 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     slice on the last layer; compressing a source costs (12 + 12·power)n²r and its QR 4nr². With ``strassen``
     levels every n³ product costs ``product_flops``.
 
-    ``core`` (K = 3 with κ_4's matrix core, ``FourthCore(summed=False)``, the scheme K = 3 "core"): plus W G Wᵀ
-    (4n³) on every full hidden layer from the second on and diag(W G Wᵀ) (2n³) on the last, and its elementwise
-    work (the core's slices and projection, the (3,1) diagrams, a larger Wick table) bounded by
-    CORE_QUADRATIC·n²L + CORE_LINEAR·nL (tested against flopscope with the other bounds)."""
+    ``core`` (K = 3 with κ_4's matrix core without the capped sum, ``FourthCore(summed=False)``, the scheme K = 3
+    "core"): plus W G Wᵀ (4n³) on every full hidden layer from the second on and diag(W G Wᵀ) (2n³) on the last,
+    and its elementwise work (the core's slices and projection, the (3,1) diagrams, a larger Wick table) bounded
+    by CORE_QUADRATIC·n²L + CORE_LINEAR·nL (tested against flopscope with the other bounds). With ``core.shape``
+    (the closure, ``ShapedCore``) W G Wᵀ is one product (2n³) and its last diagonal O(n²)."""
     first_carried = 0 if window is None else max(depth - window, 0)
     age = depth if compression is None else compression.age
     rank = width if compression is None else min(compression.rank, width)
@@ -1222,10 +1277,11 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     products += (square if depth > 1 else 0) + (mapping(sources) if sources else 0)
     squares += 8 * packed
     quadratic = 22 * depth**2 + 40 * depth if order == 3 else 100 * depth
-    if core and order == 3 and depth > 1:
-        products += square * (2 * (depth - 2) + 1)
+    cored = core is not None and order == 3
+    if cored and depth > 1:
+        products += square * ((depth - 2) if core.shape is not None else (2 * (depth - 2) + 1))
         quadratic += CORE_QUADRATIC * depth
-    extra = CORE_LINEAR * width * depth if core and order == 3 else 0
+    extra = CORE_LINEAR * width * depth if cored else 0
     return (extra + products + width**2 * rank * squares + width * rank**2 * thin
             + elementwise_bound(width, depth, quadratic + (6 * depth**2 if strassen else 0)))
 
@@ -1255,20 +1311,21 @@ def mean_field_flops(width: int, depth: int) -> int:
 
 def choice_flops(width: int, depth: int, order: int, variant: str, window: int | None = None,
                  compression: Compression | None = None, strassen: int = 0) -> int:
-    """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator (K = 3 simple or core,
-    optionally with compressed sources and Strassen products)."""
+    """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator (K = 3 simple, core or
+    closure, optionally with compressed sources and Strassen products)."""
     if order == 1:
         return mean_field_flops(width, depth)
     if (order, variant) == (2, "simple"):
         return covariance_flops(width, depth)
     if order == 3:
-        return planned_flops(width, depth, order, window, compression, strassen, core=variant == "core")
+        return planned_flops(width, depth, order, window, compression, strassen, core=fourth_core(order, variant))
     return planned_flops(width, depth, order, window)
 
 
 def plan_key(order: int, variant: str) -> str:
-    """The key of a plan in the exported ``mechest_plan.json`` (and in ``choice_means``'s ``specs``)."""
-    return f"{order},{variant}"
+    """The key of a plan in the exported ``mechest_plan.json`` (and in ``choice_means``'s ``specs``); K = 3
+    "closure" runs K = 3 "core"'s plan."""
+    return f"{order},{'core' if variant == 'closure' else variant}"
 
 
 def choice_means(backend: Backend, weights: Sequence[Any], order: int, variant: str, specs: dict,
@@ -1287,10 +1344,23 @@ def run_scheme(backend: Backend, layers: Layers, order: int, variant: str, spec:
     """The executor's one dispatch: K = 1 (variant "simple" or "isotropic") and K = 2 simple as their closed
     recursions, K = 2 augment and factored K = 3 simple by their plan ``spec`` (``planned``), K = 3 "core" as K = 3
     simple with κ_4's matrix core (``FourthCore(summed=False)``, the setting that was better than K = 3 simple on
-    every measured net; ``spec`` with the core's data)."""
+    every measured net; ``spec`` with the core's data) and K = 3 "closure" with the core's covariance-shaped model
+    (``FourthCore(summed=False, shape=CLOSURE_SHAPE)``, the same ``spec``)."""
     if order == 1:
         return mean_field(backend, layers, isotropic=variant == "isotropic")
     if (order, variant) == (2, "simple"):
         return covariance(backend, layers, outputs)
-    core = FourthCore(summed=False) if (order, variant) == (3, "core") else None
-    return planned(backend, layers, spec, window, outputs, compression, strassen, core)
+    return planned(backend, layers, spec, window, outputs, compression, strassen, fourth_core(order, variant))
+
+
+def fourth_core(order: int, variant: str) -> FourthCore | None:
+    """The κ_4 core a (order, variant) runs with: K = 3 "core" and "closure" (``run_scheme``), else None."""
+    if (order, variant) == (3, "core"):
+        return FourthCore(summed=False)
+    if (order, variant) == (3, "closure"):
+        return FourthCore(summed=False, shape=CLOSURE_SHAPE)
+    return None
+
+
+CLOSURE_SHAPE = 1.0
+"""The closure's multiple of ρ (``FourthCore.shape``): 1, G proportional to the covariance (docs/method.md §7.9)."""

@@ -25,8 +25,9 @@ from mechest.kprop.spec import executor_spec
 from mechest.mlp import MLP
 
 EXECUTOR_SCHEMES = frozenset({Scheme(1, "simple"), Scheme(1, "isotropic"), Scheme(2, "simple"), Scheme(2, "augment"),
-                              Scheme(3, "simple", True), Scheme(3, "core", True)})
-PLANNED_SCHEMES = frozenset({Scheme(2, "augment"), Scheme(3, "simple", True), Scheme(3, "core", True)})
+                              Scheme(3, "simple", True), Scheme(3, "core", True), Scheme(3, "closure", True)})
+PLANNED_SCHEMES = frozenset({Scheme(2, "augment"), Scheme(3, "simple", True), Scheme(3, "core", True),
+                             Scheme(3, "closure", True)})
 """The executor schemes that run a plan (``planned``); K = 1 and K = 2 simple are closed recursions."""
 
 

@@ -15,9 +15,9 @@ MAX_ORDER = 4
 VARIANTS = ("simple", "augment")
 ORDER_ONE_VARIANTS = ("isotropic",)
 """Variants that exist at K = 1 only: "isotropic" (the cheapest estimate; docs/method.md)."""
-FACTORED_ONLY_VARIANTS = ("core",)
+FACTORED_ONLY_VARIANTS = ("core", "closure")
 """Variants that exist in factored form at K = 3 only: "core" (K = 3 simple with κ_4 kept with an n×n core,
-docs/method.md §7.8)."""
+docs/method.md §7.8) and "closure" (that core's off-diagonal modelled as a multiple of the covariance's, §7.9)."""
 ALL_VARIANTS = VARIANTS + ORDER_ONE_VARIANTS + FACTORED_ONLY_VARIANTS
 FACTORED_VARIANTS = {3: VARIANTS + FACTORED_ONLY_VARIANTS, 4: ("simple",)}
 """Orders whose top cumulant can be carried in factored form, and in which variants."""
@@ -25,9 +25,9 @@ FACTORED_VARIANTS = {3: VARIANTS + FACTORED_ONLY_VARIANTS, 4: ("simple",)}
 
 @dataclass(frozen=True)
 class Scheme:
-    """Order K (1..MAX_ORDER), variant ("simple", "augment"; "isotropic" at K = 1 only; "core" at factored K = 3
-    only) and whether the order-K cumulant is carried in factored form (K = 3 simple, augment and core, K = 4
-    simple). At K = 1 simple and augment coincide (both are mean field)."""
+    """Order K (1..MAX_ORDER), variant ("simple", "augment"; "isotropic" at K = 1 only; "core" and "closure" at
+    factored K = 3 only) and whether the order-K cumulant is carried in factored form (K = 3 simple, augment, core
+    and closure, K = 4 simple). At K = 1 simple and augment coincide (both are mean field)."""
 
     order: int
     variant: str = "simple"
@@ -62,7 +62,7 @@ def unsupported_reason(order: object, variant: object, factored: object) -> str 
     if variant in FACTORED_ONLY_VARIANTS and not (factored and order == 3):
         return f"variant {variant!r} exists at order 3, factored, only"
     if factored and variant not in FACTORED_VARIANTS.get(order, ()):
-        return "factored form exists for K = 3 (simple, augment, core) and K = 4 simple only"
+        return "factored form exists for K = 3 (simple, augment, core, closure) and K = 4 simple only"
     return None
 
 

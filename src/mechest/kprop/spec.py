@@ -70,8 +70,8 @@ def _pieces(plan: Plan, read_types: set, dense: tuple, max_width: int) -> list[d
 
 def executor_spec(order: int, variant: str, max_width: int = MAX_WIDTH) -> dict:
     """The plan data for K = 3 simple (κ_3 factored) or K = 2 augment, with projection coefficients for widths
-    1..max_width; K = 3 "core" is K = 3 simple's with the matrix core's data (``fourth_core_spec``)."""
-    if (order, variant) == (3, "core"):
+    1..max_width; K = 3 "core" and "closure" run K = 3 simple's with the matrix core's data (``fourth_core_spec``)."""
+    if (order, variant) in ((3, "core"), (3, "closure")):
         return fourth_core_spec(executor_spec(3, "simple", max_width))
     if (order, variant) not in PLANS:
         raise NotImplementedError(f"the executor runs {(*PLANS, (3, 'core'))}, not K = {order} {variant}")

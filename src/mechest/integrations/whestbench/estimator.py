@@ -155,7 +155,7 @@ class Estimator(BaseEstimator):
                 or propagate.plan_key(3, "core") not in self.specs):
             return "simple"
         strassen = self.strassen(width, depth, budget)
-        core = propagate.planned_flops(width, depth, 3, strassen=strassen, core=True)
+        core = propagate.planned_flops(width, depth, 3, strassen=strassen, core=propagate.fourth_core(3, "core"))
         exact = propagate.planned_flops(width, depth, 3, strassen=strassen)
         pays = k2_flops is None or k3_pays(width, depth, core, k2_flops, budget, gain)
         return "core" if core + tail <= allowed and pays and core_pays(core, exact, budget) else "simple"
