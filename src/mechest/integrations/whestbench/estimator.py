@@ -2,8 +2,8 @@
 
 At grading time it imports only the stdlib, flopscope, whestbench and its sibling ``mechest_propagate.py`` (a
 verbatim copy of mechest/kprop/executor.py); ``mechest_plan.json`` holds the exported plans (K = 3 simple
-factored and K = 3 core, K = 2 augment) and ``mechest_config.json`` the options chosen at export. It never reads
-a dataset or a ground truth.
+factored, K = 3 core, whose plan K = 3 closure runs, and K = 2 augment) and ``mechest_config.json`` the options
+chosen at export. It never reads a dataset or a ground truth.
 
 Choice per network (width n, depth L, budget B), by predicted FLOPs (propagate.*_flops, upper bounds in float32
 units) and predicted score. The K = 2 step is augment where n/L ≥ AUGMENT_MIN_WIDTH_PER_LAYER (and the
@@ -15,9 +15,10 @@ of K = 3's gain (docs/whestbench.md). K = 3 compresses its old κ_3 sources (con
 fraction of the width, power iterations; docs/method.md §7.6) where exact K = 3 would cost more than
 COMPRESS_ABOVE·B: below that WhestBench's multiplier max(0.1, C/B) is floored, so compressing would only cost
 accuracy. K = 3's n³ products use the number of Strassen levels (≤ config "strassen") that its cost model
-predicts cheapest (``strassen``). Where exact K = 3 is chosen and κ_4's matrix core costs no score multiplier
-(``core_pays``: the warm-up), K = 3 "core" runs instead (``k3_variant``). Any non-finite mean makes it fall back
-to the next choice (K = 2 augment falls back to K = 2 simple), so the output is always finite.
+predicts cheapest (``strassen``). Where K = 3 is chosen, the fourth-cumulant closure (K = 3 "closure", κ_4's core
+shaped like the covariance, docs/method.md §7.9) runs instead where it fits and is predicted to score better
+(``closure_pays``; ``k3_variant``), compressed or not. Any non-finite mean makes it fall back to the next choice
+(K = 2 augment falls back to K = 2 simple), so the output is always finite.
 """
 
 from __future__ import annotations
@@ -70,12 +71,16 @@ def k3_pays(width: int, depth: int, k3_flops: float, k2_flops: float, budget: fl
     return gain * score_multiplier(k2_flops, budget, failed=False) > score_multiplier(k3_flops, budget, failed=False)
 
 
-def core_pays(core_flops: float, exact_flops: float, budget: float) -> bool:
-    """Whether K = 3 core (κ_4 with an n×n core, ``FourthCore(summed=False)``) is predicted to score better than
-    exact K = 3: its final-layer MSE was lower on every net measured (−5% to −16% per net; −12% at 256×8, −5% at
-    1024×16, docs/results.md "Which augment terms matter") for ≈ 4n³ more FLOPs a layer, so it is used only where
-    that costs no multiplier, max(0.1, C/B) no larger than exact K = 3's (in practice: both under 0.1 B)."""
-    return score_multiplier(core_flops, budget, failed=False) <= score_multiplier(exact_flops, budget, failed=False)
+def closure_pays(closure_flops: float, simple_flops: float, budget: float) -> bool:
+    """Whether K = 3 closure is predicted to score better than K = 3 simple at the same compression: its final-layer
+    MSE was at most CLOSURE_GAIN times K = 3 simple's on every net measured, for one n×n product more a layer."""
+    return CLOSURE_GAIN * score_multiplier(closure_flops, budget, failed=False) < score_multiplier(
+        simple_flops, budget, failed=False)
+
+
+CLOSURE_GAIN = 0.8
+"""MSE(K = 3 closure) / MSE(K = 3 simple), rounded up from the largest mean measured (docs/results.md, "The
+fourth-cumulant closure"): 0.79 at 1024×16 (2 nets), 0.60 at 256×8 (3 nets), 0.70 at 256×4 (3 nets)."""
 
 
 COMPRESS_ABOVE = 0.1
@@ -87,7 +92,7 @@ Choice = tuple[int, str, int | None]  # (order, variant, window)
 
 
 class Estimator(BaseEstimator):
-    """mechest cumulant propagation (K = 3 simple factored or core, K = 2 augment or simple, K = 1), chosen by
+    """mechest cumulant propagation (K = 3 closure or simple, factored, K = 2 augment or simple, K = 1), chosen by
     predicted FLOPs and score."""
 
     def __init__(self) -> None:
@@ -148,17 +153,17 @@ class Estimator(BaseEstimator):
 
     def k3_variant(self, width: int, depth: int, budget: int, tail: float, allowed: float, k2_flops: float | None,
                    gain: float) -> str:
-        """K = 3's variant: "core" where K = 3 runs exact (no compression), its plan was exported, and the core
-        passes the rules that made exact K = 3 pay: it fits beside its fallbacks, still beats K = 2 (``k3_pays``)
-        and costs no score multiplier over exact K = 3 (``core_pays``); else "simple" (today's choice)."""
-        if (self.compression(width, depth, budget) is not None
-                or propagate.plan_key(3, "core") not in self.specs):
+        """K = 3's variant: "closure" where its plan was exported and, at the compression and Strassen levels K = 3
+        runs with, it fits beside its fallbacks, still beats K = 2 (``k3_pays``) and beats K = 3 simple
+        (``closure_pays``); else "simple"."""
+        if propagate.plan_key(3, "closure") not in self.specs:
             return "simple"
-        strassen = self.strassen(width, depth, budget)
-        core = propagate.planned_flops(width, depth, 3, strassen=strassen, core=propagate.fourth_core(3, "core"))
-        exact = propagate.planned_flops(width, depth, 3, strassen=strassen)
-        pays = k2_flops is None or k3_pays(width, depth, core, k2_flops, budget, gain)
-        return "core" if core + tail <= allowed and pays and core_pays(core, exact, budget) else "simple"
+        compression, strassen = self.compression(width, depth, budget), self.strassen(width, depth, budget)
+        closure, simple = (propagate.planned_flops(width, depth, 3, compression=compression, strassen=strassen,
+                                                   core=propagate.fourth_core(3, variant))
+                           for variant in ("closure", "simple"))
+        pays = k2_flops is None or k3_pays(width, depth, closure, k2_flops, budget, gain)
+        return "closure" if closure + tail <= allowed and pays and closure_pays(closure, simple, budget) else "simple"
 
     def fits(self, width: int, depth: int, choice: Choice, allowed: float) -> bool:
         """Whether ``choice`` and the cheaper fallbacks after it (K = 2 simple after augment, K = 1) fit."""
