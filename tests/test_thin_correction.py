@@ -14,7 +14,7 @@ import torch
 import mechest
 from mechest.kprop import executor as xprop
 from mechest.kprop.backends import layers_of, torch_backend
-from mechest.kprop.spec import executor_spec
+from mechest.kprop.spec import executor_spec, fourth_core_spec
 
 scipy_special = pytest.importorskip("scipy.special")
 
@@ -88,6 +88,21 @@ def test_full_rank_combines_with_compression_and_strassen(compression: xprop.Com
     got = xprop.planned(NUMPY, layers, SPEC, compression=compression, strassen=levels,
                         correction=xprop.ThinCorrection(16))
     assert_close(got, exact)
+
+
+def test_full_rank_equals_the_exact_sources_with_the_fourth_core() -> None:
+    """With κ_4's matrix core and its extra two-coordinate terms the split takes more single-edge terms (κ_3[aaa],
+    κ_4[aaaa] on the doubled coordinate): still exact at full rank."""
+    spec = fourth_core_spec(SPEC)
+    extended = xprop.core_spec(spec, xprop.FourthCore(two=True))
+    available = {(2, (1, 1)), (3, (3,)), (4, (4,))}
+    assert len(xprop.separable_terms(extended, available, 1)) > len(xprop.separable_terms(SPEC, available, 1))
+    net = mechest.random_mlp(10, 4, "relu", bias_var=0.05, seed=1).to(dtype=torch.float64)
+    backend, layers = torch_backend(net.device), layers_of(net)
+    for core in (xprop.FourthCore(two=True), xprop.FourthCore(summed=False)):
+        exact = xprop.planned(backend, layers, spec, outputs="cov", core=core)
+        assert_close(xprop.planned(backend, layers, spec, outputs="cov", core=core,
+                                   correction=xprop.ThinCorrection(10)), exact)
 
 
 def recorded_splits(monkeypatch: pytest.MonkeyPatch, layers: xprop.Layers, backend: xprop.Backend,
