@@ -11,6 +11,7 @@ the truths' weight sums. The executor runs on torch (float64 by default) with th
     PYTHONPATH=src python benchmarks/k3_research.py --round phase2 --nets 1 --dtype float32 --age 4 --rank 384
     PYTHONPATH=src python benchmarks/k3_research.py --round mechest --core plain     # κ_4 matrix core, 256×4
     PYTHONPATH=src python benchmarks/k3_research.py --round warmup --core plain --count
+    PYTHONPATH=src python benchmarks/k3_research.py --round warmup --thin 32       # thin correction leg, rank 32
 
 The "mechest" round is mechest's 256×4 benchmark: random_mlp(256, 4, "relu", seed=0..2), the output map's mean
 scored by mechest.estimators.truth.score (MSE/Var, noise floor subtracted) against the committed 1e8-sample truths;
@@ -18,7 +19,9 @@ its FLOPs are always counted. ``--core`` keeps κ_4 with an n×n core (mechest.k
 docs/method.md §7.8): "plain" without the capped (2,1,1) sum (the scheme K = 3 core factored), "summed" with it,
 "two" also with the extra two-coordinate terms, "plain-two" the extra terms without the capped sum. ``--count``
 counts the first net's FLOPs with mechest.flops.FlopCounter (the torch run's operations; the cost model
-``planned_flops`` leaves out the core's work).
+``planned_flops`` leaves out the core's work). ``--thin RANK`` keeps each source's correction leg thin
+(mechest.kprop.executor.ThinCorrection, docs/method.md §7.10; ``--thin-power`` power iterations of its range finder);
+it combines with ``--age``/``--rank`` (which the mechest round also passes to the executor).
 
 Prints one JSON line per network and one summary line (mean MSE, FLOPs, FLOPs / B, score = MSE·max(0.1, C/B); with
 a counted run, FLOPs is the count).
@@ -68,17 +71,18 @@ def network(round_name: str, index: int) -> tuple[list[np.ndarray], np.ndarray, 
 
 def run_means(weights: list[np.ndarray], spec: dict, dtype: torch.dtype, compression: xprop.Compression | None,
               strassen: int = 0, core: xprop.FourthCore | None = None,
-              counter: FlopCounter | None = None) -> np.ndarray:
+              counter: FlopCounter | None = None, correction: xprop.ThinCorrection | None = None) -> np.ndarray:
     columns = [torch.tensor(w.T, dtype=dtype) for w in weights]  # h @ W is mechest's W.T @ h
     layers = xprop.relu_layers(columns)
     with counter or contextlib.nullcontext():
         means = xprop.planned(torch_backend(), layers, spec, compression=compression, strassen=strassen,
-                              core=core).layer_means
+                              core=core, correction=correction).layer_means
     return torch.stack(means).double().numpy()
 
 
 def mechest_score(index: int, spec: dict, dtype: torch.dtype, core: xprop.FourthCore | None,
-                  counter: FlopCounter) -> tuple[float, float]:
+                  counter: FlopCounter, compression: xprop.Compression | None = None,
+                  correction: xprop.ThinCorrection | None = None) -> tuple[float, float]:
     """(MSE/Var, noise floor / Var) of the output mean of random_mlp(256, 4, seed=index) against its committed
     truth (mechest's 256×4 benchmark), the run counted by ``counter``."""
     import mechest
@@ -90,13 +94,15 @@ def mechest_score(index: int, spec: dict, dtype: torch.dtype, core: xprop.Fourth
     truth = find_truth(net, 10**8, [DATA.parent / "truths"])
     layers = layers_of(net.to(dtype=dtype))
     with counter:
-        result = xprop.planned(torch_backend(), layers, spec, outputs="mean", core=core)
+        result = xprop.planned(torch_backend(), layers, spec, outputs="mean", core=core, compression=compression,
+                               correction=correction)
     error = score(result.mean.double(), truth)
     return error.relative, error.noise_floor / error.variance
 
 
 def metered_flops(weights: list[np.ndarray], spec: dict, compression: xprop.Compression | None,
-                  strassen: int = 0, core: xprop.FourthCore | None = None) -> int:
+                  strassen: int = 0, core: xprop.FourthCore | None = None,
+                  correction: xprop.ThinCorrection | None = None) -> int:
     """flopscope's count of the float32 run (as the WhestBench package runs it)."""
     import warnings
 
@@ -110,7 +116,7 @@ def metered_flops(weights: list[np.ndarray], spec: dict, compression: xprop.Comp
         warnings.simplefilter("ignore")
         with flops.BudgetContext(flop_budget=10**15, quiet=True) as context:
             xprop.planned(BACKEND, xprop.relu_layers(columns), spec, compression=compression, strassen=strassen,
-                          core=core)
+                          core=core, correction=correction)
             return int(context.flops_used)
 
 
@@ -131,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", type=float, default=None,
                         help="with --core closure: its multiple of ρ (default mechest's CLOSURE_SHAPE)")
     parser.add_argument("--count", action="store_true", help="count the first net's FLOPs (mechest.flops)")
+    parser.add_argument("--thin", type=int, default=None, metavar="RANK",
+                        help="thin correction leg with a rank-RANK residual (docs/method.md §7.10; default: exact Q)")
+    parser.add_argument("--thin-power", type=int, default=1,
+                        help="power iterations of the thin residual's range finder")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     width, depth, count, budget = ROUNDS[args.round]
@@ -141,17 +151,21 @@ def main(argv: list[str] | None = None) -> None:
         if args.core != "closure":
             raise SystemExit("--shape is the closure's multiple: use it with --core closure")
         core = xprop.FourthCore(summed=False, shape=args.shape)
-    flops = xprop.planned_flops(width, depth, 3, compression=compression, strassen=args.strassen, core=core)
+    correction = None if args.thin is None else xprop.ThinCorrection(args.thin, args.thin_power)
+    flops = xprop.planned_flops(width, depth, 3, compression=compression, strassen=args.strassen, core=core,
+                                correction=correction)
     errors, counted = [], []
     for index in range(args.nets or count):
         counter = FlopCounter() if args.round == "mechest" or (args.count and index == 0) else None
         start = time.perf_counter()
         if args.round == "mechest":
-            mse, floor = mechest_score(index, spec, getattr(torch, args.dtype), core, counter)
+            mse, floor = mechest_score(index, spec, getattr(torch, args.dtype), core, counter, compression,
+                                       correction)
             line = {"net": index, "mse_over_var": mse, "noise_floor_over_var": floor}
         else:
             weights, truth, floor = network(args.round, index)
-            means = run_means(weights, spec, getattr(torch, args.dtype), compression, args.strassen, core, counter)
+            means = run_means(weights, spec, getattr(torch, args.dtype), compression, args.strassen, core, counter,
+                              correction)
             mse = float(np.mean((means[-1] - truth[-1]) ** 2)) - floor
             line = {"net": index, "final_mse": mse, "noise_floor": floor}
         line["seconds"] = round(time.perf_counter() - start, 1)
@@ -160,14 +174,14 @@ def main(argv: list[str] | None = None) -> None:
             counted.append(counter.total)
             line["counted_flops"] = counter.total
         if args.meter and index == 0 and args.round != "mechest":
-            line["metered_flops"] = metered_flops(weights, spec, compression, args.strassen, core)
+            line["metered_flops"] = metered_flops(weights, spec, compression, args.strassen, core, correction)
             line["metered_over_predicted"] = line["metered_flops"] / flops
         print(json.dumps(line), flush=True)
     mse = float(np.mean(errors))
     flops = float(np.mean(counted)) if counted else flops
     print(json.dumps({"round": args.round, "age": args.age, "rank": args.rank, "power": args.power,
                       "strassen": args.strassen, "core": args.core, "shape": None if core is None else core.shape,
-                      "counted": bool(counted),
+                      "thin": args.thin, "thin_power": args.thin_power, "counted": bool(counted),
                       "final_mse": mse, "flops": flops, "flops_over_budget": flops / budget,
                       "score": mse * max(0.1, flops / budget)}), flush=True)
 

@@ -131,6 +131,28 @@ def test_predicted_flops_bound_the_metered_flops_with_strassen(width: int, depth
     assert tightness * predicted <= metered <= predicted, metered / predicted
 
 
+@pytest.mark.parametrize(("width", "depth", "thin", "compression", "levels", "tightness"),
+                         [(16, 5, (4, 1), None, 0, 0.4), (64, 6, (0, 0), None, 0, 0.8),
+                          (64, 6, (16, 1), (2, 16, 1), 0, 0.85), (128, 8, (32, 1), None, 2, 0.9),
+                          (256, 8, (64, 1), None, 0, 0.97)])
+def test_predicted_flops_bound_the_metered_flops_with_a_thin_correction(width: int, depth: int, thin: tuple,
+                                                                         compression: tuple | None, levels: int,
+                                                                         tightness: float) -> None:
+    """K = 3 with thin correction legs (and compression, Strassen): planned_flops stays an upper bound on
+    flopscope's count, tight at 256×8, and below the exact sources' bound."""
+    correction = xprop.ThinCorrection(*thin)
+    compression = None if compression is None else xprop.Compression(*compression)
+    columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
+        xprop.planned(FLOAT32, xprop.relu_layers(columns), SPECS[xprop.plan_key(3, "simple")],
+                      compression=compression, strassen=levels, correction=correction)
+        metered = context.flops_used
+    predicted = xprop.planned_flops(width, depth, 3, compression=compression, strassen=levels, correction=correction)
+    assert tightness * predicted <= metered <= predicted, metered / predicted
+    if width >= 64:
+        assert predicted < xprop.planned_flops(width, depth, 3, compression=compression, strassen=levels)
+
+
 @pytest.mark.parametrize(("order", "variant"), [(3, "simple"), (2, "augment")])
 def test_float32_on_the_meter_is_accurate(order: int, variant: str) -> None:
     """The graded run is float32: it must agree with mechest's float64 engine to a few dozen float32 roundings

@@ -720,8 +720,10 @@ Sources = list
 """The κ_3 sources as groups, oldest first: full ones (factors (n, S, 3, m), scales (S, m)), the factors T, P, Q of
 S sources of m columns with the leg index first, so that W times every factor is one matrix product and the (2,1)
 slice one more (no copies; each layer's new source is a group of its own, S = 1, as stacking the sources would
-copy them all every layer); and compressed ones (bases (S, n, r), coefficients (S, 3, r, m), scales (S, m)),
-stacked per (r, m), whose factors are bases @ coefficients (``Compression``)."""
+copy them all every layer); compressed ones (bases (S, n, r), coefficients (S, 3, r, m), scales (S, m)),
+stacked per (r, m), whose factors are bases @ coefficients (``Compression``); and thin ones (factors
+(n, S, 2m + r) = [T, P, Z] side by side, scales v (S, m), diagonals (S, 2, m) = (s, f), lower (S, m, r) = L),
+whose Q is T diag(s) + P diag(f) + Z Lᵀ (``ThinCorrection``)."""
 
 
 @dataclass(frozen=True)
@@ -741,8 +743,37 @@ class Compression:
             raise ValueError(f"compression needs age ≥ 1, rank ≥ 1, power ≥ 0; got {self}")
 
 
+@dataclass(frozen=True)
+class ThinCorrection:
+    """κ_3 sources whose correction leg Q is never mapped as a full matrix (docs/method.md §7.10). At a source's
+    birth Q = diag(s) + P diag(f) + 3 Rᵀ: s the (3) slice's correction, P diag(f) the part of the (2,1) slice's
+    correction that comes from the single-κ_2-edge diagrams (e_a Σ_ab u_b, u the path leg's Wick vector, so it is
+    P's columns rescaled, f = 3e), and R the rest. R is replaced by a rank-``rank`` factorisation 3Rᵀ ≈ Z Lᵀ
+    (randomized range finder: a fixed test matrix, ``power`` power iterations, QR; exact at rank ≥ the width), so
+    Q = T diag(s) + P diag(f) + Z Lᵀ holds at every later layer (every later map acts on rows) with only T, P
+    (n×m) and Z (n×rank) mapped: 4n²m + 2n²r a layer for the mapping, and the (2,1) slice grouped by right factor
+    (X Tᵀ + Y Pᵀ + ((T∘T)L) Zᵀ)/3 costs the same, against 6n²m each for a full source. Rank 0 drops R."""
+
+    rank: int
+    power: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rank < 0 or self.power < 0:
+            raise ValueError(f"the thin correction needs rank ≥ 0, power ≥ 0; got {self}")
+
+
 def is_compressed(group: tuple) -> bool:
     return len(group) == 3
+
+
+def is_thin(group: tuple) -> bool:
+    return len(group) == 4
+
+
+def source_range(group: tuple, start: int, stop: int | None = None) -> tuple:
+    """The sources start:stop of a full or thin group (the source axis is the factors' second, the others' first)."""
+    factors, *rest = group
+    return (factors[:, start:stop], *(part[start:stop] for part in rest))
 
 
 def test_matrix(xp: Any, like: Any, rows: int, columns: int) -> Any:
@@ -783,15 +814,17 @@ def compressed(xp: Any, groups: Sources, compression: Compression | None) -> Sou
     full = [group for group in groups if not is_compressed(group)]
     excess = sum(group[0].shape[1] for group in full) - compression.age
     out = [group for group in groups if is_compressed(group)]
-    for factors, scales in full:
-        count = min(max(excess, 0), factors.shape[1])
+    for group in full:
+        count = min(max(excess, 0), group[0].shape[1])
         excess -= count
-        for index in range(count):
-            basis, coefficients = compressed_source(xp, factors[:, index], min(compression.rank, factors.shape[3]),
-                                                    compression.power)
-            out = joined(xp, out, (basis[None], coefficients[None], scales[index][None]))
-        if count < factors.shape[1]:
-            out.append((factors[:, count:], scales[count:]))
+        if count:  # a thin source is compressed from its expanded factors (T, P, Q)
+            factors, scales = expanded(xp, source_range(group, 0, count) if is_thin(group) else group)
+            for index in range(count):
+                basis, coefficients = compressed_source(xp, factors[:, index],
+                                                        min(compression.rank, factors.shape[3]), compression.power)
+                out = joined(xp, out, (basis[None], coefficients[None], scales[index][None]))
+        if count < group[0].shape[1]:
+            out.append(source_range(group, count))
     return out
 
 
@@ -806,11 +839,27 @@ def joined(xp: Any, groups: Sources, group: tuple) -> Sources:
 
 
 def expanded(xp: Any, group: tuple) -> tuple[Any, Any]:
-    """A group's (factors (n, S, 3, m), scales): a compressed group's factors B (Bᵀ X)."""
+    """A group's (factors (n, S, 3, m), scales): a compressed group's factors B (Bᵀ X), a thin group's (T, P, Q)
+    with Q = T diag(s) + P diag(f) + Z Lᵀ (``thin_correction``)."""
+    if is_thin(group):
+        factors, scales = group[0], group[1]
+        width = scales.shape[-1]
+        return xp.stack([factors[:, :, :width], factors[:, :, width: 2 * width], thin_correction(xp, group)],
+                        axis=2), scales
     if not is_compressed(group):
         return group
     bases, coefficients, scales = group
     return xp.einsum("snr,sjrk->nsjk", bases, coefficients), scales
+
+
+def thin_correction(xp: Any, group: tuple) -> Any:
+    """Q = T diag(s) + P diag(f) + Z Lᵀ (n, S, m) of a thin group (``ThinCorrection``): O(n m) plus 2nmr."""
+    factors, scales, diagonals, lower = group
+    width = scales.shape[-1]
+    q = factors[:, :, :width] * diagonals[None, :, 0] + factors[:, :, width: 2 * width] * diagonals[None, :, 1]
+    if lower.shape[-1]:
+        q = q + xp.einsum("isr,skr->isk", factors[:, :, 2 * width:], lower)
+    return q
 
 
 def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources:
@@ -818,15 +867,21 @@ def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources
 
     ``third`` = (groups, rows, fresh, v): ``groups`` holds T, P, Q of the earlier sources, whose rows are still to be
     scaled by ``rows`` (``carried_third``; None: not), so they are mapped by W·diag(rows); ``fresh`` (n, 2, m) P and
-    Q of the newest, whose T is the identity, so its W·T is W itself; it is appended as a group of its own.
+    Q of the newest, whose T is the identity, so its W·T is W itself; it is appended as a group of its own. With a
+    thin correction (``ThinCorrection``) ``fresh`` is [P, Z] (n, m + r) and v is (v, (s, f), L): the newest is the
+    thin group [W, W P, W Z].
     """
     groups, rows, fresh, v = third
-    newest = xp.concatenate([weight[:, None], mapped(xp, weight, fresh, levels)], axis=1)[:, None]
+    if isinstance(v, tuple):  # thin: T, P, Z side by side
+        newest = (xp.concatenate([weight, mapped(xp, weight, fresh, levels)], axis=1)[:, None],
+                  *(part[None] for part in v))
+    else:
+        newest = (xp.concatenate([weight[:, None], mapped(xp, weight, fresh, levels)], axis=1)[:, None], v[None])
     scaled = weight if rows is None else weight * rows[None, :]
     groups = [(scaled @ group[0], *group[1:]) if is_compressed(group) else (mapped(xp, scaled, group[0], levels),
-                                                                            group[1])
+                                                                            *group[1:])
               for group in groups]  # a compressed group maps its bases alone
-    return [*groups, (newest, v[None])]
+    return [*groups, newest]
 
 
 def mapped(xp: Any, weight: Any, factors: Any, levels: int) -> Any:
@@ -855,10 +910,17 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0) -> tuple[Any, Any]:
     C = [T·diag v, Q], so it is ([(P∘P)v + 2 T∘Q] Tᵀ + [2 P∘T v] Pᵀ + [T∘T] Qᵀ) / 3: one product of the three
     bracketed matrices, side by side for every source, with the factors (T, P, Q) themselves, 6n³ per source. Its
     diagonal is slice (3). For a compressed group (factors B·X', ``Compression``) the contraction runs through the
-    basis: (left X'ᵀ) Bᵀ, 8n²r a source.
+    basis: (left X'ᵀ) Bᵀ, 8n²r a source. A thin group ([T, P, Z], Q = T diag(s) + P diag(f) + Z Lᵀ,
+    ``ThinCorrection``) groups the three products by their right factor: (X Tᵀ + Y Pᵀ + ((T∘T)L) Zᵀ)/3 with
+    X = (P∘P) diag v + 2 T∘Q + (T∘T) diag s and Y = 2 (P∘T) diag v + (T∘T) diag f, one product of [X, Y, (T∘T)L]
+    with [T, P, Z]ᵀ (``thin_slice``).
     """
     double = None
     for group in groups:
+        if is_thin(group):
+            value = thin_slice(xp, group, levels)
+            double = value if double is None else double + value
+            continue
         factors, scales = expanded(xp, group)
         t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
         v = scales[None]
@@ -874,6 +936,20 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0) -> tuple[Any, Any]:
     return xp.diag(double), double
 
 
+def thin_slice(xp: Any, group: tuple, levels: int = 0) -> Any:
+    """3 × the (2,1) slice of a thin group (``third_slices``): [X, Y, (T∘T)L] times [T, P, Z]ᵀ, 2n²(2m + r) a
+    source, the left matrices O(n m) plus 4nmr (Z Lᵀ inside Q, and (T∘T)L)."""
+    factors, scales, diagonals, lower = group
+    width, rows = scales.shape[-1], factors.shape[0]
+    t, p = factors[:, :, :width], factors[:, :, width: 2 * width]
+    v, s, f = scales[None], diagonals[None, :, 0], diagonals[None, :, 1]
+    square = t * t
+    left = [p * p * v + 2 * t * thin_correction(xp, group) + square * s, 2 * p * t * v + square * f]
+    if lower.shape[-1]:
+        left.append(xp.einsum("isk,skr->isr", square, lower))
+    return product(xp, xp.concatenate(left, axis=2).reshape(rows, -1), factors.reshape(rows, -1).T, levels)
+
+
 def carried_third(xp: Any, term: dict, slices: dict, groups: Sources, wick: Any) -> tuple:
     """The carried block c·(w⊗w⊗w)⊙κ_3 of pK_(1,1,1): every leg's rows times w (w = wick[k][1], k the same on all
     three legs), c on the C side (v and Q). Its slices are κ_3's times c·w_a³ and c·w_a²w_b: no new n³ work. The
@@ -886,6 +962,9 @@ def carried_third(xp: Any, term: dict, slices: dict, groups: Sources, wick: Any)
     for group in groups:
         if c == 1:
             carried.append(group)
+        elif is_thin(group):  # c scales v, s, f and L
+            factors, *coefficients = group
+            carried.append((factors, *(c * part for part in coefficients)))
         elif is_compressed(group):  # c scales Q's coefficients and v
             bases, coefficients, scales = group
             coefficients = coefficients * xp.asarray([1.0, 1.0, c], dtype=bases.dtype)[:, None, None]
@@ -925,11 +1004,14 @@ def path_source(xp: Any, term: dict, slices: dict, wick: list[list[Any]]) -> tup
     return p, v, xp.diag(p) * diagonal_v, off_diagonal(xp, double)
 
 
-def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: Any, cumulants: dict) -> tuple:
+def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: Any, cumulants: dict,
+               correction: ThinCorrection | None = None) -> tuple:
     """κ_3 after the nonlinearity, exact on every slice: pK_(1,1,1) (carried block + one new path source) plus
     Sym(Σ_a e_a⊗e_a⊗Q_a), Q_a = N(2,1)·g_(2,1)[a,:] + N(3)·g_(3)[a]·e_a with g_q = K_q − slice_q(pK_(1,1,1)): the
     correction is the new source's Q (its T is I too). Returns (groups, their row scale, fresh, v) for
-    ``mapped_third``."""
+    ``mapped_third``. With a thin ``correction`` Q is split as diag(s) + P diag(f) + (residual ≈ Z Lᵀ)
+    (``ThinCorrection``, ``thin_split``) and (fresh, v) are ([P, Z], (v, (s, f), L)): exact but for the residual's
+    rank."""
     (entry,) = [e for e in spec["diagrams"] if tuple(e["p"]) == TOP]
     carried = [t for t in entry["terms"] if len(t["blocks"]) == 1 and tuple(t["blocks"][0][1]) == TOP]
     paths = [t for t in entry["terms"] if t not in carried]
@@ -942,8 +1024,100 @@ def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: 
         older, rows, carried_cubic, carried_double = carried_third(xp, carried[0], slices, groups, wick)
         cubic, double = cubic + carried_cubic, double + carried_double
     counts = spec["lower_slice_counts"]
-    q = counts["2,1"] * (cumulants[(2, 1)] - double).T + counts["3"] * xp.diag(cumulants[(3,)] - cubic)
-    return older, rows, xp.stack([p, q], axis=1), v
+    if correction is None:
+        q = counts["2,1"] * (cumulants[(2, 1)] - double).T + counts["3"] * xp.diag(cumulants[(3,)] - cubic)
+        return older, rows, xp.stack([p, q], axis=1), v
+    s, f, residual = thin_split(xp, spec, paths[0], slices, wick, cumulants, p, cubic, double)
+    basis, lower = residual_factors(xp, residual, correction)
+    return older, rows, xp.concatenate([p, basis], axis=1), (v, xp.stack([s, f]), lower)
+
+
+def thin_split(xp: Any, spec: dict, path: dict, slices: dict, wick: Any, cumulants: dict, p: Any, cubic: Any,
+               double: Any) -> tuple[Any, Any, Any]:
+    """The new source's correction Q = diag(s) + P diag(f) + residual (``ThinCorrection``): s = N(3)·g_(3) and,
+    with g_(2,1) = S + R where S[a,b] = e_a Σ_ab u_b is the single-κ_2-edge part of K_(2,1) (``separable_left``;
+    u = w(k, 1) the Wick vector of the path's legs, so that P[b,a] = u_b Σ_ab), f = N(2,1)·e and
+    residual = N(2,1)·Rᵀ. Returns (s, f, residual) (n × m, zero on the diagonal)."""
+    counts = spec["lower_slice_counts"]
+    order = path_leg_order(path)
+    if order is None:
+        raise ValueError(f"the thin correction needs path legs of one κ_2 edge each, got {path}")
+    f = counts["2,1"] * separable_left(spec, slices, wick, cumulants, order)
+    residual = counts["2,1"] * (cumulants[(2, 1)] - double).T - p * f[None, :]
+    return counts["3"] * (cumulants[(3,)] - cubic), f, residual
+
+
+def path_leg_order(term: dict) -> int | None:
+    """The Wick order k of the path term's two legs when each is one κ_2 edge (its P = w(k, 1) ⊙ Σ), else None."""
+    edges: dict[frozenset, list] = {}
+    for degree, q, axes in term["blocks"]:
+        edges.setdefault(frozenset(axes), []).append((degree, tuple(q)))
+    (centre,) = set.intersection(*(set(edge) for edge in edges))
+    if any(blocks != [(2, (1, 1))] for blocks in edges.values()):
+        return None
+    orders = {term["k"][other] for edge in edges for other in edge - {centre}}
+    return orders.pop() if len(orders) == 1 else None
+
+
+def separable_left(spec: dict, slices: dict, wick: Any, cumulants: dict, order: int) -> Any:
+    """e with S[a,b] = e_a Σ_ab w_b(``order``, 1) the part of K_(2,1)[a,b] (a doubled) made of single-κ_2-edge
+    diagram terms (``separable_terms``): Σ c · w_a(k, p_0) · Π (one-coordinate blocks on a) · K_(1)[a]^j."""
+    terms = spec_cached(spec, ("separable", frozenset(slices), order),
+                        lambda: separable_terms(spec, set(slices), order))
+    if not terms:
+        raise ValueError("the thin correction found no single-κ_2-edge term of K_(2,1) in the plan")
+    left = None
+    for c, k, p0, blocks, means in terms:
+        value = c * wick[k][p0]
+        for block in blocks:
+            value = value * slices[block]
+        for _ in range(means):
+            value = value * cumulants[(1,)]
+        left = value if left is None else left + value
+    return left
+
+
+def separable_terms(spec: dict, available: set, order: int) -> list[tuple]:
+    """The terms of K_(2,1)[a,b] = Σ_parts c Π pK_parts that are e_a Σ_ab w_b(``order``, 1): a pK → K term with one
+    two-coordinate part pK_q on axes (0, 1) times pK_(1) = K_(1) on axis 0 only (j times), and of pK_q the diagram
+    terms with one κ_2 edge, any one-coordinate blocks on axis 0 and Wick order ``order`` on axis 1 (q_1 = 1).
+    Returns (c, k_0, q_0, one-coordinate blocks, j) per term; every other term stays in the residual."""
+    if [term["parts"] for e in spec["conversions"] if tuple(e["p"]) == (1,) for term in e["terms"]] != [[[[1], [0]]]]:
+        return []  # pK_(1) is not K_(1): no mean factor is read from the cumulants
+    types, _, coefficients = diagram_coefficients(spec, available, 2, None)
+    edge = (2, (1, 1), (0, 1))
+    edges: dict[tuple, list] = {}
+    for (index, sig, k0, k1), c in sorted(coefficients.items()):
+        others = [block for block in sig if block != edge]
+        if (types[index][1] == 1 and k1 == order and len(others) == len(sig) - 1
+                and all(axes == (0,) for _, _, axes in others)):
+            edges.setdefault(types[index], []).append((c, k0, tuple((d, q) for d, q, _ in others)))
+    (conversion,) = [e for e in spec["conversions"] if tuple(e["p"]) == (2, 1)]
+    out = []
+    for term in conversion["terms"]:
+        parts = [(tuple(q), tuple(axes)) for q, axes in term["parts"]]
+        matrices = [part for part in parts if len(part[1]) == 2]
+        vectors = [part for part in parts if len(part[1]) == 1]
+        if len(matrices) != 1 or matrices[0][1] != (0, 1) or any(part != ((1,), (0,)) for part in vectors):
+            continue
+        q = matrices[0][0]
+        out.extend((term["c"] * c, k0, q[0], blocks, len(vectors)) for c, k0, blocks in edges.get(q, []))
+    return out
+
+
+def residual_factors(xp: Any, residual: Any, correction: ThinCorrection) -> tuple[Any, Any]:
+    """(Z, L) with residual ≈ Z Lᵀ, Z (n × r) orthonormal, r = min(rank, n, m): a randomized range finder (a fixed
+    test matrix, ``power`` times Y ← R Rᵀ Y, QR), L = Rᵀ Z; (4 + 4·power)n m r + 4nr² FLOPs. Exact at r = n (Z
+    square orthogonal). Rank 0: empty factors."""
+    rows, columns = residual.shape
+    rank = min(correction.rank, rows, columns)
+    if rank == 0:
+        return residual[:, :0], residual[:0].T
+    sketch = residual @ test_matrix(xp, residual, columns, rank)[0]
+    for _ in range(correction.power):
+        sketch = residual @ (residual.T @ sketch)
+    basis = xp.linalg.qr(sketch)[0]
+    return basis, residual.T @ basis
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1115,7 +1289,7 @@ class PlannedState:
 
 def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = None,
             outputs: str = "cov", compression: Compression | None = None, strassen: int = 0,
-            core: FourthCore | None = None) -> Cumulants:
+            core: FourthCore | None = None, correction: ThinCorrection | None = None) -> Cumulants:
     """Propagation by the exported plan: K = 3 simple with κ_3 factored (equals mechest's factored engine) or
     K = 2 augment (equals mechest's unfactorised engine at K = 2 augment).
 
@@ -1131,8 +1305,13 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     and 1.9e9 FLOPs). ``compression`` compresses the κ_3 sources older than its age (``Compression``; None: exact).
     ``strassen`` > 0 runs the n³ products (W Σ Wᵀ, W Wᵀ, the sources' mapping and (2,1) slices) by that many levels
     of Strassen's recursion (``product``). ``core`` (K = 3 only; ``spec`` from mechest.kprop.spec.fourth_core_spec)
-    keeps κ_4 with an n×n core (``FourthCore``, docs/method.md §7.8); None: the reference scheme.
+    keeps κ_4 with an n×n core (``FourthCore``, docs/method.md §7.8); None: the reference scheme. ``correction``
+    (K = 3 only) keeps each new source's correction leg thin (``ThinCorrection``, docs/method.md §7.10): T and P
+    mapped, Q = T diag(s) + P diag(f) + Z Lᵀ with a rank-r residual; it combines with ``compression`` (a thin
+    source is expanded when it is compressed) and ``strassen``. None: the exact Q.
     """
+    if correction is not None and spec.get("order") != 3:
+        raise ValueError("the thin correction is an option of the K = 3 plan")
     if core is not None:
         if spec.get("order") != 3:
             raise ValueError("the matrix core of κ_4 extends the K = 3 plan")
@@ -1168,7 +1347,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         mean, cov = cumulants[(1,)], xp.diag(cumulants[(2,)]) + cumulants[(1, 1)]
         if layer + 1 < first_carried or (layer + 1 == len(hidden) and outputs != "marginals"):
             return PlannedState(layer + 1, mean, cov)
-        third = next_third(xp, spec, slices, groups, wick, cumulants) if spec["order"] == 3 else None
+        third = next_third(xp, spec, slices, groups, wick, cumulants, correction) if spec["order"] == 3 else None
         fourth = None if core is None else core_next(xp, spec, core, slices, wick, cumulants, mapped, gram,
                                                      weight.shape[0])
         return PlannedState(layer + 1, mean, cov, third, projected_cores(spec, cumulants, weight.shape[0]), fourth)
@@ -1228,7 +1407,8 @@ def last_mean(backend: Backend, spec: dict, weight: Any, bias: Any | None, activ
 
 
 def planned_flops(width: int, depth: int, order: int, window: int | None = None,
-                  compression: Compression | None = None, strassen: int = 0, core: FourthCore | None = None) -> int:
+                  compression: Compression | None = None, strassen: int = 0, core: FourthCore | None = None,
+                  correction: ThinCorrection | None = None) -> int:
     """Leading-order FLOPs of ``planned`` (float32 units) for the K = 3 (simple, factored) or K = 2
     (augment) plan, layer by layer as it runs: W Wᵀ (2n³) and W Σ Wᵀ (4n³) on hidden layers (the last layer
     only diag(W Σ Wᵀ), 2n³); at K = 3 with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the
@@ -1248,19 +1428,39 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     "core"): plus W G Wᵀ (4n³) on every full hidden layer from the second on and diag(W G Wᵀ) (2n³) on the last,
     and its elementwise work (the core's slices and projection, the (3,1) diagrams, a larger Wick table) bounded
     by CORE_QUADRATIC·n²L + CORE_LINEAR·nL (tested against flopscope with the other bounds). With ``core.shape``
-    (the closure, ``ShapedCore``) W G Wᵀ is one product (2n³) and its last diagonal O(n²)."""
+    (the closure, ``ShapedCore``) W G Wᵀ is one product (2n³) and its last diagonal O(n²).
+
+    ``correction`` (``ThinCorrection``, rank r): a source carries [T, P, Z] (2n + r columns; the newest [P, Z],
+    n + r) instead of (T, P, Q): mapping 2n²(2n + r) and (2,1) slice 2n²(2n + r) a source, plus 4n²r a source and
+    layer (Z Lᵀ inside Q and (T∘T)L), the range finder at birth ((4 + 4·power)n²r and its QR 4nr²), 2n²r to
+    expand Q for the last layer's cubic slice or a compression, and THIN_QUADRATIC·n² a source and layer of
+    elementwise work (an envelope of flopscope's count)."""
     first_carried = 0 if window is None else max(depth - window, 0)
     age = depth if compression is None else compression.age
     rank = width if compression is None else min(compression.rank, width)
     power = 0 if compression is None else compression.power
     n = width
 
+    thin_rank = 0 if correction is None else min(correction.rank, width)
+    columns = 2 * n + thin_rank  # of a thin source's [T, P, Z]
+
+    def wide(k: int) -> int:  # W times k columns (``product`` is dense when k is not divisible by 2^levels)
+        return product_flops(n, n, k, strassen) if k % 2**strassen == 0 else 2 * n * n * k
+
     def mapping(count: int) -> int:  # W times the stacked factors of `count` older full sources, and the newest
+        if correction is not None:
+            return (count - 1) * wide(columns) + wide(n + thin_rank)
         return (product_flops(n, n, 3 * (count - 1) * n, strassen) if count > 1 else 0) + product_flops(
             n, n, 2 * n, strassen)
 
+    def double(count: int) -> int:  # the (2,1) slices of `count` full sources
+        if correction is not None:
+            return count * product_flops(n, columns, n, strassen)
+        return product_flops(n, 3 * count * n, n, strassen)
+
     square = product_flops(n, n, n, strassen)
     products, squares, thin, sources, packed, carried = 0, 0, 0, 0, 0, False
+    slim, births, source_layers = 0, 0, 0  # thin correction: n²r units, sources born, (source, layer) pairs
     for layer in range(depth - 1):
         products += (square if layer == 0 or carried else 0) + (2 * square if layer > 0 else 0)
         if sources:
@@ -1270,12 +1470,21 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
                 sources, packed = sources - 1, packed + 1
                 squares += 12 + 12 * power
                 thin += 4
-            products += product_flops(n, 3 * sources * n, n, strassen)
+                slim += 2
+            products += double(sources)
             squares += 14 * packed
+            slim += 4 * sources
+            source_layers += sources
         carried = layer + 1 >= first_carried
         sources, packed = (sources + 1, packed) if carried and order == 3 else (0, 0)
+        births += carried and order == 3
     products += (square if depth > 1 else 0) + (mapping(sources) if sources else 0)
     squares += 8 * packed
+    slim += 2 * sources + (4 + 4 * (correction.power if correction else 0)) * births
+    source_layers += sources
+    if correction is not None:
+        products += width**2 * thin_rank * slim + 4 * width * thin_rank**2 * births
+        products += width**2 * THIN_QUADRATIC * (source_layers + births)
     quadratic = 22 * depth**2 + 40 * depth if order == 3 else 100 * depth
     cored = core is not None and order == 3
     if cored and depth > 1:
@@ -1286,6 +1495,9 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
             + elementwise_bound(width, depth, quadratic + (6 * depth**2 if strassen else 0)))
 
 
+THIN_QUADRATIC = 10
+"""n² FLOPs a source and layer that the thin correction's elementwise work may add (an envelope of flopscope's
+count: the left matrices X, Y, Q's assembly and the stacked factors)."""
 CORE_QUADRATIC = 60
 """n² FLOPs per layer that κ_4's matrix core adds to K = 3's elementwise work (an envelope of flopscope's count)."""
 CORE_LINEAR = 6000
