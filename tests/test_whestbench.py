@@ -21,7 +21,7 @@ import mechest  # noqa: E402
 from mechest.cli import main  # noqa: E402
 from mechest.errors import MechestError  # noqa: E402
 from mechest.integrations.whestbench.estimator import BACKEND as FLOAT32  # noqa: E402  (the shipped backend: Φ cast back to float32)
-from mechest.integrations.whestbench.export import export_package  # noqa: E402
+from mechest.integrations.whestbench.export import PackageOptions, export_package  # noqa: E402
 from mechest.integrations.whestbench.mapping import mechest_net  # noqa: E402
 from mechest.kprop import executor as xprop  # noqa: E402
 from mechest.kprop.spec import PACKAGE_PLANS, executor_spec  # noqa: E402
@@ -217,41 +217,44 @@ def test_exported_estimator_equals_mechest_and_picks_order_by_budget(package: Pa
 
 
 def test_phase2_runs_the_closure_compressed(package: Path) -> None:
-    """At 1024×16 (phase 2) the package runs K = 3 closure with the same compression and Strassen levels as K = 3
-    simple did (its one product more a layer, 2.4% of the predicted FLOPs, is far less than its measured gain),
-    also with compression off (`--compress none`); where the closure does not fit beside its fallbacks, K = 3
-    simple."""
+    """At 1024×16 (phase 2) the package runs K = 3 closure with the cost options K = 3 simple would run with
+    (compression, thin correction legs, Strassen levels; its one product more a layer, 2.4% of the predicted
+    FLOPs, is far less than its measured gain), also with compression and thin legs off (`--compress none --thin
+    none`); where the closure does not fit beside its fallbacks, K = 3 simple."""
     estimator = load_estimator(package)
     phase2 = importlib.import_module("whestbench.budget").ROUNDS["v2-phase2"]
     width, depth, budget = phase2.width, phase2.depth, phase2.flop_budget
     assert estimator.plan(width, depth, budget) == [(3, "closure", None), (2, "augment", None), (2, "simple", None),
                                                     (1, "simple", None)]
-    compression = estimator.compression(width, depth, budget)  # the vendored module's Compression
+    options = estimator.k3_options(width, depth, budget)  # the vendored module's Compression and ThinCorrection
+    compression, correction = options["compression"], options["correction"]
     assert (compression.age, compression.rank, compression.power) == (6, 256, 1)
-    assert estimator.strassen(width, depth, budget) == 0
-    closure, simple = (xprop.planned_flops(width, depth, 3, compression=compression, core=xprop.fourth_core(3, v))
+    assert (correction.rank, correction.power) == (16, 1) and options["strassen"] == 0
+    closure, simple = (xprop.planned_flops(width, depth, 3, core=xprop.fourth_core(3, v), **options)
                        for v in ("closure", "simple"))
-    assert 1 < closure / simple < 1.03
-    estimator.config["compression"] = None
+    assert 1 < closure / simple < 1.04
+    estimator.config["compression"] = estimator.config["thin"] = None
     assert estimator.plan(width, depth, budget)[0] == (3, "closure", None)
     tail = sum(xprop.choice_flops(width, depth, *c) for c in [(2, "augment"), (2, "simple"), (1, "simple")])
-    exact = xprop.planned_flops(width, depth, 3)
-    between = int((exact + tail + 0.5 * (closure - simple)) * estimator.config["safety"])
+    exact, exact_closure = (xprop.planned_flops(width, depth, 3, core=xprop.fourth_core(3, v))
+                            for v in ("simple", "closure"))
+    between = int((exact + tail + 0.5 * (exact_closure - exact)) * estimator.config["safety"])
     assert estimator.plan(width, depth, between)[0] == (3, "simple", None)
 
 
 def test_exported_estimator_compresses_where_the_multiplier_is_not_floored(package: Path) -> None:
-    """K = 3 compresses its old sources (the exported default) only where exact K = 3 would cost more than 0.1 of
-    the budget: at phase 2 (1024×16) but not at the warm-up (256×8, 0.08 B); and what it runs is the executor's
-    compressed K = 3 (flopscope, float64)."""
+    """K = 3 compresses its old sources and carries thin correction legs (the exported defaults) only where exact
+    K = 3 would cost more than 0.1 of the budget: at phase 2 (1024×16) but not at the warm-up (256×8, 0.08 B); and
+    what it runs is the executor's compressed, thin K = 3 closure (flopscope, float64)."""
     estimator = load_estimator(package)
     rounds = importlib.import_module("whestbench.budget").ROUNDS
     phase2, warmup = rounds["v2-phase2"], rounds["v1-warmup"]
     assert estimator.compression(warmup.width, warmup.depth, warmup.flop_budget) is None
+    assert estimator.correction(warmup.width, warmup.depth, warmup.flop_budget) is None
     compression = estimator.compression(phase2.width, phase2.depth, phase2.flop_budget)
     assert compression is not None and compression.rank < phase2.width
     assert estimator.plan(phase2.width, phase2.depth, phase2.flop_budget)[0] == (3, "closure", None)
-    levels = estimator.strassen(phase2.width, phase2.depth, phase2.flop_budget)  # the cheapest predicted
+    levels = estimator.k3_options(phase2.width, phase2.depth, phase2.flop_budget)["strassen"]  # cheapest predicted
     assert levels == estimator.config["strassen"] and all(
         xprop.planned_flops(phase2.width, phase2.depth, 3, compression=compression, strassen=fewer)
         > xprop.planned_flops(phase2.width, phase2.depth, 3, compression=compression, strassen=levels)
@@ -266,9 +269,9 @@ def test_exported_estimator_compresses_where_the_multiplier_is_not_floored(packa
         got = np.asarray(estimator.predict(mlp, budget))
     columns = [w.T for w in weights]
     numpy_backend = xprop.Backend(np, lambda x: 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2))))
-    strassen = estimator.strassen(width, depth, budget)
-    expected = np.stack(xprop.choice_means(numpy_backend, columns, 3, "closure", SPECS, compression=compression,
-                                           strassen=strassen))
+    options = estimator.k3_options(width, depth, budget)
+    assert options["compression"] == compression and options["correction"] is not None
+    expected = np.stack(xprop.choice_means(numpy_backend, columns, 3, "closure", SPECS, **options))
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
     assert np.abs(got - expected_means(weights, 3, "closure")).max() > 1e-8  # compressed, not exact
 
@@ -306,7 +309,7 @@ def test_whest_validate_accepts_the_package(package: Path) -> None:
 
 def test_export_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(MechestError):
-        export_package(tmp_path / "out", max_order=4)
+        export_package(tmp_path / "out", PackageOptions(max_order=4))
     assert main(["whestbench", "export", "--out", str(tmp_path / "out"), "--budget-fraction", "0"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "out").exists()

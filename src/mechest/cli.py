@@ -36,8 +36,11 @@ from mechest.files import atomic_path, check_output_directory, check_output_path
 from mechest.integrations.whestbench.export import (
     DEFAULT_COMPRESSION,
     DEFAULT_STRASSEN,
+    DEFAULT_THIN,
+    PackageOptions,
     export_package,
     parse_compression,
+    parse_thin,
 )
 from mechest.integrations.whestbench.score import ROUNDS as WHEST_ROUNDS
 from mechest.integrations.whestbench.score import score_round
@@ -286,13 +289,7 @@ def build_parser() -> OneLineParser:
                              help="replace the baked targets by longer Monte Carlo means (see docs/whestbench.md)")
     whest_score.add_argument("--flops-only", action="store_true",
                              help="price FLOPs only: no residual-time price or gate, no wall-time cap")
-    whest_score.add_argument("--budget-fraction", type=float, default=1.0,
-                             help="our package's largest predicted FLOPs as a fraction of the budget (default 1)")
-    whest_score.add_argument("--compress", default=",".join(map(str, DEFAULT_COMPRESSION)),
-                             metavar="AGE,FRACTION,POWER",
-                             help="our package's K=3 source compression, as for export (default %(default)s)")
-    whest_score.add_argument("--strassen", type=int, default=DEFAULT_STRASSEN,
-                             help="our package's most Strassen levels, as for export (default %(default)s)")
+    add_export_arguments(whest_score)  # the package scored is exported with these options
     whest_score.add_argument("--json", action="store_true", help="print one JSON object")
     add_distill_parser(commands)
     add_suppress_parser(commands)
@@ -352,6 +349,16 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strassen", type=int, default=DEFAULT_STRASSEN,
                         help="K=3's n^3 products by up to this many levels of Strassen's recursion, the cheapest "
                              "predicted (0: dense; default %(default)s)")
+    parser.add_argument("--thin", default=",".join(map(str, DEFAULT_THIN)), metavar="RANK,POWER",
+                        help="K=3 carries each κ_3 source's correction leg thin, its residual at rank RANK (POWER "
+                             "range-finder iterations), where it compresses; 'none': never (default %(default)s)")
+
+
+def package_options(args: argparse.Namespace) -> PackageOptions:
+    """The package options of `whestbench export` and `score`, parsed once."""
+    return PackageOptions(args.order, args.budget_fraction, args.min_window, augment=args.augment,
+                          compression=parse_compression(args.compress), strassen=args.strassen,
+                          thin=parse_thin(args.thin))
 
 
 def add_distill_parser(commands: argparse._SubParsersAction) -> None:
@@ -532,15 +539,13 @@ def command_tail_bench(args: argparse.Namespace) -> None:
 
 def command_whestbench(args: argparse.Namespace) -> None:
     if args.whest_command == "export":
-        out = export_package(args.out, args.order, args.budget_fraction, args.min_window, augment=args.augment,
-                             compression=parse_compression(args.compress), strassen=args.strassen)
+        out = export_package(args.out, package_options(args))
         print(f"wrote {out}: check it with `whest validate --estimator {out / 'estimator.py'}`")
         return
     root = check_output_directory(args.data_dir)
     truths = Path(args.truths) if args.truths else None
     rows, floor, dataset = score_round(args.round, args.n_mlps, args.samples, root, root / "package",
-                                       args.width, args.depth, truths, args.flops_only, args.budget_fraction,
-                                       parse_compression(args.compress), args.strassen)
+                                       args.width, args.depth, truths, args.flops_only, package_options(args))
     if args.json:
         print(json.dumps({"round": args.round, "dataset": str(dataset),
                           "noise_floor": floor, "results": [row.__dict__ for row in rows]}))

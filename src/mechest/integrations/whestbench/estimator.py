@@ -14,8 +14,9 @@ m ≥ min_window layers (the largest m that fits); off by default, because measu
 of K = 3's gain (docs/whestbench.md). K = 3 compresses its old κ_3 sources (config "compression": age, rank as a
 fraction of the width, power iterations; docs/method.md §7.6) where exact K = 3 would cost more than
 COMPRESS_ABOVE·B: below that WhestBench's multiplier max(0.1, C/B) is floored, so compressing would only cost
-accuracy. K = 3's n³ products use the number of Strassen levels (≤ config "strassen") that its cost model
-predicts cheapest (``strassen``). Where K = 3 is chosen, the fourth-cumulant closure (K = 3 "closure", κ_4's core
+accuracy; there it also carries each source's correction leg thin (config "thin": rank, power; docs/method.md
+§7.10). K = 3's n³ products use the number of Strassen levels (≤ config "strassen") that its cost model predicts
+cheapest (``k3_options``). Where K = 3 is chosen, the fourth-cumulant closure (K = 3 "closure", κ_4's core
 shaped like the covariance, docs/method.md §7.9) runs instead where it fits and is predicted to score better
 (``closure_pays``; ``k3_variant``), compressed or not. Any non-finite mean makes it fall back to the next choice
 (K = 2 augment falls back to K = 2 simple), so the output is always finite.
@@ -111,13 +112,24 @@ class Estimator(BaseEstimator):
             width, depth, 3)
         return compression if cheaper else None
 
-    def strassen(self, width: int, depth: int, budget: int) -> int:
-        """Levels of Strassen's recursion for K = 3's products: the fewest among the cheapest predicted, up to the
-        configured maximum (0 where none is configured)."""
-        compression = self.compression(width, depth, budget)
-        return min(range(self.config.get("strassen", 0) + 1),
-                   key=lambda levels: propagate.planned_flops(width, depth, 3, compression=compression,
-                                                              strassen=levels))
+    def correction(self, width: int, depth: int, budget: int) -> propagate.ThinCorrection | None:
+        """K = 3's thin correction legs (None: the exact correction leg): the configured rank and power where exact
+        K = 3 costs more than COMPRESS_ABOVE·budget (as for compression: below it the multiplier is floored)."""
+        config = self.config.get("thin")
+        if not config or propagate.planned_flops(width, depth, 3) <= COMPRESS_ABOVE * budget:
+            return None
+        return propagate.ThinCorrection(config["rank"], config["power"])
+
+    def k3_options(self, width: int, depth: int, budget: int) -> dict:
+        """K = 3's cost options on this network, as keywords of ``planned_flops`` and ``choice_means``: its
+        compression and thin correction legs, and the levels of Strassen's recursion for its products (the fewest
+        among the cheapest predicted, up to the configured maximum; 0 where none is configured)."""
+        options = {"compression": self.compression(width, depth, budget),
+                   "correction": self.correction(width, depth, budget)}
+        options["strassen"] = min(range(self.config.get("strassen", 0) + 1),
+                                  key=lambda levels: propagate.planned_flops(width, depth, 3, strassen=levels,
+                                                                             **options))
+        return options
 
     def plan(self, width: int, depth: int, budget: int) -> list[Choice]:
         """(order, variant, window) to try, best first. A choice is kept only if its predicted FLOPs plus those of
@@ -133,8 +145,7 @@ class Estimator(BaseEstimator):
         choices: list[Choice] = []
         if self.config["max_order"] >= 3 and fits_width:
             tail = sum(propagate.choice_flops(width, depth, *c) for c in fallbacks)
-            k3 = propagate.planned_flops(width, depth, 3, compression=self.compression(width, depth, budget),
-                                         strassen=self.strassen(width, depth, budget))
+            k3 = propagate.planned_flops(width, depth, 3, **self.k3_options(width, depth, budget))
             if k3 + tail <= allowed:
                 # whether K = 3 pays is judged at exact K = 3's cost: K3_GAIN was measured exact, and compression's
                 # loss of accuracy is measured only at 256×8 and 1024×16 (docs/results.md)
@@ -153,14 +164,13 @@ class Estimator(BaseEstimator):
 
     def k3_variant(self, width: int, depth: int, budget: int, tail: float, allowed: float, k2_flops: float | None,
                    gain: float) -> str:
-        """K = 3's variant: "closure" where its plan was exported and, at the compression and Strassen levels K = 3
-        runs with, it fits beside its fallbacks, still beats K = 2 (``k3_pays``) and beats K = 3 simple
+        """K = 3's variant: "closure" where its plan was exported and, with the cost options K = 3 runs with
+        (``k3_options``), it fits beside its fallbacks, still beats K = 2 (``k3_pays``) and beats K = 3 simple
         (``closure_pays``); else "simple"."""
         if propagate.plan_key(3, "closure") not in self.specs:
             return "simple"
-        compression, strassen = self.compression(width, depth, budget), self.strassen(width, depth, budget)
-        closure, simple = (propagate.planned_flops(width, depth, 3, compression=compression, strassen=strassen,
-                                                   core=propagate.fourth_core(3, variant))
+        options = self.k3_options(width, depth, budget)
+        closure, simple = (propagate.planned_flops(width, depth, 3, core=propagate.fourth_core(3, variant), **options)
                            for variant in ("closure", "simple"))
         pays = k2_flops is None or k3_pays(width, depth, closure, k2_flops, budget, gain)
         return "closure" if closure + tail <= allowed and pays and closure_pays(closure, simple, budget) else "simple"
@@ -172,22 +182,18 @@ class Estimator(BaseEstimator):
             tail += propagate.covariance_flops(width, depth)
         return propagate.choice_flops(width, depth, *choice) + tail <= allowed
 
-    def run(self, weights: list, order: int, variant: str, window: int | None,
-            compression: propagate.Compression | None = None, strassen: int = 0) -> fnp.ndarray:
-        """All layers' means, shape (depth, width), by one choice."""
-        return fnp.stack(propagate.choice_means(BACKEND, weights, order, variant, self.specs, window, compression,
-                                                strassen), axis=0)
+    def run(self, weights: list, order: int, variant: str, window: int | None, options: dict) -> fnp.ndarray:
+        """All layers' means, shape (depth, width), by one choice (K = 3 with ``k3_options``' ``options``)."""
+        return fnp.stack(propagate.choice_means(BACKEND, weights, order, variant, self.specs, window, **options),
+                         axis=0)
 
     def predict(self, mlp: MLP, budget: int) -> fnp.ndarray:
         weights = [w.T for w in mlp.weights]  # WhestBench's h @ W is mechest's W.T @ h
         with warnings.catch_warnings():  # flopscope's symmetry notes: printing them costs residual time
             warnings.simplefilter("ignore")
-            compression = self.compression(mlp.width, mlp.depth, budget)
-            strassen = self.strassen(mlp.width, mlp.depth, budget)
+            options = self.k3_options(mlp.width, mlp.depth, budget)
             for order, variant, window in self.plan(mlp.width, mlp.depth, budget):
-                exact_window = window is None
-                out = self.run(weights, order, variant, window, compression if exact_window else None,
-                               strassen if exact_window else 0)
+                out = self.run(weights, order, variant, window, options if window is None else {})
                 if math.isfinite(float(fnp.sum(out))):
                     return out
         return fnp.zeros((mlp.depth, mlp.width), dtype=fnp.float32)

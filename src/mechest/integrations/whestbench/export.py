@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from mechest.errors import MechestError
@@ -42,35 +43,68 @@ default: at 1024×16 three levels pushed the residual time per network to 0.51 s
 (docs/results.md)."""
 
 
-def package_config(max_order: int, budget_fraction: float, min_window: int, safety: float, augment: bool,
-                   compression: tuple[int, float, int] | None = DEFAULT_COMPRESSION,
-                   strassen: int = DEFAULT_STRASSEN) -> dict:
-    """The options the estimator reads at setup (checked here, so the package never holds a bad value)."""
-    if max_order not in (1, 2, 3):
-        raise MechestError(f"--order must be 1, 2 or 3 for WhestBench, got {max_order}")
-    if not 0 < budget_fraction <= 1:
-        raise MechestError(f"--budget-fraction must be in (0, 1], got {budget_fraction}")
-    if min_window < 0:
-        raise MechestError(f"--min-window must be 0 (never window) or more, got {min_window}")
-    if safety < 1:
-        raise MechestError(f"--safety must be at least 1, got {safety}")
-    if compression is not None and (compression[0] < 1 or not 0 < compression[1] <= 1 or compression[2] < 0):
-        raise MechestError(f"--compress needs age ≥ 1, 0 < fraction ≤ 1 and power ≥ 0, got {compression}")
-    if not 0 <= strassen <= 6:
-        raise MechestError(f"--strassen must be 0 (dense products) to 6, got {strassen}")
-    return {"max_order": max_order, "budget_fraction": budget_fraction, "min_window": min_window, "safety": safety,
-            "augment": augment, "compression": None if compression is None else
-            {"age": compression[0], "rank_fraction": compression[1], "power": compression[2]},
-            "strassen": strassen}
+DEFAULT_THIN = (16, 1)
+"""K = 3's thin correction legs in the package (rank of the residual, power iterations; docs/method.md §7.10), used
+where compression is (exact K = 3 over COMPRESS_ABOVE of the budget): at 1024×16 ranks 8–32 tie within noise
+(docs/results.md, "Thin correction legs"); 16 leaves a margin at other widths."""
 
 
-def export_package(out: str | Path, max_order: int = 3, budget_fraction: float = 1.0, min_window: int = 0,
-                   safety: float = 1.02, augment: bool = True,
-                   compression: tuple[int, float, int] | None = DEFAULT_COMPRESSION,
-                   strassen: int = DEFAULT_STRASSEN) -> Path:
+def parse_thin(text: str) -> tuple[int, int] | None:
+    """``RANK,POWER`` (e.g. 16,1) or ``none``, as the CLI's --thin takes it."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        rank, power = text.split(",")
+        return int(rank), int(power)
+    except ValueError:
+        raise MechestError(f"--thin must be RANK,POWER (e.g. 16,1) or none, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class PackageOptions:
+    """What an exported package may do, as `mechest whestbench export` and `score` take it: the highest order, the
+    largest predicted FLOPs as a fraction of the budget, the smallest κ_3 window (0: never window), the safety
+    factor on predicted FLOPs, K = 2 augment allowed, K = 3's source compression (age, rank / width, power; None:
+    never), most Strassen levels, and K = 3's thin correction legs (rank, power; None: never)."""
+
+    max_order: int = 3
+    budget_fraction: float = 1.0
+    min_window: int = 0
+    safety: float = 1.02
+    augment: bool = True
+    compression: tuple[int, float, int] | None = DEFAULT_COMPRESSION
+    strassen: int = DEFAULT_STRASSEN
+    thin: tuple[int, int] | None = DEFAULT_THIN
+
+    def config(self) -> dict:
+        """The options as the estimator reads them at setup (checked here, so the package never holds a bad
+        value)."""
+        if self.max_order not in (1, 2, 3):
+            raise MechestError(f"--order must be 1, 2 or 3 for WhestBench, got {self.max_order}")
+        if not 0 < self.budget_fraction <= 1:
+            raise MechestError(f"--budget-fraction must be in (0, 1], got {self.budget_fraction}")
+        if self.min_window < 0:
+            raise MechestError(f"--min-window must be 0 (never window) or more, got {self.min_window}")
+        if self.safety < 1:
+            raise MechestError(f"--safety must be at least 1, got {self.safety}")
+        compression, thin = self.compression, self.thin
+        if compression is not None and (compression[0] < 1 or not 0 < compression[1] <= 1 or compression[2] < 0):
+            raise MechestError(f"--compress needs age ≥ 1, 0 < fraction ≤ 1 and power ≥ 0, got {compression}")
+        if not 0 <= self.strassen <= 6:
+            raise MechestError(f"--strassen must be 0 (dense products) to 6, got {self.strassen}")
+        if thin is not None and (thin[0] < 0 or thin[1] < 0):
+            raise MechestError(f"--thin needs rank ≥ 0 and power ≥ 0, got {thin}")
+        return {"max_order": self.max_order, "budget_fraction": self.budget_fraction, "min_window": self.min_window,
+                "safety": self.safety, "augment": self.augment,
+                "compression": None if compression is None else
+                {"age": compression[0], "rank_fraction": compression[1], "power": compression[2]},
+                "strassen": self.strassen, "thin": None if thin is None else {"rank": thin[0], "power": thin[1]}}
+
+
+def export_package(out: str | Path, options: PackageOptions = PackageOptions()) -> Path:
     """Write estimator.py, its propagation module, the plans (K = 3 simple and core, K = 2 augment) and the config
     into ``out`` (atomically)."""
-    config = package_config(max_order, budget_fraction, min_window, safety, augment, compression, strassen)
+    config = options.config()
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(p.name not in FILES for p in target.iterdir())):
         raise MechestError(f"{target} exists and is not an earlier export; choose another --out")

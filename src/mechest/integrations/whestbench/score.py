@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mechest.errors import MechestError
-from mechest.integrations.whestbench.export import DEFAULT_COMPRESSION, DEFAULT_STRASSEN, export_package
+from mechest.integrations.whestbench.export import PackageOptions, export_package
 
 ROUNDS = {"warmup": "v1-warmup", "phase1": "v1-phase1", "phase2": "v2-phase2"}
 BASELINES = ("MeanPropagationEstimator", "CovariancePropagationEstimator")
@@ -191,18 +191,16 @@ def with_truths(dataset: Path, truths: Path) -> Path:
 def score_round(round_name: str, n_mlps: int, samples: int, root: Path, package: Path,
                 width: int | None = None, depth: int | None = None,
                 truths: Path | None = None, flops_only: bool = False,
-                budget_fraction: float = 1.0,
-                compression: tuple[int, float, int] | None = DEFAULT_COMPRESSION,
-                strassen: int = DEFAULT_STRASSEN) -> tuple[list[Scored], float, Path]:
-    """Bake/reuse the round's dataset (optionally with longer truths), export our package to ``package``, score
-    ours and the baselines under the round's rules."""
+                options: PackageOptions = PackageOptions()) -> tuple[list[Scored], float, Path]:
+    """Bake/reuse the round's dataset (optionally with longer truths), export our package (``options``) to
+    ``package``, score ours and the baselines under the round's rules."""
     if n_mlps < 1 or samples < 2:
         raise MechestError(f"need --n-mlps >= 1 and --samples >= 2, got {n_mlps} and {samples}")
     rules = round_rules(round_name)
     dataset = bake(root, width or rules.width, depth or rules.depth, n_mlps, samples)
     if truths is not None:
         dataset = with_truths(dataset, truths)
-    export_package(package, budget_fraction=budget_fraction, compression=compression, strassen=strassen)
+    export_package(package, options)
     rows = [score_estimator("mechest kprop", package / "estimator.py", "Estimator", dataset, rules, flops_only)]
     rows += [score_estimator(name, baseline_file(root, name), "Estimator", dataset, rules, flops_only)
              for name in BASELINES]
