@@ -98,7 +98,7 @@ def test_refuses_bad_shapes() -> None:
 
 def test_the_closure_is_more_accurate_than_k3_simple_on_the_benchmark_nets() -> None:
     """mechest's 256×4 benchmark (random_mlp(256, 4, seed 0..2), committed 1e8-sample truths, noise floor ≈ 1e-8 of
-    Var): the closure's MSE/Var is below K = 3 simple's on every net (measured 3.6e-7 against 5.2e-7 on average,
+    Var): the closure's MSE/Var is below K = 3 simple's on every net (measured 3.2e-7 against 5.2e-7 on average,
     docs/results.md), by more than the truths' noise floor."""
     for seed in range(3):
         net = mechest.random_mlp(256, 4, "relu", seed=seed)

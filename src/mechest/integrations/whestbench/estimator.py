@@ -81,7 +81,7 @@ def closure_pays(closure_flops: float, simple_flops: float, budget: float) -> bo
 
 CLOSURE_GAIN = 0.8
 """MSE(K = 3 closure) / MSE(K = 3 simple), rounded up from the largest mean measured (docs/results.md, "The
-fourth-cumulant closure"): 0.79 at 1024×16 (2 nets), 0.60 at 256×8 (3 nets), 0.70 at 256×4 (3 nets)."""
+fourth-cumulant closure"): 0.79 at 1024×16 (2 nets), 0.54 at 256×8 (3 nets), 0.62 at 256×4 (3 nets)."""
 
 
 COMPRESS_ABOVE = 0.1
