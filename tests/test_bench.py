@@ -31,7 +31,7 @@ def test_configurations_factor_only_from_order_3_and_k1_has_simple_and_isotropic
     assert Config(1, "simple") in configs and Config(1, "isotropic") in configs
     assert Config(1, "augment") == Config(1, "simple")  # the same propagation, one value
     assert {c.order for c in configs if c.factored} == {3, 4}
-    assert len(configs) == len(set(configs)) == 2 + 2 + 5 + 3  # K = 1 ×2, K = 2 ×2, K = 3 ×5, K = 4 ×3
+    assert len(configs) == len(set(configs)) == 2 + 2 + 6 + 3  # K = 1 ×2, K = 2 ×2, K = 3 ×6, K = 4 ×3
     assert set(configs) == set(SCHEMES)
 
 

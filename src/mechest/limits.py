@@ -120,14 +120,15 @@ PROPAGATION_NUMBERS: dict[tuple[int, str, bool], tuple[float, float, int]] = {
     (1, "simple", False): (2, 0, 2), (1, "augment", False): (2, 0, 2), (1, "isotropic", False): (2, 0, 2),
     (2, "simple", False): (10, 0, 2), (2, "augment", False): (48, 8, 2),
     (3, "simple", False): (16, 0, 3), (3, "augment", False): (16, 0, 3),
-    (3, "simple", True): (16, 36, 2), (3, "augment", True): (6, 0.5, 3),
+    (3, "simple", True): (16, 36, 2), (3, "closure", True): (40, 36, 2), (3, "augment", True): (6, 0.5, 3),
     (4, "simple", False): (16, 0, 4), (4, "augment", False): (16, 0, 4),
     (4, "simple", True): (0, 36, 3),
 }
 """(a, b, p): a propagation of width n and depth L holds at most about (a + b·L)·n^p numbers at once. Measured
 as the peak resident memory of mechest.kprop.propagate (outputs="cov") on He-init ReLU nets, n = 24…800,
 L = 1…8, rounded up: e.g. the dense engine's κ_K and its temporaries take 8–16 n^K numbers, the executor's
-K = 2 augment 55–70 n² and factored K = 3 simple 70–120 n² at L = 2…4."""
+K = 2 augment 55–70 n² and factored K = 3 simple 70–120 n² at L = 2…4; K = 3 closure 14–24 n² more than K = 3
+simple (46–94 n² at n = 512, 800, L = 2…6, peak resident memory above the network's)."""
 
 
 def propagation_bytes(width: int, depth: int, order: int, variant: str, factored: bool, itemsize: int = 8) -> float:
