@@ -65,8 +65,9 @@ def test_ranking_puts_k2_augment_after_simple_on_deep_narrow_nets() -> None:
     wide, deep = ranking(random_mlp(64, 2, seed=0)), ranking(random_mlp(8, 4, seed=0))
     assert wide.index(Scheme(2, "augment")) < wide.index(Scheme(2))
     assert deep.index(Scheme(2)) < deep.index(Scheme(2, "augment"))
-    # factored K = 3 simple: the same estimate, cheaper; K = 3 core and closure: selectable, not ranked
-    assert set(wide) == set(SCHEMES) - {Scheme(3), Scheme(3, "core", True), Scheme(3, "closure", True)}
+    # factored K = 3 simple: the same estimate, cheaper; K = 3 core: selectable, not ranked (the closure is better)
+    assert set(wide) == set(SCHEMES) - {Scheme(3), Scheme(3, "core", True)}
+    assert wide.index(Scheme(3, "closure", True)) + 1 == wide.index(Scheme(3, "simple", True))
 
 
 def test_cli_budget(tmp_path, capsys) -> None:
