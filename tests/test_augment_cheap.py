@@ -4,9 +4,9 @@ torch and numpy; as the scheme K = 3 core factored it is FourthCore(summed=False
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from conftest import assert_numpy_matches_torch
 
 import mechest
 from mechest.estimators.tail import dense_marginals
@@ -68,17 +68,7 @@ def test_matches_the_dense_engine_on_its_plan(spec: dict, width: int, depth: int
 
 
 def test_numpy_namespace_equals_torch(spec: dict) -> None:
-    net = net_of(8, 3, 1)
-    layers = layers_of(net)
-    core = xprop.FourthCore(two=True)
-    expected = xprop.planned(torch_backend(net.device), layers, spec, outputs="cov", core=core)
-    from scipy.special import ndtr
-
-    arrays = xprop.Layers([w.numpy() for w in layers.weights],
-                          [None if b is None else b.numpy() for b in layers.biases], list(layers.activations))
-    got = xprop.planned(xprop.Backend(np, ndtr), arrays, spec, outputs="cov", core=core)
-    np.testing.assert_allclose(got.mean, expected.mean.numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(got.cov, expected.cov.numpy(), rtol=1e-10, atol=1e-12)
+    assert_numpy_matches_torch(layers_of(net_of(8, 3, 1)), spec, core=xprop.FourthCore(two=True))
 
 
 def test_the_core_scheme_is_the_option_without_the_capped_sum() -> None:

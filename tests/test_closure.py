@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import assert_numpy_matches_torch
 
 import mechest
 from mechest.estimators.truth import score
@@ -77,17 +77,8 @@ def test_the_closure_changes_the_core_scheme_and_is_the_scheme(spec: dict) -> No
 
 
 def test_numpy_namespace_equals_torch(spec: dict) -> None:
-    from scipy.special import ndtr
-
     net = odd_network(6, ("relu",) * 3)  # the numpy backend has ReLU's Wick table only
-    layers = layers_of(net)
-    core = xprop.fourth_core(3, "closure")
-    expected = xprop.planned(torch_backend(net.device), layers, spec, outputs="cov", core=core)
-    arrays = xprop.Layers([w.numpy() for w in layers.weights],
-                          [None if b is None else b.numpy() for b in layers.biases], list(layers.activations))
-    got = xprop.planned(xprop.Backend(np, ndtr), arrays, spec, outputs="cov", core=core)
-    np.testing.assert_allclose(got.mean, expected.mean.numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(got.cov, expected.cov.numpy(), rtol=1e-10, atol=1e-12)
+    assert_numpy_matches_torch(layers_of(net), spec, core=xprop.fourth_core(3, "closure"))
 
 
 def test_refuses_bad_shapes() -> None:
