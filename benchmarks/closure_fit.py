@@ -8,6 +8,7 @@ committed as benchmarks/data/whestbench/truth_calibration.npz.
 
     python benchmarks/closure_fit.py truths --samples 2e7     # ≈ 15 min a net on 2 shared cores
     PYTHONPATH=src python benchmarks/closure_fit.py fit        # the shape grid, one JSON line per shape
+    PYTHONPATH=src python benchmarks/closure_fit.py fit --feed # the same with the closure's feed (FourthCore.feed)
 
 ``fit`` scores every shape of the grid by the mean final-layer MSE over the calibration nets (noise floor Var/N
 subtracted) and prints the best; the derived shape (1) is among them.
@@ -55,12 +56,12 @@ def make_truths(samples: int, out: Path) -> None:
         print(json.dumps({"net": index, "samples": samples, "seconds": round(time.time() - start)}), flush=True)
 
 
-def final_layer_mse(shape: float, truths: dict, dtype: torch.dtype) -> float:
+def final_layer_mse(shape: float, truths: dict, dtype: torch.dtype, feed: bool = False) -> float:
     from mechest.kprop import executor as xprop
     from mechest.kprop.spec import executor_spec
 
     spec = executor_spec(3, "closure", max_width=WIDTH)
-    core = xprop.FourthCore(summed=False, shape=shape)
+    core = xprop.FourthCore(summed=False, shape=shape, feed=feed)
     errors = []
     for index in range(NETS):
         weights = calibration_weights(index)
@@ -73,12 +74,12 @@ def final_layer_mse(shape: float, truths: dict, dtype: torch.dtype) -> float:
     return float(np.mean(errors))
 
 
-def fit(shapes: tuple[float, ...], dtype: torch.dtype) -> float:
+def fit(shapes: tuple[float, ...], dtype: torch.dtype, feed: bool = False) -> float:
     truths = dict(np.load(DATA))
     scores = {}
     for shape in shapes:
-        scores[shape] = final_layer_mse(shape, truths, dtype)
-        print(json.dumps({"shape": shape, "final_mse": scores[shape]}), flush=True)
+        scores[shape] = final_layer_mse(shape, truths, dtype, feed)
+        print(json.dumps({"shape": shape, "feed": feed, "final_mse": scores[shape]}), flush=True)
     best = min(scores, key=scores.get)
     print(json.dumps({"best_shape": best, "final_mse": scores[best], "derived_shape_mse": scores.get(1.0),
                       "nets": NETS, "samples": int(truths["samples"])}), flush=True)
@@ -94,13 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     fitting = commands.add_parser("fit", help="score the shape grid on the calibration nets")
     fitting.add_argument("--shapes", type=float, nargs="+", default=SHAPES)
     fitting.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    fitting.add_argument("--feed", action="store_true", help="the closure with its feed (FourthCore.feed)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.command == "truths":
         make_truths(int(args.samples), args.out)
     else:
-        fit(tuple(args.shapes), getattr(torch, args.dtype))
+        fit(tuple(args.shapes), getattr(torch, args.dtype), args.feed)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ operations, so their number matters).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -871,7 +872,7 @@ def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources
     thin correction (``ThinCorrection``) ``fresh`` is [P, Z] (n, m + r) and v is (v, (s, f), L): the newest is the
     thin group [W, W P, W Z].
     """
-    groups, rows, fresh, v = third
+    groups, rows, fresh, v = third[:4]
     if isinstance(v, tuple):  # thin: T, P, Z side by side
         newest = (xp.concatenate([weight, mapped(xp, weight, fresh, levels)], axis=1)[:, None],
                   *(part[None] for part in v))
@@ -890,19 +891,43 @@ def mapped(xp: Any, weight: Any, factors: Any, levels: int) -> Any:
                                                                                        *factors.shape[1:])
 
 
-def third_cubic(xp: Any, groups: Sources) -> Any:
+def mapped_feeds(xp: Any, weight: Any, third: tuple) -> list | None:
+    """The closure's feeds (``FourthCore.feed``) of ``third``'s sources after z = W a: one (β, y) or None per
+    group of ``mapped_third``'s output (the newest last), y mapped as the groups' rows are (W·diag(rows) for the
+    older, W for the newest): n² a source. None: ``third`` carries no feeds."""
+    if len(third) < 5:
+        return None
+    rows, feeds = third[1], third[4]
+    scaled = weight if rows is None else weight * rows[None, :]
+    *older, newest = feeds
+    out = [None if feed is None else (feed[0], scaled @ feed[1]) for feed in older]
+    return [*out, None if newest is None else (newest[0], weight @ newest[1])]
+
+
+def feed_terms(xp: Any, t: Any, p: Any, feed: tuple) -> tuple[Any, Any, Any]:
+    """A feed Sym(Σ_k β_k P_k ⊗ T_k ⊗ y) of a source with legs T, P (n, S, m) (``FourthCore.feed``): its (2,1)
+    slice is (y∘P diag β Tᵀ + y∘T diag β Pᵀ + u' yᵀ)/3 (Sym(a⊗b⊗c)_iij = (a_i b_i c_j + a_i c_i b_j + b_i c_i a_j)/3),
+    u'_i = Σ_k β_k P_ik T_ik. Returns the additions to the left matrices of Tᵀ and Pᵀ (n, S, m) and u' (n,)."""
+    beta, y = feed
+    scaled = p * beta[None, None, :]
+    return y[:, None, None] * scaled, y[:, None, None] * t * beta[None, None, :], xp.einsum("isk,isk->i", scaled, t)
+
+
+def third_cubic(xp: Any, groups: Sources, feeds: list | None = None) -> Any:
     """Slice (3) of κ_3 = Σ_s Sym(Σ_k P_k⊗P_k⊗v_k T_k + T_k⊗T_k⊗Q_k): Σ_s Σ_k T (P² v + T Q), read alone where the
     (2,1) slice (whose diagonal it is, ``third_slices``) is not needed."""
     total = None
-    for group in groups:
+    for index, group in enumerate(groups):
         factors, scales = expanded(xp, group)
         t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
         value = xp.einsum("isk,isk->i", t, p * p * scales[None] + t * q)
+        if feeds is not None and feeds[index] is not None:  # the feed's (3) slice u'∘y
+            value = value + feed_terms(xp, t, p, feeds[index])[2] * feeds[index][1]
         total = value if total is None else total + value
     return total
 
 
-def third_slices(xp: Any, groups: Sources, levels: int = 0) -> tuple[Any, Any]:
+def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None = None) -> tuple[Any, Any]:
     """Slices (3) and (2,1) of κ_3 (``third_cubic``'s form), the (2,1) slice not yet zeroed on its diagonal.
 
     Sym(Σ_r A_r⊗A_r⊗C_r) has (2,1) slice ((A∘A)Cᵀ + 2(A∘C)Aᵀ)/3 (an assignment of factors to positions matters
@@ -913,41 +938,58 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0) -> tuple[Any, Any]:
     basis: (left X'ᵀ) Bᵀ, 8n²r a source. A thin group ([T, P, Z], Q = T diag(s) + P diag(f) + Z Lᵀ,
     ``ThinCorrection``) groups the three products by their right factor: (X Tᵀ + Y Pᵀ + ((T∘T)L) Zᵀ)/3 with
     X = (P∘P) diag v + 2 T∘Q + (T∘T) diag s and Y = 2 (P∘T) diag v + (T∘T) diag f, one product of [X, Y, (T∘T)L]
-    with [T, P, Z]ᵀ (``thin_slice``).
+    with [T, P, Z]ᵀ (``thin_slice``). ``feeds`` (one (β, y) or None per group, ``FourthCore.feed``) add their
+    terms to the left matrices of Tᵀ and Pᵀ and a rank-one u' yᵀ (``feed_terms``): no new product.
     """
     double = None
-    for group in groups:
+    for index, group in enumerate(groups):
+        feed = None if feeds is None else feeds[index]
         if is_thin(group):
-            value = thin_slice(xp, group, levels)
+            value = thin_slice(xp, group, levels, feed)
             double = value if double is None else double + value
             continue
         factors, scales = expanded(xp, group)
         t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
         v = scales[None]
-        left = xp.stack([p * p * v + 2 * t * q, 2 * p * t * v, t * t], axis=2)
+        rank_one = None
+        if feed is None:
+            left = xp.stack([p * p * v + 2 * t * q, 2 * p * t * v, t * t], axis=2)
+        else:
+            if is_compressed(group):
+                raise NotImplementedError("the closure's feed is not carried through compressed sources")
+            onto_t, onto_p, rank_one = feed_terms(xp, t, p, feed)
+            left = xp.stack([p * p * v + 2 * t * q + onto_t, 2 * p * t * v + onto_p, t * t], axis=2)
         if is_compressed(group):
             through = xp.einsum("isjk,sjak->sia", left, group[1])
             value = xp.einsum("sia,sla->il", through, group[0])
         else:
             rows = factors.shape[0]
             value = product(xp, left.reshape(rows, -1), factors.reshape(rows, -1).T, levels)
+        if rank_one is not None:
+            value = value + rank_one[:, None] * feed[1][None, :]
         double = value if double is None else double + value
     double = double / 3
     return xp.diag(double), double
 
 
-def thin_slice(xp: Any, group: tuple, levels: int = 0) -> Any:
+def thin_slice(xp: Any, group: tuple, levels: int = 0, feed: tuple | None = None) -> Any:
     """3 × the (2,1) slice of a thin group (``third_slices``): [X, Y, (T∘T)L] times [T, P, Z]ᵀ, 2n²(2m + r) a
-    source, the left matrices O(n m) plus 4nmr (Z Lᵀ inside Q, and (T∘T)L)."""
+    source, the left matrices O(n m) plus 4nmr (Z Lᵀ inside Q, and (T∘T)L); ``feed`` (``feed_terms``) adds to X
+    and Y and a rank-one term."""
     factors, scales, diagonals, lower = group
     width, rows = scales.shape[-1], factors.shape[0]
     t, p = factors[:, :, :width], factors[:, :, width: 2 * width]
     v, s, f = scales[None], diagonals[None, :, 0], diagonals[None, :, 1]
     square = t * t
     left = [p * p * v + 2 * t * thin_correction(xp, group) + square * s, 2 * p * t * v + square * f]
+    rank_one = None
+    if feed is not None:
+        onto_t, onto_p, rank_one = feed_terms(xp, t, p, feed)
+        left = [left[0] + onto_t, left[1] + onto_p]
     if lower.shape[-1]:
         left.append(xp.einsum("isk,skr->isr", square, lower))
-    return product(xp, xp.concatenate(left, axis=2).reshape(rows, -1), factors.reshape(rows, -1).T, levels)
+    value = product(xp, xp.concatenate(left, axis=2).reshape(rows, -1), factors.reshape(rows, -1).T, levels)
+    return value if rank_one is None else value + rank_one[:, None] * feed[1][None, :]
 
 
 def carried_third(xp: Any, term: dict, slices: dict, groups: Sources, wick: Any) -> tuple:
@@ -1005,13 +1047,16 @@ def path_source(xp: Any, term: dict, slices: dict, wick: list[list[Any]]) -> tup
 
 
 def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: Any, cumulants: dict,
-               correction: ThinCorrection | None = None) -> tuple:
+               correction: ThinCorrection | None = None, feeds: list | None = None,
+               feed: tuple | None = None) -> tuple:
     """κ_3 after the nonlinearity, exact on every slice: pK_(1,1,1) (carried block + one new path source) plus
     Sym(Σ_a e_a⊗e_a⊗Q_a), Q_a = N(2,1)·g_(2,1)[a,:] + N(3)·g_(3)[a]·e_a with g_q = K_q − slice_q(pK_(1,1,1)): the
     correction is the new source's Q (its T is I too). Returns (groups, their row scale, fresh, v) for
     ``mapped_third``. With a thin ``correction`` Q is split as diag(s) + P diag(f) + (residual ≈ Z Lᵀ)
     (``ThinCorrection``, ``thin_split``) and (fresh, v) are ([P, Z], (v, (s, f), L)): exact but for the residual's
-    rank."""
+    rank. ``feed`` = (λ, diag M) (the closure's feed, ``FourthCore.feed``; λ None where κ_4 is not kept yet) adds
+    the new source's feed (``feed_source``) to its top slice and its slices to those the correction removes, and
+    returns the feeds as a fifth element (``feeds``, those of ``groups``, times the carried block's c); None: off."""
     (entry,) = [e for e in spec["diagrams"] if tuple(e["p"]) == TOP]
     carried = [t for t in entry["terms"] if len(t["blocks"]) == 1 and tuple(t["blocks"][0][1]) == TOP]
     paths = [t for t in entry["terms"] if t not in carried]
@@ -1024,12 +1069,47 @@ def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: 
         older, rows, carried_cubic, carried_double = carried_third(xp, carried[0], slices, groups, wick)
         cubic, double = cubic + carried_cubic, double + carried_double
     counts = spec["lower_slice_counts"]
+    new_feed, feed_double, tail = None, None, ()
+    if feed is not None:
+        if feed[0] is not None:
+            new_feed, feed_double = feed_source(xp, spec, paths[0], wick, p, *feed)
+        c = carried[0]["c"]
+        carried_feeds = [None] * len(older) if feeds is None else [None if one is None else (c * one[0], one[1])
+                                                                  for one in feeds]
+        tail = ([*carried_feeds, new_feed],)
     if correction is None:
+        if feed_double is not None:
+            double = double + feed_double
         q = counts["2,1"] * (cumulants[(2, 1)] - double).T + counts["3"] * xp.diag(cumulants[(3,)] - cubic)
-        return older, rows, xp.stack([p, q], axis=1), v
+        return (older, rows, xp.stack([p, q], axis=1), v, *tail)
     s, f, residual = thin_split(xp, spec, paths[0], slices, wick, cumulants, p, cubic, double)
+    if new_feed is not None:  # N(2,1)·(feed's (2,1) slice)ᵀ = P diag(2 β∘y) (``feed_source``): in f, not the residual
+        f = f - (counts["2,1"] * 2 / 3) * new_feed[0] * new_feed[1]
     basis, lower = residual_factors(xp, residual, correction)
-    return older, rows, xp.concatenate([p, basis], axis=1), (v, xp.stack([s, f]), lower)
+    return (older, rows, xp.concatenate([p, basis], axis=1), (v, xp.stack([s, f]), lower), *tail)
+
+
+def feed_source(xp: Any, spec: dict, path: dict, wick: Any, p: Any, multiple: Any,
+                metric_diagonal: Any) -> tuple[tuple[Any, Any], Any]:
+    """The closure's feed of a new κ_3 source (``FourthCore.feed``, docs/method.md §7.9): K = 3 augment's top-slice
+    term c·w_a(k,1) w_b(k,1) w_c(k',1) κ_4[a,b,c,c] (``spec["fourth_core"]["feed"]``), with κ_4 = Sym(Ĝ ⊗ M) read
+    through its leading part Ĝ_ab M_cc (coefficient 4/4! in Sym(Ĝ ⊗ M)[a,b,c,c]) and Ĝ_ab ≈ λ·Σ_ab (the closure's
+    off-diagonal, Σ the pre-activation covariance). With the path legs P = diag(u) Σ_off (u = w(k,1), the same k)
+    it is Sym(Σ_k β_k P_k ⊗ e_k ⊗ y), β = λ u, y = c·(4/4!)·w(k',1)∘diag M. Returns ((β, y), its (2,1) slice at
+    birth, (y∘P diag β + y∘β∘Pᵀ)/3 = Pᵀ diag-scaled: row a times 2 y_a β_a / 3 (P_ab β_b = λ u_a P_ba)); its (3)
+    slice is 0 (P_aa = 0)."""
+    (term,) = spec["fourth_core"]["feed"]
+    ((_, q, axes),) = term["blocks"]
+    doubled = axes[list(q).index(2)]
+    orders = {term["k"][axis] for axis in range(3) if axis != doubled}
+    order = path_leg_order(path)
+    if orders != {order}:
+        raise ValueError(f"the feed needs the path's leg Wick order on its two single legs: {term}, {path}")
+    pairing = sum(sorted(perm[:2]) == [0, 1] for perm in itertools.permutations((0, 1, 2, 2))) / math.factorial(4)
+    beta = multiple * wick[order][1]
+    y = term["c"] * pairing * wick[term["k"][doubled]][1] * metric_diagonal
+    double = (y[:, None] * p * beta[None, :] + (y * beta)[:, None] * p.T) / 3
+    return (beta, y), double
 
 
 def thin_split(xp: Any, spec: dict, path: dict, slices: dict, wick: Any, cumulants: dict, p: Any, cubic: Any,
@@ -1139,15 +1219,23 @@ class FourthCore:
     ``shape`` (the closure, docs/method.md §7.9): G keeps its projected diagonal g and its off-diagonal is modelled
     as shape·ρ times the covariance's, ρ = Σ_i g_i / Σ_i Σ_ii, so G = diag(g − λ·diag Σ) + λΣ with λ = shape·ρ
     (``ShapedCore``): n + 1 numbers, mapped by one product, W diag(·) Wᵀ + λ·W Σ Wᵀ (W Σ Wᵀ is the next
-    covariance, computed anyway). None: G's off-diagonal from the slices."""
+    covariance, computed anyway). None: G's off-diagonal from the slices.
+
+    ``feed`` (with ``shape``): each new κ_3 source also gets K = 3 augment's top-slice term that reads κ_4's
+    (2,1,1) block, through the model's leading part λ·Σ_ab M_cc (``feed_source``): a term Sym(Σ_k β_k P_k ⊗ T_k
+    ⊗ y) on the source's own legs and one vector y, carried with it (y mapped like the legs, n² a layer) and read
+    by the existing (2,1) product (``feed_terms``). Not with compressed sources."""
 
     summed: bool = True
     two: bool = False
     shape: float | None = None
+    feed: bool = False
 
     def __post_init__(self) -> None:
         if self.shape is not None and (self.summed or not math.isfinite(self.shape) or self.shape < 0):
             raise ValueError(f"the closure's shape needs summed=False and a finite shape ≥ 0; got {self}")
+        if self.feed and self.shape is None:
+            raise ValueError(f"the feed is an option of the closure (a shape); got {self}")
 
 
 @dataclass(frozen=True)
@@ -1330,10 +1418,13 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         gram = symmetric_product(weight, None, xp, strassen) if state.cov is None or cores else None
         pre_cov = gram if state.cov is None else symmetric_product(weight, state.cov, xp, strassen)
         slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
-        groups = None
+        groups, feeds = None, None
         if state.third is not None:
             groups = compressed(xp, mapped_third(xp, weight, state.third, strassen), compression)
-            cubic, double = third_slices(xp, groups, strassen)
+            feeds = mapped_feeds(xp, weight, state.third)
+            if feeds is not None and len(feeds) != len(groups):
+                raise NotImplementedError("the closure's feed is not carried through compressed sources")
+            cubic, double = third_slices(xp, groups, strassen, feeds)
             slices[(3, (3,))] = cubic
             slices[(3, (2, 1))] = off_diagonal(xp, double)
         if cores:
@@ -1347,7 +1438,11 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         mean, cov = cumulants[(1,)], xp.diag(cumulants[(2,)]) + cumulants[(1, 1)]
         if layer + 1 < first_carried or (layer + 1 == len(hidden) and outputs != "marginals"):
             return PlannedState(layer + 1, mean, cov)
-        third = next_third(xp, spec, slices, groups, wick, cumulants, correction) if spec["order"] == 3 else None
+        feed = None
+        if core is not None and core.feed:
+            feed = (None, None) if state.fourth is None else (state.fourth.multiple, xp.diag(gram))
+        third = (next_third(xp, spec, slices, groups, wick, cumulants, correction, feeds, feed)
+                 if spec["order"] == 3 else None)
         fourth = None if core is None else core_next(xp, spec, core, slices, wick, cumulants, mapped, gram,
                                                      weight.shape[0])
         return PlannedState(layer + 1, mean, cov, third, projected_cores(spec, cumulants, weight.shape[0]), fourth)
@@ -1385,7 +1480,7 @@ def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple 
         gram_diagonal = xp.diag(linear_variance(xp, weight, None))  # a one-coordinate slice reads only M_aa
         slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram_diagonal, one_coordinate=True))
     if third is not None:
-        cubic = third_cubic(xp, mapped_third(xp, weight, third, levels))
+        cubic = third_cubic(xp, mapped_third(xp, weight, third, levels), mapped_feeds(xp, weight, third))
         slices[(3, (3,))] = cubic if (3, (3,)) not in slices else slices[(3, (3,))] + cubic
     if fourth is not None:
         slices[(4, (4,))] = mapped_core_diagonal(xp, weight, fourth, pre_var, levels) * linear_variance(xp, weight,
@@ -1428,7 +1523,8 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     "core"): plus W G Wᵀ (4n³) on every full hidden layer from the second on and diag(W G Wᵀ) (2n³) on the last,
     and its elementwise work (the core's slices and projection, the (3,1) diagrams, a larger Wick table) bounded
     by CORE_QUADRATIC·n²L + CORE_LINEAR·nL (tested against flopscope with the other bounds). With ``core.shape``
-    (the closure, ``ShapedCore``) W G Wᵀ is one product (2n³) and its last diagonal O(n²).
+    (the closure, ``ShapedCore``) W G Wᵀ is one product (2n³) and its last diagonal O(n²); its feed
+    (``core.feed``) FEED_QUADRATIC·n² a source and layer.
 
     ``correction`` (``ThinCorrection``, rank r): a source carries [T, P, Z] (2n + r columns; the newest [P, Z],
     n + r) instead of (T, P, Q): mapping 2n²(2n + r) and (2,1) slice 2n²(2n + r) a source, plus 4n²r a source and
@@ -1490,6 +1586,8 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     if cored and depth > 1:
         products += square * ((depth - 2) if core.shape is not None else (2 * (depth - 2) + 1))
         quadratic += CORE_QUADRATIC * depth
+    if cored and core.feed:
+        products += width**2 * FEED_QUADRATIC * (source_layers + births)
     extra = CORE_LINEAR * width * depth if cored else 0
     return (extra + products + width**2 * rank * squares + width * rank**2 * thin
             + elementwise_bound(width, depth, quadratic + (6 * depth**2 if strassen else 0)))
@@ -1500,6 +1598,9 @@ THIN_QUADRATIC = 10
 count: the left matrices X, Y, Q's assembly and the stacked factors)."""
 CORE_QUADRATIC = 60
 """n² FLOPs per layer that κ_4's matrix core adds to K = 3's elementwise work (an envelope of flopscope's count)."""
+FEED_QUADRATIC = 16
+"""n² FLOPs a source and layer that the closure's feed (``FourthCore.feed``) adds: mapping y (2n²) and its terms
+in the (2,1) slice's left matrices and rank-one part (``feed_terms``), and at birth ``feed_source``."""
 CORE_LINEAR = 6000
 """n FLOPs per layer that κ_4's matrix core adds (mostly the Wick table's higher derivatives)."""
 

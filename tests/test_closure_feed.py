@@ -1,0 +1,174 @@
+"""The closure's feed (``FourthCore.feed``, docs/method.md §7.9): each new κ_3 source also carries K = 3 augment's
+top-slice term c·w_a(k,1) w_b(k,1) w_c(k',1) κ_4[a,b,c,c] with κ_4[a,b,c,c] read as λ·Σ_ab M_cc / 6, as
+Sym(Σ_k β_k P_k ⊗ T_k ⊗ y). Oracle: the dense 3-tensors built from that definition on a tiny net."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_numpy_matches_torch
+
+import mechest
+from mechest.kprop import executor as xprop
+from mechest.kprop.backends import layers_of, torch_backend
+from mechest.kprop.factored import TOP
+from mechest.kprop.spec import executor_spec
+
+FEED = xprop.FourthCore(summed=False, shape=1.5, feed=True)
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    return executor_spec(3, "closure", max_width=64)
+
+
+def odd_network(seed: int) -> mechest.MLP:
+    """Input 5, hidden 9, 7, 8, output 3, biases, ReLU (the numpy backend has ReLU's Wick table only)."""
+    generator = torch.Generator().manual_seed(seed)
+    dims = [5, 9, 7, 8, 3]
+    weights = [torch.randn(d_out, d_in, generator=generator, dtype=torch.float64) * (2.0 / d_in) ** 0.5
+               for d_in, d_out in zip(dims, dims[1:], strict=False)]
+    biases = [0.1 * torch.randn(d_out, generator=generator, dtype=torch.float64) for d_out in dims[1:]]
+    return mechest.MLP(weights, biases, ["relu"] * 3)
+
+
+def symmetrised(x: torch.Tensor) -> torch.Tensor:
+    return sum(x.permute(*order) for order in itertools.permutations(range(3))) / 6
+
+
+def dense_source(group: tuple, feed: tuple | None) -> torch.Tensor:
+    """Sym(Σ_k P_k⊗P_k⊗v_k T_k + T_k⊗T_k⊗Q_k + β_k P_k⊗T_k⊗y) of one group, from its factors."""
+    factors, scales = xprop.expanded(torch, group)
+    t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
+    x = torch.einsum("isk,jsk,lsk->ijl", p, p, t * scales[None]) + torch.einsum("isk,jsk,lsk->ijl", t, t, q)
+    if feed is not None:
+        x = x + torch.einsum("isk,jsk,l->ijl", p * feed[0], t, feed[1])
+    return symmetrised(x)
+
+
+def lower_slices(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    index = torch.arange(x.shape[0])
+    double = x[index[:, None], index[:, None], index[None, :]]
+    return x[index, index, index], double - torch.diag(torch.diag(double))
+
+
+def newest_group(third: tuple) -> tuple:
+    fresh, v = third[2], third[3]
+    eye = torch.eye(fresh.shape[0], dtype=fresh.dtype)
+    if isinstance(v, tuple):
+        return torch.cat([eye, fresh], 1)[:, None], *(part[None] for part in v)
+    return torch.cat([eye[:, None], fresh], 1)[:, None], v[None]
+
+
+@pytest.mark.parametrize("correction", [None, xprop.ThinCorrection(9, 1)], ids=["full", "thin"])  # thin: full rank
+@pytest.mark.parametrize("net", [mechest.random_mlp(6, 5, "relu", seed=3), odd_network(2)], ids=["square", "odd"])
+def test_the_feed_equals_its_dense_definition(spec: dict, monkeypatch: pytest.MonkeyPatch, net: mechest.MLP,
+                                              correction: xprop.ThinCorrection | None) -> None:
+    """At birth: the new source's all-distinct block is the path term plus the feed's definition
+    Sym(c·u_a u_b w_c λΣ_ab M_cc/6) (c, Wick orders from the augment plan); its lower slices plus the carried
+    block's are the plan's K_(3), K_(2,1). Mapped: the factored slices (``third_slices``, ``third_cubic``) of the
+    carried sources and feeds equal those of the dense tensors mapped by W⊗W⊗W (rows and c applied)."""
+    records = []
+    original = xprop.next_third
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        records.append((args, kwargs, out))
+        return out
+
+    monkeypatch.setattr(xprop, "next_third", spy)
+    xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs="marginals", core=FEED,
+                  correction=correction)
+    full = xprop.core_spec(spec, FEED)
+    (term,) = full["fourth_core"]["feed"]
+    assert term["k"] == [1, 1, 2] and term["blocks"] == [[4, [2, 1, 1], [2, 0, 1]]]
+    fed = 0
+    for (xp, _, slices, groups, wick, cumulants, _, _, feed_input), _, out in records:
+        source = dense_source(newest_group(out), out[4][-1])
+        cubic, double = lower_slices(source)
+        if groups is not None:
+            carried = [t for e in full["diagrams"] if tuple(e["p"]) == TOP for t in e["terms"] if len(t["blocks"]) == 1]
+            _, _, carried_cubic, carried_double = xprop.carried_third(xp, carried[0], slices, groups, wick)
+            cubic, double = cubic + carried_cubic, double + carried_double
+        torch.testing.assert_close(cubic, cumulants[(3,)], rtol=0, atol=1e-14)
+        torch.testing.assert_close(double, cumulants[(2, 1)], rtol=0, atol=1e-14)
+        cov, u, w = slices[(2, (1, 1))], wick[1][1], wick[2][1]
+        top = symmetrised(3 * torch.einsum("a,b,c,ac,bc->abc", u, u, w, cov, cov))
+        multiple, metric = feed_input
+        if multiple is not None:
+            fed += 1
+            fourth = multiple * torch.einsum("ab,c->abc", cov, metric) / 6  # κ_4[a,b,c,c] ≈ λ Σ_ab M_cc / 6
+            feed = symmetrised(term["c"] * torch.einsum("a,b,c,abc->abc", u, u, w, fourth))
+            assert feed.abs().max() > 1e-3 * top.abs().max()
+            top = top + feed
+        n = top.shape[0]
+        distinct = torch.tensor([(a, b, c) for a, b, c in itertools.product(range(n), repeat=3)
+                                 if len({a, b, c}) == 3]).T
+        torch.testing.assert_close(source[tuple(distinct)], top[tuple(distinct)], rtol=0, atol=1e-14)
+    assert fed == len(records) - 1  # every source but the first layer's (no κ_4 there yet)
+
+    third = records[-1][2]
+    weight = torch.randn(4, third[2].shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    groups, feeds = xprop.mapped_third(torch, weight, third), xprop.mapped_feeds(torch, weight, third)
+    cubic, double = xprop.third_slices(torch, groups, 0, feeds)
+    before = sum(dense_source(g, f) for g, f in zip(third[0], third[4][:-1], strict=True))
+    rows = third[1]
+    before = torch.einsum("ijk,i,j,k->ijk", before, rows, rows, rows) + dense_source(newest_group(third),
+                                                                                     third[4][-1])
+    expected_cubic, expected_double = lower_slices(torch.einsum("ijk,ai,bj,ck->abc", before, weight, weight, weight))
+    torch.testing.assert_close(cubic, expected_cubic, rtol=0, atol=1e-13)
+    torch.testing.assert_close(xprop.third_cubic(torch, groups, feeds), expected_cubic, rtol=0, atol=1e-13)
+    torch.testing.assert_close(xprop.off_diagonal(torch, double), expected_double, rtol=0, atol=1e-13)
+
+
+def test_a_thin_source_at_full_rank_equals_the_exact_one(spec: dict) -> None:
+    net = odd_network(5)
+    layers = layers_of(net)
+    exact = xprop.planned(torch_backend(net.device), layers, spec, outputs="marginals", core=FEED)
+    thin = xprop.planned(torch_backend(net.device), layers, spec, outputs="marginals", core=FEED,
+                         correction=xprop.ThinCorrection(9, 1))
+    torch.testing.assert_close(thin.mean, exact.mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(thin.third_diagonal, exact.third_diagonal, rtol=1e-10, atol=1e-12)
+
+
+def test_the_feed_changes_the_closure_and_numpy_equals_torch(spec: dict) -> None:
+    net = odd_network(6)
+    layers = layers_of(net)
+    fed = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean", core=FEED)
+    closure = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean",
+                            core=xprop.fourth_core(3, "closure"))
+    assert (fed.mean - closure.mean).abs().max() > 1e-8
+    assert_numpy_matches_torch(layers, spec, core=FEED)
+
+
+def test_refusals(spec: dict) -> None:
+    with pytest.raises(ValueError, match="feed"):
+        xprop.FourthCore(summed=False, feed=True)
+    net = mechest.random_mlp(8, 5, "relu", seed=1)
+    with pytest.raises(NotImplementedError, match="compressed"):
+        xprop.planned(torch_backend(net.device), layers_of(net), spec, core=FEED, compression=xprop.Compression(1, 4))
+
+
+def test_predicted_flops_bound_the_metered_flops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """planned_flops with the feed stays an upper bound on flopscope's count of the float32 run (the constants it
+    makes stay in a dict of its own, so that later metered runs still pay for theirs)."""
+    pytest.importorskip("flopscope")
+    monkeypatch.setattr(xprop, "_CONSTANTS", {})
+    import flopscope as flops
+    import flopscope.numpy as fnp
+
+    from mechest.integrations.whestbench.estimator import BACKEND
+
+    spec = executor_spec(3, "closure", max_width=64)
+    generator = np.random.default_rng(0)
+    for width, depth, correction in ((32, 5, None), (64, 6, xprop.ThinCorrection(8, 1))):
+        columns = [fnp.asarray((generator.standard_normal((width, width)) * (2 / width) ** 0.5).astype(np.float32))
+                   for _ in range(depth)]
+        with flops.BudgetContext(flop_budget=10**15, quiet=True) as context:
+            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, core=FEED, correction=correction)
+            metered = context.flops_used
+        predicted = xprop.planned_flops(width, depth, 3, core=FEED, correction=correction)
+        assert 0.5 * predicted <= metered <= predicted, metered / predicted
