@@ -55,3 +55,14 @@ def assert_numpy_matches_torch(layers, spec: dict, **options) -> None:
     got = xprop.planned(xprop.Backend(np, ndtr), arrays, spec, outputs="cov", **options)
     np.testing.assert_allclose(got.mean, expected.mean.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got.cov, expected.cov.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def odd_network(seed: int, activations: tuple[str, ...] = ("relu", "tanh", "relu")) -> MLP:
+    """An odd shape for the executor's options: input 5, hidden 9, 7, 8, output 3, He-init weights, a bias on every
+    layer (0.1·N(0, 1)); ReLU mixed with tanh by default (the numpy backend needs ReLU throughout)."""
+    generator = torch.Generator().manual_seed(seed)
+    dims = [5, 9, 7, 8, 3]
+    weights = [torch.randn(d_out, d_in, generator=generator, dtype=torch.float64) * (2.0 / d_in) ** 0.5
+               for d_in, d_out in zip(dims, dims[1:], strict=False)]
+    biases = [0.1 * torch.randn(d_out, generator=generator, dtype=torch.float64) for d_out in dims[1:]]
+    return MLP(weights, biases, list(activations))

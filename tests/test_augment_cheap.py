@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_numpy_matches_torch
+from conftest import assert_numpy_matches_torch, odd_network
 
 import mechest
 from mechest.estimators.tail import dense_marginals
@@ -98,12 +98,7 @@ def test_refuses_what_it_does_not_do() -> None:
 def test_core_scheme_on_an_odd_network_matches_the_dense_engine(spec: dict, outputs: str) -> None:
     """Unequal widths (input 5, hidden 9, 7, 8, output 3), biases, and ReLU mixed with tanh: the scheme's setting
     (``FourthCore(summed=False)``) equals the dense engine on its plan."""
-    generator = torch.Generator().manual_seed(3)
-    dims = [5, 9, 7, 8, 3]
-    weights = [torch.randn(d_out, d_in, generator=generator, dtype=torch.float64) * (2.0 / d_in) ** 0.5
-               for d_in, d_out in zip(dims, dims[1:], strict=False)]
-    biases = [0.1 * torch.randn(d_out, generator=generator, dtype=torch.float64) for d_out in dims[1:]]
-    net = mechest.MLP(weights, biases, ["relu", "tanh", "relu"])
+    net = odd_network(3)
     plan = fourth_core_plan(two=False, summed=False)
     dense = collect_propagation(net, input_tower(net.input_dim, plan, net.weights[0]), dense_towers(net, plan))
     result = xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs=outputs,

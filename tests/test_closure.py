@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_numpy_matches_torch
+from conftest import assert_numpy_matches_torch, odd_network
 
 import mechest
 from mechest.estimators.truth import score
@@ -25,16 +25,6 @@ TRUTHS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "truths"
 @pytest.fixture(scope="module")
 def spec() -> dict:
     return executor_spec(3, "closure", max_width=64)
-
-
-def odd_network(seed: int, activations: tuple[str, ...] = ("relu", "tanh", "relu")) -> mechest.MLP:
-    """Input 5, hidden 9, 7, 8, output 3, biases, by default ReLU mixed with tanh."""
-    generator = torch.Generator().manual_seed(seed)
-    dims = [5, 9, 7, 8, 3]
-    weights = [torch.randn(d_out, d_in, generator=generator, dtype=torch.float64) * (2.0 / d_in) ** 0.5
-               for d_in, d_out in zip(dims, dims[1:], strict=False)]
-    biases = [0.1 * torch.randn(d_out, generator=generator, dtype=torch.float64) for d_out in dims[1:]]
-    return mechest.MLP(weights, biases, list(activations))
 
 
 def full_matrix_core_next(xp, spec, core, slices, wick, cumulants, mapped, gram, n):

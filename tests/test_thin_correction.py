@@ -10,6 +10,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import odd_network
 
 import mechest
 from mechest.kprop import executor as xprop
@@ -28,16 +29,6 @@ def square_layers(width: int, depth: int, seed: int) -> xprop.Layers:
     """A bias-free ReLU net of He-init square weights (WhestBench's kind), column convention, numpy float64."""
     rng = np.random.default_rng(seed)
     return xprop.relu_layers([rng.normal(0.0, np.sqrt(2.0 / width), size=(width, width)) for _ in range(depth)])
-
-
-def odd_net(seed: int) -> mechest.MLP:
-    """Unequal widths (input 5, hidden 9, 7, 8, output 3), biases, ReLU mixed with tanh."""
-    generator = torch.Generator().manual_seed(seed)
-    dims = [5, 9, 7, 8, 3]
-    weights = [torch.randn(d_out, d_in, generator=generator, dtype=torch.float64) * (2.0 / d_in) ** 0.5
-               for d_in, d_out in zip(dims, dims[1:], strict=False)]
-    biases = [0.1 * torch.randn(d_out, generator=generator, dtype=torch.float64) for d_out in dims[1:]]
-    return mechest.MLP(weights, biases, ["relu", "tanh", "relu"])
 
 
 def assert_close(got: xprop.Cumulants, expected: xprop.Cumulants) -> None:
@@ -68,8 +59,8 @@ def test_full_rank_equals_the_exact_sources_on_a_square_net(width: int, depth: i
 
 
 @pytest.mark.parametrize("outputs", ["mean", "cov", "marginals"])
-def test_full_rank_equals_the_exact_sources_on_an_odd_net(outputs: str) -> None:
-    net = odd_net(3)
+def test_full_rank_equals_the_exact_sources_on_an_odd_network(outputs: str) -> None:
+    net = odd_network(3)
     backend, layers = torch_backend(net.device), layers_of(net)
     exact = xprop.planned(backend, layers, SPEC, outputs=outputs)
     got = xprop.planned(backend, layers, SPEC, outputs=outputs, correction=xprop.ThinCorrection(9))
@@ -143,7 +134,7 @@ def test_the_split_adds_up_to_the_exact_correction_on_every_layer(monkeypatch: p
     if net == "square":
         backend, layers = NUMPY, square_layers(8, 5, seed=3)
     else:
-        backend, layers = torch_backend(torch.device("cpu")), layers_of(odd_net(4))
+        backend, layers = torch_backend(torch.device("cpu")), layers_of(odd_network(4))
     calls = recorded_splits(monkeypatch, layers, backend, xprop.ThinCorrection(2))
     assert len(calls) == len(layers.hidden()) - 1
     for (_, spec, _, _, _, cumulants, *arrays), result in calls:
