@@ -88,3 +88,14 @@ def test_the_closure_is_more_accurate_than_k3_simple_on_the_benchmark_nets() -> 
                                  truth) for variant in ("simple", "closure")}
         floor = errors["simple"].noise_floor / errors["simple"].variance
         assert errors["closure"].relative < errors["simple"].relative - 2 * floor, (seed, errors)
+
+
+def test_a_dead_layer_gives_the_dead_network_mean_not_nan() -> None:
+    """Every hidden unit dead (biases −10⁴): every variance is exactly 0, so ρ would be 0/0; the closure's λ is 0
+    there and the estimate is K = 3 simple's, exactly 0 (no output bias)."""
+    net = mechest.random_mlp(8, 3, "relu", seed=0)
+    dead = [torch.full((w.shape[0],), -1e4, dtype=torch.float64) for w in net.weights[:-1]]
+    net = mechest.MLP(net.weights, [*dead, None], net.activations)
+    closure = mechest.estimate(net, order=3, variant="closure", factored=True).mean
+    torch.testing.assert_close(closure, mechest.estimate(net, order=3, factored=True).mean, rtol=0, atol=0)
+    assert bool((closure == 0).all())

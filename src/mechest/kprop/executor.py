@@ -1345,9 +1345,10 @@ def core_diagonal(spec: dict, cumulants: dict, n: int) -> Any:
 
 def shaped_core(xp: Any, spec: dict, cumulants: dict, shape: float, n: int) -> ShapedCore:
     """The closure's core (``FourthCore.shape``): G's projected diagonal g kept, its off-diagonal λ·Σ_off with
-    λ = shape·Σ_i g_i / Σ_i Σ_ii (Σ = the covariance of these activations)."""
+    λ = shape·Σ_i g_i / Σ_i Σ_ii (Σ = the covariance of these activations; λ = 0 where every variance is 0)."""
     diagonal, variance = core_diagonal(spec, cumulants, n), cumulants[(2,)]
-    multiple = shape * xp.sum(diagonal) / xp.sum(variance)
+    total = xp.sum(variance)  # 0 only where every unit is dead (then g is 0 too): λ = 0, not 0/0
+    multiple = shape * xp.sum(diagonal) / xp.where(total > 0, total, 1.0)
     return ShapedCore(diagonal - multiple * variance, multiple)
 
 
