@@ -80,12 +80,13 @@ def test_widths_that_differ_keep_one_source_stack_per_width() -> None:
     assert bool((result.third_diagonal.abs() > 1e-6).all())  # κ_3 really is carried to the output
 
 
-def test_gradients_of_the_factored_k3_mean_match_finite_differences() -> None:
+@pytest.mark.parametrize("variant", ["simple", "closure"])
+def test_gradients_of_the_factored_k3_mean_match_finite_differences(variant: str) -> None:
     net = odd_network([3, 5, 4, 2], ["relu", "tanh"], seed=4)
     weights = [w.clone().requires_grad_(True) for w in net.weights]
 
     def output_mean(*params: torch.Tensor) -> torch.Tensor:
-        return propagate(MLP(list(params), net.biases, net.activations), Scheme(3, "simple", True), "mean").mean
+        return propagate(MLP(list(params), net.biases, net.activations), Scheme(3, variant, True), "mean").mean
 
     assert torch.autograd.gradcheck(output_mean, weights, eps=1e-6, atol=1e-7)
 
