@@ -137,17 +137,113 @@ def test_the_feed_changes_the_closure_and_numpy_equals_torch(spec: dict) -> None
     assert_numpy_matches_torch(layers, spec, core=FEED)
 
 
-def test_refusals(spec: dict) -> None:
+def test_refusals() -> None:
     with pytest.raises(ValueError, match="feed"):
         xprop.FourthCore(summed=False, feed=True)
-    net = mechest.random_mlp(8, 5, "relu", seed=1)
-    with pytest.raises(NotImplementedError, match="compressed"):
-        xprop.planned(torch_backend(net.device), layers_of(net), spec, core=FEED, compression=xprop.Compression(1, 4))
+
+
+@pytest.mark.parametrize("correction", [None, xprop.ThinCorrection(4, 1)], ids=["full", "thin"])
+def test_compression_of_nothing_keeps_every_feed(spec: dict, correction: xprop.ThinCorrection | None) -> None:
+    """Compression whose age is at least the number of sources compresses nothing: bit for bit the feed's run
+    without compression."""
+    net = mechest.random_mlp(12, 5, "relu", seed=4)
+    layers = layers_of(net)
+    for outputs in ("mean", "marginals"):
+        exact = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
+                              correction=correction)
+        for age in (5, 9):
+            got = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
+                                correction=correction, compression=xprop.Compression(age, 4, 1))
+            assert torch.equal(got.mean, exact.mean)
+            if outputs == "marginals":
+                assert torch.equal(got.third_diagonal, exact.third_diagonal)
+
+
+def test_compressed_drops_the_compressed_sources_feeds(spec: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compressed`` on a real run's mapped sources, each feed labelled: the compressed groups' feeds are None and
+    every group left full keeps the feed of the same source."""
+    calls = []
+    original = xprop.compressed
+
+    def spy(xp, groups, compression, feeds=None):
+        calls.append((groups, feeds))
+        return original(xp, groups, compression, feeds)
+
+    monkeypatch.setattr(xprop, "compressed", spy)
+    net = mechest.random_mlp(12, 6, "relu", seed=2)
+    xprop.planned(torch_backend(net.device), layers_of(net), spec, core=FEED)  # no compression: groups one a source
+    groups, feeds = calls[-1]
+    assert len(groups) == len(feeds) == 5 and all(group[0].shape[1] == 1 for group in groups)
+    labels = [None, (torch.ones(12), torch.zeros(12)), *feeds[2:]]  # also a source without a feed (the first)
+    for age in (1, 2, 4):
+        out, out_feeds = original(torch, groups, xprop.Compression(age, 4, 1), labels)
+        counts = [group[0].shape[0] if xprop.is_compressed(group) else group[0].shape[1] for group in out]
+        assert len(out_feeds) == len(out) and sum(counts) == len(groups)
+        kept = [index for index, group in enumerate(out) if not xprop.is_compressed(group)]
+        assert kept == list(range(len(out) - age, len(out)))  # the compressed groups first
+        assert all(out_feeds[index] is None for index, group in enumerate(out) if xprop.is_compressed(group))
+        for index, source in zip(kept, range(len(groups) - age, len(groups)), strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(out[index], groups[source], strict=True))
+            assert out_feeds[index] is labels[source]
+    assert original(torch, groups, None, labels) == (groups, labels)
+    out, out_feeds = original(torch, groups, xprop.Compression(2, 4, 1))
+    assert out_feeds is None and len(out) == 3  # the three compressed sources stacked in one group
+
+
+@pytest.mark.parametrize("correction", [None, xprop.ThinCorrection(4, 1)], ids=["full", "thin"])
+@pytest.mark.parametrize("age", [1, 2])
+def test_full_rank_compression_equals_the_feeds_dropped_by_hand(spec: dict, monkeypatch: pytest.MonkeyPatch,
+                                                                age: int,
+                                                                correction: xprop.ThinCorrection | None) -> None:
+    """At full rank compression is exact, so the compressed run with the feed equals the uncompressed one whose
+    feeds are dropped by hand: in every layer's step all but the ``age`` newest (the sources left full), on the
+    last layer's cubic slice all but the ``age`` + 1 newest (that layer does not compress)."""
+    net = mechest.random_mlp(12, 7, "relu", seed=6)
+    layers = layers_of(net)
+    for outputs in ("mean", "marginals"):
+        got = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
+                            correction=correction, compression=xprop.Compression(age, 12, 1))
+        keep = {"count": age}
+        feeds_of, last_slices = xprop.mapped_feeds, xprop.marginal_slices
+
+        def newest(xp, weight, third):
+            feeds = feeds_of(xp, weight, third)
+            return [*[None] * (len(feeds) - keep["count"]), *feeds[-keep["count"]:]]
+
+        def last(*args, **kwargs):
+            keep["count"] = age + 1
+            return last_slices(*args, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(xprop, "mapped_feeds", newest)
+            patch.setattr(xprop, "marginal_slices", last)
+            expected = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
+                                     correction=correction)
+        untouched = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
+                                  correction=correction)
+        torch.testing.assert_close(got.mean, expected.mean, rtol=1e-11, atol=1e-13)
+        assert (untouched.mean - expected.mean).abs().max() > 1e-9  # the dropped feeds mattered
+        if outputs == "marginals":
+            torch.testing.assert_close(got.third_diagonal, expected.third_diagonal, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("correction", [None, xprop.ThinCorrection(4, 1)], ids=["full", "thin"])
+def test_the_feed_with_real_compression(spec: dict, correction: xprop.ThinCorrection | None) -> None:
+    """Compression(1, 4, 1) on a 12-wide 5-layer ReLU net: the feed runs, is finite, and changes the estimate."""
+    net = mechest.random_mlp(12, 5, "relu", seed=7)
+    layers = layers_of(net)
+    compression = xprop.Compression(1, 4, 1)
+    fed = xprop.planned(torch_backend(net.device), layers, spec, outputs="marginals", core=FEED,
+                        correction=correction, compression=compression)
+    closure = xprop.planned(torch_backend(net.device), layers, spec, outputs="marginals",
+                            core=xprop.fourth_core(3, "closure"), correction=correction, compression=compression)
+    assert torch.isfinite(fed.mean).all() and torch.isfinite(fed.third_diagonal).all()
+    assert (fed.mean - closure.mean).abs().max() > 1e-9
 
 
 def test_predicted_flops_bound_the_metered_flops(monkeypatch: pytest.MonkeyPatch) -> None:
-    """planned_flops with the feed stays an upper bound on flopscope's count of the float32 run (the constants it
-    makes stay in a dict of its own, so that later metered runs still pay for theirs)."""
+    """planned_flops with the feed (and thin legs, compression) stays an upper bound on flopscope's count of the
+    float32 run (the constants it makes stay in a dict of its own, so that later metered runs still pay for theirs)."""
     pytest.importorskip("flopscope")
     monkeypatch.setattr(xprop, "_CONSTANTS", {})
     import flopscope as flops
@@ -157,11 +253,14 @@ def test_predicted_flops_bound_the_metered_flops(monkeypatch: pytest.MonkeyPatch
 
     spec = executor_spec(3, "closure", max_width=64)
     generator = np.random.default_rng(0)
-    for width, depth, correction in ((32, 5, None), (64, 6, xprop.ThinCorrection(8, 1))):
+    for width, depth, correction, compression in ((32, 5, None, None), (64, 6, xprop.ThinCorrection(8, 1), None),
+                                                  (64, 6, None, xprop.Compression(2, 16, 1)),
+                                                  (64, 6, xprop.ThinCorrection(8, 1), xprop.Compression(1, 16, 1))):
         columns = [fnp.asarray((generator.standard_normal((width, width)) * (2 / width) ** 0.5).astype(np.float32))
                    for _ in range(depth)]
         with flops.BudgetContext(flop_budget=10**15, quiet=True) as context:
-            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, core=FEED, correction=correction)
+            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, core=FEED, correction=correction,
+                          compression=compression)
             metered = context.flops_used
-        predicted = xprop.planned_flops(width, depth, 3, core=FEED, correction=correction)
+        predicted = xprop.planned_flops(width, depth, 3, core=FEED, correction=correction, compression=compression)
         assert 0.5 * predicted <= metered <= predicted, metered / predicted

@@ -807,15 +807,22 @@ def compressed_source(xp: Any, factors: Any, rank: int, power: int) -> tuple[Any
     return basis, xp.einsum("nr,njk->jrk", basis, factors)
 
 
-def compressed(xp: Any, groups: Sources, compression: Compression | None) -> Sources:
+def compressed(xp: Any, groups: Sources, compression: Compression | None,
+               feeds: list | None = None) -> tuple[Sources, list | None]:
     """``groups`` with every full source but the ``compression.age`` newest compressed (``compressed_source``),
-    each into the compressed group of its (rank, width); unchanged when ``compression`` is None."""
+    each into the compressed group of its (rank, width): the compressed groups first, then the remaining full and
+    thin ones; unchanged when ``compression`` is None. ``feeds`` (the closure's, one (β, y) or None per group,
+    ``FourthCore.feed``) follow the groups: a source's feed is dropped when it is compressed (an approximation:
+    only the ``age`` newest keep theirs), so the compressed groups' are None. Returns (groups, feeds); feeds None
+    when ``feeds`` is."""
     if compression is None:
-        return groups
-    full = [group for group in groups if not is_compressed(group)]
-    excess = sum(group[0].shape[1] for group in full) - compression.age
+        return groups, feeds
+    full = [(group, None if feeds is None else feeds[index]) for index, group in enumerate(groups)
+            if not is_compressed(group)]
+    excess = sum(group[0].shape[1] for group, _ in full) - compression.age
     out = [group for group in groups if is_compressed(group)]
-    for group in full:
+    kept, kept_feeds = [], []
+    for group, feed in full:
         count = min(max(excess, 0), group[0].shape[1])
         excess -= count
         if count:  # a thin source is compressed from its expanded factors (T, P, Q)
@@ -825,8 +832,9 @@ def compressed(xp: Any, groups: Sources, compression: Compression | None) -> Sou
                                                         min(compression.rank, factors.shape[3]), compression.power)
                 out = joined(xp, out, (basis[None], coefficients[None], scales[index][None]))
         if count < group[0].shape[1]:
-            out.append(source_range(group, count))
-    return out
+            kept.append(source_range(group, count))
+            kept_feeds.append(None if count else feed)  # a group's one feed spans all its sources
+    return [*out, *kept], None if feeds is None else [*[None] * len(out), *kept_feeds]
 
 
 def joined(xp: Any, groups: Sources, group: tuple) -> Sources:
@@ -955,8 +963,8 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None =
         if feed is None:
             left = xp.stack([p * p * v + 2 * t * q, 2 * p * t * v, t * t], axis=2)
         else:
-            if is_compressed(group):
-                raise NotImplementedError("the closure's feed is not carried through compressed sources")
+            if is_compressed(group):  # ``compressed`` drops a source's feed
+                raise ValueError("a compressed group carries no feed")
             onto_t, onto_p, rank_one = feed_terms(xp, t, p, feed)
             left = xp.stack([p * p * v + 2 * t * q + onto_t, 2 * p * t * v + onto_p, t * t], axis=2)
         if is_compressed(group):
@@ -1224,7 +1232,8 @@ class FourthCore:
     ``feed`` (with ``shape``): each new κ_3 source also gets K = 3 augment's top-slice term that reads κ_4's
     (2,1,1) block, through the model's leading part λ·Σ_ab M_cc (``feed_source``): a term Sym(Σ_k β_k P_k ⊗ T_k
     ⊗ y) on the source's own legs and one vector y, carried with it (y mapped like the legs, n² a layer) and read
-    by the existing (2,1) product (``feed_terms``). Not with compressed sources."""
+    by the existing (2,1) product (``feed_terms``). A compressed source (``Compression``) loses its feed
+    (``compressed``): only the ``age`` newest keep theirs."""
 
     summed: bool = True
     two: bool = False
@@ -1421,10 +1430,8 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
         groups, feeds = None, None
         if state.third is not None:
-            groups = compressed(xp, mapped_third(xp, weight, state.third, strassen), compression)
-            feeds = mapped_feeds(xp, weight, state.third)
-            if feeds is not None and len(feeds) != len(groups):
-                raise NotImplementedError("the closure's feed is not carried through compressed sources")
+            groups, feeds = compressed(xp, mapped_third(xp, weight, state.third, strassen), compression,
+                                       mapped_feeds(xp, weight, state.third))
             cubic, double = third_slices(xp, groups, strassen, feeds)
             slices[(3, (3,))] = cubic
             slices[(3, (2, 1))] = off_diagonal(xp, double)
