@@ -8,7 +8,7 @@ committed as benchmarks/data/whestbench/truth_calibration.npz.
 
     python benchmarks/closure_fit.py truths --samples 2e7     # ≈ 15 min a net on 2 shared cores
     PYTHONPATH=src python benchmarks/closure_fit.py fit        # the shape grid, one JSON line per shape
-    PYTHONPATH=src python benchmarks/closure_fit.py fit --feed # the same with the closure's feed (FourthCore.feed)
+    PYTHONPATH=src python benchmarks/closure_fit.py fit --no-feed  # the same without the closure's feed
 
 ``fit`` scores every shape of the grid by the mean final-layer MSE over the calibration nets (noise floor Var/N
 subtracted) and prints the best; the derived shape (1) is among them.
@@ -56,7 +56,7 @@ def make_truths(samples: int, out: Path) -> None:
         print(json.dumps({"net": index, "samples": samples, "seconds": round(time.time() - start)}), flush=True)
 
 
-def final_layer_mse(shape: float, truths: dict, dtype: torch.dtype, feed: bool = False) -> float:
+def final_layer_mse(shape: float, truths: dict, dtype: torch.dtype, feed: bool = True) -> float:
     from mechest.kprop import executor as xprop
     from mechest.kprop.spec import executor_spec
 
@@ -74,7 +74,7 @@ def final_layer_mse(shape: float, truths: dict, dtype: torch.dtype, feed: bool =
     return float(np.mean(errors))
 
 
-def fit(shapes: tuple[float, ...], dtype: torch.dtype, feed: bool = False) -> float:
+def fit(shapes: tuple[float, ...], dtype: torch.dtype, feed: bool = True) -> float:
     truths = dict(np.load(DATA))
     scores = {}
     for shape in shapes:
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     fitting = commands.add_parser("fit", help="score the shape grid on the calibration nets")
     fitting.add_argument("--shapes", type=float, nargs="+", default=SHAPES)
     fitting.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    fitting.add_argument("--feed", action="store_true", help="the closure with its feed (FourthCore.feed)")
+    fitting.add_argument("--no-feed", dest="feed", action="store_false",
+                         help="the closure without its feed (FourthCore.feed; the scheme has it)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

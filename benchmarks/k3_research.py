@@ -21,7 +21,8 @@ docs/method.md §7.8): "plain" without the capped (2,1,1) sum (the scheme K = 3 
 counts the first net's FLOPs with mechest.flops.FlopCounter (the torch run's operations; the cost model
 ``planned_flops`` leaves out the core's work). ``--thin RANK`` keeps each source's correction leg thin
 (mechest.kprop.executor.ThinCorrection, docs/method.md §7.10; ``--thin-power`` power iterations of its range finder);
-``--feed`` (with ``--core closure``) feeds the modelled κ_4 into each new κ_3 source (FourthCore.feed, §7.9);
+``--core closure`` is the scheme (its shape and feed; ``--shape S`` another shape, ``--no-feed`` without the feed of
+the modelled κ_4 into each new κ_3 source, FourthCore.feed, §7.9);
 it combines with ``--age``/``--rank`` (which the mechest round also passes to the executor).
 
 Prints one JSON line per network and one summary line (mean MSE, FLOPs, FLOPs / B, score = MSE·max(0.1, C/B); with
@@ -138,9 +139,9 @@ def main(argv: list[str] | None = None) -> None:
                              "also with the two-coordinate terms")
     parser.add_argument("--shape", type=float, default=None,
                         help="with --core closure: its multiple of ρ (default mechest's CLOSURE_SHAPE)")
-    parser.add_argument("--feed", action="store_true",
-                        help="with --core closure: feed the modelled κ_4 into each new κ_3 source's top slice "
-                             "(FourthCore.feed, docs/method.md §7.9)")
+    parser.add_argument("--no-feed", action="store_true",
+                        help="with --core closure: without the feed of the modelled κ_4 into new κ_3 sources "
+                             "(FourthCore.feed, docs/method.md §7.9; the scheme has it)")
     parser.add_argument("--count", action="store_true", help="count the first net's FLOPs (mechest.flops)")
     parser.add_argument("--thin", type=int, default=None, metavar="RANK",
                         help="thin correction leg with a rank-RANK residual (docs/method.md §7.10; default: exact Q)")
@@ -152,14 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     compression = None if args.age is None else xprop.Compression(args.age, args.rank or width, args.power)
     spec = executor_spec(3, "simple" if args.core is None else "core", max_width=width)
     core = None if args.core is None else CORES[args.core]
+    if (args.shape is not None or args.no_feed) and args.core != "closure":
+        raise SystemExit("--shape and --no-feed are options of the closure: use them with --core closure")
     if args.shape is not None:
-        if args.core != "closure":
-            raise SystemExit("--shape is the closure's multiple: use it with --core closure")
-        core = xprop.FourthCore(summed=False, shape=args.shape)
-    if args.feed:
-        if args.core != "closure":
-            raise SystemExit("--feed is an option of the closure: use it with --core closure")
-        core = replace(core, feed=True)
+        core = replace(core, shape=args.shape)
+    if args.no_feed:
+        core = replace(core, feed=False)
     correction = None if args.thin is None else xprop.ThinCorrection(args.thin, args.thin_power)
     flops = xprop.planned_flops(width, depth, 3, compression=compression, strassen=args.strassen, core=core,
                                 correction=correction)
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     flops = float(np.mean(counted)) if counted else flops
     print(json.dumps({"round": args.round, "age": args.age, "rank": args.rank, "power": args.power,
                       "strassen": args.strassen, "core": args.core, "shape": None if core is None else core.shape,
-                      "feed": args.feed,
+                      "feed": None if core is None else core.feed,
                       "thin": args.thin, "thin_power": args.thin_power, "counted": bool(counted),
                       "final_mse": mse, "flops": flops, "flops_over_budget": flops / budget,
                       "score": mse * max(0.1, flops / budget)}), flush=True)

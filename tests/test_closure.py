@@ -59,7 +59,7 @@ def test_the_closure_changes_the_core_scheme_and_is_the_scheme(spec: dict) -> No
     net = odd_network(4)
     layers = layers_of(net)
     closure = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean",
-                            core=xprop.FourthCore(summed=False, shape=xprop.CLOSURE_SHAPE))
+                            core=xprop.FourthCore(summed=False, shape=xprop.CLOSURE_SHAPE, feed=True))
     core = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean", core=xprop.FourthCore(summed=False))
     assert (closure.mean - core.mean).abs().max() > 1e-8
     scheme = mechest.estimate(net, scheme=mechest.Scheme(3, "closure", factored=True), count=False)

@@ -131,9 +131,10 @@ def test_the_feed_changes_the_closure_and_numpy_equals_torch(spec: dict) -> None
     net = odd_network(6, ("relu",) * 3)
     layers = layers_of(net)
     fed = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean", core=FEED)
-    closure = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean",
-                            core=xprop.fourth_core(3, "closure"))
-    assert (fed.mean - closure.mean).abs().max() > 1e-8
+    unfed = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean",
+                          core=xprop.FourthCore(summed=False, shape=FEED.shape))
+    assert (fed.mean - unfed.mean).abs().max() > 1e-8
+    assert xprop.fourth_core(3, "closure") == FEED  # the scheme is the closure with its feed
     assert_numpy_matches_torch(layers, spec, core=FEED)
 
 
@@ -236,7 +237,8 @@ def test_the_feed_with_real_compression(spec: dict, correction: xprop.ThinCorrec
     fed = xprop.planned(torch_backend(net.device), layers, spec, outputs="marginals", core=FEED,
                         correction=correction, compression=compression)
     closure = xprop.planned(torch_backend(net.device), layers, spec, outputs="marginals",
-                            core=xprop.fourth_core(3, "closure"), correction=correction, compression=compression)
+                            core=xprop.FourthCore(summed=False, shape=FEED.shape), correction=correction,
+                            compression=compression)
     assert torch.isfinite(fed.mean).all() and torch.isfinite(fed.third_diagonal).all()
     assert (fed.mean - closure.mean).abs().max() > 1e-9
 
