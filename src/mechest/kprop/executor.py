@@ -799,12 +799,19 @@ def compressed_source(xp: Any, factors: Any, rank: int, power: int) -> tuple[Any
     Σ_j X̂_j Ω_j (X̂_j = X_j / ‖X_j‖_F, so that each factor is represented; ``power`` times Y ← Σ_j X̂_j X̂_jᵀ Y);
     Bᵀ X as (3, rank, m)."""
     norms = xp.sqrt(xp.sum(xp.sum(factors * factors, axis=2), axis=0))
-    scaled = factors / norms[None, :, None]
-    sketch = xp.einsum("njk,jkr->nr", scaled, test_matrix(xp, factors, factors.shape[-1], rank))
-    for _ in range(power):
-        sketch = xp.einsum("njk,jkr->nr", scaled, xp.einsum("ajk,ar->jkr", scaled, sketch))
-    basis = xp.linalg.qr(sketch)[0]
+    scaled = (factors / norms[None, :, None]).reshape(factors.shape[0], -1)
+    test = test_matrix(xp, factors, factors.shape[-1], rank).reshape(scaled.shape[1], rank)
+    basis = range_basis(xp, scaled, test, power)
     return basis, xp.einsum("nr,njk->jrk", basis, factors)
+
+
+def range_basis(xp: Any, matrix: Any, test: Any, power: int) -> Any:
+    """An orthonormal basis of the range of ``matrix`` (n × K) as seen by the test matrix (K × r): the QR of
+    (A Aᵀ)^power A Ω (a randomized range finder; exact when r ≥ the rank of A)."""
+    sketch = matrix @ test
+    for _ in range(power):
+        sketch = matrix @ (matrix.T @ sketch)
+    return xp.linalg.qr(sketch)[0]
 
 
 def compressed(xp: Any, groups: Sources, compression: Compression | None,
@@ -1201,10 +1208,7 @@ def residual_factors(xp: Any, residual: Any, correction: ThinCorrection) -> tupl
     rank = min(correction.rank, rows, columns)
     if rank == 0:
         return residual[:, :0], residual[:0].T
-    sketch = residual @ test_matrix(xp, residual, columns, rank)[0]
-    for _ in range(correction.power):
-        sketch = residual @ (residual.T @ sketch)
-    basis = xp.linalg.qr(sketch)[0]
+    basis = range_basis(xp, residual, test_matrix(xp, residual, columns, rank)[0], correction.power)
     return basis, residual.T @ basis
 
 
