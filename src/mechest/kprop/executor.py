@@ -394,11 +394,12 @@ def product(xp: Any, a: Any, b: Any, levels: int = 0) -> Any:
 
 
 def product_flops(n: int, k: int, m: int, levels: int = 0) -> int:
-    """FLOPs of ``product`` for an (n × k)(k × m) product (a stack counts as its columns side by side): the
-    7^levels block products 2nkm (7/8)^levels, and per level i the block combinations, ≤ 10 FLOPs per output
-    entry of the operands' (7/4)^i·(nk + km) entries, and the recombination, ≤ 16 per entry of (7/4)^(i−1)·nm
-    (an envelope of flopscope's count, which is ≈ 8 and 14 plus the block products' own overhead)."""
-    if levels == 0 or any(d % 2**levels for d in (n, k)):
+    """FLOPs of ``product`` for an (n × k)(k × m) product: the 7^levels block products 2nkm (7/8)^levels, and per
+    level i the block combinations, ≤ 10 FLOPs per output entry of the operands' (7/4)^i·(nk + km) entries, and the
+    recombination, ≤ 16 per entry of (7/4)^(i−1)·nm (an envelope of flopscope's count, which is ≈ 8 and 14 plus the
+    block products' own overhead); 2nkm where a dimension is not divisible by 2^levels (``product`` is dense
+    there)."""
+    if levels == 0 or any(d % 2**levels for d in (n, k, m)):
         return 2 * n * k * m
     combinations = sum(10 * (7 / 4) ** i * (n * k + k * m) + 16 * (7 / 4) ** (i - 1) * n * m
                        for i in range(1, levels + 1))
@@ -1552,12 +1553,9 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     thin_rank = 0 if correction is None else min(correction.rank, width)
     columns = 2 * n + thin_rank  # of a thin source's [T, P, Z]
 
-    def wide(k: int) -> int:  # W times k columns (``product`` is dense when k is not divisible by 2^levels)
-        return product_flops(n, n, k, strassen) if k % 2**strassen == 0 else 2 * n * n * k
-
     def mapping(count: int) -> int:  # W times the stacked factors of `count` older full sources, and the newest
         if correction is not None:
-            return (count - 1) * wide(columns) + wide(n + thin_rank)
+            return (count - 1) * product_flops(n, n, columns, strassen) + product_flops(n, n, n + thin_rank, strassen)
         return (product_flops(n, n, 3 * (count - 1) * n, strassen) if count > 1 else 0) + product_flops(
             n, n, 2 * n, strassen)
 
