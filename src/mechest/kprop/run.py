@@ -1,7 +1,7 @@
 """``propagate(net, scheme)``: the one entry point to cumulant propagation, dispatching each scheme to its engine.
 
 - The executor (mechest.kprop.executor, on torch): K = 1 (simple, isotropic), K = 2 simple and augment, and
-  factored K = 3 simple and core, with κ_3 as per-layer CP sources. The fast path.
+  factored K = 3 simple, core and closure, with κ_3 as per-layer CP sources. The fast path.
 - The factored engines (mechest.kprop.factored, factored4): factored K = 3 augment and factored K = 4 simple.
 - The unfactorised general engine (mechest.kprop.engine): every unfactored K ≥ 3 scheme, dense, Θ(n^(K+1)) per
   layer: the oracle the others are tested against.
@@ -42,8 +42,9 @@ def _executor_plan(order: int, variant: str, max_width: int) -> dict:
 
 
 def executor_plan(scheme: Scheme, max_width: int) -> dict:
-    """The executor's plan data for K = 2 augment or factored K = 3 simple or core, with projection coefficients for
-    widths up to ``max_width`` (rounded up to a power of two ≥ 64, so that few plans are ever built)."""
+    """The executor's plan data for K = 2 augment or factored K = 3 simple, core or closure, with projection
+    coefficients for widths up to ``max_width`` (rounded up to a power of two ≥ 64, so that few plans are ever
+    built)."""
     return _executor_plan(scheme.order, scheme.variant, max(64, 1 << (max_width - 1).bit_length()))
 
 

@@ -19,6 +19,8 @@ from mechest.math.tensors import harmonic
 
 PLANS = ((3, "simple"), (2, "augment"))
 """The plans ``executor_spec`` compiles directly (K = 3 "core" is K = 3 simple's with the matrix core's data)."""
+CORE_PLANS = ((3, "core"), (3, "closure"))
+"""The schemes whose plan is K = 3 simple's with the matrix core's data (``fourth_core_spec``)."""
 PACKAGE_PLANS = (*PLANS, (3, "core"))
 """The plans the WhestBench package ships (mechest.integrations.whestbench.export)."""
 MAX_WIDTH = 4096
@@ -71,10 +73,10 @@ def _pieces(plan: Plan, read_types: set, dense: tuple, max_width: int) -> list[d
 def executor_spec(order: int, variant: str, max_width: int = MAX_WIDTH) -> dict:
     """The plan data for K = 3 simple (κ_3 factored) or K = 2 augment, with projection coefficients for widths
     1..max_width; K = 3 "core" and "closure" run K = 3 simple's with the matrix core's data (``fourth_core_spec``)."""
-    if (order, variant) in ((3, "core"), (3, "closure")):
+    if (order, variant) in CORE_PLANS:
         return fourth_core_spec(executor_spec(3, "simple", max_width))
     if (order, variant) not in PLANS:
-        raise NotImplementedError(f"the executor runs {(*PLANS, (3, 'core'))}, not K = {order} {variant}")
+        raise NotImplementedError(f"the executor runs {(*PLANS, *CORE_PLANS)}, not K = {order} {variant}")
     factored = order == 3
     plan = factored_plan(order, variant) if factored else compile_plan(order, variant)
     dense = dense_slice_types(plan) if factored else tuple(plan.diagrams)
