@@ -145,7 +145,8 @@ class Estimator(BaseEstimator):
         choices: list[Choice] = []
         if self.config["max_order"] >= 3 and fits_width:
             tail = sum(propagate.choice_flops(width, depth, *c) for c in fallbacks)
-            k3 = propagate.planned_flops(width, depth, 3, **self.k3_options(width, depth, budget))
+            options = self.k3_options(width, depth, budget)
+            k3 = propagate.planned_flops(width, depth, 3, **options)
             if k3 + tail <= allowed:
                 # whether K = 3 pays is judged at exact K = 3's cost: K3_GAIN was measured exact, and compression's
                 # loss of accuracy is measured only at 256×8 and 1024×16 (docs/results.md)
@@ -154,7 +155,8 @@ class Estimator(BaseEstimator):
                 k2_flops = None if best_k2 is None else propagate.choice_flops(width, depth, *best_k2)
                 gain = AUGMENT_GAIN if best_k2 is not None and best_k2[1] == "augment" else 1.0
                 if best_k2 is None or k3_pays(width, depth, exact, k2_flops, budget, gain):
-                    choices.append((3, self.k3_variant(width, depth, budget, tail, allowed, k2_flops, gain), None))
+                    variant = self.k3_variant(width, depth, budget, options, k3, tail, allowed, k2_flops, gain)
+                    choices.append((3, variant, None))
             elif self.config["min_window"]:
                 window = max((m for m in range(1, depth)
                               if propagate.planned_flops(width, depth, 3, m) + tail <= allowed), default=0)
@@ -162,16 +164,14 @@ class Estimator(BaseEstimator):
                     choices.append((3, "simple", window))
         return choices + fallbacks
 
-    def k3_variant(self, width: int, depth: int, budget: int, tail: float, allowed: float, k2_flops: float | None,
-                   gain: float) -> str:
+    def k3_variant(self, width: int, depth: int, budget: int, options: dict, simple: float, tail: float,
+                   allowed: float, k2_flops: float | None, gain: float) -> str:
         """K = 3's variant: "closure" where its plan was exported and, with the cost options K = 3 runs with
-        (``k3_options``), it fits beside its fallbacks, still beats K = 2 (``k3_pays``) and beats K = 3 simple
-        (``closure_pays``); else "simple"."""
+        (``options``, from ``k3_options``; ``simple``: K = 3 simple's predicted FLOPs with them), it fits beside its
+        fallbacks, still beats K = 2 (``k3_pays``) and beats K = 3 simple (``closure_pays``); else "simple"."""
         if propagate.plan_key(3, "closure") not in self.specs:
             return "simple"
-        options = self.k3_options(width, depth, budget)
-        closure, simple = (propagate.planned_flops(width, depth, 3, core=propagate.fourth_core(3, variant), **options)
-                           for variant in ("closure", "simple"))
+        closure = propagate.planned_flops(width, depth, 3, core=propagate.fourth_core(3, "closure"), **options)
         pays = k2_flops is None or k3_pays(width, depth, closure, k2_flops, budget, gain)
         return "closure" if closure + tail <= allowed and pays and closure_pays(closure, simple, budget) else "simple"
 
