@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def final_layer_mse(shape: float, truths: dict, dtype: torch.dtype, feed: bool =
     from mechest.kprop.spec import executor_spec
 
     spec = executor_spec(3, "closure", max_width=WIDTH)
-    core = xprop.FourthCore(summed=False, shape=shape, feed=feed)
+    core = replace(xprop.fourth_core(3, "closure"), shape=shape, feed=feed)
     errors = []
     for index in range(NETS):
         weights = calibration_weights(index)

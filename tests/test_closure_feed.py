@@ -5,6 +5,7 @@ Sym(Σ_k β_k P_k ⊗ T_k ⊗ y). Oracle: the dense 3-tensors built from that de
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -134,7 +135,7 @@ def test_the_feed_changes_the_closure_and_numpy_equals_torch(spec: dict) -> None
     unfed = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean",
                           core=xprop.FourthCore(summed=False, shape=FEED.shape))
     assert (fed.mean - unfed.mean).abs().max() > 1e-8
-    assert xprop.fourth_core(3, "closure") == FEED  # the scheme is the closure with its feed
+    assert xprop.fourth_core(3, "closure") == replace(FEED, two=True)  # the scheme: the closure, its feed, two
     assert_numpy_matches_torch(layers, spec, core=FEED)
 
 

@@ -1668,8 +1668,8 @@ def run_scheme(backend: Backend, layers: Layers, order: int, variant: str, spec:
     """The executor's one dispatch: K = 1 (variant "simple" or "isotropic") and K = 2 simple as their closed
     recursions, K = 2 augment and factored K = 3 simple by their plan ``spec`` (``planned``), K = 3 "core" as K = 3
     simple with κ_4's matrix core (``FourthCore(summed=False)``, the setting that was better than K = 3 simple on
-    every measured net; ``spec`` with the core's data) and K = 3 "closure" with the core's covariance-shaped model
-    and its feed into new κ_3 sources (``FourthCore(summed=False, shape=CLOSURE_SHAPE, feed=True)``, the same
+    every measured net; ``spec`` with the core's data) and K = 3 "closure" with the core's covariance-shaped model,
+    its feed into new κ_3 sources and augment's two-coordinate terms (``fourth_core(3, "closure")``, the same
     ``spec``)."""
     if order == 1:
         return mean_field(backend, layers, isotropic=variant == "isotropic")
@@ -1684,7 +1684,7 @@ def fourth_core(order: int, variant: str) -> FourthCore | None:
     if (order, variant) == (3, "core"):
         return FourthCore(summed=False)
     if (order, variant) == (3, "closure"):
-        return FourthCore(summed=False, shape=CLOSURE_SHAPE, feed=True)
+        return FourthCore(summed=False, two=True, shape=CLOSURE_SHAPE, feed=True)
     return None
 
 
