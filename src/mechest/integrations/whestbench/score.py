@@ -124,18 +124,21 @@ def noise_floor(dataset: Path) -> float:
     metadata = json.loads((dataset / "metadata.json").read_text())
     variances = []
     for path in sorted((dataset / "data").glob("*.parquet")):
-        table = pq.read_table(path, columns=["avg_variance"], use_threads=False, pre_buffer=False)  # see with_truths
-        variances += table.column("avg_variance").to_pylist()
-        del table
+        with pq.ParquetFile(path, pre_buffer=False) as file:  # see release_arrow
+            variances += file.read(columns=["avg_variance"], use_threads=False).column("avg_variance").to_pylist()
     release_arrow()
     return sum(variances) / len(variances) / metadata["n_samples"]
 
 
 def release_arrow() -> None:
-    """Free the arrow objects of a parquet read or write now, while arrow is fully alive. Left to the
-    interpreter's final teardown, arrow's threads can abort the process after all its work is done (exit 134,
-    "terminate called without an active exception", a known arrow teardown bug): reading one dataset's variances
-    after importing whestbench aborted 2 to 7 times in 10 runs here, 0 in 10 with this collection."""
+    """Free the arrow objects of a parquet read or write now, while arrow is fully alive.
+
+    The files are read through ``ParquetFile.read`` without threads or pre-buffering, never ``read_table``: the
+    latter goes through arrow's dataset scanner, whose worker thread can still own the file reader (and, through
+    its schema, a Python extension type that whestbench's imports register) when the interpreter exits; releasing
+    it there needs the GIL during finalization and aborts the process after all its work is done (exit 134,
+    "terminate called without an active exception", seen in a core dump). With ``read_table`` the warm-up score
+    aborted 8 times in 11 runs here, 0 in 16 with ``ParquetFile.read``."""
     gc.collect()
 
 
@@ -174,8 +177,8 @@ def with_truths(dataset: Path, truths: Path) -> Path:
     shutil.copytree(dataset, staging)
     index = 0
     for path in sorted((staging / "data").glob("*.parquet")):
-        # no reader threads and no pre-buffering (which reads through arrow's I/O thread pool); see release_arrow
-        table = pq.read_table(path, use_threads=False, pre_buffer=False)
+        with pq.ParquetFile(path, pre_buffer=False) as file:  # see release_arrow
+            table = file.read(use_threads=False)
         rows = table.to_pylist()
         for row in rows:
             if f"means{index}" not in data:
