@@ -562,47 +562,63 @@ def vector_coefficients(spec: dict, available: set, only: tuple | None, shape: t
 def power_matrices(xp: Any, spec: dict, slices: dict, table: Any, summed: frozenset) -> dict:
     """pK_p for the two-coordinate types p: Σ_{s,k_0,k_1} c[q,s,k_0,k_1] w(k_0, p_0) ⊗ w(k_1, p_1) ⊙ B_s, zero on
     the diagonal because every B_s has a two-coordinate block, which is. The blocks B_s are first summed per
-    (k_0, k_1) into X = Σ_s c B_s (shared by the types with the same coefficients), so each type costs two scalings
-    and an addition per distinct (k_0, k_1). A type in ``summed`` is returned as Σ_ij pK_p = Σ w(k_0)ᵀ X w(k_1),
-    two matrix-vector products a term and no n × n temporary."""
+    (k_0, k_1) into X = Σ_s (c/c_0) B_s (``sum_blocks``, c_0 its first coefficient, shared by the types), the
+    scalar c_0 going into the column vector; the terms are grouped by k_0, pK_p = Σ_{k_0} diag(w(k_0, p_0)) Y with
+    Y = Σ_{k_1} X diag(c_0 w(k_1, p_1)), each Y built from memoised prefixes (shared by the types with the same p_1
+    and leading terms), so a type costs two n × n operations per k_0 and each (p_1, k_0, k_1) two more. A type in
+    ``summed`` is returned as Σ_ij pK_p = Σ_{k_0} w(k_0)ᵀ Σ_{k_1} X (c_0 w(k_1)), one matrix-vector product a term
+    and no n × n temporary."""
     types, terms = spec_cached(spec, ("power matrices", frozenset(slices)), lambda: matrix_terms(spec, set(slices)))
     one = table[0][0]
-    combined: dict[tuple, Any] = {}
+    combined: dict[tuple, tuple[float, Any]] = {}
+    prefixes: dict[tuple, Any] = {}
     out = {}
-    for p, rows in zip(types, terms, strict=True):
+    for p, groups in zip(types, terms, strict=True):
         value = None
-        for k0, k1, blocks in rows:
-            if blocks not in combined:
-                combined[blocks] = sum_blocks(slices, blocks, one)
-            left, right = table[k0, p[0]], table[k1, p[1]]
-            if p in summed:
-                term = xp.sum(left * (combined[blocks] @ right))
-            else:
-                term = left[:, None] * combined[blocks] * right[None, :]
+        for k0, row in groups:
+            inner = None
+            for index, (k1, blocks) in enumerate(row):
+                key = (p[1], k0, row[: index + 1])
+                if p not in summed and key in prefixes:
+                    inner = prefixes[key]
+                    continue
+                if blocks not in combined:
+                    combined[blocks] = sum_blocks(slices, blocks, one)
+                scale, matrix = combined[blocks]
+                right = table[k1, p[1]] if scale == 1 else scale * table[k1, p[1]]
+                term = matrix @ right if p in summed else matrix * right[None, :]
+                inner = term if inner is None else inner + term
+                if p not in summed:
+                    prefixes[key] = inner
+            term = xp.sum(table[k0, p[0]] * inner) if p in summed else table[k0, p[0]][:, None] * inner
             value = term if value is None else value + term
         out[p] = value
     return out
 
 
 def matrix_terms(spec: dict, available: set) -> tuple[list, list]:
-    """(types, per type the terms (k_0, k_1, ((c, signature), ...))) for ``power_matrices``."""
+    """(types, per type the terms grouped by k_0, (k_0, ((k_1, ((c, signature), ...)), ...) in ascending k_1)) for
+    ``power_matrices``."""
     types, signatures, coefficients = diagram_coefficients(spec, available, 2, None)
     if any(all(len(axes) < 2 for _, _, axes in sig) for sig in signatures):
         raise ValueError("a two-coordinate diagram term without a two-coordinate block is not supported")
     grouped: list[dict] = [{} for _ in types]
     for (q, sig, k0, k1), c in sorted(coefficients.items()):
-        grouped[q].setdefault((k0, k1), []).append((c, sig))
-    return types, [[(k0, k1, tuple(blocks)) for (k0, k1), blocks in rows.items()] for rows in grouped]
+        grouped[q].setdefault(k0, {}).setdefault(k1, []).append((c, sig))
+    return types, [[(k0, tuple((k1, tuple(row[k1])) for k1 in sorted(row))) for k0, row in rows.items()]
+                   for rows in grouped]
 
 
-def sum_blocks(slices: dict, blocks: tuple, one: Any) -> Any:
-    """Σ c · Π_{blocks of s} κ_block over the (c, s) of ``blocks``, on two coordinates."""
+def sum_blocks(slices: dict, blocks: tuple, one: Any) -> tuple[float, Any]:
+    """(c_0, Σ (c/c_0) · Π_{blocks of s} κ_block) over the (c, s) of ``blocks``, on two coordinates, c_0 the first c
+    (the caller folds it into a vector)."""
+    first = blocks[0][0]
     total = None
     for c, sig in blocks:
         value = block_product(slices, sig, 2, one)
-        value = value if c == 1 else c * value
+        value = value if c == first else (c / first) * value
         total = value if total is None else total + value
-    return total
+    return first, total
 
 
 _SPEC_CACHES: dict[int, tuple[dict, dict]] = {}
