@@ -1055,26 +1055,30 @@ def path_source(xp: Any, term: dict, slices: dict, wick: list[list[Any]]) -> tup
     """The path term of pK_(1,1,1) through a centre axis, c·v(i)E(k,i)·v(j)E(k,j)·v_c(k): a new source with
     T = I, P = v⊙E (column k) and v = c·v_c. Its two legs must be equal (they are at K = 3 SIMPLE), which keeps
     every source in the paired form. Returns (P, v, cubic, double) with P's slices: (3) P_aa² v_a and (2,1)
-    (P_ab² v_b + 2 P_aa v_a P_ba) / 3 (``third_slices`` with C = diag v), zeroed on the diagonal."""
+    (P_ab² v_b + 2 P_aa v_a P_ba) / 3 (``third_slices`` with C = diag v), zeroed on the diagonal. Where the leg's
+    blocks are all symmetric slices (q_0 = q_1) E is symmetric, so P = diag(v) E and Pᵀ = E diag(v) are both
+    formed without a transposed read."""
     vectors = [wick[k][1] for k in term["k"]]
     edges: dict[frozenset, list] = {}
     for degree, q, axes in term["blocks"]:
         edges.setdefault(frozenset(axes), []).append((degree, tuple(q), axes))
     (centre,) = set.intersection(*(set(edge) for edge in edges))
-    legs, kinds = [], []
-    for edge, blocks in edges.items():
-        (other,) = edge - {centre}
-        matrix = None
-        for degree, q, axes in blocks:
-            oriented = slices[(degree, q)] if axes[0] == centre else slices[(degree, q)].T
-            matrix = oriented if matrix is None else matrix * oriented
-        legs.append(vectors[other][:, None] * matrix.T)
-        kinds.append((term["k"][other], sorted((d, q, a[0] == centre) for d, q, a in blocks)))
-    if len(legs) != 2 or kinds[0] != kinds[1]:
+    kinds = [(term["k"][other], sorted((d, q, a[0] == centre) for d, q, a in blocks))
+             for edge, blocks in edges.items() for other in edge - {centre}]
+    if len(kinds) != 2 or kinds[0] != kinds[1]:
         raise ValueError(f"path term with unequal legs is not supported: {term}")
-    p, v = legs[0], term["c"] * vectors[centre]
+    (edge, blocks), *_ = edges.items()
+    (other,) = edge - {centre}
+    symmetric = all(q[0] == q[1] for _, q, _ in blocks)
+    matrix = None  # E with the centre's index first
+    for degree, q, axes in blocks:
+        oriented = slices[(degree, q)] if axes[0] == centre or symmetric else slices[(degree, q)].T
+        matrix = oriented if matrix is None else matrix * oriented
+    leg = vectors[other]
+    p, v = leg[:, None] * (matrix if symmetric else matrix.T), term["c"] * vectors[centre]
+    transposed = matrix * leg[None, :] if symmetric else p.T
     diagonal_v = xp.diag(p) * v
-    double = (p * p * v[None, :] + 2 * diagonal_v[:, None] * p.T) / 3
+    double = p * p * (v / 3)[None, :] + (diagonal_v * (2 / 3))[:, None] * transposed
     return p, v, xp.diag(p) * diagonal_v, off_diagonal(xp, double)
 
 
@@ -1112,7 +1116,7 @@ def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: 
     if correction is None:
         if feed_double is not None:
             double = double + feed_double
-        q = counts["2,1"] * (cumulants[(2, 1)] - double).T + counts["3"] * xp.diag(cumulants[(3,)] - cubic)
+        q = (counts["2,1"] * (cumulants[(2, 1)] - double) + counts["3"] * xp.diag(cumulants[(3,)] - cubic)).T
         return (older, rows, xp.stack([p, q], axis=1), v, *tail)
     s, f, residual = thin_split(xp, spec, paths[0], slices, wick, cumulants, p, cubic, double)
     if new_feed is not None:  # N(2,1)·(feed's (2,1) slice)ᵀ = P diag(2 β∘y) (``feed_source``): in f, not the residual
