@@ -562,51 +562,58 @@ def vector_coefficients(spec: dict, available: set, only: tuple | None, shape: t
 def power_matrices(xp: Any, spec: dict, slices: dict, table: Any, summed: frozenset) -> dict:
     """pK_p for the two-coordinate types p: Σ_{s,k_0,k_1} c[q,s,k_0,k_1] w(k_0, p_0) ⊗ w(k_1, p_1) ⊙ B_s, zero on
     the diagonal because every B_s has a two-coordinate block, which is. The blocks B_s are first summed per
-    (k_0, k_1) into X = Σ_s (c/c_0) B_s (``sum_blocks``, c_0 its first coefficient, shared by the types), the
-    scalar c_0 going into the column vector; the terms are grouped by k_0, pK_p = Σ_{k_0} diag(w(k_0, p_0)) Y with
-    Y = Σ_{k_1} X diag(c_0 w(k_1, p_1)), each Y built from memoised prefixes (shared by the types with the same p_1
-    and leading terms), so a type costs two n × n operations per k_0 and each (p_1, k_0, k_1) two more. A type in
-    ``summed`` is returned as Σ_ij pK_p = Σ_{k_0} w(k_0)ᵀ Σ_{k_1} X (c_0 w(k_1)), one matrix-vector product a term
-    and no n × n temporary."""
-    types, terms = spec_cached(spec, ("power matrices", frozenset(slices)), lambda: matrix_terms(spec, set(slices)))
+    (k_0, k_1) into X = Σ_s (c/c_0) B_s (``sum_blocks``, c_0 its first coefficient, shared by the types), c_0 going
+    into the column vector, and the terms grouped by k_0: pK_p = Σ_{k_0} diag(w(k_0, p_0)) Y_{k_0} with
+    Y_{k_0} = Σ_{k_1} X diag(c_0 w(k_1, p_1)), accumulated along a chain (``matrix_chains``) that the types with
+    the same p_1 and k_0 read at the length of their own terms: a type costs two n × n operations per k_0, a
+    chain two per term, and only one Y is alive at a time. A type in ``summed`` is returned as Σ_ij pK_p, its Y a
+    vector Σ_{k_1} X (c_0 w(k_1, p_1)), one matrix-vector product a term and no n × n temporary."""
+    types, chains = spec_cached(spec, ("power matrices", frozenset(slices), summed),
+                                lambda: matrix_chains(spec, set(slices), summed))
     one = table[0][0]
     combined: dict[tuple, tuple[float, Any]] = {}
-    prefixes: dict[tuple, Any] = {}
-    out = {}
-    for p, groups in zip(types, terms, strict=True):
-        value = None
-        for k0, row in groups:
-            inner = None
-            for index, (k1, blocks) in enumerate(row):
-                key = (p[1], k0, row[: index + 1])
-                if p not in summed and key in prefixes:
-                    inner = prefixes[key]
-                    continue
-                if blocks not in combined:
-                    combined[blocks] = sum_blocks(slices, blocks, one)
-                scale, matrix = combined[blocks]
-                right = table[k1, p[1]] if scale == 1 else scale * table[k1, p[1]]
-                term = matrix @ right if p in summed else matrix * right[None, :]
-                inner = term if inner is None else inner + term
-                if p not in summed:
-                    prefixes[key] = inner
-            term = xp.sum(table[k0, p[0]] * inner) if p in summed else table[k0, p[0]][:, None] * inner
-            value = term if value is None else value + term
-        out[p] = value
-    return out
+    out: dict[tuple, Any] = {}
+    for is_summed, p1, k0, row, readers in chains:
+        inner = None
+        for length, (k1, blocks) in enumerate(row, start=1):
+            if blocks not in combined:
+                combined[blocks] = sum_blocks(slices, blocks, one)
+            scale, matrix = combined[blocks]
+            right = table[k1, p1] if scale == 1 else scale * table[k1, p1]
+            term = matrix @ right if is_summed else matrix * right[None, :]
+            inner = term if inner is None else inner + term
+            for p in readers.get(length, ()):
+                left = table[k0, p[0]]
+                term = xp.sum(left * inner) if is_summed else left[:, None] * inner
+                out[p] = out[p] + term if p in out else term
+    return {p: out.get(p) for p in types}
 
 
-def matrix_terms(spec: dict, available: set) -> tuple[list, list]:
-    """(types, per type the terms grouped by k_0, (k_0, ((k_1, ((c, signature), ...)), ...) in ascending k_1)) for
-    ``power_matrices``."""
+def matrix_chains(spec: dict, available: set, summed: frozenset) -> tuple[list, list]:
+    """(types, chains) for ``power_matrices``: each type's terms grouped by k_0 into a row ((k_1, ((c, signature),
+    ...)), ...) in ascending k_1, the rows of the types with the same (summed, p_1, k_0) merged into chains of which
+    each row is a prefix; a chain is (summed, p_1, k_0, row, {length: the types reading its first length terms})."""
     types, signatures, coefficients = diagram_coefficients(spec, available, 2, None)
     if any(all(len(axes) < 2 for _, _, axes in sig) for sig in signatures):
         raise ValueError("a two-coordinate diagram term without a two-coordinate block is not supported")
-    grouped: list[dict] = [{} for _ in types]
+    rows: dict[tuple, dict] = {}
     for (q, sig, k0, k1), c in sorted(coefficients.items()):
-        grouped[q].setdefault(k0, {}).setdefault(k1, []).append((c, sig))
-    return types, [[(k0, tuple((k1, tuple(row[k1])) for k1 in sorted(row))) for k0, row in rows.items()]
-                   for rows in grouped]
+        rows.setdefault((q, k0), {}).setdefault(k1, []).append((c, sig))
+    groups: dict[tuple, list] = {}
+    for (q, k0), row in rows.items():
+        p = types[q]
+        groups.setdefault((p in summed, p[1], k0), []).append((tuple((k1, tuple(row[k1])) for k1 in sorted(row)), p))
+    chains = []
+    for (is_summed, p1, k0), members in groups.items():
+        own: list[tuple[tuple, dict]] = []
+        for row, p in sorted(members, key=lambda member: -len(member[0])):
+            chain = next((chain for chain in own if chain[0][: len(row)] == row), None)
+            if chain is None:
+                chain = (row, {})
+                own.append(chain)
+            chain[1].setdefault(len(row), []).append(p)
+        chains.extend((is_summed, p1, k0, row, readers) for row, readers in own)
+    return types, chains
 
 
 def sum_blocks(slices: dict, blocks: tuple, one: Any) -> tuple[float, Any]:
