@@ -456,10 +456,9 @@ def piece_slices(xp: Any, spec: dict, cores: dict, metric: Any, one_coordinate: 
                 subscripts, operands = list(term["metric"]), [metric] * len(term["metric"])
                 if term["core"]:
                     subscripts, operands = [term["core"], *subscripts], [core, *operands]
-                product = term["weight"] * xp.einsum(",".join(subscripts) + "->" + LETTERS[: len(q)], *operands)
+                weight = term["weight"] * core if len(core.shape) == 0 else term["weight"]  # a scalar core: here
+                product = weight * xp.einsum(",".join(subscripts) + "->" + LETTERS[: len(q)], *operands)
                 value = product if value is None else value + product
-            if len(core.shape) == 0:
-                value = core * value
             out[(piece["degree"], q)] = zero_repeated(xp, value)
     return out
 
@@ -991,13 +990,14 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None =
         t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
         v = scales[None]
         rank_one = None
+        scaled, doubled = p * v, t + t  # (P∘P)v + 2 T∘Q = P∘(Pv) + (2T)∘Q and 2(P∘T)v = (2T)∘(Pv)
         if feed is None:
-            left = xp.stack([p * p * v + 2 * t * q, 2 * p * t * v, t * t], axis=2)
+            left = xp.stack([p * scaled + doubled * q, doubled * scaled, t * t], axis=2)
         else:
             if is_compressed(group):  # ``compressed`` drops a source's feed
                 raise ValueError("a compressed group carries no feed")
             onto_t, onto_p, rank_one = feed_terms(xp, t, p, feed)
-            left = xp.stack([p * p * v + 2 * t * q + onto_t, 2 * p * t * v + onto_p, t * t], axis=2)
+            left = xp.stack([p * scaled + doubled * q + onto_t, doubled * scaled + onto_p, t * t], axis=2)
         if is_compressed(group):
             through = xp.einsum("isjk,sjak->sia", left, group[1])
             value = xp.einsum("sia,sla->il", through, group[0])
@@ -1019,8 +1019,8 @@ def thin_slice(xp: Any, group: tuple, levels: int = 0, feed: tuple | None = None
     width, rows = scales.shape[-1], factors.shape[0]
     t, p = factors[:, :, :width], factors[:, :, width: 2 * width]
     v, s, f = scales[None], diagonals[None, :, 0], diagonals[None, :, 1]
-    square = t * t
-    left = [p * p * v + 2 * t * thin_correction(xp, group) + square * s, 2 * p * t * v + square * f]
+    square, scaled, doubled = t * t, p * v, t + t  # as in ``third_slices``
+    left = [p * scaled + doubled * thin_correction(xp, group) + square * s, doubled * scaled + square * f]
     rank_one = None
     if feed is not None:
         onto_t, onto_p, rank_one = feed_terms(xp, t, p, feed)
