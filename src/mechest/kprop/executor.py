@@ -686,7 +686,8 @@ def memoised_product(parts: tuple, power: dict, m: int, products: dict) -> Any:
 def cumulants_from_powers(xp: Any, spec: dict, power: dict, only: tuple | None,
                           summed: frozenset = frozenset()) -> dict:
     """K_p = Σ_terms c · Π_parts pK_q laid on their axes (the spec's pK → K conversions), the products built from
-    memoised prefixes. A two-coordinate K is zero on the diagonal: it is where every term has a two-coordinate part
+    memoised prefixes, c multiplying the last part where that is a vector on a two-coordinate type (n, not n², work).
+    A two-coordinate K is zero on the diagonal: it is where every term has a two-coordinate part
     (the power matrices are), else it is zeroed. A type in ``summed`` is computed as Σ_ij K_p (``power`` holds the
     same sums of the summed power types)."""
     cumulants = {}
@@ -698,6 +699,9 @@ def cumulants_from_powers(xp: Any, spec: dict, power: dict, only: tuple | None,
             for parts, c in row:
                 if p in summed:
                     term = summed_product(xp, parts, power, products, summed)
+                elif c != 1 and len(parts) > 1 and len(parts[-1][1]) < m:  # c into the last part, a vector
+                    q, axes = parts[-1]
+                    term, c = memoised_product(parts[:-1], power, m, products) * placed(c * power[q], axes, m), 1
                 else:
                     term = memoised_product(parts, power, m, products)
                 term = term if c == 1 else c * term
