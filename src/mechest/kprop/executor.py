@@ -572,7 +572,9 @@ def power_matrices(xp: Any, spec: dict, slices: dict, table: Any, summed: frozen
     one = table[0][0]
     combined: dict[tuple, tuple[float, Any]] = {}
     out: dict[tuple, Any] = {}
-    for is_summed, p1, k0, row, readers in chains:
+    for index, (is_summed, p1, k0, row, readers) in enumerate(chains):
+        if index and k0 != chains[index - 1][2]:
+            combined.clear()  # the chains come in order of k_0, and an X serves those of its k_0 alone
         inner = None
         for length, (k1, blocks) in enumerate(row, start=1):
             if blocks not in combined:
@@ -591,7 +593,8 @@ def power_matrices(xp: Any, spec: dict, slices: dict, table: Any, summed: frozen
 def matrix_chains(spec: dict, available: set, summed: frozenset) -> tuple[list, list]:
     """(types, chains) for ``power_matrices``: each type's terms grouped by k_0 into a row ((k_1, ((c, signature),
     ...)), ...) in ascending k_1, the rows of the types with the same (summed, p_1, k_0) merged into chains of which
-    each row is a prefix; a chain is (summed, p_1, k_0, row, {length: the types reading its first length terms})."""
+    each row is a prefix; a chain is (summed, p_1, k_0, row, {length: the types reading its first length terms}),
+    in order of k_0."""
     types, signatures, coefficients = diagram_coefficients(spec, available, 2, None)
     if any(all(len(axes) < 2 for _, _, axes in sig) for sig in signatures):
         raise ValueError("a two-coordinate diagram term without a two-coordinate block is not supported")
@@ -612,7 +615,7 @@ def matrix_chains(spec: dict, available: set, summed: frozenset) -> tuple[list, 
                 own.append(chain)
             chain[1].setdefault(len(row), []).append(p)
         chains.extend((is_summed, p1, k0, row, readers) for row, readers in own)
-    return types, chains
+    return types, sorted(chains, key=lambda chain: chain[2])
 
 
 def sum_blocks(slices: dict, blocks: tuple, one: Any) -> tuple[float, Any]:
@@ -1127,7 +1130,7 @@ def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: 
     if correction is None:
         if feed_double is not None:
             double = double + feed_double
-        q = (counts["2,1"] * (cumulants[(2, 1)] - double) + counts["3"] * xp.diag(cumulants[(3,)] - cubic)).T
+        q = (counts["2,1"] * (cumulants[(2, 1)] - double) + xp.diag(counts["3"] * (cumulants[(3,)] - cubic))).T
         return (older, rows, xp.stack([p, q], axis=1), v, *tail)
     s, f, residual = thin_split(xp, spec, paths[0], slices, wick, cumulants, p, cubic, double)
     if new_feed is not None:  # N(2,1)·(feed's (2,1) slice)ᵀ = P diag(2 β∘y) (``feed_source``): in f, not the residual
