@@ -454,10 +454,12 @@ def piece_slices(xp: Any, spec: dict, cores: dict, metric: Any, one_coordinate: 
             value = None
             for term in entry["terms"]:
                 subscripts, operands = list(term["metric"]), [metric] * len(term["metric"])
-                if term["core"]:
-                    subscripts, operands = [term["core"], *subscripts], [core, *operands]
-                weight = term["weight"] * core if len(core.shape) == 0 else term["weight"]  # a scalar core: here
-                product = weight * xp.einsum(",".join(subscripts) + "->" + LETTERS[: len(q)], *operands)
+                if term["core"]:  # a vector core, which takes the weight (n, not n², work)
+                    subscripts, operands, weight = [term["core"], *subscripts], [term["weight"] * core, *operands], None
+                else:  # a scalar core, multiplied into the weight
+                    weight = term["weight"] * core if len(core.shape) == 0 else term["weight"]
+                product = xp.einsum(",".join(subscripts) + "->" + LETTERS[: len(q)], *operands)
+                product = product if weight is None else weight * product
                 value = product if value is None else value + product
             out[(piece["degree"], q)] = zero_repeated(xp, value)
     return out
