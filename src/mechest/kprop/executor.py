@@ -1160,7 +1160,7 @@ def feed_source(xp: Any, spec: dict, path: dict, wick: Any, p: Any, multiple: An
     pairing = sum(sorted(perm[:2]) == [0, 1] for perm in itertools.permutations((0, 1, 2, 2))) / math.factorial(4)
     beta = multiple * wick[order][1]
     y = term["c"] * pairing * wick[term["k"][doubled]][1] * metric_diagonal
-    double = (y[:, None] * p * beta[None, :] + (y * beta)[:, None] * p.T) / 3
+    double = y[:, None] * p * (beta / 3)[None, :] + (y * beta / 3)[:, None] * p.T
     return (beta, y), double
 
 
@@ -1324,10 +1324,10 @@ def core_slices(xp: Any, weight: Any, core: Any, gram: Any, pre_cov: Any, levels
     mapped = mapped_core(xp, weight, core, pre_cov, levels)
     diagonal, metric_diagonal = xp.diag(mapped), xp.diag(gram)
     slices = {(4, (4,)): diagonal * metric_diagonal,
-              (4, (2, 2)): off_diagonal(xp, (diagonal[:, None] * metric_diagonal[None, :]
-                                             + metric_diagonal[:, None] * diagonal[None, :]
-                                             + 4 * mapped * gram) / 6),
-              (4, (3, 1)): off_diagonal(xp, (diagonal[:, None] * gram + mapped * metric_diagonal[:, None]) / 2)}
+              (4, (2, 2)): off_diagonal(xp, (diagonal / 6)[:, None] * metric_diagonal[None, :]
+                                        + (metric_diagonal / 6)[:, None] * diagonal[None, :]
+                                        + (mapped * (2 / 3)) * gram),
+              (4, (3, 1)): off_diagonal(xp, (diagonal / 2)[:, None] * gram + mapped * (metric_diagonal / 2)[:, None])}
     return mapped, slices
 
 
