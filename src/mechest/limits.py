@@ -33,7 +33,9 @@ Quantity = tuple[str, str, torch.Tensor]
 
 
 def is_finite(value: torch.Tensor) -> bool:
-    return bool(torch.isfinite(value).all())
+    """Whether every entry of ``value`` is finite: its sum is where they are (a NaN or infinite entry makes the sum
+    NaN or infinite), so entry by entry only where the sum is not (finite entries whose sum overflows)."""
+    return bool(torch.isfinite(value.detach().sum())) or bool(torch.isfinite(value).all())
 
 
 def require_all_finite(method: str, quantities: Iterable[Quantity]) -> None:

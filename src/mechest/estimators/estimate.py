@@ -66,6 +66,15 @@ def resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype) -> torc
     return DTYPES[dtype]
 
 
+def converted_net(net: MLP, dtype: torch.dtype, device: torch.device) -> MLP:
+    """``net`` in ``dtype`` on ``device``: ``net`` itself where every array already is (it was validated when it was
+    made), else ``net.to``'s converted and validated copy."""
+    arrays = [*net.weights, *(bias for bias in net.biases if bias is not None)]
+    if all(array.dtype == dtype and array.device == device for array in arrays):
+        return net
+    return net.to(dtype=dtype, device=device)
+
+
 def estimate(
     net: MLP,
     method: str = "kprop",
@@ -102,14 +111,14 @@ def estimate(
     if method == "kprop":
         if samples is not None:
             raise MechestError("a sample count (--samples) is for method mc; kprop draws no samples")
-        net = net.to(dtype=resolve_dtype(dtype, torch.float64), device=device)
+        net = converted_net(net, resolve_dtype(dtype, torch.float64), device)
         if budget is not None:
             scheme = choose_scheme(net, budget)
         return kprop_estimate(net, scheme if scheme is not None else Scheme(order, variant, factored), count, cov)
     if method == "mc":
         if samples is None:
             raise MechestError("method 'mc' needs a sample count (samples=...)")
-        return monte_carlo_estimate(net.to(dtype=resolve_dtype(dtype, net.dtype), device=device), samples, seed,
+        return monte_carlo_estimate(converted_net(net, resolve_dtype(dtype, net.dtype), device), samples, seed,
                                     chunk_size, progress)
     raise MechestError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
 

@@ -454,12 +454,13 @@ def piece_slices(xp: Any, spec: dict, cores: dict, metric: Any, one_coordinate: 
             value = None
             for term in entry["terms"]:
                 subscripts, operands = list(term["metric"]), [metric] * len(term["metric"])
-                if term["core"]:
-                    subscripts, operands = [term["core"], *subscripts], [core, *operands]
-                product = term["weight"] * xp.einsum(",".join(subscripts) + "->" + LETTERS[: len(q)], *operands)
+                if term["core"]:  # a vector core, which takes the weight (n, not n², work)
+                    subscripts, operands, weight = [term["core"], *subscripts], [term["weight"] * core, *operands], None
+                else:  # a scalar core, multiplied into the weight
+                    weight = term["weight"] * core if len(core.shape) == 0 else term["weight"]
+                product = xp.einsum(",".join(subscripts) + "->" + LETTERS[: len(q)], *operands)
+                product = product if weight is None else weight * product
                 value = product if value is None else value + product
-            if len(core.shape) == 0:
-                value = core * value
             out[(piece["degree"], q)] = zero_repeated(xp, value)
     return out
 
@@ -562,47 +563,73 @@ def vector_coefficients(spec: dict, available: set, only: tuple | None, shape: t
 def power_matrices(xp: Any, spec: dict, slices: dict, table: Any, summed: frozenset) -> dict:
     """pK_p for the two-coordinate types p: Σ_{s,k_0,k_1} c[q,s,k_0,k_1] w(k_0, p_0) ⊗ w(k_1, p_1) ⊙ B_s, zero on
     the diagonal because every B_s has a two-coordinate block, which is. The blocks B_s are first summed per
-    (k_0, k_1) into X = Σ_s c B_s (shared by the types with the same coefficients), so each type costs two scalings
-    and an addition per distinct (k_0, k_1). A type in ``summed`` is returned as Σ_ij pK_p = Σ w(k_0)ᵀ X w(k_1),
-    two matrix-vector products a term and no n × n temporary."""
-    types, terms = spec_cached(spec, ("power matrices", frozenset(slices)), lambda: matrix_terms(spec, set(slices)))
+    (k_0, k_1) into X = Σ_s (c/c_0) B_s (``sum_blocks``, c_0 its first coefficient, shared by the types), c_0 going
+    into the column vector, and the terms grouped by k_0: pK_p = Σ_{k_0} diag(w(k_0, p_0)) Y_{k_0} with
+    Y_{k_0} = Σ_{k_1} X diag(c_0 w(k_1, p_1)), accumulated along a chain (``matrix_chains``) that the types with
+    the same p_1 and k_0 read at the length of their own terms: a type costs two n × n operations per k_0, a
+    chain two per term, and only one Y is alive at a time. A type in ``summed`` is returned as Σ_ij pK_p, its Y a
+    vector Σ_{k_1} X (c_0 w(k_1, p_1)), one matrix-vector product a term and no n × n temporary."""
+    types, chains = spec_cached(spec, ("power matrices", frozenset(slices), summed),
+                                lambda: matrix_chains(spec, set(slices), summed))
     one = table[0][0]
-    combined: dict[tuple, Any] = {}
-    out = {}
-    for p, rows in zip(types, terms, strict=True):
-        value = None
-        for k0, k1, blocks in rows:
+    combined: dict[tuple, tuple[float, Any]] = {}
+    out: dict[tuple, Any] = {}
+    for index, (is_summed, p1, k0, row, readers) in enumerate(chains):
+        if index and k0 != chains[index - 1][2]:
+            combined.clear()  # the chains come in order of k_0, and an X serves those of its k_0 alone
+        inner = None
+        for length, (k1, blocks) in enumerate(row, start=1):
             if blocks not in combined:
                 combined[blocks] = sum_blocks(slices, blocks, one)
-            left, right = table[k0, p[0]], table[k1, p[1]]
-            if p in summed:
-                term = xp.sum(left * (combined[blocks] @ right))
-            else:
-                term = left[:, None] * combined[blocks] * right[None, :]
-            value = term if value is None else value + term
-        out[p] = value
-    return out
+            scale, matrix = combined[blocks]
+            right = table[k1, p1] if scale == 1 else scale * table[k1, p1]
+            term = matrix @ right if is_summed else matrix * right[None, :]
+            inner = term if inner is None else inner + term
+            for p in readers.get(length, ()):
+                left = table[k0, p[0]]
+                term = xp.sum(left * inner) if is_summed else left[:, None] * inner
+                out[p] = out[p] + term if p in out else term
+    return {p: out.get(p) for p in types}
 
 
-def matrix_terms(spec: dict, available: set) -> tuple[list, list]:
-    """(types, per type the terms (k_0, k_1, ((c, signature), ...))) for ``power_matrices``."""
+def matrix_chains(spec: dict, available: set, summed: frozenset) -> tuple[list, list]:
+    """(types, chains) for ``power_matrices``: each type's terms grouped by k_0 into a row ((k_1, ((c, signature),
+    ...)), ...) in ascending k_1, the rows of the types with the same (summed, p_1, k_0) merged into chains of which
+    each row is a prefix; a chain is (summed, p_1, k_0, row, {length: the types reading its first length terms}),
+    in order of k_0."""
     types, signatures, coefficients = diagram_coefficients(spec, available, 2, None)
     if any(all(len(axes) < 2 for _, _, axes in sig) for sig in signatures):
         raise ValueError("a two-coordinate diagram term without a two-coordinate block is not supported")
-    grouped: list[dict] = [{} for _ in types]
+    rows: dict[tuple, dict] = {}
     for (q, sig, k0, k1), c in sorted(coefficients.items()):
-        grouped[q].setdefault((k0, k1), []).append((c, sig))
-    return types, [[(k0, k1, tuple(blocks)) for (k0, k1), blocks in rows.items()] for rows in grouped]
+        rows.setdefault((q, k0), {}).setdefault(k1, []).append((c, sig))
+    groups: dict[tuple, list] = {}
+    for (q, k0), row in rows.items():
+        p = types[q]
+        groups.setdefault((p in summed, p[1], k0), []).append((tuple((k1, tuple(row[k1])) for k1 in sorted(row)), p))
+    chains = []
+    for (is_summed, p1, k0), members in groups.items():
+        own: list[tuple[tuple, dict]] = []
+        for row, p in sorted(members, key=lambda member: -len(member[0])):
+            chain = next((chain for chain in own if chain[0][: len(row)] == row), None)
+            if chain is None:
+                chain = (row, {})
+                own.append(chain)
+            chain[1].setdefault(len(row), []).append(p)
+        chains.extend((is_summed, p1, k0, row, readers) for row, readers in own)
+    return types, sorted(chains, key=lambda chain: chain[2])
 
 
-def sum_blocks(slices: dict, blocks: tuple, one: Any) -> Any:
-    """Σ c · Π_{blocks of s} κ_block over the (c, s) of ``blocks``, on two coordinates."""
+def sum_blocks(slices: dict, blocks: tuple, one: Any) -> tuple[float, Any]:
+    """(c_0, Σ (c/c_0) · Π_{blocks of s} κ_block) over the (c, s) of ``blocks``, on two coordinates, c_0 the first c
+    (the caller folds it into a vector)."""
+    first = blocks[0][0]
     total = None
     for c, sig in blocks:
         value = block_product(slices, sig, 2, one)
-        value = value if c == 1 else c * value
+        value = value if c == first else (c / first) * value
         total = value if total is None else total + value
-    return total
+    return first, total
 
 
 _SPEC_CACHES: dict[int, tuple[dict, dict]] = {}
@@ -664,7 +691,8 @@ def memoised_product(parts: tuple, power: dict, m: int, products: dict) -> Any:
 def cumulants_from_powers(xp: Any, spec: dict, power: dict, only: tuple | None,
                           summed: frozenset = frozenset()) -> dict:
     """K_p = Σ_terms c · Π_parts pK_q laid on their axes (the spec's pK → K conversions), the products built from
-    memoised prefixes. A two-coordinate K is zero on the diagonal: it is where every term has a two-coordinate part
+    memoised prefixes, c multiplying the last part where that is a vector on a two-coordinate type (n, not n², work).
+    A two-coordinate K is zero on the diagonal: it is where every term has a two-coordinate part
     (the power matrices are), else it is zeroed. A type in ``summed`` is computed as Σ_ij K_p (``power`` holds the
     same sums of the summed power types)."""
     cumulants = {}
@@ -676,6 +704,9 @@ def cumulants_from_powers(xp: Any, spec: dict, power: dict, only: tuple | None,
             for parts, c in row:
                 if p in summed:
                     term = summed_product(xp, parts, power, products, summed)
+                elif c != 1 and len(parts) > 1 and len(parts[-1][1]) < m:  # c into the last part, a vector
+                    q, axes = parts[-1]
+                    term, c = memoised_product(parts[:-1], power, m, products) * placed(c * power[q], axes, m), 1
                 else:
                     term = memoised_product(parts, power, m, products)
                 term = term if c == 1 else c * term
@@ -968,13 +999,14 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None =
         t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
         v = scales[None]
         rank_one = None
+        scaled, doubled = p * v, t + t  # (P∘P)v + 2 T∘Q = P∘(Pv) + (2T)∘Q and 2(P∘T)v = (2T)∘(Pv)
         if feed is None:
-            left = xp.stack([p * p * v + 2 * t * q, 2 * p * t * v, t * t], axis=2)
+            left = xp.stack([p * scaled + doubled * q, doubled * scaled, t * t], axis=2)
         else:
             if is_compressed(group):  # ``compressed`` drops a source's feed
                 raise ValueError("a compressed group carries no feed")
             onto_t, onto_p, rank_one = feed_terms(xp, t, p, feed)
-            left = xp.stack([p * p * v + 2 * t * q + onto_t, 2 * p * t * v + onto_p, t * t], axis=2)
+            left = xp.stack([p * scaled + doubled * q + onto_t, doubled * scaled + onto_p, t * t], axis=2)
         if is_compressed(group):
             through = xp.einsum("isjk,sjak->sia", left, group[1])
             value = xp.einsum("sia,sla->il", through, group[0])
@@ -996,8 +1028,8 @@ def thin_slice(xp: Any, group: tuple, levels: int = 0, feed: tuple | None = None
     width, rows = scales.shape[-1], factors.shape[0]
     t, p = factors[:, :, :width], factors[:, :, width: 2 * width]
     v, s, f = scales[None], diagonals[None, :, 0], diagonals[None, :, 1]
-    square = t * t
-    left = [p * p * v + 2 * t * thin_correction(xp, group) + square * s, 2 * p * t * v + square * f]
+    square, scaled, doubled = t * t, p * v, t + t  # as in ``third_slices``
+    left = [p * scaled + doubled * thin_correction(xp, group) + square * s, doubled * scaled + square * f]
     rank_one = None
     if feed is not None:
         onto_t, onto_p, rank_one = feed_terms(xp, t, p, feed)
@@ -1039,26 +1071,30 @@ def path_source(xp: Any, term: dict, slices: dict, wick: list[list[Any]]) -> tup
     """The path term of pK_(1,1,1) through a centre axis, c·v(i)E(k,i)·v(j)E(k,j)·v_c(k): a new source with
     T = I, P = v⊙E (column k) and v = c·v_c. Its two legs must be equal (they are at K = 3 SIMPLE), which keeps
     every source in the paired form. Returns (P, v, cubic, double) with P's slices: (3) P_aa² v_a and (2,1)
-    (P_ab² v_b + 2 P_aa v_a P_ba) / 3 (``third_slices`` with C = diag v), zeroed on the diagonal."""
+    (P_ab² v_b + 2 P_aa v_a P_ba) / 3 (``third_slices`` with C = diag v), zeroed on the diagonal. Where the leg's
+    blocks are all symmetric slices (q_0 = q_1) E is symmetric, so P = diag(v) E and Pᵀ = E diag(v) are both
+    formed without a transposed read."""
     vectors = [wick[k][1] for k in term["k"]]
     edges: dict[frozenset, list] = {}
     for degree, q, axes in term["blocks"]:
         edges.setdefault(frozenset(axes), []).append((degree, tuple(q), axes))
     (centre,) = set.intersection(*(set(edge) for edge in edges))
-    legs, kinds = [], []
-    for edge, blocks in edges.items():
-        (other,) = edge - {centre}
-        matrix = None
-        for degree, q, axes in blocks:
-            oriented = slices[(degree, q)] if axes[0] == centre else slices[(degree, q)].T
-            matrix = oriented if matrix is None else matrix * oriented
-        legs.append(vectors[other][:, None] * matrix.T)
-        kinds.append((term["k"][other], sorted((d, q, a[0] == centre) for d, q, a in blocks)))
-    if len(legs) != 2 or kinds[0] != kinds[1]:
+    kinds = [(term["k"][other], sorted((d, q, a[0] == centre) for d, q, a in blocks))
+             for edge, blocks in edges.items() for other in edge - {centre}]
+    if len(kinds) != 2 or kinds[0] != kinds[1]:
         raise ValueError(f"path term with unequal legs is not supported: {term}")
-    p, v = legs[0], term["c"] * vectors[centre]
+    (edge, blocks), *_ = edges.items()
+    (other,) = edge - {centre}
+    symmetric = all(q[0] == q[1] for _, q, _ in blocks)
+    matrix = None  # E with the centre's index first
+    for degree, q, axes in blocks:
+        oriented = slices[(degree, q)] if axes[0] == centre or symmetric else slices[(degree, q)].T
+        matrix = oriented if matrix is None else matrix * oriented
+    leg = vectors[other]
+    p, v = leg[:, None] * (matrix if symmetric else matrix.T), term["c"] * vectors[centre]
+    transposed = matrix * leg[None, :] if symmetric else p.T
     diagonal_v = xp.diag(p) * v
-    double = (p * p * v[None, :] + 2 * diagonal_v[:, None] * p.T) / 3
+    double = p * p * (v / 3)[None, :] + (diagonal_v * (2 / 3))[:, None] * transposed
     return p, v, xp.diag(p) * diagonal_v, off_diagonal(xp, double)
 
 
@@ -1096,7 +1132,7 @@ def next_third(xp: Any, spec: dict, slices: dict, groups: Sources | None, wick: 
     if correction is None:
         if feed_double is not None:
             double = double + feed_double
-        q = counts["2,1"] * (cumulants[(2, 1)] - double).T + counts["3"] * xp.diag(cumulants[(3,)] - cubic)
+        q = (counts["2,1"] * (cumulants[(2, 1)] - double) + xp.diag(counts["3"] * (cumulants[(3,)] - cubic))).T
         return (older, rows, xp.stack([p, q], axis=1), v, *tail)
     s, f, residual = thin_split(xp, spec, paths[0], slices, wick, cumulants, p, cubic, double)
     if new_feed is not None:  # N(2,1)·(feed's (2,1) slice)ᵀ = P diag(2 β∘y) (``feed_source``): in f, not the residual
@@ -1124,7 +1160,7 @@ def feed_source(xp: Any, spec: dict, path: dict, wick: Any, p: Any, multiple: An
     pairing = sum(sorted(perm[:2]) == [0, 1] for perm in itertools.permutations((0, 1, 2, 2))) / math.factorial(4)
     beta = multiple * wick[order][1]
     y = term["c"] * pairing * wick[term["k"][doubled]][1] * metric_diagonal
-    double = (y[:, None] * p * beta[None, :] + (y * beta)[:, None] * p.T) / 3
+    double = y[:, None] * p * (beta / 3)[None, :] + (y * beta / 3)[:, None] * p.T
     return (beta, y), double
 
 
@@ -1288,10 +1324,10 @@ def core_slices(xp: Any, weight: Any, core: Any, gram: Any, pre_cov: Any, levels
     mapped = mapped_core(xp, weight, core, pre_cov, levels)
     diagonal, metric_diagonal = xp.diag(mapped), xp.diag(gram)
     slices = {(4, (4,)): diagonal * metric_diagonal,
-              (4, (2, 2)): off_diagonal(xp, (diagonal[:, None] * metric_diagonal[None, :]
-                                             + metric_diagonal[:, None] * diagonal[None, :]
-                                             + 4 * mapped * gram) / 6),
-              (4, (3, 1)): off_diagonal(xp, (diagonal[:, None] * gram + mapped * metric_diagonal[:, None]) / 2)}
+              (4, (2, 2)): off_diagonal(xp, (diagonal / 6)[:, None] * metric_diagonal[None, :]
+                                        + (metric_diagonal / 6)[:, None] * diagonal[None, :]
+                                        + (mapped * (2 / 3)) * gram),
+              (4, (3, 1)): off_diagonal(xp, (diagonal / 2)[:, None] * gram + mapped * (metric_diagonal / 2)[:, None])}
     return mapped, slices
 
 
