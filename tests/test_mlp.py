@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mechest.errors import MechestError
+from mechest.estimators.estimate import estimate
 from mechest.math.wick import ACTIVATION_NAMES
 from mechest.mlp import MLP, critical_variances, from_sequential, he_weight_variances, load, random_mlp
 
@@ -159,3 +160,19 @@ def test_invalid_construction_arguments() -> None:
         random_mlp(0, 2)
     with pytest.raises(MechestError, match="weight_var"):
         random_mlp(4, 2, init="manual")
+
+
+@pytest.mark.parametrize("method", ["kprop", "mc"])
+def test_estimate_revalidates_a_network_changed_after_it_was_made(method: str) -> None:
+    """An MLP is a mutable dataclass: a weight set to NaN in place, or an activation list grown, after the network
+    was built still gets its one-line error from ``estimate`` (which skips the dtype/device conversion where the
+    arrays already fit), not a non-finite estimate or an AttributeError."""
+    options = {"samples": 10} if method == "mc" else {}
+    net = random_mlp(4, 2, "relu", seed=0)
+    net.weights[0][0, 0] = float("nan")
+    with pytest.raises(MechestError, match="weight_0 contains NaN"):
+        estimate(net, method, **options)
+    net = random_mlp(4, 2, "relu", seed=0)
+    net.activations.append("relu")
+    with pytest.raises(MechestError, match="activations for 2 hidden layers"):
+        estimate(net, method, **options)

@@ -24,7 +24,7 @@ from torch import nn
 
 from mechest.errors import MechestError
 from mechest.files import write_npz_atomically
-from mechest.limits import check_network_memory
+from mechest.limits import check_network_memory, is_finite
 from mechest.math.wick import ACTIVATION_NAMES, activation_function, second_moment
 
 _TORCH_MODULE_NAMES: dict[type[nn.Module], str] = {
@@ -184,13 +184,13 @@ def validate(
                 f"shape mismatch: weight_{layer} has {weight.shape[1]} inputs "
                 f"but weight_{layer - 1} has {weights[layer - 1].shape[0]} outputs"
             )
-        if not torch.isfinite(weight).all():
+        if not is_finite(weight):
             raise MechestError(f"weight_{layer} contains NaN or infinite values")
         bias = biases[layer]
         if bias is not None:
             if tuple(bias.shape) != (weight.shape[0],):
                 raise MechestError(f"bias_{layer} has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
-            if not torch.isfinite(bias).all():
+            if not is_finite(bias):
                 raise MechestError(f"bias_{layer} contains NaN or infinite values")
 
 

@@ -16,7 +16,7 @@ from mechest.flops import FlopCounter
 from mechest.kprop import Propagation, Scheme, propagate
 from mechest.kprop.run import prepare
 from mechest.limits import check_propagation_memory, require_finite_propagation
-from mechest.mlp import MLP
+from mechest.mlp import MLP, validate
 
 METHODS = ("kprop", "mc")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -67,10 +67,11 @@ def resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype) -> torc
 
 
 def converted_net(net: MLP, dtype: torch.dtype, device: torch.device) -> MLP:
-    """``net`` in ``dtype`` on ``device``: ``net`` itself where every array already is (it was validated when it was
-    made), else ``net.to``'s converted and validated copy."""
+    """``net`` in ``dtype`` on ``device``, validated (an MLP is a mutable dataclass): ``net`` itself where every
+    array already is, else ``net.to``'s converted copy."""
     arrays = [*net.weights, *(bias for bias in net.biases if bias is not None)]
     if all(array.dtype == dtype and array.device == device for array in arrays):
+        validate(net.weights, net.biases, net.activations)
         return net
     return net.to(dtype=dtype, device=device)
 

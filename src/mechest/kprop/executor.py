@@ -30,7 +30,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 MIN_VARIANCE = 1e-10
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -521,6 +521,7 @@ def diagram_coefficients(spec: dict, available: set, m: int, only: tuple | None)
             for sig, k, c in images:
                 key = (types.index(p), sig, *k)
                 coefficients[key] = coefficients.get(key, 0.0) + c
+    coefficients = {key: c for key, c in coefficients.items() if c}  # terms that cancel (``sum_blocks`` divides by c)
     signatures = sorted({key[1] for key in coefficients})
     return types, signatures, coefficients
 
@@ -560,43 +561,55 @@ def vector_coefficients(spec: dict, available: set, only: tuple | None, shape: t
     return types, signatures, matrix
 
 
+class Chain(NamedTuple):
+    """A run of two-coordinate diagram terms sharing (summed, p_1, k_0), accumulated once for every type reading it
+    (``matrix_chains``): ``row`` the terms ((k_1, ((c, signature), ...)), ...) in ascending k_1, ``readers``
+    {length: the types whose own row is the first ``length`` terms}."""
+
+    summed: bool
+    p1: int
+    k0: int
+    row: tuple
+    readers: dict
+
+
 def power_matrices(xp: Any, spec: dict, slices: dict, table: Any, summed: frozenset) -> dict:
     """pK_p for the two-coordinate types p: Σ_{s,k_0,k_1} c[q,s,k_0,k_1] w(k_0, p_0) ⊗ w(k_1, p_1) ⊙ B_s, zero on
     the diagonal because every B_s has a two-coordinate block, which is. The blocks B_s are first summed per
     (k_0, k_1) into X = Σ_s (c/c_0) B_s (``sum_blocks``, c_0 its first coefficient, shared by the types), c_0 going
     into the column vector, and the terms grouped by k_0: pK_p = Σ_{k_0} diag(w(k_0, p_0)) Y_{k_0} with
-    Y_{k_0} = Σ_{k_1} X diag(c_0 w(k_1, p_1)), accumulated along a chain (``matrix_chains``) that the types with
-    the same p_1 and k_0 read at the length of their own terms: a type costs two n × n operations per k_0, a
-    chain two per term, and only one Y is alive at a time. A type in ``summed`` is returned as Σ_ij pK_p, its Y a
-    vector Σ_{k_1} X (c_0 w(k_1, p_1)), one matrix-vector product a term and no n × n temporary."""
+    Y_{k_0} = Σ_{k_1} X diag(c_0 w(k_1, p_1)). Types with the same p_1 and k_0 whose terms (coefficients included)
+    are the first terms of a longer type's share that type's running sum: each reads Y along the ``Chain`` after
+    its own number of terms. So a type costs two n × n operations per k_0, a chain two per term, and only one Y is
+    alive at a time. A type in ``summed`` is returned as Σ_ij pK_p, its Y a vector Σ_{k_1} X (c_0 w(k_1, p_1)),
+    one matrix-vector product a term and no n × n temporary. A type with no terms is None."""
     types, chains = spec_cached(spec, ("power matrices", frozenset(slices), summed),
                                 lambda: matrix_chains(spec, set(slices), summed))
     one = table[0][0]
-    combined: dict[tuple, tuple[float, Any]] = {}
+    block_sums: dict[tuple, tuple[float, Any]] = {}
     out: dict[tuple, Any] = {}
-    for index, (is_summed, p1, k0, row, readers) in enumerate(chains):
-        if index and k0 != chains[index - 1][2]:
-            combined.clear()  # the chains come in order of k_0, and an X serves those of its k_0 alone
-        inner = None
-        for length, (k1, blocks) in enumerate(row, start=1):
-            if blocks not in combined:
-                combined[blocks] = sum_blocks(slices, blocks, one)
-            scale, matrix = combined[blocks]
-            right = table[k1, p1] if scale == 1 else scale * table[k1, p1]
-            term = matrix @ right if is_summed else matrix * right[None, :]
-            inner = term if inner is None else inner + term
-            for p in readers.get(length, ()):
-                left = table[k0, p[0]]
-                term = xp.sum(left * inner) if is_summed else left[:, None] * inner
+    for index, chain in enumerate(chains):
+        if index and chain.k0 != chains[index - 1].k0:
+            block_sums.clear()  # the chains come in order of k_0, and an X serves those of its k_0 alone
+        y = None
+        for length, (k1, blocks) in enumerate(chain.row, start=1):
+            if blocks not in block_sums:
+                block_sums[blocks] = sum_blocks(slices, blocks, one)
+            scale, matrix = block_sums[blocks]
+            right = table[k1, chain.p1] if scale == 1 else scale * table[k1, chain.p1]
+            term = matrix @ right if chain.summed else matrix * right[None, :]
+            y = term if y is None else y + term
+            for p in chain.readers.get(length, ()):
+                left = table[chain.k0, p[0]]
+                term = xp.sum(left * y) if chain.summed else left[:, None] * y
                 out[p] = out[p] + term if p in out else term
     return {p: out.get(p) for p in types}
 
 
-def matrix_chains(spec: dict, available: set, summed: frozenset) -> tuple[list, list]:
+def matrix_chains(spec: dict, available: set, summed: frozenset) -> tuple[list, list[Chain]]:
     """(types, chains) for ``power_matrices``: each type's terms grouped by k_0 into a row ((k_1, ((c, signature),
     ...)), ...) in ascending k_1, the rows of the types with the same (summed, p_1, k_0) merged into chains of which
-    each row is a prefix; a chain is (summed, p_1, k_0, row, {length: the types reading its first length terms}),
-    in order of k_0."""
+    each row is a prefix, in order of k_0."""
     types, signatures, coefficients = diagram_coefficients(spec, available, 2, None)
     if any(all(len(axes) < 2 for _, _, axes in sig) for sig in signatures):
         raise ValueError("a two-coordinate diagram term without a two-coordinate block is not supported")
@@ -616,8 +629,8 @@ def matrix_chains(spec: dict, available: set, summed: frozenset) -> tuple[list, 
                 chain = (row, {})
                 own.append(chain)
             chain[1].setdefault(len(row), []).append(p)
-        chains.extend((is_summed, p1, k0, row, readers) for row, readers in own)
-    return types, sorted(chains, key=lambda chain: chain[2])
+        chains.extend(Chain(is_summed, p1, k0, row, readers) for row, readers in own)
+    return types, sorted(chains, key=lambda chain: chain.k0)
 
 
 def sum_blocks(slices: dict, blocks: tuple, one: Any) -> tuple[float, Any]:
@@ -1079,6 +1092,8 @@ def path_source(xp: Any, term: dict, slices: dict, wick: list[list[Any]]) -> tup
     for degree, q, axes in term["blocks"]:
         edges.setdefault(frozenset(axes), []).append((degree, tuple(q), axes))
     (centre,) = set.intersection(*(set(edge) for edge in edges))
+    if len(edges) != 2 or any(len(edge) != 2 for edge in edges):
+        raise ValueError(f"a path term needs two edges of two axes each: {term}")
     kinds = [(term["k"][other], sorted((d, q, a[0] == centre) for d, q, a in blocks))
              for edge, blocks in edges.items() for other in edge - {centre}]
     if len(kinds) != 2 or kinds[0] != kinds[1]:
