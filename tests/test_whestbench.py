@@ -243,14 +243,15 @@ def test_phase2_runs_the_closure_compressed(package: Path) -> None:
 
 
 def test_exported_estimator_compresses_where_the_multiplier_is_not_floored(package: Path) -> None:
-    """K = 3 compresses its old sources and carries thin correction legs (the exported defaults) only where exact
-    K = 3 would cost more than 0.1 of the budget: at phase 2 (1024×16) but not at the warm-up (256×8, 0.08 B); and
-    what it runs is the executor's compressed, thin K = 3 closure (flopscope, float64)."""
+    """K = 3 compresses its old sources (the exported default) only where exact K = 3 would cost more than 0.1 of
+    the budget: at phase 2 (1024×16) but not at the warm-up (256×8, 0.08 B); it carries thin correction legs at
+    both; and what it runs is the executor's compressed, thin K = 3 closure (flopscope, float64)."""
     estimator = load_estimator(package)
     rounds = importlib.import_module("whestbench.budget").ROUNDS
     phase2, warmup = rounds["v2-phase2"], rounds["v1-warmup"]
     assert estimator.compression(warmup.width, warmup.depth, warmup.flop_budget) is None
-    assert estimator.correction(warmup.width, warmup.depth, warmup.flop_budget) is None
+    thin = estimator.correction()  # the exported module's ThinCorrection
+    assert (thin.rank, thin.power) == (estimator.config["thin"]["rank"], estimator.config["thin"]["power"])
     compression = estimator.compression(phase2.width, phase2.depth, phase2.flop_budget)
     assert compression is not None and compression.rank < phase2.width
     assert estimator.plan(phase2.width, phase2.depth, phase2.flop_budget)[0] == (3, "closure", None)

@@ -351,7 +351,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "predicted (0: dense; default %(default)s)")
     parser.add_argument("--thin", default=",".join(map(str, DEFAULT_THIN)), metavar="RANK,POWER",
                         help="K=3 carries each κ_3 source's correction leg thin, its residual at rank RANK (POWER "
-                             "range-finder iterations), where it compresses; 'none': never (default %(default)s)")
+                             "range-finder iterations), wherever it runs; 'none': never (default %(default)s)")
 
 
 def package_options(args: argparse.Namespace) -> PackageOptions:
