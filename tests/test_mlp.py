@@ -165,8 +165,8 @@ def test_invalid_construction_arguments() -> None:
 @pytest.mark.parametrize("method", ["kprop", "mc"])
 def test_estimate_revalidates_a_network_changed_after_it_was_made(method: str) -> None:
     """An MLP is a mutable dataclass: a weight set to NaN in place, or an activation list grown, after the network
-    was built still gets its one-line error from ``estimate`` (which skips the dtype/device conversion where the
-    arrays already fit), not a non-finite estimate or an AttributeError."""
+    was built still gets its one-line error from ``estimate`` (which re-validates it through ``MLP.to``), not a
+    non-finite estimate or an AttributeError."""
     options = {"samples": 10} if method == "mc" else {}
     net = random_mlp(4, 2, "relu", seed=0)
     net.weights[0][0, 0] = float("nan")

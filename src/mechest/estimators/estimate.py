@@ -16,7 +16,7 @@ from mechest.flops import FlopCounter
 from mechest.kprop import Propagation, Scheme, propagate
 from mechest.kprop.run import prepare
 from mechest.limits import check_propagation_memory, require_finite_propagation
-from mechest.mlp import MLP, validate
+from mechest.mlp import MLP
 
 METHODS = ("kprop", "mc")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -66,16 +66,6 @@ def resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype) -> torc
     return DTYPES[dtype]
 
 
-def converted_net(net: MLP, dtype: torch.dtype, device: torch.device) -> MLP:
-    """``net`` in ``dtype`` on ``device``, validated (an MLP is a mutable dataclass): ``net`` itself where every
-    array already is, else ``net.to``'s converted copy."""
-    arrays = [*net.weights, *(bias for bias in net.biases if bias is not None)]
-    if all(array.dtype == dtype and array.device == device for array in arrays):
-        validate(net.weights, net.biases, net.activations)
-        return net
-    return net.to(dtype=dtype, device=device)
-
-
 def estimate(
     net: MLP,
     method: str = "kprop",
@@ -112,14 +102,14 @@ def estimate(
     if method == "kprop":
         if samples is not None:
             raise MechestError("a sample count (--samples) is for method mc; kprop draws no samples")
-        net = converted_net(net, resolve_dtype(dtype, torch.float64), device)
+        net = net.to(dtype=resolve_dtype(dtype, torch.float64), device=device)
         if budget is not None:
             scheme = choose_scheme(net, budget)
         return kprop_estimate(net, scheme if scheme is not None else Scheme(order, variant, factored), count, cov)
     if method == "mc":
         if samples is None:
             raise MechestError("method 'mc' needs a sample count (samples=...)")
-        return monte_carlo_estimate(converted_net(net, resolve_dtype(dtype, net.dtype), device), samples, seed,
+        return monte_carlo_estimate(net.to(dtype=resolve_dtype(dtype, net.dtype), device=device), samples, seed,
                                     chunk_size, progress)
     raise MechestError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
 
