@@ -1,12 +1,14 @@
 """Best scheme for a FLOP budget: predicted cost of every scheme on a network, and the choice.
 
 The FLOPs of a propagation depend only on the network's structure (shapes, activations, which layers have
-biases), never on the weight values, so a scheme's cost is counted once per structure (``count_flops``). For a
-network wider than PROBE_WIDTH the count is made on a probe network with every dimension scaled down to at most
-PROBE_WIDTH (rounded up) and the same depth, activations and biases, then scaled back by
-(max width / PROBE_WIDTH)^degree, the degree of the scheme's cost in the width (``cost_degree``). Every term of the
-count grows at most that fast and the rounding only enlarges the probe, so the prediction is an over-estimate: a
-scheme predicted to fit never exceeds the budget.
+biases, which outputs are asked for), never on the weight values, so a scheme's cost is counted once per
+structure (``count_flops``). A network wider than PROBE_WIDTH is not counted but predicted (``predicted_flops``):
+the count is a polynomial with non-negative coefficients in the dimensions, of total degree D = ``cost_degree``
+(products, element-wise work, fixed-size tables). With the probe dimensions q = ⌈d·b / max d⌉ (base width
+b = ⌊PROBE_WIDTH / (D + 1)⌋) the count of the dimensions t·q is a polynomial g(t) of degree ≤ D, so D + 1 counts at
+t = 1 … D + 1 determine it exactly (Lagrange interpolation), and g(max d / b) bounds the count from above (every
+dimension d ≤ (max d / b)·q and the count grows in each): exact when the dimensions are proportional to the probe,
+an over-estimate only by the rounding otherwise, and a scheme predicted to fit never exceeds the budget.
 
 Accuracy order (``ranking``): the squared error of kprop falls like n^−2K in width for He-init networks, so a
 higher order is predicted better, augment better than simple at the same order (it keeps every diagram of squared
@@ -18,6 +20,8 @@ after simple on deep narrow nets (width < AUGMENT_MIN_WIDTH_PER_LAYER · depth),
 from __future__ import annotations
 
 import math
+import warnings
+from fractions import Fraction
 from functools import cache
 
 import torch
@@ -40,25 +44,27 @@ def cost_degree(scheme: Scheme) -> int:
     return scheme.order if scheme.factored else scheme.order + 1
 
 
-def structure_key(net: MLP) -> tuple:
-    """What the operations of a propagation depend on: shapes, activations, which layers have biases, dtype."""
+def structure_key(net: MLP, outputs: str = "cov") -> tuple:
+    """What the operations of a propagation depend on: shapes, activations, which layers have biases, dtype, device
+    and the ``outputs`` asked for (mechest.kprop.propagate)."""
     return (tuple(net.dims), tuple(net.activations), tuple(b is not None for b in net.biases), net.dtype,
-            str(net.device))
+            str(net.device), outputs)
 
 
 @cache
 def _counted(key: tuple, scheme: Scheme, discount: bool) -> tuple[int, float]:
-    dims, activations, has_bias, dtype, device = key
+    dims, activations, has_bias, dtype, device, outputs = key
     net = structure_network(dims, activations, has_bias, dtype, device)
-    with FlopCounter(discount=discount) as counter:
-        propagate(net, scheme)
+    with FlopCounter(discount=discount) as counter, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a probe's values mean nothing: only its operations are counted
+        propagate(net, scheme, outputs)
     return counter.total, counter.discounted
 
 
-def count_flops(net: MLP, scheme: Scheme, discount: bool = False) -> tuple[int, float]:
-    """(raw, discounted) FLOPs of propagating a network of ``net``'s structure at ``scheme``, counted once per
-    structure (discounted is 0 unless ``discount``)."""
-    return _counted(structure_key(net), scheme, discount)
+def count_flops(net: MLP, scheme: Scheme, discount: bool = False, outputs: str = "cov") -> tuple[int, float]:
+    """(raw, discounted) FLOPs of propagating a network of ``net``'s structure at ``scheme`` giving ``outputs``,
+    counted once per structure (discounted is 0 unless ``discount``)."""
+    return _counted(structure_key(net, outputs), scheme, discount)
 
 
 def structure_network(dims: tuple[int, ...], activations: tuple[str, ...], has_bias: tuple[bool, ...],
@@ -71,15 +77,33 @@ def structure_network(dims: tuple[int, ...], activations: tuple[str, ...], has_b
     return MLP(weights, biases, list(activations)).to(device=device)
 
 
-def predicted_flops(net: MLP, scheme: Scheme) -> float:
-    """An over-estimate of the FLOPs of propagating ``net`` at ``scheme`` (exact for nets ≤ PROBE_WIDTH wide)."""
-    dims, *rest = structure_key(net)
+def interpolate(values: list[int], x: Fraction) -> Fraction:
+    """The polynomial of degree < len(values) through (t, values[t − 1]) for t = 1, 2, …, evaluated at x (Lagrange,
+    in exact rational arithmetic)."""
+    nodes = range(1, len(values) + 1)
+    total = Fraction(0)
+    for node, value in zip(nodes, values):
+        weight = Fraction(value)
+        for other in nodes:
+            if other != node:
+                weight *= (x - other) / (node - other)
+        total += weight
+    return total
+
+
+def predicted_flops(net: MLP, scheme: Scheme, outputs: str = "cov") -> float:
+    """An over-estimate of the FLOPs of propagating ``net`` at ``scheme`` giving ``outputs``: the count itself for
+    nets ≤ PROBE_WIDTH wide, else the count's polynomial in the width read from D + 1 probe counts (module
+    docstring)."""
+    dims, *rest = structure_key(net, outputs)
     widest = max(dims)
     if widest <= PROBE_WIDTH:
-        return float(count_flops(net, scheme)[0])
-    probe = tuple(max(1, math.ceil(d * PROBE_WIDTH / widest)) for d in dims)
-    counted = _counted((probe, *rest), scheme, False)[0]
-    return counted * (widest / PROBE_WIDTH) ** cost_degree(scheme)
+        return float(count_flops(net, scheme, outputs=outputs)[0])
+    degree = cost_degree(scheme)
+    base = PROBE_WIDTH // (degree + 1)
+    probe = tuple(max(1, math.ceil(d * base / widest)) for d in dims)
+    counts = [_counted((tuple(t * d for d in probe), *rest), scheme, False)[0] for t in range(1, degree + 2)]
+    return float(interpolate(counts, Fraction(widest, base)))
 
 
 def ranking(net: MLP) -> list[Scheme]:
@@ -107,14 +131,14 @@ def fits_in_memory(net: MLP, scheme: Scheme) -> bool:
     return True
 
 
-def choose_scheme(net: MLP, budget: float) -> Scheme:
-    """The first scheme of ``ranking`` whose predicted FLOPs fit in ``budget`` and whose propagation fits in memory;
-    a one-line MechestError with the cheapest scheme's cost if none does."""
+def choose_scheme(net: MLP, budget: float, outputs: str = "cov") -> Scheme:
+    """The first scheme of ``ranking`` whose predicted FLOPs (giving ``outputs``) fit in ``budget`` and whose
+    propagation fits in memory; a one-line MechestError with the cheapest scheme's cost if none does."""
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise MechestError(f"the FLOP budget must be a positive number, got {budget!r}")
     costs = {}
     for scheme in ranking(net):
-        costs[scheme] = predicted_flops(net, scheme)
+        costs[scheme] = predicted_flops(net, scheme, outputs)
         if costs[scheme] <= budget and fits_in_memory(net, scheme):
             return scheme
     cheapest = min(costs, key=costs.get)

@@ -104,7 +104,7 @@ def estimate(
             raise MechestError("a sample count (--samples) is for method mc; kprop draws no samples")
         net = net.to(dtype=resolve_dtype(dtype, torch.float64), device=device)
         if budget is not None:
-            scheme = choose_scheme(net, budget)
+            scheme = choose_scheme(net, budget, "cov" if cov else "mean")
         return kprop_estimate(net, scheme if scheme is not None else Scheme(order, variant, factored), count, cov)
     if method == "mc":
         if samples is None:
