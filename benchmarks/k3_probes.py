@@ -4,10 +4,14 @@ docs/results.md ("Beyond the reference"). They replace one executor function for
 - ``basis``: the compressed sources' basis from the range finder (the executor's) against the exact truncated SVD
   of the stacked factors, normalised or not: how much a better basis could recover;
 - ``kappa4``: κ_4's trace-piece core multiplied by λ (the derived value is λ = 1): whether a multiple of the
-  fourth cumulant is a lever in this scheme.
+  fourth cumulant is a lever in this scheme;
+- ``dead`` (phase-2 net 0, 1024×16): how many units per layer a Gaussian propagation of means and covariances
+  (the executor's K = 2 simple) finds more than t standard deviations below zero: what dead-unit pruning could
+  drop.
 
     PYTHONPATH=src python benchmarks/k3_probes.py basis
     PYTHONPATH=src python benchmarks/k3_probes.py kappa4
+    PYTHONPATH=src python benchmarks/k3_probes.py dead
 """
 
 from __future__ import annotations
@@ -74,6 +78,22 @@ def probe_kappa4() -> None:
             print(f"kappa4 core x {scale}: {warmup_mse(None):.3e}", flush=True)
 
 
+def probe_dead() -> None:
+    weights = [torch.as_tensor(w, dtype=torch.float64) for w in network("phase2", 0)[0]]
+    backend = xprop.Backend(torch, torch.special.ndtr)
+    result = xprop.covariance(backend, xprop.relu_layers(weights[:-1]))
+    pre_means = [weights[0].new_zeros(weights[0].shape[0])]
+    pre_vars = [(weights[0] ** 2).sum(1)]
+    for weight, mean, cov in zip(weights[1:], result.layer_means, result.layer_covs):
+        pre_means.append(weight @ mean)
+        pre_vars.append(torch.einsum("ij,jk,ik->i", weight, cov, weight))
+    width = weights[0].shape[0]
+    for threshold in (3, 4, 5, 6, 8):
+        counts = [int((mean < -threshold * var.sqrt()).sum()) for mean, var in zip(pre_means, pre_vars)]
+        print(f"t = {threshold}: per layer {counts}, mean fraction {sum(counts) / (len(counts) * width):.3f}",
+              flush=True)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    {"basis": probe_basis, "kappa4": probe_kappa4}[sys.argv[1]]()
+    {"basis": probe_basis, "kappa4": probe_kappa4, "dead": probe_dead}[sys.argv[1]]()

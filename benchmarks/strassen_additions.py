@@ -53,7 +53,8 @@ def right_combinations(xp, x):
 
 
 def recombined(xp, m):
-    """(7T, Z, p, q) → (T, Z, 2p, 2q): C11 = M1 + M4 − M5 + M7, C12 = M3 + M5, C21 = M2 + M4, C22 = M1 − M2 + M3 + M6."""
+    """(7T, Z, p, q) → (T, Z, 2p, 2q): C11 = M1 + M4 − M5 + M7, C12 = M3 + M5, C21 = M2 + M4,
+    C22 = M1 − M2 + M3 + M6."""
     m1, m2, m3, m4, m5, m6, m7 = m.reshape(7, m.shape[0] // 7, *m.shape[1:])
     sums = xp.stack([m1, m3, m2, m3]) + xp.stack([m4, m5, m4, m6])
     differences = xp.stack([m7, m1]) - xp.stack([m5, m2])
