@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from mechest.kprop import executor as xprop
+from mechest.kprop.executor import propagation
 
 VARIANT = None
 CAPTURE = {}
@@ -113,11 +114,11 @@ def next_third(xp, spec, slices, groups, wick, cumulants, correction=None, feeds
 def install(variant):
     global VARIANT
     VARIANT = variant
-    xprop.core_slices = core_slices
-    xprop.next_third = next_third
-    xprop.third_slices = third_slices
-    xprop.third_cubic = third_cubic
-    xprop.mapped_feeds = mapped_feeds
+    propagation.core_slices = core_slices  # where ``planned`` and ``marginal_slices`` look them up
+    propagation.next_third = next_third
+    propagation.third_slices = third_slices
+    propagation.third_cubic = third_cubic
+    propagation.mapped_feeds = mapped_feeds
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mechest.kprop import executor as xprop
+from mechest.kprop.executor import propagation, source_compression
 from mechest.kprop.spec import executor_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,13 +32,14 @@ from k3_research import network, run_means  # the harness's nets and run
 
 
 @contextmanager
-def replaced(name: str, function):
-    original = getattr(xprop, name)
-    setattr(xprop, name, function)
+def replaced(module, name: str, function):
+    """``module.name`` (the executor module that calls it) replaced by ``function`` for the duration."""
+    original = getattr(module, name)
+    setattr(module, name, function)
     try:
         yield
     finally:
-        setattr(xprop, name, original)
+        setattr(module, name, original)
 
 
 def warmup_mse(compression: xprop.Compression | None) -> float:
@@ -64,7 +66,7 @@ def probe_basis() -> None:
         compression = xprop.Compression(age, rank, power)
         row = {"range finder": warmup_mse(compression)}
         for label, normalise in (("svd normalised", True), ("svd raw", False)):
-            with replaced("compressed_source", svd_basis(normalise)):
+            with replaced(source_compression, "compressed_source", svd_basis(normalise)):
                 row[label] = warmup_mse(compression)
         print(f"age {age} rank {rank} power {power}: " + ", ".join(f"{k} {v:.3e}" for k, v in row.items()), flush=True)
 
@@ -74,7 +76,7 @@ def probe_kappa4() -> None:
     for scale in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0):
         def scaled(spec, cumulants, n, scale=scale):
             return {d: scale * c if d == 4 else c for d, c in original(spec, cumulants, n).items()}
-        with replaced("projected_cores", scaled):
+        with replaced(propagation, "projected_cores", scaled):
             print(f"kappa4 core x {scale}: {warmup_mse(None):.3e}", flush=True)
 
 

@@ -17,6 +17,7 @@ from mechest.estimators.truth import score
 from mechest.experiments.bench import find_truth
 from mechest.kprop import executor as xprop
 from mechest.kprop.backends import layers_of, torch_backend
+from mechest.kprop.executor import propagation
 from mechest.kprop.spec import executor_spec
 
 TRUTHS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "truths"
@@ -44,7 +45,7 @@ def test_shaped_core_equals_the_full_matrix_model(spec: dict, monkeypatch: pytes
                                                   outputs: str, shape: float, two: bool) -> None:
     core = xprop.FourthCore(summed=False, two=two, shape=shape)
     got = xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs=outputs, core=core)
-    monkeypatch.setattr(xprop, "core_next", full_matrix_core_next)
+    monkeypatch.setattr(propagation, "core_next", full_matrix_core_next)
     expected = xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs=outputs, core=core)
     for a, b in zip(got.layer_means, expected.layer_means, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -15,6 +15,7 @@ from conftest import assert_numpy_matches_torch, odd_network
 import mechest
 from mechest.kprop import executor as xprop
 from mechest.kprop.backends import layers_of, torch_backend
+from mechest.kprop.executor import arrays, propagation
 from mechest.kprop.factored import TOP
 from mechest.kprop.spec import executor_spec
 
@@ -73,7 +74,7 @@ def test_the_feed_equals_its_dense_definition(spec: dict, monkeypatch: pytest.Mo
         records.append((args, kwargs, out))
         return out
 
-    monkeypatch.setattr(xprop, "next_third", spy)
+    monkeypatch.setattr(propagation, "next_third", spy)
     xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs="marginals", core=FEED,
                   correction=correction)
     full = xprop.core_spec(spec, FEED)
@@ -171,7 +172,7 @@ def test_compressed_drops_the_compressed_sources_feeds(spec: dict, monkeypatch: 
         calls.append((groups, feeds))
         return original(xp, groups, compression, feeds)
 
-    monkeypatch.setattr(xprop, "compressed", spy)
+    monkeypatch.setattr(propagation, "compressed", spy)
     net = mechest.random_mlp(12, 6, "relu", seed=2)
     xprop.planned(torch_backend(net.device), layers_of(net), spec, core=FEED)  # no compression: groups one a source
     groups, feeds = calls[-1]
@@ -217,8 +218,8 @@ def test_full_rank_compression_equals_the_feeds_dropped_by_hand(spec: dict, monk
             return last_slices(*args, **kwargs)
 
         with monkeypatch.context() as patch:
-            patch.setattr(xprop, "mapped_feeds", newest)
-            patch.setattr(xprop, "marginal_slices", last)
+            patch.setattr(propagation, "mapped_feeds", newest)
+            patch.setattr(propagation, "marginal_slices", last)
             expected = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
                                      correction=correction)
         untouched = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
@@ -248,7 +249,7 @@ def test_predicted_flops_bound_the_metered_flops(monkeypatch: pytest.MonkeyPatch
     """planned_flops with the feed (and thin legs, compression) stays an upper bound on flopscope's count of the
     float32 run (the constants it makes stay in a dict of its own, so that later metered runs still pay for theirs)."""
     pytest.importorskip("flopscope")
-    monkeypatch.setattr(xprop, "_CONSTANTS", {})
+    monkeypatch.setattr(arrays, "_CONSTANTS", {})
     import flopscope as flops
     import flopscope.numpy as fnp
 

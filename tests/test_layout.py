@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import mechest
@@ -66,5 +67,26 @@ def test_the_engine_exists_once() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef) and node.name in ("propagate", "mean_field", "covariance", "planned"):
                 definitions.setdefault(node.name, []).append(path.relative_to(PACKAGE).as_posix())
-    assert definitions == {"propagate": ["kprop/run.py"], "mean_field": ["kprop/executor.py"],
-                           "covariance": ["kprop/executor.py"], "planned": ["kprop/executor.py"]}
+    assert definitions == {"propagate": ["kprop/run.py"], "mean_field": ["kprop/executor/closed.py"],
+                           "covariance": ["kprop/executor/closed.py"], "planned": ["kprop/executor/propagation.py"]}
+
+
+def test_the_executor_imports_only_the_stdlib_and_itself_without_cycles() -> None:
+    """The executor package is copied verbatim into the WhestBench package as ``mechest_propagate``: its modules
+    import only the stdlib and each other (relatively, so that the copy works), each only modules below it."""
+    graph, foreign = {}, []
+    for path in sorted((PACKAGE / "kprop" / "executor").glob("*.py")):
+        siblings = graph[path.stem] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                siblings.add(node.module)
+            elif isinstance(node, ast.ImportFrom | ast.Import):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or "."]
+                foreign += [f"{path.name}: {name}" for name in names
+                            if getattr(node, "level", 0) or name.split(".")[0] not in sys.stdlib_module_names]
+    assert not foreign, foreign
+    ordered: list[str] = []  # each module after those it imports
+    while len(ordered) < len(graph):
+        ready = sorted(module for module, imports in graph.items() if module not in ordered and imports <= {*ordered})
+        assert ready, f"import cycle among {sorted(set(graph) - set(ordered))}"
+        ordered += ready

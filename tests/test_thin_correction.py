@@ -15,6 +15,7 @@ from conftest import odd_network
 import mechest
 from mechest.kprop import executor as xprop
 from mechest.kprop.backends import layers_of, torch_backend
+from mechest.kprop.executor import nonlinearity
 from mechest.kprop.spec import executor_spec, fourth_core_spec
 
 scipy_special = pytest.importorskip("scipy.special")
@@ -107,7 +108,7 @@ def recorded_splits(monkeypatch: pytest.MonkeyPatch, layers: xprop.Layers, backe
         calls.append((args, result))
         return result
 
-    monkeypatch.setattr(xprop, "thin_split", recording)
+    monkeypatch.setattr(nonlinearity, "thin_split", recording)
     xprop.planned(backend, layers, SPEC, correction=correction)
     return calls
 

@@ -59,7 +59,7 @@ def load_estimator(package: Path):
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(package))
-    assert module.propagate.__file__ == str(package / "mechest_propagate.py")  # the vendored copy, not mechest
+    assert module.propagate.__file__ == str(package / "mechest_propagate" / "__init__.py")  # the vendored copy
     return module.Estimator()
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from mechest.kprop.executor import Backend, Layers
+from mechest.kprop.executor.layers import Backend, Layers
 from mechest.math.wick import wick_table
 from mechest.mlp import MLP
 

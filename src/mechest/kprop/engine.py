@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from mechest.kprop.backends import layers_of
-from mechest.kprop.executor import layer_states
+from mechest.kprop.executor.layers import layer_states
 from mechest.kprop.plan import Plan, SliceTerm, compile_plan
 from mechest.kprop.result import Propagation
 from mechest.kprop.summed import capped_laplacian_term, split_summed, summed_cumulant

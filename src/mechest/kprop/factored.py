@@ -50,7 +50,7 @@ from mechest.kprop.engine import (
     linear_step,
     power_cumulants,
 )
-from mechest.kprop.executor import layer_states
+from mechest.kprop.executor.layers import layer_states
 from mechest.kprop.plan import (
     Conversion,
     Factor,

@@ -42,7 +42,7 @@ from mechest.kprop.engine import (
     linear_step,
     power_cumulants,
 )
-from mechest.kprop.executor import layer_states
+from mechest.kprop.executor.layers import layer_states
 from mechest.kprop.plan import Factor, Plan, SliceTerm, compile_plan
 from mechest.kprop.result import Propagation
 from mechest.math.combinatorics import IntPartition

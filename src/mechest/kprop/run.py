@@ -15,7 +15,8 @@ import torch
 
 from mechest.kprop.backends import layers_of, torch_backend
 from mechest.kprop.engine import propagate_general
-from mechest.kprop.executor import Backend, Cumulants, Layers, run_scheme
+from mechest.kprop.executor.layers import Backend, Cumulants, Layers
+from mechest.kprop.executor.schemes import run_scheme
 from mechest.kprop.factored import propagate_factored
 from mechest.kprop.factored4 import propagate_factored4
 from mechest.kprop.plan import compile_plan

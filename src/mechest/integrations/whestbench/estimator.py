@@ -1,7 +1,7 @@
 """The WhestBench estimator that ``mechest whestbench export`` ships (copied verbatim as estimator.py).
 
-At grading time it imports only the stdlib, flopscope, whestbench and its sibling ``mechest_propagate.py`` (a
-verbatim copy of mechest/kprop/executor.py); ``mechest_plan.json`` holds the exported plans (K = 3 simple
+At grading time it imports only the stdlib, flopscope, whestbench and its sibling package ``mechest_propagate``
+(a verbatim copy of mechest/kprop/executor/); ``mechest_plan.json`` holds the exported plans (K = 3 simple
 factored, K = 3 core, whose plan K = 3 closure runs, and K = 2 augment) and ``mechest_config.json`` the options
 chosen at export. It never reads a dataset or a ground truth.
 

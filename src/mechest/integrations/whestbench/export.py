@@ -12,13 +12,17 @@ from pathlib import Path
 from mechest.errors import MechestError
 from mechest.files import check_output_directory, reason
 from mechest.kprop import executor
-from mechest.kprop.executor import plan_key
+from mechest.kprop.executor.schemes import plan_key
 from mechest.kprop.spec import PACKAGE_PLANS, executor_spec
 
 # Copied, not imported: estimator.py imports whestbench and flopscope, which are an optional extra.
 SOURCES = Path(__file__).resolve().parent
 
-FILES = ("estimator.py", "mechest_propagate.py", "mechest_plan.json", "mechest_config.json")
+PROPAGATION = "mechest_propagate"
+"""The executor package's name in the export (a verbatim copy of mechest/kprop/executor/)."""
+
+FILES = ("estimator.py", PROPAGATION, "mechest_plan.json", "mechest_config.json", "mechest_propagate.py")
+"""What an export holds (its last entry: the single-file executor of exports before it became a package)."""
 
 
 DEFAULT_COMPRESSION = (6, 0.25, 1)
@@ -102,7 +106,7 @@ class PackageOptions:
 
 
 def export_package(out: str | Path, options: PackageOptions = PackageOptions()) -> Path:
-    """Write estimator.py, its propagation module, the plans (K = 3 simple and core, K = 2 augment) and the config
+    """Write estimator.py, its propagation package, the plans (K = 3 simple and core, K = 2 augment) and the config
     into ``out`` (atomically)."""
     config = options.config()
     target = Path(out)
@@ -114,7 +118,8 @@ def export_package(out: str | Path, options: PackageOptions = PackageOptions()) 
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".whest-export-{os.getpid()}-", dir=target.parent))
         shutil.copyfile(SOURCES / "estimator.py", staging / "estimator.py")
-        shutil.copyfile(executor.__file__, staging / "mechest_propagate.py")
+        shutil.copytree(Path(executor.__file__).parent, staging / PROPAGATION,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         (staging / "mechest_plan.json").write_text(json.dumps({plan_key(k, v): executor_spec(k, v)
                                                                       for k, v in PACKAGE_PLANS}))
         (staging / "mechest_config.json").write_text(json.dumps(config, indent=1))

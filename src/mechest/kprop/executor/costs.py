@@ -1,0 +1,146 @@
+"""Leading-order FLOPs (float32 units, upper bounds) of the schemes the WhestBench estimator chooses from:
+``planned_flops``, ``covariance_flops``, ``mean_field_flops`` and ``choice_flops``."""
+
+from __future__ import annotations
+
+from .fourth import FourthCore, fourth_core
+from .source_compression import Compression
+from .strassen import product_flops
+from .thin import ThinCorrection
+
+
+def planned_flops(width: int, depth: int, order: int, window: int | None = None,
+                  compression: Compression | None = None, strassen: int = 0, core: FourthCore | None = None,
+                  correction: ThinCorrection | None = None) -> int:
+    """Leading-order FLOPs of ``planned`` (float32 units) for the K = 3 (simple, factored) or K = 2
+    (augment) plan, layer by layer as it runs: W Wᵀ (2n³) and W Σ Wᵀ (4n³) on hidden layers (the last layer
+    only diag(W Σ Wᵀ), 2n³); at K = 3 with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the
+    newest, whose T is I) and, on hidden layers, the (2,1) slice (6n³ a source). Without a window: K = 3
+    n³(6L² − 8L), K = 2 augment n³(6L − 8), for L ≥ 2; K = 3 with window m Θ(n³(L + m²)). The elementwise
+    work (O(n²) a layer and source, O(n) a layer for the Wick table's constant coefficients) is bounded by
+    n²(22L² + 40L) at K = 3, n²·100L at K = 2 augment, plus 12000nL: an envelope of flopscope's counts
+    (tests/test_whestbench.py), so the total is an upper bound (tested at n = 8–256; K = 3: 1.5% above the count
+    at 256×8; K = 2 augment: 10% above at 256×8).
+
+    With ``compression`` (age a, rank r) at most a sources are full; each older one maps its basis (2n²r) and its
+    (2,1) slice costs 14n²r (expanding B·X' 6n²r, contracting through the basis 8n²r), plus 6n²r for its cubic
+    slice on the last layer; compressing a source costs (12 + 12·power)n²r and its QR 4nr². With ``strassen``
+    levels every n³ product costs ``product_flops``.
+
+    ``core`` (K = 3 with κ_4's matrix core without the capped sum, ``FourthCore(summed=False)``, the scheme K = 3
+    "core"): plus W G Wᵀ (4n³) on every full hidden layer from the second on and diag(W G Wᵀ) (2n³) on the last,
+    and its elementwise work (the core's slices and projection, the (3,1) diagrams, a larger Wick table) bounded
+    by CORE_QUADRATIC·n²L + CORE_LINEAR·nL (tested against flopscope with the other bounds). With ``core.shape``
+    (the closure, ``ShapedCore``) W G Wᵀ is one product (2n³) and its last diagonal O(n²); its feed
+    (``core.feed``) FEED_QUADRATIC·n² a source and layer.
+
+    ``correction`` (``ThinCorrection``, rank r): a source carries [T, P, Z] (2n + r columns; the newest [P, Z],
+    n + r) instead of (T, P, Q): mapping 2n²(2n + r) and (2,1) slice 2n²(2n + r) a source, plus 4n²r a source and
+    layer (Z Lᵀ inside Q and (T∘T)L), the range finder at birth ((4 + 4·power)n²r and its QR 4nr²), 2n²r to
+    expand Q for the last layer's cubic slice or a compression, and THIN_QUADRATIC·n² a source and layer of
+    elementwise work (an envelope of flopscope's count)."""
+    first_carried = 0 if window is None else max(depth - window, 0)
+    age = depth if compression is None else compression.age
+    rank = width if compression is None else min(compression.rank, width)
+    power = 0 if compression is None else compression.power
+    n = width
+
+    thin_rank = 0 if correction is None else min(correction.rank, width)
+    columns = 2 * n + thin_rank  # of a thin source's [T, P, Z]
+
+    def mapping(count: int) -> int:  # W times the stacked factors of `count` older full sources, and the newest
+        if correction is not None:
+            return (count - 1) * product_flops(n, n, columns, strassen) + product_flops(n, n, n + thin_rank, strassen)
+        return (product_flops(n, n, 3 * (count - 1) * n, strassen) if count > 1 else 0) + product_flops(
+            n, n, 2 * n, strassen)
+
+    def double(count: int) -> int:  # the (2,1) slices of `count` full sources
+        if correction is not None:
+            return count * product_flops(n, columns, n, strassen)
+        return product_flops(n, 3 * count * n, n, strassen)
+
+    square = product_flops(n, n, n, strassen)
+    products, squares, thin, sources, packed, carried = 0, 0, 0, 0, 0, False
+    slim, births, source_layers = 0, 0, 0  # thin correction: n²r units, sources born, (source, layer) pairs
+    for layer in range(depth - 1):
+        products += (square if layer == 0 or carried else 0) + (2 * square if layer > 0 else 0)
+        if sources:
+            products += mapping(sources)
+            squares += 2 * packed
+            if sources > age:
+                sources, packed = sources - 1, packed + 1
+                squares += 12 + 12 * power
+                thin += 4
+                slim += 2
+            products += double(sources)
+            squares += 14 * packed
+            slim += 4 * sources
+            source_layers += sources
+        carried = layer + 1 >= first_carried
+        sources, packed = (sources + 1, packed) if carried and order == 3 else (0, 0)
+        births += carried and order == 3
+    products += (square if depth > 1 else 0) + (mapping(sources) if sources else 0)
+    squares += 8 * packed
+    slim += 2 * sources + (4 + 4 * (correction.power if correction else 0)) * births
+    source_layers += sources
+    if correction is not None:
+        products += width**2 * thin_rank * slim + 4 * width * thin_rank**2 * births
+        products += width**2 * THIN_QUADRATIC * (source_layers + births)
+    quadratic = 22 * depth**2 + 40 * depth if order == 3 else 100 * depth
+    cored = core is not None and order == 3
+    if cored and depth > 1:
+        products += square * ((depth - 2) if core.shape is not None else (2 * (depth - 2) + 1))
+        quadratic += CORE_QUADRATIC * depth
+    if cored and core.feed:
+        products += width**2 * FEED_QUADRATIC * (source_layers + births)
+    extra = CORE_LINEAR * width * depth if cored else 0
+    return (extra + products + width**2 * rank * squares + width * rank**2 * thin
+            + elementwise_bound(width, depth, quadratic + (6 * depth**2 if strassen else 0)))
+
+
+THIN_QUADRATIC = 10
+"""n² FLOPs a source and layer that the thin correction's elementwise work may add (an envelope of flopscope's
+count: the left matrices X, Y, Q's assembly and the stacked factors)."""
+
+
+CORE_QUADRATIC = 60
+"""n² FLOPs per layer that κ_4's matrix core adds to K = 3's elementwise work (an envelope of flopscope's count)."""
+
+
+FEED_QUADRATIC = 16
+"""n² FLOPs a source and layer that the closure's feed (``FourthCore.feed``) adds: mapping y (2n²) and its terms
+in the (2,1) slice's left matrices and rank-one part (``feed_terms``), and at birth ``feed_source``."""
+
+
+CORE_LINEAR = 6000
+"""n FLOPs per layer that κ_4's matrix core adds (mostly the Wick table's higher derivatives)."""
+
+
+def elementwise_bound(width: int, depth: int, quadratic: int) -> int:
+    """Bound on the O(n²) and O(n) work of a propagation: quadratic·n² + 12000·n·L (the O(n) part is mostly the
+    Wick table's product of its constant coefficients with the neurons' monomials)."""
+    return width**2 * quadratic + 12000 * width * depth
+
+
+def covariance_flops(width: int, depth: int) -> int:
+    """FLOPs of ``covariance`` (float32 units), an upper bound: W Σ Wᵀ, 4n³ per layer, and its elementwise
+    work (≤ 200n² a layer)."""
+    return 4 * width**3 * depth + elementwise_bound(width, depth, 200 * depth)
+
+
+def mean_field_flops(width: int, depth: int) -> int:
+    """FLOPs of ``mean_field`` (float32 units), an upper bound: W·mean and Σ_j W_ij², ≤ 4n² a layer."""
+    return elementwise_bound(width, depth, 4 * depth)
+
+
+def choice_flops(width: int, depth: int, order: int, variant: str, window: int | None = None,
+                 compression: Compression | None = None, strassen: int = 0) -> int:
+    """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator (K = 3 simple, core or
+    closure, optionally with compressed sources and Strassen products)."""
+    if order == 1:
+        return mean_field_flops(width, depth)
+    if (order, variant) == (2, "simple"):
+        return covariance_flops(width, depth)
+    if order == 3:
+        return planned_flops(width, depth, order, window, compression, strassen, core=fourth_core(order, variant))
+    return planned_flops(width, depth, order, window)

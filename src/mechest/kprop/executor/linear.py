@@ -1,0 +1,31 @@
+"""κ_1 and κ_2 through a linear map z = W a + b: the mean, W Σ Wᵀ and its diagonal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .strassen import product
+
+
+def linear_mean(xp: Any, weight: Any, bias: Any | None, mean: Any | None) -> Any:
+    """κ_1 through z = W a + b (``mean`` None: the input's zero mean, not multiplied through W)."""
+    out = xp.zeros(weight.shape[0], dtype=weight.dtype) if mean is None else weight @ mean
+    return out if bias is None else out + bias
+
+
+def symmetric_product(weight: Any, cov: Any | None, xp: Any = None, levels: int = 0) -> Any:
+    """W Σ Wᵀ (W Wᵀ when ``cov`` is None, the identity), symmetrised against round-off; with ``levels`` > 0 the
+    products by ``product`` (Strassen)."""
+    if levels:
+        value = product(xp, weight, weight.T if cov is None else product(xp, cov, weight.T, levels), levels)
+    else:
+        value = weight @ weight.T if cov is None else weight @ cov @ weight.T
+    return (value + value.T) / 2
+
+
+def linear_variance(xp: Any, weight: Any, cov: Any | None, levels: int = 0) -> Any:
+    """diag(W Σ Wᵀ) = Σ_j (W Σ)_ij W_ij without forming W Σ Wᵀ (Σ = I when ``cov`` is None: the squared row norms);
+    W Σ by ``levels`` Strassen levels (``product``)."""
+    if cov is None:
+        return xp.sum(weight * weight, axis=1)
+    return xp.sum(product(xp, weight, cov, levels) * weight, axis=1)

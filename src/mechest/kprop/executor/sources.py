@@ -1,0 +1,185 @@
+"""κ_3 as source groups (``Sources``: full, compressed and thin), mapped through W (``mapped_third``, with the
+closure's feeds) and read as its slices (3) and (2,1) (``third_cubic``, ``third_slices``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .strassen import product
+
+Sources = list
+"""The κ_3 sources as groups, oldest first: full ones (factors (n, S, 3, m), scales (S, m)), the factors T, P, Q of
+S sources of m columns with the leg index first, so that W times every factor is one matrix product and the (2,1)
+slice one more (no copies; each layer's new source is a group of its own, S = 1, as stacking the sources would
+copy them all every layer); compressed ones (bases (S, n, r), coefficients (S, 3, r, m), scales (S, m)),
+stacked per (r, m), whose factors are bases @ coefficients (``Compression``); and thin ones (factors
+(n, S, 2m + r) = [T, P, Z] side by side, scales v (S, m), diagonals (S, 2, m) = (s, f), lower (S, m, r) = L),
+whose Q is T diag(s) + P diag(f) + Z Lᵀ (``ThinCorrection``)."""
+
+
+def is_compressed(group: tuple) -> bool:
+    return len(group) == 3
+
+
+def is_thin(group: tuple) -> bool:
+    return len(group) == 4
+
+
+def source_range(group: tuple, start: int, stop: int | None = None) -> tuple:
+    """The sources start:stop of a full or thin group (the source axis is the factors' second, the others' first)."""
+    factors, *rest = group
+    return (factors[:, start:stop], *(part[start:stop] for part in rest))
+
+
+def expanded(xp: Any, group: tuple) -> tuple[Any, Any]:
+    """A group's (factors (n, S, 3, m), scales): a compressed group's factors B (Bᵀ X), a thin group's (T, P, Q)
+    with Q = T diag(s) + P diag(f) + Z Lᵀ (``thin_correction``)."""
+    if is_thin(group):
+        factors, scales = group[0], group[1]
+        width = scales.shape[-1]
+        return xp.stack([factors[:, :, :width], factors[:, :, width: 2 * width], thin_correction(xp, group)],
+                        axis=2), scales
+    if not is_compressed(group):
+        return group
+    bases, coefficients, scales = group
+    return xp.einsum("snr,sjrk->nsjk", bases, coefficients), scales
+
+
+def thin_correction(xp: Any, group: tuple) -> Any:
+    """Q = T diag(s) + P diag(f) + Z Lᵀ (n, S, m) of a thin group (``ThinCorrection``): O(n m) plus 2nmr."""
+    factors, scales, diagonals, lower = group
+    width = scales.shape[-1]
+    q = factors[:, :, :width] * diagonals[None, :, 0] + factors[:, :, width: 2 * width] * diagonals[None, :, 1]
+    if lower.shape[-1]:
+        q = q + xp.einsum("isr,skr->isk", factors[:, :, 2 * width:], lower)
+    return q
+
+
+def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources:
+    """(W⊗W⊗W)κ_3 as source groups (factors, scales): every leg of every source times W, one matrix product a group.
+
+    ``third`` = (groups, rows, fresh, v): ``groups`` holds T, P, Q of the earlier sources, whose rows are still to be
+    scaled by ``rows`` (``carried_third``; None: not), so they are mapped by W·diag(rows); ``fresh`` (n, 2, m) P and
+    Q of the newest, whose T is the identity, so its W·T is W itself; it is appended as a group of its own. With a
+    thin correction (``ThinCorrection``) ``fresh`` is [P, Z] (n, m + r) and v is (v, (s, f), L): the newest is the
+    thin group [W, W P, W Z].
+    """
+    groups, rows, fresh, v = third[:4]
+    if isinstance(v, tuple):  # thin: T, P, Z side by side
+        newest = (xp.concatenate([weight, mapped(xp, weight, fresh, levels)], axis=1)[:, None],
+                  *(part[None] for part in v))
+    else:
+        newest = (xp.concatenate([weight[:, None], mapped(xp, weight, fresh, levels)], axis=1)[:, None], v[None])
+    scaled = weight if rows is None else weight * rows[None, :]
+    groups = [(scaled @ group[0], *group[1:]) if is_compressed(group) else (mapped(xp, scaled, group[0], levels),
+                                                                            *group[1:])
+              for group in groups]  # a compressed group maps its bases alone
+    return [*groups, newest]
+
+
+def mapped(xp: Any, weight: Any, factors: Any, levels: int) -> Any:
+    """W times factors with the leg index first (n, ...), as one matrix product (``levels`` Strassen levels)."""
+    return product(xp, weight, factors.reshape(factors.shape[0], -1), levels).reshape(weight.shape[0],
+                                                                                       *factors.shape[1:])
+
+
+def mapped_feeds(xp: Any, weight: Any, third: tuple) -> list | None:
+    """The closure's feeds (``FourthCore.feed``) of ``third``'s sources after z = W a: one (β, y) or None per
+    group of ``mapped_third``'s output (the newest last), y mapped as the groups' rows are (W·diag(rows) for the
+    older, W for the newest): n² a source. None: ``third`` carries no feeds."""
+    if len(third) < 5:
+        return None
+    rows, feeds = third[1], third[4]
+    scaled = weight if rows is None else weight * rows[None, :]
+    *older, newest = feeds
+    out = [None if feed is None else (feed[0], scaled @ feed[1]) for feed in older]
+    return [*out, None if newest is None else (newest[0], weight @ newest[1])]
+
+
+def feed_terms(xp: Any, t: Any, p: Any, feed: tuple) -> tuple[Any, Any, Any]:
+    """A feed Sym(Σ_k β_k P_k ⊗ T_k ⊗ y) of a source with legs T, P (n, S, m) (``FourthCore.feed``): its (2,1)
+    slice is (y∘P diag β Tᵀ + y∘T diag β Pᵀ + u' yᵀ)/3 (Sym(a⊗b⊗c)_iij = (a_i b_i c_j + a_i c_i b_j + b_i c_i a_j)/3),
+    u'_i = Σ_k β_k P_ik T_ik. Returns the additions to the left matrices of Tᵀ and Pᵀ (n, S, m) and u' (n,)."""
+    beta, y = feed
+    scaled = p * beta[None, None, :]
+    return y[:, None, None] * scaled, y[:, None, None] * t * beta[None, None, :], xp.einsum("isk,isk->i", scaled, t)
+
+
+def third_cubic(xp: Any, groups: Sources, feeds: list | None = None) -> Any:
+    """Slice (3) of κ_3 = Σ_s Sym(Σ_k P_k⊗P_k⊗v_k T_k + T_k⊗T_k⊗Q_k): Σ_s Σ_k T (P² v + T Q), read alone where the
+    (2,1) slice (whose diagonal it is, ``third_slices``) is not needed."""
+    total = None
+    for index, group in enumerate(groups):
+        factors, scales = expanded(xp, group)
+        t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
+        value = xp.einsum("isk,isk->i", t, p * p * scales[None] + t * q)
+        if feeds is not None and feeds[index] is not None:  # the feed's (3) slice u'∘y
+            value = value + feed_terms(xp, t, p, feeds[index])[2] * feeds[index][1]
+        total = value if total is None else total + value
+    return total
+
+
+def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None = None) -> tuple[Any, Any]:
+    """Slices (3) and (2,1) of κ_3 (``third_cubic``'s form), the (2,1) slice not yet zeroed on its diagonal.
+
+    Sym(Σ_r A_r⊗A_r⊗C_r) has (2,1) slice ((A∘A)Cᵀ + 2(A∘C)Aᵀ)/3 (an assignment of factors to positions matters
+    only through the lone factor, and the three classes are equally large). Per source A = [P, T] and
+    C = [T·diag v, Q], so it is ([(P∘P)v + 2 T∘Q] Tᵀ + [2 P∘T v] Pᵀ + [T∘T] Qᵀ) / 3: one product of the three
+    bracketed matrices, side by side for every source, with the factors (T, P, Q) themselves, 6n³ per source. Its
+    diagonal is slice (3). For a compressed group (factors B·X', ``Compression``) the contraction runs through the
+    basis: (left X'ᵀ) Bᵀ, 8n²r a source. A thin group ([T, P, Z], Q = T diag(s) + P diag(f) + Z Lᵀ,
+    ``ThinCorrection``) groups the three products by their right factor: (X Tᵀ + Y Pᵀ + ((T∘T)L) Zᵀ)/3 with
+    X = (P∘P) diag v + 2 T∘Q + (T∘T) diag s and Y = 2 (P∘T) diag v + (T∘T) diag f, one product of [X, Y, (T∘T)L]
+    with [T, P, Z]ᵀ (``thin_slice``). ``feeds`` (one (β, y) or None per group, ``FourthCore.feed``) add their
+    terms to the left matrices of Tᵀ and Pᵀ and a rank-one u' yᵀ (``feed_terms``): no new product.
+    """
+    double = None
+    for index, group in enumerate(groups):
+        feed = None if feeds is None else feeds[index]
+        if is_thin(group):
+            value = thin_slice(xp, group, levels, feed)
+            double = value if double is None else double + value
+            continue
+        factors, scales = expanded(xp, group)
+        t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
+        v = scales[None]
+        rank_one = None
+        scaled, doubled = p * v, t + t  # (P∘P)v + 2 T∘Q = P∘(Pv) + (2T)∘Q and 2(P∘T)v = (2T)∘(Pv)
+        if feed is None:
+            left = xp.stack([p * scaled + doubled * q, doubled * scaled, t * t], axis=2)
+        else:
+            if is_compressed(group):  # ``compressed`` drops a source's feed
+                raise ValueError("a compressed group carries no feed")
+            onto_t, onto_p, rank_one = feed_terms(xp, t, p, feed)
+            left = xp.stack([p * scaled + doubled * q + onto_t, doubled * scaled + onto_p, t * t], axis=2)
+        if is_compressed(group):
+            through = xp.einsum("isjk,sjak->sia", left, group[1])
+            value = xp.einsum("sia,sla->il", through, group[0])
+        else:
+            rows = factors.shape[0]
+            value = product(xp, left.reshape(rows, -1), factors.reshape(rows, -1).T, levels)
+        if rank_one is not None:
+            value = value + rank_one[:, None] * feed[1][None, :]
+        double = value if double is None else double + value
+    double = double / 3
+    return xp.diag(double), double
+
+
+def thin_slice(xp: Any, group: tuple, levels: int = 0, feed: tuple | None = None) -> Any:
+    """3 × the (2,1) slice of a thin group (``third_slices``): [X, Y, (T∘T)L] times [T, P, Z]ᵀ, 2n²(2m + r) a
+    source, the left matrices O(n m) plus 4nmr (Z Lᵀ inside Q, and (T∘T)L); ``feed`` (``feed_terms``) adds to X
+    and Y and a rank-one term."""
+    factors, scales, diagonals, lower = group
+    width, rows = scales.shape[-1], factors.shape[0]
+    t, p = factors[:, :, :width], factors[:, :, width: 2 * width]
+    v, s, f = scales[None], diagonals[None, :, 0], diagonals[None, :, 1]
+    square, scaled, doubled = t * t, p * v, t + t  # as in ``third_slices``
+    left = [p * scaled + doubled * thin_correction(xp, group) + square * s, doubled * scaled + square * f]
+    rank_one = None
+    if feed is not None:
+        onto_t, onto_p, rank_one = feed_terms(xp, t, p, feed)
+        left = [left[0] + onto_t, left[1] + onto_p]
+    if lower.shape[-1]:
+        left.append(xp.einsum("isk,skr->isr", square, lower))
+    value = product(xp, xp.concatenate(left, axis=2).reshape(rows, -1), factors.reshape(rows, -1).T, levels)
+    return value if rank_one is None else value + rank_one[:, None] * feed[1][None, :]
