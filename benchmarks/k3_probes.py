@@ -55,9 +55,10 @@ def warmup_mse(compression: xprop.Compression | None) -> float:
 
 def svd_basis(normalise: bool):
     def compressed_source(xp, factors, rank, power):
-        blocks = [f / torch.linalg.norm(f) if normalise else f for f in factors]
+        blocks = [factors[:, j] / torch.linalg.norm(factors[:, j]) if normalise else factors[:, j]
+                  for j in range(factors.shape[1])]  # the factors T, P, Q as (n, 3, m)
         basis = torch.linalg.svd(torch.cat(blocks, dim=1), full_matrices=False)[0][:, :rank]
-        return basis, xp.einsum("nr,jnk->jrk", basis, factors)
+        return basis, xp.einsum("nr,njk->jrk", basis, factors)
     return compressed_source
 
 
