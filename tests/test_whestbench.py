@@ -24,6 +24,7 @@ from mechest.integrations.whestbench.estimator import BACKEND as FLOAT32  # noqa
 from mechest.integrations.whestbench.export import PackageOptions, export_package  # noqa: E402
 from mechest.integrations.whestbench.mapping import mechest_net  # noqa: E402
 from mechest.kprop import executor as xprop  # noqa: E402
+from mechest.kprop.executor.linear import symmetric_product  # noqa: E402
 from mechest.kprop.spec import PACKAGE_PLANS, executor_spec  # noqa: E402
 
 FLOPSCOPE = xprop.Backend(fnp, lambda x: flops.stats.norm.cdf(x))
@@ -34,6 +35,30 @@ pytestmark = pytest.mark.filterwarnings("ignore::flopscope.errors.SymmetryLossWa
 SPECS = {xprop.plan_key(order, variant): executor_spec(order, variant, max_width=256)
          for order, variant in PACKAGE_PLANS}
 HUGE_BUDGET = 10**15
+
+
+def test_sandwiches_equal_the_plain_products_and_are_billed_for_distinct_entries() -> None:
+    """The shipped backend's W M Wᵀ (M symmetric, a vector for diag M, or None) equals the plain product and
+    flopscope bills it n³ (W Wᵀ, W diag(m) Wᵀ) or 3n³ (W M Wᵀ) plus O(n²), against 2n³ and 4n³; an M that is not
+    symmetric gives None, and the executor's product is then the plain one."""
+    n = 64
+    generator = np.random.default_rng(3)
+    weight = (generator.standard_normal((n, n)) * (2 / n) ** 0.5).astype(np.float32)
+    half = generator.standard_normal((n, n)).astype(np.float32)
+    middle = (half @ half.T / n).astype(np.float32)
+    vector = generator.random(n).astype(np.float32)
+    for m, plain, cubes in ((None, weight @ weight.T, 1), (vector, (weight * vector) @ weight.T, 1),
+                            (middle, weight @ middle @ weight.T, 3)):
+        with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
+            got = FLOAT32.sandwich(fnp.asarray(weight), None if m is None else fnp.asarray(m))
+            billed = context.flops_used
+        np.testing.assert_allclose(np.asarray(got), plain, rtol=1e-5, atol=1e-5)
+        assert cubes * n**3 <= billed <= cubes * n**3 + 16 * n**2, billed / n**3
+    skew = middle + np.triu(np.ones((n, n), dtype=np.float32), 1)
+    assert FLOAT32.sandwich(fnp.asarray(weight), fnp.asarray(skew)) is None
+    got = symmetric_product(fnp.asarray(weight), fnp.asarray(skew), fnp, sandwich=FLOAT32.sandwich)
+    plain = weight @ skew @ weight.T
+    np.testing.assert_allclose(np.asarray(got), (plain + plain.T) / 2, rtol=1e-5, atol=1e-5)
 
 
 def whest_weights(width: int, depth: int, seed: int, dtype=np.float64) -> list[np.ndarray]:

@@ -54,7 +54,8 @@ def covariance(backend: Backend, layers: Layers, outputs: str = "cov") -> Cumula
 
     def step(state: tuple, weight: Any, bias: Any | None, activation: str) -> tuple:
         mean, cov = state
-        pre_mean, pre_cov = linear_mean(xp, weight, bias, mean), symmetric_product(weight, cov)
+        pre_mean, pre_cov = linear_mean(xp, weight, bias, mean), symmetric_product(weight, cov,
+                                                                                   sandwich=backend.sandwich)
         table = activation_wick(backend, activation, pre_mean, xp.diag(pre_cov), 1, 2)
         mean, slope = table[0][1], table[1][1]
         return mean, off_diagonal(xp, slope[:, None] * pre_cov * slope[None, :]) + xp.diag(table[0][2] - mean * mean)
@@ -74,5 +75,5 @@ def covariance(backend: Backend, layers: Layers, outputs: str = "cov") -> Cumula
         weight = layers.weights[-1]
         result.mean = linear_mean(xp, weight, layers.biases[-1], mean)
         if outputs != "mean":
-            result.cov = symmetric_product(weight, cov)
+            result.cov = symmetric_product(weight, cov, sandwich=backend.sandwich)
     return result

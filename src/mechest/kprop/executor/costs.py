@@ -12,9 +12,11 @@ from .thin import ThinCorrection
 def planned_flops(width: int, depth: int, order: int, window: int | None = None,
                   compression: Compression | None = None, strassen: int = 0, core: FourthCore | None = None,
                   correction: ThinCorrection | None = None) -> int:
-    """Leading-order FLOPs of ``planned`` (float32 units) for the K = 3 (simple, factored) or K = 2
-    (augment) plan, layer by layer as it runs: W Wᵀ (2n³) and W Σ Wᵀ (4n³) on hidden layers (the last layer
-    only diag(W Σ Wᵀ), 2n³); at K = 3 with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the
+    """Leading-order FLOPs of ``planned`` (float32 units) on the WhestBench estimator's backend for the K = 3
+    (simple, factored) or K = 2 (augment) plan, layer by layer as it runs: W Wᵀ and W Σ Wᵀ on hidden layers,
+    formed by the backend's ``sandwich``, which flopscope bills for the distinct entries of their symmetric results
+    (n³ and 3n³; 2n³ and 4n³ as plain products, which is how Strassen levels form them), the last layer only
+    diag(W Σ Wᵀ), 2n³; at K = 3 with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the
     newest, whose T is I) and, on hidden layers, the (2,1) slice (6n³ a source). Without a window: K = 3
     n³(6L² − 8L), K = 2 augment n³(6L − 8), for L ≥ 2; K = 3 with window m Θ(n³(L + m²)). The elementwise
     work (O(n²) a layer and source, O(n) a layer for the Wick table's constant coefficients) is bounded by
@@ -28,11 +30,14 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     levels every n³ product costs ``product_flops``.
 
     ``core`` (K = 3 with κ_4's matrix core without the capped sum, ``FourthCore(summed=False)``, the scheme K = 3
-    "core"): plus W G Wᵀ (4n³) on every full hidden layer from the second on and diag(W G Wᵀ) (2n³) on the last,
-    and its elementwise work (the core's slices and projection, the (3,1) diagrams, a larger Wick table) bounded
-    by CORE_QUADRATIC·n²L + CORE_LINEAR·nL (tested against flopscope with the other bounds). With ``core.shape``
-    (the closure, ``ShapedCore``) W G Wᵀ is one product (2n³) and its last diagonal O(n²); its feed
-    (``core.feed``) FEED_QUADRATIC·n² a source and layer.
+    "core"): plus W G Wᵀ (like W Σ Wᵀ) on every full hidden layer from the second on and diag(W G Wᵀ) (2n³) on
+    the last, and its elementwise work (the core's slices and projection, the (3,1) diagrams, a larger Wick table)
+    bounded by CORE_QUADRATIC·n²L + CORE_LINEAR·nL (tested against flopscope with the other bounds). With
+    ``core.shape`` (the closure, ``ShapedCore``) W G Wᵀ is one W diag(d) Wᵀ (like W Wᵀ) and its last diagonal
+    O(n²); its feed (``core.feed``) FEED_QUADRATIC·n² a source and layer.
+
+    A sandwich that flopscope finds not symmetric within its tolerance falls back to plain products (an extra
+    n³ or 2n³ the model does not include; not seen on the nets measured).
 
     ``correction`` (``ThinCorrection``, rank r): a source carries [T, P, Z] (2n + r columns; the newest [P, Z],
     n + r) instead of (T, P, Q): mapping 2n²(2n + r) and (2,1) slice 2n²(2n + r) a source, plus 4n²r a source and
@@ -60,10 +65,11 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
         return product_flops(n, 3 * count * n, n, strassen)
 
     square = product_flops(n, n, n, strassen)
+    gram, sandwich = (n**3, 3 * n**3) if not strassen else (square, 2 * square)  # W Wᵀ, W Σ Wᵀ
     products, squares, thin, sources, packed, carried = 0, 0, 0, 0, 0, False
     slim, births, source_layers = 0, 0, 0  # thin correction: n²r units, sources born, (source, layer) pairs
     for layer in range(depth - 1):
-        products += (square if layer == 0 or carried else 0) + (2 * square if layer > 0 else 0)
+        products += (gram if layer == 0 or carried else 0) + (sandwich if layer > 0 else 0)
         if sources:
             products += mapping(sources)
             squares += 2 * packed
@@ -86,16 +92,21 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     if correction is not None:
         products += width**2 * thin_rank * slim + 4 * width * thin_rank**2 * births
         products += width**2 * THIN_QUADRATIC * (source_layers + births)
-    quadratic = 22 * depth**2 + 40 * depth if order == 3 else 100 * depth
+    quadratic = (22 * depth**2 + 40 * depth if order == 3 else 100 * depth) + (0 if strassen else SANDWICH_QUADRATIC)
     cored = core is not None and order == 3
     if cored and depth > 1:
-        products += square * ((depth - 2) if core.shape is not None else (2 * (depth - 2) + 1))
+        products += gram * (depth - 2) if core.shape is not None else sandwich * (depth - 2) + square
         quadratic += CORE_QUADRATIC * depth
     if cored and core.feed:
         products += width**2 * FEED_QUADRATIC * (source_layers + births)
     extra = CORE_LINEAR * width * depth if cored else 0
     return (extra + products + width**2 * rank * squares + width * rank**2 * thin
             + elementwise_bound(width, depth, quadratic + (6 * depth**2 if strassen else 0)))
+
+
+SANDWICH_QUADRATIC = 24
+"""n² FLOPs per layer that the sandwiches add beyond their products (flopscope's check that a result is symmetric,
+≈ 7n² a call, and the scaling of W diag(d) Wᵀ): an envelope of flopscope's count."""
 
 
 THIN_QUADRATIC = 10
@@ -123,9 +134,9 @@ def elementwise_bound(width: int, depth: int, quadratic: int) -> int:
 
 
 def covariance_flops(width: int, depth: int) -> int:
-    """FLOPs of ``covariance`` (float32 units), an upper bound: W Σ Wᵀ, 4n³ per layer, and its elementwise
-    work (≤ 200n² a layer)."""
-    return 4 * width**3 * depth + elementwise_bound(width, depth, 200 * depth)
+    """FLOPs of ``covariance`` (float32 units) on the WhestBench estimator's backend, an upper bound: W Σ Wᵀ, 3n³
+    per layer by its ``sandwich``, and the elementwise work (≤ 200n² a layer)."""
+    return 3 * width**3 * depth + elementwise_bound(width, depth, 200 * depth + SANDWICH_QUADRATIC)
 
 
 def mean_field_flops(width: int, depth: int) -> int:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .arrays import off_diagonal
+from .layers import Sandwich
 from .linear import linear_variance, symmetric_product
 from .plans import spec_cached
 from .strassen import product
@@ -77,11 +78,12 @@ def core_spec(spec: dict, core: FourthCore) -> dict:
     return spec_cached(spec, ("fourth core", core.two), make)
 
 
-def core_slices(xp: Any, weight: Any, core: Any, gram: Any, pre_cov: Any, levels: int = 0) -> tuple[Any, dict]:
+def core_slices(xp: Any, weight: Any, core: Any, gram: Any, pre_cov: Any, levels: int = 0,
+                sandwich: Sandwich | None = None) -> tuple[Any, dict]:
     """(W G Wᵀ, κ_4's slices) for κ_4 = Sym(W G Wᵀ ⊗ M) after z = W a, M = ``gram`` = W Wᵀ: (4) G_ii M_ii,
     (2,2) (G_ii M_jj + G_jj M_ii + 4 G_ij M_ij)/6 and (3,1) (G_ii M_ij + G_ij M_ii)/2 (tripled coordinate first).
-    ``core`` is G (n×n) or a ``ShapedCore`` (``pre_cov`` = W Σ Wᵀ)."""
-    mapped = mapped_core(xp, weight, core, pre_cov, levels)
+    ``core`` is G (n×n) or a ``ShapedCore`` (``pre_cov`` = W Σ Wᵀ); W G Wᵀ as in ``mapped_core``."""
+    mapped = mapped_core(xp, weight, core, pre_cov, levels, sandwich)
     diagonal, metric_diagonal = xp.diag(mapped), xp.diag(gram)
     slices = {(4, (4,)): diagonal * metric_diagonal,
               (4, (2, 2)): off_diagonal(xp, (diagonal / 6)[:, None] * metric_diagonal[None, :]
@@ -91,11 +93,16 @@ def core_slices(xp: Any, weight: Any, core: Any, gram: Any, pre_cov: Any, levels
     return mapped, slices
 
 
-def mapped_core(xp: Any, weight: Any, core: Any, pre_cov: Any, levels: int = 0) -> Any:
-    """W G Wᵀ: two products for an n×n G; one for a ``ShapedCore``, W diag(d) Wᵀ + λ·W Σ Wᵀ (``pre_cov``)."""
+def mapped_core(xp: Any, weight: Any, core: Any, pre_cov: Any, levels: int = 0,
+                sandwich: Sandwich | None = None) -> Any:
+    """W G Wᵀ: two products for an n×n G; one for a ``ShapedCore``, W diag(d) Wᵀ + λ·W Σ Wᵀ (``pre_cov``); by the
+    backend's ``sandwich`` where it has one and there are no Strassen ``levels``."""
     if isinstance(core, ShapedCore):
-        return product(xp, weight * core.diagonal[None, :], weight.T, levels) + core.multiple * pre_cov
-    return symmetric_product(weight, core, xp, levels)
+        spread = sandwich(weight, core.diagonal) if sandwich is not None and not levels else None
+        if spread is None:
+            spread = product(xp, weight * core.diagonal[None, :], weight.T, levels)
+        return spread + core.multiple * pre_cov
+    return symmetric_product(weight, core, xp, levels, sandwich)
 
 
 def mapped_core_diagonal(xp: Any, weight: Any, core: Any, pre_var: Any, levels: int = 0) -> Any:

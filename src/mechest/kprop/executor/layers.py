@@ -11,15 +11,23 @@ WickFunction = Callable[[str, Any, Any, int, int], Any]
 """(activation, mean, variance, k_max, p_max) -> table[k, p, i] = E[∂^k φ(Z_i)^p], Z_i ~ N(mean_i, variance_i)."""
 
 
+Sandwich = Callable[[Any, Any | None], Any | None]
+"""(W, M) -> W M Wᵀ for a symmetric matrix M, a vector M (standing for diag M) or None (the identity); None where
+the namespace cannot form it as a symmetric result (then the executor's plain products)."""
+
+
 @dataclass(frozen=True)
 class Backend:
-    """An array namespace and what differs between namespaces: its normal cdf Φ and the Wick tables of activations
-    other than ReLU (``wick``; None: ReLU only). Constants are made with ``xp.asarray``, ``xp.eye`` and
-    ``xp.zeros``: a namespace for another device wraps those (mechest.kprop.run)."""
+    """An array namespace and what differs between namespaces: its normal cdf Φ, the Wick tables of activations
+    other than ReLU (``wick``; None: ReLU only) and the products W M Wᵀ whose result it can bill for its distinct
+    entries (``sandwich``, e.g. flopscope's einsum with a symmetric result, half a product; None: plain products).
+    Constants are made with ``xp.asarray``, ``xp.eye`` and ``xp.zeros``: a namespace for another device wraps those
+    (mechest.kprop.run)."""
 
     xp: Any
     normal_cdf: Callable[[Any], Any]
     wick: WickFunction | None = None
+    sandwich: Sandwich | None = None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .layers import Sandwich
 from .strassen import product
 
 
@@ -13,9 +14,13 @@ def linear_mean(xp: Any, weight: Any, bias: Any | None, mean: Any | None) -> Any
     return out if bias is None else out + bias
 
 
-def symmetric_product(weight: Any, cov: Any | None, xp: Any = None, levels: int = 0) -> Any:
+def symmetric_product(weight: Any, cov: Any | None, xp: Any = None, levels: int = 0,
+                      sandwich: Sandwich | None = None) -> Any:
     """W Σ Wᵀ (W Wᵀ when ``cov`` is None, the identity), symmetrised against round-off; with ``levels`` > 0 the
-    products by ``product`` (Strassen)."""
+    products by ``product`` (Strassen), else by the backend's ``sandwich`` where it has one."""
+    value = sandwich(weight, cov) if sandwich is not None and not levels else None
+    if value is not None:
+        return value
     if levels:
         value = product(xp, weight, weight.T if cov is None else product(xp, cov, weight.T, levels), levels)
     else:

@@ -74,8 +74,8 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     def step(state: PlannedState, weight: Any, bias: Any | None, activation: str) -> PlannedState:
         layer, cores = state.layers_done, state.cores
         pre_mean = linear_mean(xp, weight, bias, state.mean)
-        gram = symmetric_product(weight, None, xp, strassen) if state.cov is None or cores else None
-        pre_cov = gram if state.cov is None else symmetric_product(weight, state.cov, xp, strassen)
+        gram = symmetric_product(weight, None, xp, strassen, backend.sandwich) if state.cov is None or cores else None
+        pre_cov = gram if state.cov is None else symmetric_product(weight, state.cov, xp, strassen, backend.sandwich)
         slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
         groups, feeds = None, None
         if state.third is not None:
@@ -88,7 +88,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
             slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram))
         mapped = None
         if state.fourth is not None:  # κ_4 from its matrix core replaces its pure-trace slices
-            mapped, fourth = core_slices(xp, weight, state.fourth, gram, pre_cov, strassen)
+            mapped, fourth = core_slices(xp, weight, state.fourth, gram, pre_cov, strassen, backend.sandwich)
             slices.update(fourth)
         wick = activation_wick(backend, activation, pre_mean, xp.diag(pre_cov), spec["k_max"], spec["p_max"])
         cumulants = dense_cumulants(xp, spec, slices, wick)
@@ -119,7 +119,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         weight = layers.weights[-1]
         result.mean = linear_mean(xp, weight, layers.biases[-1], mean)
         if outputs != "mean":
-            result.cov = symmetric_product(weight, cov)
+            result.cov = symmetric_product(weight, cov, sandwich=backend.sandwich)
         if outputs == "marginals":
             slices = marginal_slices(xp, spec, weight, cores, third, fourth=fourth, pre_var=xp.diag(result.cov))
             result.third_diagonal, result.fourth_diagonal = slices.get((3, (3,))), slices.get((4, (4,)))
