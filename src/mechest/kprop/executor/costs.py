@@ -14,20 +14,20 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
                   correction: ThinCorrection | None = None) -> int:
     """Leading-order FLOPs of ``planned`` (float32 units) on the WhestBench estimator's backend for the K = 3
     (simple, factored) or K = 2 (augment) plan, layer by layer as it runs: W Wᵀ and W Σ Wᵀ on hidden layers,
-    formed by the backend's ``sandwich``, which flopscope bills for the distinct entries of their symmetric results
-    (n³ and 3n³; 2n³ and 4n³ as plain products, which is how Strassen levels form them), the last layer only
-    diag(W Σ Wᵀ), 2n³; at K = 3 with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the
-    newest, whose T is I) and, on hidden layers, the (2,1) slice (6n³ a source). Without a window: K = 3
-    n³(6L² − 8L), K = 2 augment n³(6L − 8), for L ≥ 2; K = 3 with window m Θ(n³(L + m²)). The elementwise
-    work (O(n²) a layer and source, O(n) a layer for the Wick table's constant coefficients) is bounded by
-    n²(22L² + 40L) at K = 3, n²·100L at K = 2 augment, plus 12000nL: an envelope of flopscope's counts
-    (tests/test_whestbench.py), so the total is an upper bound (tested at n = 8–256; K = 3: 1.5% above the count
-    at 256×8; K = 2 augment: 10% above at 256×8).
+    formed by the backend's ``sandwich``, which flopscope bills for the distinct entries of their symmetric
+    results (n³ and 3n³, against 2n³ and 4n³ as plain products), the last layer only diag(W Σ Wᵀ), 2n³; at K = 3
+    with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the newest, whose T is I) and, on hidden
+    layers, the (2,1) slice (6n³ a source): Θ(n³L²) without a window, Θ(n³(L + m²)) with window m. The
+    elementwise work (O(n²) a layer and source, O(n) a layer for the Wick table's constant coefficients) is
+    bounded by n²(22L² + 40L) at K = 3, n²·100L at K = 2 augment, plus SANDWICH_QUADRATIC·n² and 12000nL: an
+    envelope of flopscope's counts (tests/test_whestbench.py), so the total is an upper bound (tested at
+    n = 8–256; K = 3: 1.5% above the count at 256×8; K = 2 augment: 10% above at 256×8).
 
     With ``compression`` (age a, rank r) at most a sources are full; each older one maps its basis (2n²r) and its
     (2,1) slice costs 14n²r (expanding B·X' 6n²r, contracting through the basis 8n²r), plus 6n²r for its cubic
     slice on the last layer; compressing a source costs (12 + 12·power)n²r and its QR 4nr². With ``strassen``
-    levels every n³ product costs ``product_flops``.
+    levels every n³ product but the sandwiches (the sources' mapping and slices, the last layer's W Σ) costs
+    ``product_flops``.
 
     ``core`` (K = 3 with κ_4's matrix core without the capped sum, ``FourthCore(summed=False)``, the scheme K = 3
     "core"): plus W G Wᵀ (like W Σ Wᵀ) on every full hidden layer from the second on and diag(W G Wᵀ) (2n³) on
@@ -65,7 +65,7 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
         return product_flops(n, 3 * count * n, n, strassen)
 
     square = product_flops(n, n, n, strassen)
-    gram, sandwich = (n**3, 3 * n**3) if not strassen else (square, 2 * square)  # W Wᵀ, W Σ Wᵀ
+    gram, sandwich = n**3, 3 * n**3  # W Wᵀ and W Σ Wᵀ by the backend's sandwich
     products, squares, thin, sources, packed, carried = 0, 0, 0, 0, 0, False
     slim, births, source_layers = 0, 0, 0  # thin correction: n²r units, sources born, (source, layer) pairs
     for layer in range(depth - 1):
@@ -92,7 +92,7 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     if correction is not None:
         products += width**2 * thin_rank * slim + 4 * width * thin_rank**2 * births
         products += width**2 * THIN_QUADRATIC * (source_layers + births)
-    quadratic = (22 * depth**2 + 40 * depth if order == 3 else 100 * depth) + (0 if strassen else SANDWICH_QUADRATIC)
+    quadratic = (22 * depth**2 + 40 * depth if order == 3 else 100 * depth) + SANDWICH_QUADRATIC
     cored = core is not None and order == 3
     if cored and depth > 1:
         products += gram * (depth - 2) if core.shape is not None else sandwich * (depth - 2) + square

@@ -96,9 +96,9 @@ def core_slices(xp: Any, weight: Any, core: Any, gram: Any, pre_cov: Any, levels
 def mapped_core(xp: Any, weight: Any, core: Any, pre_cov: Any, levels: int = 0,
                 sandwich: Sandwich | None = None) -> Any:
     """W G Wᵀ: two products for an n×n G; one for a ``ShapedCore``, W diag(d) Wᵀ + λ·W Σ Wᵀ (``pre_cov``); by the
-    backend's ``sandwich`` where it has one and there are no Strassen ``levels``."""
+    backend's ``sandwich`` where it has one."""
     if isinstance(core, ShapedCore):
-        spread = sandwich(weight, core.diagonal) if sandwich is not None and not levels else None
+        spread = sandwich(weight, core.diagonal) if sandwich is not None else None
         if spread is None:
             spread = product(xp, weight * core.diagonal[None, :], weight.T, levels)
         return spread + core.multiple * pre_cov
