@@ -50,12 +50,13 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     layer is a ``last_mean`` too), also its covariance, or also its marginal κ_3 and κ_4, which need κ_3 and the
     pieces carried through the last hidden layer and every source mapped once more (at 256×4, K = 3: 1.1e9, 1.5e9
     and 1.9e9 FLOPs). ``compression`` compresses the κ_3 sources older than its age (``Compression``; None: exact).
-    ``strassen`` > 0 runs the n³ products (W Σ Wᵀ, W Wᵀ, the sources' mapping and (2,1) slices) by that many levels
-    of Strassen's recursion (``product``). ``core`` (K = 3 only; ``spec`` from mechest.kprop.spec.fourth_core_spec)
-    keeps κ_4 with an n×n core (``FourthCore``, docs/method.md §7.8); None: the reference scheme. ``correction``
-    (K = 3 only) keeps each new source's correction leg thin (``ThinCorrection``, docs/method.md §7.10): T and P
-    mapped, Q = T diag(s) + P diag(f) + Z Lᵀ with a rank-r residual; it combines with ``compression`` (a thin
-    source is expanded when it is compressed) and ``strassen``. None: the exact Q.
+    ``strassen`` > 0 runs the n³ products (the sources' mapping and (2,1) slices, and W Σ Wᵀ and W Wᵀ where the
+    backend has no ``sandwich``) by that many levels of Strassen's recursion (``product``). ``core`` (K = 3 only;
+    ``spec`` from mechest.kprop.spec.fourth_core_spec) keeps κ_4 with an n×n core (``FourthCore``, docs/method.md
+    §7.8); None: the reference scheme. ``correction`` (K = 3 only) keeps each new source's correction leg thin
+    (``ThinCorrection``, docs/method.md §7.10): T and P mapped, Q = T diag(s) + P diag(f) + Z Lᵀ with a rank-r
+    residual; it combines with ``compression`` (a thin source is expanded when it is compressed) and ``strassen``.
+    None: the exact Q.
     """
     if correction is not None and spec.get("order") != 3:
         raise ValueError("the thin correction is an option of the K = 3 plan")
