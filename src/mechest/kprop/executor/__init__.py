@@ -5,8 +5,8 @@ This package is self-contained (stdlib only, relative imports): ``mechest whestb
 into the estimator package as ``mechest_propagate/``, where ``xp`` is ``flopscope.numpy`` and every FLOP is
 metered. It uses only operations that numpy, flopscope.numpy and torch share (``@``, ``*``, ``.T``,
 ``.sum(axis=)``, ``xp.diag``, ``eye``, ``exp``, ``sqrt``, ``where``, ``stack``, ``asarray``, ``concatenate``,
-``einsum``); what differs between namespaces (the normal cdf, the Wick tables of activations other than ReLU)
-comes in through ``Backend``.
+``einsum``); what differs between namespaces (the normal cdf, the Wick tables of activations other than ReLU,
+products W M Wᵀ billed for the distinct entries of their symmetric result) comes in through ``Backend``.
 
 Convention (as mechest.MLP): column vectors, each weight out×in, z_l = W_l a_{l−1} + b_l, a_l = φ_l(z_l) for the
 hidden layers, then an optional linear output map z = W a + b; x ~ N(0, I). The mathematics is in
@@ -16,6 +16,9 @@ docs/method.md; in short:
 - K = 3 simple, factored: κ_3 = Sym(Σ_r A_r ⊗ A_r ⊗ C_r) in CP form (at K = 3 simple every term has two equal
   legs, so B = A is never stored), grouped into one *source* per layer whose A and C columns share a matrix T
   (``sources``), κ_4 kept as its pure trace c·Sym(M ⊗ M), κ_1 and κ_2 dense.
+- K = 3 core and closure: κ_4 with an n×n matrix core, its off-diagonal from the (3,1) slice or modelled as a
+  multiple of the covariance's (``fourth``); options of K = 3: compressed old sources (``source_compression``),
+  thin correction legs (``thin``), Strassen products (``strassen``).
 - K = 2 augment: κ_1, κ_2 dense, κ_3 kept as the radial piece Sym(u ⊗ M) and κ_4 as c·Sym(M ⊗ M) (M = W Wᵀ).
 
 The diagram terms, the pK → K conversions, the slices of the radial pieces and their projection coefficients
