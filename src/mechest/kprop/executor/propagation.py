@@ -14,6 +14,7 @@ from .linear import linear_mean, linear_variance, symmetric_product
 from .nonlinearity import next_third
 from .pieces import mapped_cores, piece_slices, projected_cores
 from .plans import check_spec
+from .pruning import kept_third, kept_units
 from .source_compression import Compression, compressed
 from .sources import mapped_feeds, mapped_third, third_cubic, third_slices
 from .thin import ThinCorrection
@@ -24,7 +25,8 @@ from .wick import activation_wick
 class PlannedState:
     """What ``planned`` carries from one hidden layer to the next: how many layers are done, κ_1 and κ_2 (None:
     the input's 0 and I), the κ_3 sources (``next_third``'s form; None: not carried), the radial pieces' cores
-    and κ_4's matrix core G (``FourthCore``; None: not kept)."""
+    and κ_4's matrix core G (``FourthCore``; None: not kept), and the mask of the units κ_2 and κ_3 are
+    restricted to (``pruning``; None: every unit)."""
 
     layers_done: int = 0
     mean: Any = None
@@ -32,11 +34,18 @@ class PlannedState:
     third: tuple | None = None
     cores: dict = field(default_factory=dict)
     fourth: Any = None
+    kept: Any = None
+
+
+def live_columns(weight: Any, kept: Any | None) -> Any:
+    """The columns of W that act on the units carried (``PlannedState.kept``)."""
+    return weight if kept is None else weight[:, kept]
 
 
 def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = None,
             outputs: str = "cov", compression: Compression | None = None, strassen: int = 0,
-            core: FourthCore | None = None, correction: ThinCorrection | None = None) -> Cumulants:
+            core: FourthCore | None = None, correction: ThinCorrection | None = None,
+            prune: float | None = None) -> Cumulants:
     """Propagation by the exported plan: K = 3 simple with κ_3 factored (equals mechest's factored engine) or
     K = 2 augment (equals mechest's unfactorised engine at K = 2 augment).
 
@@ -56,7 +65,9 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     §7.8); None: the reference scheme. ``correction`` (K = 3 only) keeps each new source's correction leg thin
     (``ThinCorrection``, docs/method.md §7.10): T and P mapped, Q = T diag(s) + P diag(f) + Z Lᵀ with a rank-r
     residual; it combines with ``compression`` (a thin source is expanded when it is compressed) and ``strassen``.
-    None: the exact Q.
+    None: the exact Q. ``prune`` = t drops, after every hidden layer, the units whose pre-activation mean is more
+    than t standard deviations below zero from everything carried but the means (``pruning``, docs/method.md
+    §7.11; ReLU nets); None: keeps every unit.
     """
     if correction is not None and spec.get("order") != 3:
         raise ValueError("the thin correction is an option of the K = 3 plan")
@@ -72,10 +83,12 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     full_steps = len(hidden) - mean_only_last
     first_carried = 0 if window is None else max(len(hidden) - window, 0)
 
-    def step(state: PlannedState, weight: Any, bias: Any | None, activation: str) -> PlannedState:
+    def step(state: PlannedState, full_weight: Any, bias: Any | None, activation: str) -> PlannedState:
         layer, cores = state.layers_done, state.cores
-        pre_mean = linear_mean(xp, weight, bias, state.mean)
-        gram = symmetric_product(weight, None, xp, strassen, backend.sandwich) if state.cov is None or cores else None
+        pre_mean = linear_mean(xp, full_weight, bias, state.mean)
+        weight = live_columns(full_weight, state.kept)  # the metric W Wᵀ of the pieces and κ_4 keeps every unit
+        gram = (symmetric_product(full_weight, None, xp, strassen, backend.sandwich) if state.cov is None or cores
+                else None)
         pre_cov = gram if state.cov is None else symmetric_product(weight, state.cov, xp, strassen, backend.sandwich)
         slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
         groups, feeds = None, None
@@ -86,16 +99,19 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
             slices[(3, (3,))] = cubic
             slices[(3, (2, 1))] = off_diagonal(xp, double)
         if cores:
-            slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram))
+            slices.update(piece_slices(xp, spec, mapped_cores(full_weight, cores), gram))
         mapped = None
         if state.fourth is not None:  # κ_4 from its matrix core replaces its pure-trace slices
-            mapped, fourth = core_slices(xp, weight, state.fourth, gram, pre_cov, strassen, backend.sandwich)
+            mapped, fourth = core_slices(xp, full_weight, state.fourth, gram, pre_cov, strassen, backend.sandwich)
             slices.update(fourth)
         wick = activation_wick(backend, activation, pre_mean, xp.diag(pre_cov), spec["k_max"], spec["p_max"])
         cumulants = dense_cumulants(xp, spec, slices, wick)
         mean, cov = cumulants[(1,)], xp.diag(cumulants[(2,)]) + cumulants[(1, 1)]
+        keep = None if prune is None else kept_units(xp, pre_mean, xp.diag(pre_cov), prune)
+        if keep is not None:
+            cov = cov[keep][:, keep]
         if layer + 1 < first_carried or (layer + 1 == len(hidden) and outputs != "marginals"):
-            return PlannedState(layer + 1, mean, cov)
+            return PlannedState(layer + 1, mean, cov, kept=keep)
         feed = None
         if core is not None and core.feed:
             feed = (None, None) if state.fourth is None else (state.fourth.multiple, xp.diag(gram))
@@ -103,7 +119,10 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
                  if spec["order"] == 3 else None)
         fourth = None if core is None else core_next(xp, spec, core, slices, wick, cumulants, mapped, gram,
                                                      weight.shape[0])
-        return PlannedState(layer + 1, mean, cov, third, projected_cores(spec, cumulants, weight.shape[0]), fourth)
+        cores = projected_cores(spec, cumulants, weight.shape[0])
+        if keep is not None and third is not None:
+            third = kept_third(xp, third, keep)
+        return PlannedState(layer + 1, mean, cov, third, cores, fourth, keep)
 
     means, covs, state = [], [], PlannedState()
     for state in layer_states(layers.prefix(full_steps), state, step):  # one state alive at a time (memory)
@@ -112,48 +131,54 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     mean, cov, third, cores, fourth = state.mean, state.cov, state.third, state.cores, state.fourth
     if mean_only_last:
         weight, bias, activation = hidden[-1]
-        mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, strassen, fourth)
+        mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, strassen, fourth,
+                         state.kept)
         means.append(mean)
         covs.append(None)
     result = Cumulants(means, covs)
     if layers.output_map:
         weight = layers.weights[-1]
         result.mean = linear_mean(xp, weight, layers.biases[-1], mean)
-        if outputs != "mean":
-            result.cov = symmetric_product(weight, cov, sandwich=backend.sandwich)
+        if outputs != "mean":  # then the state is the last hidden layer's
+            result.cov = symmetric_product(live_columns(weight, state.kept), cov, sandwich=backend.sandwich)
         if outputs == "marginals":
-            slices = marginal_slices(xp, spec, weight, cores, third, fourth=fourth, pre_var=xp.diag(result.cov))
+            slices = marginal_slices(xp, spec, weight, cores, third, fourth=fourth, pre_var=xp.diag(result.cov),
+                                     kept=state.kept)
             result.third_diagonal, result.fourth_diagonal = slices.get((3, (3,))), slices.get((4, (4,)))
     return result
 
 
 def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple | None, levels: int = 0,
-                    fourth: Any | None = None, pre_var: Any | None = None) -> dict:
+                    fourth: Any | None = None, pre_var: Any | None = None, kept: Any | None = None) -> dict:
     """The one-coordinate slices (degree, (degree,)) of κ_3 and of the radial pieces after z = W a + b (a bias
     moves only κ_1): they read only the diagonal of the metric W Wᵀ, and κ_3's sources only through slice (3).
     With κ_4's matrix core G (``fourth``, ``FourthCore``) its (4) slice is diag(W G Wᵀ)·diag(W Wᵀ) (2n³; O(n²)
-    for a ``ShapedCore``, which reads ``pre_var`` = diag(W Σ Wᵀ))."""
+    for a ``ShapedCore``, which reads ``pre_var`` = diag(W Σ Wᵀ)). ``kept``: the units κ_3 is restricted to
+    (``PlannedState.kept``; the metric and G keep every unit)."""
     slices = {}
+    metric_diagonal = linear_variance(xp, weight, None)  # a one-coordinate slice reads only M_aa
     if cores:
-        gram_diagonal = xp.diag(linear_variance(xp, weight, None))  # a one-coordinate slice reads only M_aa
-        slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), gram_diagonal, one_coordinate=True))
+        slices.update(piece_slices(xp, spec, mapped_cores(weight, cores), xp.diag(metric_diagonal),
+                                   one_coordinate=True))
+    live = live_columns(weight, kept)
     if third is not None:
-        cubic = third_cubic(xp, mapped_third(xp, weight, third, levels), mapped_feeds(xp, weight, third))
+        cubic = third_cubic(xp, mapped_third(xp, live, third, levels), mapped_feeds(xp, live, third))
         slices[(3, (3,))] = cubic if (3, (3,)) not in slices else slices[(3, (3,))] + cubic
     if fourth is not None:
-        slices[(4, (4,))] = mapped_core_diagonal(xp, weight, fourth, pre_var, levels) * linear_variance(xp, weight,
-                                                                                                        None)
+        slices[(4, (4,))] = mapped_core_diagonal(xp, weight, fourth, pre_var, levels) * metric_diagonal
     return slices
 
 
 def last_mean(backend: Backend, spec: dict, weight: Any, bias: Any | None, activation: str, mean: Any | None,
-              cov: Any | None, cores: dict, third: tuple | None, levels: int = 0, fourth: Any | None = None) -> Any:
+              cov: Any | None, cores: dict, third: tuple | None, levels: int = 0, fourth: Any | None = None,
+              kept: Any | None = None) -> Any:
     """E[a_{L−1}] alone: pK_(1) reads only the diagonals of κ_2, κ_3 and κ_4, so the last layer skips the
     (2,1) slice of κ_3 and the off-diagonals of W Σ Wᵀ and W Wᵀ (same value as the full step); ``fourth``: κ_4's
-    matrix core (``FourthCore``; 2n³ for the diagonal of W G Wᵀ, O(n²) for a ``ShapedCore``)."""
+    matrix core (``FourthCore``; 2n³ for the diagonal of W G Wᵀ, O(n²) for a ``ShapedCore``); ``kept``: the
+    units the carried cumulants are restricted to (``PlannedState.kept``)."""
     xp = backend.xp
     pre_mean = linear_mean(xp, weight, bias, mean)
-    pre_var = linear_variance(xp, weight, cov, levels)
-    slices = marginal_slices(xp, spec, weight, cores, third, levels, fourth, pre_var)
+    pre_var = linear_variance(xp, live_columns(weight, kept), cov, levels)
+    slices = marginal_slices(xp, spec, weight, cores, third, levels, fourth, pre_var, kept)
     wick = activation_wick(backend, activation, pre_mean, pre_var, spec["k_max"], spec["p_max"])
     return dense_cumulants(xp, spec, slices, wick, only=(1,))[(1,)]
