@@ -302,7 +302,7 @@ def option_cases(rng: random.Random, count: int, net: Writer) -> Iterator[tuple[
                     "--min-window", pick(["0", "2"], ["-1"]),
                     *flag("--no-augment"), "--compress", pick(["6,0.25,1", "none"], ["0,0.25,1", "4,2,1", "x"]),
                     "--strassen", pick(["0", "2"], ["-1", "9"]), "--thin", pick(["16,1", "none"], ["x", "4", "2,-1"]),
-                    "--out", pick(["OUT/package"], ["OUT"]))
+                    "--prune", pick(["4", "none"], ["x", "-1", "nan"]), "--out", pick(["OUT/package"], ["OUT"]))
             outputs = ("package", *PACKAGE_FILES)  # --out OUT: the (empty) output folder becomes the package
         elif kind == "results":
             argv = ("results", "--results", pick(["OUT"], ["IN/net.npz", "OUT/none"]), "--where",

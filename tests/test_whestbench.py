@@ -4,6 +4,7 @@ and passes ``whest validate``. Skipped when whestbench/flopscope are not install
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import subprocess
 import sys
@@ -315,6 +316,27 @@ def test_exported_k2_augment_equals_mechest(package: Path) -> None:
     np.testing.assert_allclose(got, expected_means(weights, 2, "augment"), rtol=0, atol=1e-10)
 
 
+def test_exported_estimator_prunes_dead_units_when_asked(package: Path) -> None:
+    """--prune t reaches the package's config and its runs (planned's prune): on a net with dead units the package
+    bills fewer FLOPs with it than without for the same means up to float32 round-off."""
+    estimator = load_estimator(package)
+    assert estimator.config["prune"] is None  # the default
+    weights = whest_weights(64, 8, seed=3, dtype=np.float32)
+    for weight in weights[1:-1]:
+        weight[:, :6] = -4.0 / 64  # columns of WhestBench's h @ W: −(4/n)·Σ h, about 5 σ below zero
+    mlp = whestbench.MLP(width=64, depth=8, weights=[fnp.asarray(w) for w in weights])
+    budget = 10**13
+    means, billed = [], []
+    for prune in (None, 4.0):
+        estimator.config["prune"] = prune  # as PackageOptions(prune=…) writes it (tested in test_export_…)
+        with flops.BudgetContext(flop_budget=budget, quiet=True) as context:
+            means.append(np.asarray(estimator.predict(mlp, budget)))
+            billed.append(context.flops_used)
+    estimator.config["prune"] = None
+    assert billed[1] < 0.98 * billed[0], billed  # 6 of 64 units gone from κ_2 and κ_3 in 6 of 8 layers: −4.6%
+    np.testing.assert_allclose(means[1], means[0], rtol=0, atol=1e-5 * np.abs(means[0]).max())
+
+
 def test_exported_estimator_falls_back_on_non_finite_means(package: Path) -> None:
     estimator = load_estimator(package)
     weights = whest_weights(8, 2, seed=6)
@@ -331,6 +353,11 @@ def test_whest_validate_accepts_the_package(package: Path) -> None:
                           capture_output=True, text=True, cwd=package)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(list(package.iterdir())) <= 50 and sum(p.stat().st_size for p in package.iterdir()) < 50 * 2**20
+
+
+def test_export_writes_the_prune_option(tmp_path: Path) -> None:
+    package = export_package(tmp_path / "out", PackageOptions(prune=4.0))
+    assert json.loads((package / "mechest_config.json").read_text())["prune"] == 4.0
 
 
 def test_export_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

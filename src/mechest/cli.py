@@ -40,6 +40,7 @@ from mechest.integrations.whestbench.export import (
     PackageOptions,
     export_package,
     parse_compression,
+    parse_prune,
     parse_thin,
 )
 from mechest.integrations.whestbench.score import ROUNDS as WHEST_ROUNDS
@@ -352,13 +353,17 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thin", default=",".join(map(str, DEFAULT_THIN)), metavar="RANK,POWER",
                         help="K=3 carries each κ_3 source's correction leg thin, its residual at rank RANK (POWER "
                              "range-finder iterations), wherever it runs; 'none': never (default %(default)s)")
+    parser.add_argument("--prune", default="none", metavar="SIGMAS",
+                        help="the planned schemes drop units whose pre-activation mean is more than SIGMAS standard "
+                             "deviations below zero from the covariance and κ_3 they carry; 'none' (the default): "
+                             "keep every unit (at 1024x16, 4 saves 3.5%% of the FLOPs but adds ≈ 0.1 s of residual)")
 
 
 def package_options(args: argparse.Namespace) -> PackageOptions:
     """The package options of `whestbench export` and `score`, parsed once."""
     return PackageOptions(args.order, args.budget_fraction, args.min_window, augment=args.augment,
                           compression=parse_compression(args.compress), strassen=args.strassen,
-                          thin=parse_thin(args.thin))
+                          thin=parse_thin(args.thin), prune=parse_prune(args.prune))
 
 
 def add_distill_parser(commands: argparse._SubParsersAction) -> None:

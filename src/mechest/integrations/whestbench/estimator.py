@@ -67,12 +67,6 @@ def _sandwich(weight: fnp.ndarray, middle: fnp.ndarray | None) -> fnp.ndarray | 
 
 BACKEND = propagate.Backend(fnp, _normal_cdf, sandwich=_sandwich)
 
-DEAD_UNITS = 4.0
-"""The planned schemes drop, after each layer, the units whose pre-activation mean is more than this many standard
-deviations below zero from the covariance and κ_3 they carry (``planned``'s ``prune``, docs/method.md §7.11): a
-dropped unit's slope is Φ(−4) ≈ 3·10⁻⁵ and its variance ≈ 4·10⁻⁶ σ², far below the estimate's error. At 1024×16
-it saves 3.5% of the FLOPs (4.5% of the units, most in the last layers)."""
-
 K3_GAIN = 14.0
 """MSE(K = 2 simple) / MSE(K = 3) ≈ K3_GAIN · n / L² for He-init ReLU nets of width n and depth L, the smallest of
 three measurements against long Monte Carlo truths (docs/whestbench.md): 57x at 256×8 (14.2·n/L²), 3.9x at
@@ -207,7 +201,7 @@ class Estimator(BaseEstimator):
     def run(self, weights: list, order: int, variant: str, window: int | None, options: dict) -> fnp.ndarray:
         """All layers' means, shape (depth, width), by one choice (K = 3 with ``k3_options``' ``options``)."""
         return fnp.stack(propagate.choice_means(BACKEND, weights, order, variant, self.specs, window,
-                                                prune=DEAD_UNITS, **options), axis=0)
+                                                prune=self.config.get("prune"), **options), axis=0)
 
     def predict(self, mlp: MLP, budget: int) -> fnp.ndarray:
         weights = [w.T for w in mlp.weights]  # WhestBench's h @ W is mechest's W.T @ h

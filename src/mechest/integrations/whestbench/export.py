@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -64,12 +65,23 @@ def parse_thin(text: str) -> tuple[int, int] | None:
         raise MechestError(f"--thin must be RANK,POWER (e.g. 16,1) or none, got {text!r}") from None
 
 
+def parse_prune(text: str) -> float | None:
+    """``SIGMAS`` (e.g. 4) or ``none``, as the CLI's --prune takes it."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise MechestError(f"--prune must be a number of standard deviations (e.g. 4) or none, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class PackageOptions:
     """What an exported package may do, as `mechest whestbench export` and `score` take it: the highest order, the
     largest predicted FLOPs as a fraction of the budget, the smallest κ_3 window (0: never window), the safety
     factor on predicted FLOPs, K = 2 augment allowed, K = 3's source compression (age, rank / width, power; None:
-    never), most Strassen levels, and K = 3's thin correction legs (rank, power; None: never)."""
+    never), most Strassen levels, K = 3's thin correction legs (rank, power; None: never) and the dead-unit
+    threshold of the planned schemes (standard deviations; None: keep every unit)."""
 
     max_order: int = 3
     budget_fraction: float = 1.0
@@ -79,6 +91,7 @@ class PackageOptions:
     compression: tuple[int, float, int] | None = DEFAULT_COMPRESSION
     strassen: int = DEFAULT_STRASSEN
     thin: tuple[int, int] | None = DEFAULT_THIN
+    prune: float | None = None
 
     def config(self) -> dict:
         """The options as the estimator reads them at setup (checked here, so the package never holds a bad
@@ -98,11 +111,14 @@ class PackageOptions:
             raise MechestError(f"--strassen must be 0 (dense products) to 6, got {self.strassen}")
         if thin is not None and (thin[0] < 0 or thin[1] < 0):
             raise MechestError(f"--thin needs rank ≥ 0 and power ≥ 0, got {thin}")
+        if self.prune is not None and not (math.isfinite(self.prune) and self.prune > 0):
+            raise MechestError(f"--prune must be a positive number of standard deviations or none, got {self.prune}")
         return {"max_order": self.max_order, "budget_fraction": self.budget_fraction, "min_window": self.min_window,
                 "safety": self.safety, "augment": self.augment,
                 "compression": None if compression is None else
                 {"age": compression[0], "rank_fraction": compression[1], "power": compression[2]},
-                "strassen": self.strassen, "thin": None if thin is None else {"rank": thin[0], "power": thin[1]}}
+                "strassen": self.strassen, "thin": None if thin is None else {"rank": thin[0], "power": thin[1]},
+                "prune": self.prune}
 
 
 def export_package(out: str | Path, options: PackageOptions = PackageOptions()) -> Path:

@@ -15,9 +15,9 @@ from .sources import is_compressed
 
 def kept_units(xp: Any, pre_mean: Any, pre_var: Any, threshold: float) -> Any | None:
     """The mask of the units whose pre-activation mean is at least −``threshold`` standard deviations; None when
-    that is every unit."""
+    that is every unit, or none (a layer with no live unit is carried whole rather than as empty arrays)."""
     keep = pre_mean >= -threshold * xp.sqrt(pre_var)
-    return None if bool(xp.all(keep)) else keep
+    return None if bool(xp.all(keep)) or not bool(xp.any(keep)) else keep
 
 
 def kept_group(group: tuple, keep: Any) -> tuple:
