@@ -7,10 +7,12 @@ cheaper model of it, to see which part of G carries the gain.
 Models: ``full`` (G itself), ``diag`` (its diagonal only), ``diagmean`` (diagonal plus the mean off-diagonal
 entry everywhere off the diagonal), ``rankK`` (diagonal plus the K eigenpairs of largest |λ| of the off-diagonal
 part), ``zero`` (G = 0), ``closureS`` (the closure of docs/method.md §7.9: diagonal plus λ·Σ_off, Σ the
-activations' covariance, λ = S·tr G / tr Σ). Also prints the off-diagonal part's spectrum (share of ‖G_off‖²_F in
+activations' covariance, λ = S·tr G / tr Σ), ``carriedS`` (``closureS`` plus the carried response c·S H S of the
+pre-activations' core H, ``carried``). Also prints the off-diagonal part's spectrum (share of ‖G_off‖²_F in
 the top eigenpairs). ``--exact-steps k`` keeps G itself after the first k nonlinear steps and models it after
 the later ones. ``--fit`` prints, per net and step, how much of the exact ‖G_off‖² a least-squares fit on Σ_off
-explains (R²) and its multiple in units of tr G / tr Σ, alone and together with the carried response (``carried``).
+explains (R² = 1 − ‖residual‖²/‖G_off‖², uncentred: the fits have no constant term) and its multiple in units of tr
+G / tr Σ, alone and together with the carried response (``carried``).
 
     PYTHONPATH=src python benchmarks/augment_core_probe.py --config core+two:all --models closure1.5 --exact-steps 0 1 2
 """

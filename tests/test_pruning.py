@@ -1,7 +1,8 @@
 """Dead units (mechest.kprop.executor.pruning, ``planned(…, prune=t)``, docs/method.md §7.11): on a net whose dead
 units are dead beyond doubt (pre-activation means 30 standard deviations below zero) pruning changes nothing but
-round-off, for every K = 3 variant and option and K = 2 augment, with and without an output map; it shrinks the
-products (fewer FLOPs counted); and units merely near the threshold are kept."""
+round-off for every K = 3 variant and K = 2 augment, with thin legs and lossless compression, with and without an
+output map, and no more than the compression's own error with lossy compression (its sketch sees narrower
+sources); it shrinks the products (fewer FLOPs counted); the threshold is a strict cut; it refuses non-ReLU nets."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from mechest.flops import FlopCounter
 from mechest.kprop import executor as xprop
+from mechest.kprop.executor.pruning import kept_units
 from mechest.kprop.spec import executor_spec
 
 TORCH = xprop.Backend(torch, torch.special.ndtr)
@@ -66,3 +68,27 @@ def test_pruning_shrinks_the_products_and_keeps_live_units() -> None:
     torch.testing.assert_close(torch.stack(same.layer_means),
                                torch.stack(xprop.run_scheme(TORCH, live, 3, "closure", spec, "mean").layer_means),
                                rtol=0, atol=0)
+
+
+def test_lossy_compression_moves_by_no_more_than_its_own_error() -> None:
+    layers = dead_unit_layers(24, 6, output_map=False)
+    spec = executor_spec(3, "core", max_width=64)
+    means = {}
+    for name, options in (("exact", {}), ("compressed", {"compression": xprop.Compression(1, 12, 1)}),
+                          ("pruned", {"compression": xprop.Compression(1, 12, 1), "prune": 8.0})):
+        means[name] = torch.stack(xprop.run_scheme(TORCH, layers, 3, "closure", spec, "mean", **options).layer_means)
+    own = (means["compressed"] - means["exact"]).abs().max()
+    assert 0 < own  # rank 12 of 24 (19 live units) loses something
+    assert (means["pruned"] - means["compressed"]).abs().max() <= 2 * own
+
+
+def test_the_threshold_is_a_strict_cut_and_non_relu_nets_are_refused() -> None:
+    pre_mean = torch.tensor([-7.9, -8.1, 0.0, -8.0], dtype=torch.float64)
+    keep = kept_units(torch, pre_mean, torch.ones(4, dtype=torch.float64), 8.0)
+    assert keep.tolist() == [True, False, True, True]  # kept at ≥ −t σ
+    assert kept_units(torch, pre_mean, torch.ones(4, dtype=torch.float64), 9.0) is None  # nothing to drop
+    assert kept_units(torch, pre_mean - 100, torch.ones(4, dtype=torch.float64), 8.0) is None  # all dead: kept whole
+    layers = dead_unit_layers(16, 3, output_map=False)
+    tanh = xprop.Layers(layers.weights, layers.biases, ["relu", "tanh", "relu"])
+    with pytest.raises(ValueError, match="ReLU"):
+        xprop.run_scheme(TORCH, tanh, 3, "closure", executor_spec(3, "core", max_width=64), "mean", prune=4.0)

@@ -3,12 +3,15 @@
 The FLOPs of a propagation depend only on the network's structure (shapes, activations, which layers have
 biases, which outputs are asked for), never on the weight values, so a scheme's cost is counted once per
 structure (``count_flops``). A network wider than PROBE_WIDTH is not counted but predicted (``predicted_flops``):
-the count is a polynomial with non-negative coefficients in the dimensions, of total degree D = ``cost_degree``
-(products, element-wise work, fixed-size tables). With the probe dimensions q = ⌈d·b / max d⌉ (base width
-b = ⌊PROBE_WIDTH / (D + 1)⌋) the count of the dimensions t·q is a polynomial g(t) of degree ≤ D, so D + 1 counts at
-t = 1 … D + 1 determine it exactly (Lagrange interpolation), and g(max d / b) bounds the count from above (every
-dimension d ≤ (max d / b)·q and the count grows in each): exact when the dimensions are proportional to the probe,
-an over-estimate only by the rounding otherwise, and a scheme predicted to fit never exceeds the budget.
+on one code path the count is a polynomial in the dimensions of total degree ≤ D = ``cost_degree`` (products,
+element-wise work, fixed-size tables), non-decreasing in each. With the probe dimensions q = ⌈d·b / max d⌉ (base
+width b = ⌊PROBE_WIDTH / (D + 1)⌋) the count of the dimensions t·q is a polynomial g(t) of degree ≤ D, so D + 1
+counts at t = 1 … D + 1 determine it (Lagrange interpolation), and g(max d / b) bounds the count from above (every
+dimension d ≤ (max d / b)·q). It is exact when the dimensions are proportional to the probe, for the executor's and
+the factored engines' schemes, whose operations do not change with the width. The unfactorised engine evaluates
+some slices in a summed form from width mechest.kprop.summed.MIN_WIDTH on, which costs fewer FLOPs than the
+formed slices its probes count (tested), so there the prediction is an over-estimate (≈ 1.02–1.12x at width 36).
+Either way a scheme predicted to fit never exceeds the budget.
 
 Accuracy order (``ranking``): the squared error of kprop falls like n^−2K in width for He-init networks, so a
 higher order is predicted better, augment better than simple at the same order (it keeps every diagram of squared

@@ -113,6 +113,10 @@ class PackageOptions:
             raise MechestError(f"--thin needs rank ≥ 0 and power ≥ 0, got {thin}")
         if self.prune is not None and not (math.isfinite(self.prune) and self.prune > 0):
             raise MechestError(f"--prune must be a positive number of standard deviations or none, got {self.prune}")
+        if self.prune is not None and self.strassen:
+            raise MechestError("--prune and --strassen cannot be combined: pruned widths are rarely divisible by "
+                               "2^levels, where Strassen's product falls back to the dense one its cost model "
+                               "does not price")
         return {"max_order": self.max_order, "budget_fraction": self.budget_fraction, "min_window": self.min_window,
                 "safety": self.safety, "augment": self.augment,
                 "compression": None if compression is None else

@@ -16,9 +16,10 @@ def linear_mean(xp: Any, weight: Any, bias: Any | None, mean: Any | None) -> Any
 
 def symmetric_product(weight: Any, cov: Any | None, xp: Any = None, levels: int = 0,
                       sandwich: Sandwich | None = None) -> Any:
-    """W Σ Wᵀ (W Wᵀ when ``cov`` is None, the identity): by the backend's ``sandwich`` where it has one (cheaper
-    than Strassen's products at any depth flopscope meters: 3n³ against ≥ 3.05n³), else symmetrised against
-    round-off, with ``levels`` > 0 the products by ``product`` (Strassen)."""
+    """W Σ Wᵀ (W Wᵀ when ``cov`` is None, the identity): by the backend's ``sandwich`` where it has one (at the
+    widths WhestBench uses, n ≤ 1024, cheaper than Strassen's products at any depth: 3n³ against ≥ 3.05n³ metered;
+    Strassen's additions are O(n²), so far wider nets would favour it), else symmetrised against round-off, with
+    ``levels`` > 0 the products by ``product`` (Strassen)."""
     value = sandwich(weight, cov) if sandwich is not None else None
     if value is not None:
         return value

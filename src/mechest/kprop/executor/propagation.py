@@ -66,11 +66,14 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     (``ThinCorrection``, docs/method.md §7.10): T and P mapped, Q = T diag(s) + P diag(f) + Z Lᵀ with a rank-r
     residual; it combines with ``compression`` (a thin source is expanded when it is compressed) and ``strassen``.
     None: the exact Q. ``prune`` = t drops, after every hidden layer, the units whose pre-activation mean is more
-    than t standard deviations below zero from everything carried but the means (``pruning``, docs/method.md
-    §7.11; ReLU nets); None: keeps every unit.
+    than t standard deviations below zero from the covariance and κ_3 sources carried on (``pruning``, docs/method.md
+    §7.11; ReLU nets only); None: keeps every unit. A pruned layer's covariance is not returned (None in
+    ``layer_covs``), and Strassen's products fall back to dense ones on the pruned widths (``product``).
     """
     if correction is not None and spec.get("order") != 3:
         raise ValueError("the thin correction is an option of the K = 3 plan")
+    if prune is not None and any(activation != "relu" for activation in layers.activations):
+        raise ValueError("dead-unit pruning is derived for ReLU units (a unit far below zero passes nothing on)")
     if core is not None:
         if spec.get("order") != 3:
             raise ValueError("the matrix core of κ_4 extends the K = 3 plan")
@@ -127,7 +130,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     means, covs, state = [], [], PlannedState()
     for state in layer_states(layers.prefix(full_steps), state, step):  # one state alive at a time (memory)
         means.append(state.mean)
-        covs.append(state.cov)
+        covs.append(state.cov if state.kept is None else None)  # a pruned layer's covariance covers the kept units
     mean, cov, third, cores, fourth = state.mean, state.cov, state.third, state.cores, state.fourth
     if mean_only_last:
         weight, bias, activation = hidden[-1]

@@ -1,6 +1,6 @@
 """Dead units (docs/method.md §7.11): a ReLU unit whose pre-activation mean lies more than t standard deviations
-below zero passes almost nothing on. Its slope is Φ(−t), its variance after the ReLU σ²[(1 + t²)Φ(−t) − tφ(t)]
-(≈ 4·10⁻⁶ σ² at t = 4), so its rows of κ_2 and κ_3 after the nonlinearity are negligible. Dropping those units
+below zero passes almost nothing on. Its slope is Φ(−t), its second moment after the ReLU σ²[(1 + t²)Φ(−t) −
+tφ(t)] (≈ 3·10⁻⁶ σ² at t = 4), so its rows of κ_2 and κ_3 after the nonlinearity are negligible. Dropping those units
 from the covariance and the κ_3 sources carried to the next layer, and the next weight's columns where it maps
 them, shrinks those products. The means stay whole, and so do the radial pieces, κ_4's matrix core and the metric
 W Wᵀ: their projections spread mass over every unit (a dead unit's entry of G's projected diagonal is not small),
