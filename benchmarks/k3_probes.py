@@ -48,7 +48,7 @@ def warmup_mse(compression: xprop.Compression | None) -> float:
     errors = []
     for index in range(3):
         weights, truth, floor = network("warmup", index)
-        means = run_means(weights, spec, torch.float64, compression)
+        means = run_means(weights, spec, torch.float64, xprop.PlanOptions(compression=compression))
         errors.append(float(np.mean((means[-1] - truth[-1]) ** 2)) - floor)
     return float(np.mean(errors))
 

@@ -72,20 +72,18 @@ def network(round_name: str, index: int) -> tuple[list[np.ndarray], np.ndarray, 
     return weights, truths[f"means{index}"], float(truths[f"var{index}"]) / float(truths["samples"])
 
 
-def run_means(weights: list[np.ndarray], spec: dict, dtype: torch.dtype, compression: xprop.Compression | None,
-              strassen: int = 0, core: xprop.FourthCore | None = None,
-              counter: FlopCounter | None = None, correction: xprop.ThinCorrection | None = None) -> np.ndarray:
+def run_means(weights: list[np.ndarray], spec: dict, dtype: torch.dtype,
+              options: xprop.PlanOptions = xprop.PlanOptions(), core: xprop.FourthCore | None = None,
+              counter: FlopCounter | None = None) -> np.ndarray:
     columns = [torch.tensor(w.T, dtype=dtype) for w in weights]  # h @ W is mechest's W.T @ h
     layers = xprop.relu_layers(columns)
     with counter or contextlib.nullcontext():
-        means = xprop.planned(torch_backend(), layers, spec, compression=compression, strassen=strassen,
-                              core=core, correction=correction).layer_means
+        means = xprop.planned(torch_backend(), layers, spec, core=core, options=options).layer_means
     return torch.stack(means).double().numpy()
 
 
 def mechest_score(index: int, spec: dict, dtype: torch.dtype, core: xprop.FourthCore | None,
-                  counter: FlopCounter, compression: xprop.Compression | None = None,
-                  correction: xprop.ThinCorrection | None = None) -> tuple[float, float]:
+                  counter: FlopCounter, options: xprop.PlanOptions = xprop.PlanOptions()) -> tuple[float, float]:
     """(MSE/Var, noise floor / Var) of the output mean of random_mlp(256, 4, seed=index) against its committed
     truth (mechest's 256×4 benchmark), the run counted by ``counter``."""
     import mechest
@@ -97,15 +95,13 @@ def mechest_score(index: int, spec: dict, dtype: torch.dtype, core: xprop.Fourth
     truth = find_truth(net, 10**8, [DATA.parent / "truths"])
     layers = layers_of(net.to(dtype=dtype))
     with counter:
-        result = xprop.planned(torch_backend(), layers, spec, outputs="mean", core=core, compression=compression,
-                               correction=correction)
+        result = xprop.planned(torch_backend(), layers, spec, outputs="mean", core=core, options=options)
     error = score(result.mean.double(), truth)
     return error.relative, error.noise_floor / error.variance
 
 
-def metered_flops(weights: list[np.ndarray], spec: dict, compression: xprop.Compression | None,
-                  strassen: int = 0, core: xprop.FourthCore | None = None,
-                  correction: xprop.ThinCorrection | None = None) -> int:
+def metered_flops(weights: list[np.ndarray], spec: dict, options: xprop.PlanOptions = xprop.PlanOptions(),
+                  core: xprop.FourthCore | None = None) -> int:
     """flopscope's count of the float32 run (as the WhestBench package runs it)."""
     import warnings
 
@@ -118,8 +114,7 @@ def metered_flops(weights: list[np.ndarray], spec: dict, compression: xprop.Comp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with flops.BudgetContext(flop_budget=10**15, quiet=True) as context:
-            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, compression=compression, strassen=strassen,
-                          core=core, correction=correction)
+            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, core=core, options=options)
             return int(context.flops_used)
 
 
@@ -160,20 +155,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_feed:
         core = replace(core, feed=False)
     correction = None if args.thin is None else xprop.ThinCorrection(args.thin, args.thin_power)
-    flops = xprop.planned_flops(width, depth, 3, compression=compression, strassen=args.strassen, core=core,
-                                correction=correction)
+    options = xprop.PlanOptions(compression=compression, strassen=args.strassen, correction=correction)
+    flops = xprop.planned_flops(width, depth, 3, core=core, options=options)
     errors, counted = [], []
     for index in range(args.nets or count):
         counter = FlopCounter() if args.round == "mechest" or (args.count and index == 0) else None
         start = time.perf_counter()
         if args.round == "mechest":
-            mse, floor = mechest_score(index, spec, getattr(torch, args.dtype), core, counter, compression,
-                                       correction)
+            # the mechest round runs without Strassen's products, as it always has
+            mse, floor = mechest_score(index, spec, getattr(torch, args.dtype), core, counter,
+                                       replace(options, strassen=0))
             line = {"net": index, "mse_over_var": mse, "noise_floor_over_var": floor}
         else:
             weights, truth, floor = network(args.round, index)
-            means = run_means(weights, spec, getattr(torch, args.dtype), compression, args.strassen, core, counter,
-                              correction)
+            means = run_means(weights, spec, getattr(torch, args.dtype), options, core, counter)
             mse = float(np.mean((means[-1] - truth[-1]) ** 2)) - floor
             line = {"net": index, "final_mse": mse, "noise_floor": floor}
         line["seconds"] = round(time.perf_counter() - start, 1)
@@ -182,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             counted.append(counter.total)
             line["counted_flops"] = counter.total
         if args.meter and index == 0 and args.round != "mechest":
-            line["metered_flops"] = metered_flops(weights, spec, compression, args.strassen, core, correction)
+            line["metered_flops"] = metered_flops(weights, spec, options, core)
             line["metered_over_predicted"] = line["metered_flops"] / flops
         print(json.dumps(line), flush=True)
     mse = float(np.mean(errors))

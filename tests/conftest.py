@@ -41,18 +41,19 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def assert_numpy_matches_torch(layers, spec: dict, **options) -> None:
+def assert_numpy_matches_torch(layers, spec: dict, **keywords) -> None:
     """``planned`` on the numpy namespace (scipy's ndtr) equals its run on torch: mean and covariance to 1e-10.
-    ``layers`` holds torch tensors (``mechest.kprop.backends.layers_of``); ``options`` go to ``planned``."""
+    ``layers`` holds torch tensors (``mechest.kprop.backends.layers_of``); ``keywords`` (``core``, ``options``) go to
+    ``planned``."""
     from scipy.special import ndtr
 
     from mechest.kprop import executor as xprop
     from mechest.kprop.backends import torch_backend
 
-    expected = xprop.planned(torch_backend(layers.weights[0].device), layers, spec, outputs="cov", **options)
+    expected = xprop.planned(torch_backend(layers.weights[0].device), layers, spec, outputs="cov", **keywords)
     arrays = xprop.Layers([w.numpy() for w in layers.weights],
                           [None if b is None else b.numpy() for b in layers.biases], list(layers.activations))
-    got = xprop.planned(xprop.Backend(np, ndtr), arrays, spec, outputs="cov", **options)
+    got = xprop.planned(xprop.Backend(np, ndtr), arrays, spec, outputs="cov", **keywords)
     np.testing.assert_allclose(got.mean, expected.mean.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got.cov, expected.cov.numpy(), rtol=1e-10, atol=1e-12)
 

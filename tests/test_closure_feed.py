@@ -76,7 +76,7 @@ def test_the_feed_equals_its_dense_definition(spec: dict, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(propagation, "next_third", spy)
     xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs="marginals", core=FEED,
-                  correction=correction)
+                  options=xprop.PlanOptions(correction=correction))
     full = xprop.core_spec(spec, FEED)
     (term,) = full["fourth_core"]["feed"]
     assert term["k"] == [1, 1, 2] and term["blocks"] == [[4, [2, 1, 1], [2, 0, 1]]]
@@ -124,7 +124,7 @@ def test_a_thin_source_at_full_rank_equals_the_exact_one(spec: dict) -> None:
     layers = layers_of(net)
     exact = xprop.planned(torch_backend(net.device), layers, spec, outputs="marginals", core=FEED)
     thin = xprop.planned(torch_backend(net.device), layers, spec, outputs="marginals", core=FEED,
-                         correction=xprop.ThinCorrection(9, 1))
+                         options=xprop.PlanOptions(correction=xprop.ThinCorrection(9, 1)))
     torch.testing.assert_close(thin.mean, exact.mean, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(thin.third_diagonal, exact.third_diagonal, rtol=1e-10, atol=1e-12)
 
@@ -152,11 +152,11 @@ def test_compression_of_nothing_keeps_every_feed(spec: dict, correction: xprop.T
     net = mechest.random_mlp(12, 5, "relu", seed=4)
     layers = layers_of(net)
     for outputs in ("mean", "marginals"):
-        exact = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
-                              correction=correction)
+        options = xprop.PlanOptions(correction=correction)
+        exact = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED, options=options)
         for age in (5, 9):
             got = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
-                                correction=correction, compression=xprop.Compression(age, 4, 1))
+                                options=replace(options, compression=xprop.Compression(age, 4, 1)))
             assert torch.equal(got.mean, exact.mean)
             if outputs == "marginals":
                 assert torch.equal(got.third_diagonal, exact.third_diagonal)
@@ -203,9 +203,10 @@ def test_full_rank_compression_equals_the_feeds_dropped_by_hand(spec: dict, monk
     last layer's cubic slice all but the ``age`` + 1 newest (that layer does not compress)."""
     net = mechest.random_mlp(12, 7, "relu", seed=6)
     layers = layers_of(net)
+    options = xprop.PlanOptions(correction=correction)
     for outputs in ("mean", "marginals"):
         got = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
-                            correction=correction, compression=xprop.Compression(age, 12, 1))
+                            options=replace(options, compression=xprop.Compression(age, 12, 1)))
         keep = {"count": age}
         feeds_of, last_slices = xprop.mapped_feeds, xprop.marginal_slices
 
@@ -221,9 +222,9 @@ def test_full_rank_compression_equals_the_feeds_dropped_by_hand(spec: dict, monk
             patch.setattr(propagation, "mapped_feeds", newest)
             patch.setattr(propagation, "marginal_slices", last)
             expected = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
-                                     correction=correction)
+                                     options=options)
         untouched = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
-                                  correction=correction)
+                                  options=options)
         torch.testing.assert_close(got.mean, expected.mean, rtol=1e-11, atol=1e-13)
         assert (untouched.mean - expected.mean).abs().max() > 1e-9  # the dropped feeds mattered
         if outputs == "marginals":
@@ -235,12 +236,10 @@ def test_the_feed_with_real_compression(spec: dict, correction: xprop.ThinCorrec
     """Compression(1, 4, 1) on a 12-wide 5-layer ReLU net: the feed runs, is finite, and changes the estimate."""
     net = mechest.random_mlp(12, 5, "relu", seed=7)
     layers = layers_of(net)
-    compression = xprop.Compression(1, 4, 1)
-    fed = xprop.planned(torch_backend(net.device), layers, spec, outputs="marginals", core=FEED,
-                        correction=correction, compression=compression)
+    options = xprop.PlanOptions(compression=xprop.Compression(1, 4, 1), correction=correction)
+    fed = xprop.planned(torch_backend(net.device), layers, spec, outputs="marginals", core=FEED, options=options)
     closure = xprop.planned(torch_backend(net.device), layers, spec, outputs="marginals",
-                            core=xprop.FourthCore(summed=False, shape=FEED.shape), correction=correction,
-                            compression=compression)
+                            core=xprop.FourthCore(summed=False, shape=FEED.shape), options=options)
     assert torch.isfinite(fed.mean).all() and torch.isfinite(fed.third_diagonal).all()
     assert (fed.mean - closure.mean).abs().max() > 1e-9
 
@@ -262,9 +261,9 @@ def test_predicted_flops_bound_the_metered_flops(monkeypatch: pytest.MonkeyPatch
                                                   (64, 6, xprop.ThinCorrection(8, 1), xprop.Compression(1, 16, 1))):
         columns = [fnp.asarray((generator.standard_normal((width, width)) * (2 / width) ** 0.5).astype(np.float32))
                    for _ in range(depth)]
+        options = xprop.PlanOptions(compression=compression, correction=correction)
         with flops.BudgetContext(flop_budget=10**15, quiet=True) as context:
-            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, core=FEED, correction=correction,
-                          compression=compression)
+            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, core=FEED, options=options)
             metered = context.flops_used
-        predicted = xprop.planned_flops(width, depth, 3, core=FEED, correction=correction, compression=compression)
+        predicted = xprop.planned_flops(width, depth, 3, core=FEED, options=options)
         assert 0.5 * predicted <= metered <= predicted, metered / predicted

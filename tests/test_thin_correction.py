@@ -32,6 +32,11 @@ def square_layers(width: int, depth: int, seed: int) -> xprop.Layers:
     return xprop.relu_layers([rng.normal(0.0, np.sqrt(2.0 / width), size=(width, width)) for _ in range(depth)])
 
 
+def thin(rank: int, power: int = 1) -> xprop.PlanOptions:
+    """The cost options of thin correction legs of ``rank`` alone."""
+    return xprop.PlanOptions(correction=xprop.ThinCorrection(rank, power))
+
+
 def assert_close(got: xprop.Cumulants, expected: xprop.Cumulants) -> None:
     """Every layer's mean and covariance, and the output's cumulants where present, equal to 1e-10 relative."""
     pairs = list(zip(got.layer_means + got.layer_covs, expected.layer_means + expected.layer_covs, strict=True))
@@ -53,9 +58,9 @@ def max_difference(got: xprop.Cumulants, expected: xprop.Cumulants) -> float:
 def test_full_rank_equals_the_exact_sources_on_a_square_net(width: int, depth: int, power: int) -> None:
     layers = square_layers(width, depth, seed=width)
     exact = xprop.planned(NUMPY, layers, SPEC)
-    assert_close(xprop.planned(NUMPY, layers, SPEC, correction=xprop.ThinCorrection(width, power)), exact)
-    assert_close(xprop.planned(NUMPY, layers, SPEC, correction=xprop.ThinCorrection(10 * width, power)), exact)
-    below = xprop.planned(NUMPY, layers, SPEC, correction=xprop.ThinCorrection(width // 2, power))
+    assert_close(xprop.planned(NUMPY, layers, SPEC, options=thin(width, power)), exact)
+    assert_close(xprop.planned(NUMPY, layers, SPEC, options=thin(10 * width, power)), exact)
+    below = xprop.planned(NUMPY, layers, SPEC, options=thin(width // 2, power))
     assert max_difference(below, exact) > 1e-7  # a rank below the width approximates: the test above can fail
 
 
@@ -64,9 +69,9 @@ def test_full_rank_equals_the_exact_sources_on_an_odd_network(outputs: str) -> N
     net = odd_network(3)
     backend, layers = torch_backend(net.device), layers_of(net)
     exact = xprop.planned(backend, layers, SPEC, outputs=outputs)
-    got = xprop.planned(backend, layers, SPEC, outputs=outputs, correction=xprop.ThinCorrection(9))
+    got = xprop.planned(backend, layers, SPEC, outputs=outputs, options=thin(9))
     assert_close(got, exact)
-    rank_zero = xprop.planned(backend, layers, SPEC, outputs=outputs, correction=xprop.ThinCorrection(0))
+    rank_zero = xprop.planned(backend, layers, SPEC, outputs=outputs, options=thin(0))
     assert float((rank_zero.mean - exact.mean).abs().max()) > 1e-8
 
 
@@ -77,8 +82,8 @@ def test_full_rank_combines_with_compression_and_strassen(compression: xprop.Com
     """A thin source is expanded when it is compressed: at full rank of both the result is still exact."""
     layers = square_layers(16, 6, seed=1)
     exact = xprop.planned(NUMPY, layers, SPEC)
-    got = xprop.planned(NUMPY, layers, SPEC, compression=compression, strassen=levels,
-                        correction=xprop.ThinCorrection(16))
+    got = xprop.planned(NUMPY, layers, SPEC, options=xprop.PlanOptions(compression=compression, strassen=levels,
+                                                                        correction=xprop.ThinCorrection(16)))
     assert_close(got, exact)
 
 
@@ -93,8 +98,7 @@ def test_full_rank_equals_the_exact_sources_with_the_fourth_core() -> None:
     backend, layers = torch_backend(net.device), layers_of(net)
     for core in (xprop.FourthCore(two=True), xprop.FourthCore(summed=False)):
         exact = xprop.planned(backend, layers, spec, outputs="cov", core=core)
-        assert_close(xprop.planned(backend, layers, spec, outputs="cov", core=core,
-                                   correction=xprop.ThinCorrection(10)), exact)
+        assert_close(xprop.planned(backend, layers, spec, outputs="cov", core=core, options=thin(10)), exact)
 
 
 def recorded_splits(monkeypatch: pytest.MonkeyPatch, layers: xprop.Layers, backend: xprop.Backend,
@@ -109,7 +113,7 @@ def recorded_splits(monkeypatch: pytest.MonkeyPatch, layers: xprop.Layers, backe
         return result
 
     monkeypatch.setattr(nonlinearity, "thin_split", recording)
-    xprop.planned(backend, layers, SPEC, correction=correction)
+    xprop.planned(backend, layers, SPEC, options=xprop.PlanOptions(correction=correction))
     return calls
 
 
@@ -212,9 +216,8 @@ def test_numpy_namespace_equals_torch() -> None:
     biases = [rng.normal(0.0, 0.1, size=w.shape[0]) for w in weights]
     arrays = xprop.Layers(weights, biases, ["relu"] * 3)
     tensors = xprop.Layers([torch.tensor(w) for w in weights], [torch.tensor(b) for b in biases], ["relu"] * 3)
-    correction = xprop.ThinCorrection(3)
-    got = xprop.planned(NUMPY, arrays, SPEC, outputs="marginals", correction=correction)
-    expected = xprop.planned(TORCH, tensors, SPEC, outputs="marginals", correction=correction)
+    got = xprop.planned(NUMPY, arrays, SPEC, outputs="marginals", options=thin(3))
+    expected = xprop.planned(TORCH, tensors, SPEC, outputs="marginals", options=thin(3))
     assert_close(got, expected)
     exact = xprop.planned(NUMPY, arrays, SPEC, outputs="marginals")
     assert np.abs(got.mean - exact.mean).max() > 1e-8
@@ -225,13 +228,12 @@ def test_refuses_what_it_does_not_do() -> None:
         with pytest.raises(ValueError):
             xprop.ThinCorrection(rank, power)
     with pytest.raises(ValueError, match="K = 3"):
-        xprop.planned(NUMPY, square_layers(6, 3, seed=0), executor_spec(2, "augment", max_width=16),
-                      correction=xprop.ThinCorrection(2))
+        xprop.planned(NUMPY, square_layers(6, 3, seed=0), executor_spec(2, "augment", max_width=16), options=thin(2))
 
 
 def test_cost_model_is_cheaper_than_the_exact_sources() -> None:
     """At 1024×16 a source costs 8n³ + O(n²r) a layer instead of 12n³: rank 64 saves about a quarter."""
     exact = xprop.planned_flops(1024, 16, 3)
-    thin = xprop.planned_flops(1024, 16, 3, correction=xprop.ThinCorrection(64))
-    assert 0.6 * exact < thin < 0.8 * exact
-    assert xprop.planned_flops(1024, 16, 3, correction=xprop.ThinCorrection(0)) < thin
+    slim = xprop.planned_flops(1024, 16, 3, options=thin(64))
+    assert 0.6 * exact < slim < 0.8 * exact
+    assert xprop.planned_flops(1024, 16, 3, options=thin(0)) < slim

@@ -128,7 +128,8 @@ def test_compression_at_full_rank_is_exact(age: int, widths: list[int], output: 
     layers = biased_layers(widths, seed=age, output=output)
     spec = SPECS[xprop.plan_key(3, "simple")]
     exact = xprop.planned(NUMPY, layers, spec, outputs=outputs)
-    got = xprop.planned(NUMPY, layers, spec, outputs=outputs, compression=xprop.Compression(age, max(widths)))
+    lossless = xprop.PlanOptions(compression=xprop.Compression(age, max(widths)))
+    got = xprop.planned(NUMPY, layers, spec, outputs=outputs, options=lossless)
     for a, b in zip(exact.layer_means + exact.layer_covs[:-1], got.layer_means + got.layer_covs[:-1], strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=TOLERANCE)
     if output:
@@ -144,8 +145,8 @@ def test_compression_changes_the_result_below_full_rank() -> None:
     layers = xprop.relu_layers([w.T for w in weights])
     spec = SPECS[xprop.plan_key(3, "simple")]
     exact = np.stack(xprop.planned(NUMPY, layers, spec).layer_means)
-    errors = {(age, rank): np.abs(np.stack(xprop.planned(NUMPY, layers, spec, compression=xprop.Compression(age, rank))
-                                           .layer_means) - exact).max() for age, rank in ((1, 2), (3, 12))}
+    errors = {(age, rank): np.abs(np.stack(xprop.planned(NUMPY, layers, spec, options=xprop.PlanOptions(
+        compression=xprop.Compression(age, rank))).layer_means) - exact).max() for age, rank in ((1, 2), (3, 12))}
     assert errors[(1, 2)] > 1e-6 and errors[(1, 2)] > errors[(3, 12)]
 
 
@@ -167,6 +168,15 @@ def test_compression_rejects_bad_parameters() -> None:
             xprop.Compression(age, rank, power)
 
 
+def test_plan_options_reject_bad_values() -> None:
+    """The cost options refuse negative Strassen levels and a pruning threshold ≤ 0 (or NaN); the defaults are the
+    exact propagation."""
+    assert xprop.PlanOptions() == xprop.PlanOptions(None, 0, None, None)
+    for bad in ({"strassen": -1}, {"prune": 0.0}, {"prune": -4.0}, {"prune": float("nan")}):
+        with pytest.raises(ValueError):
+            xprop.PlanOptions(**bad)
+
+
 @pytest.mark.parametrize("levels", [1, 2, 3])
 def test_strassen_product_equals_the_dense_product(levels: int) -> None:
     """Strassen's recursion is exact in exact arithmetic: equal to a @ b to float64 round-off, for a matrix and a
@@ -186,7 +196,8 @@ def test_strassen_propagation_equals_the_dense_one(compression: xprop.Compressio
     weights = whest_weights(16, 6, seed=4)
     layers = xprop.relu_layers([w.T for w in weights])
     spec = SPECS[xprop.plan_key(3, "simple")]
-    dense = np.stack(xprop.planned(NUMPY, layers, spec, compression=compression).layer_means)
+    dense = np.stack(xprop.planned(NUMPY, layers, spec, options=xprop.PlanOptions(compression=compression)).layer_means)
     for levels in (1, 2):
-        fast = np.stack(xprop.planned(NUMPY, layers, spec, compression=compression, strassen=levels).layer_means)
+        options = xprop.PlanOptions(compression=compression, strassen=levels)
+        fast = np.stack(xprop.planned(NUMPY, layers, spec, options=options).layer_means)
         np.testing.assert_allclose(fast, dense, rtol=0, atol=TOLERANCE)

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,9 +131,9 @@ def test_predicted_flops_bound_the_metered_flops_with_compression(width: int, de
     compression = xprop.Compression(age, rank, power)
     columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
-        xprop.choice_means(FLOAT32, columns, 3, "simple", SPECS, compression=compression)
+        xprop.choice_means(FLOAT32, columns, 3, "simple", SPECS, options=xprop.PlanOptions(compression=compression))
         metered = context.flops_used
-    predicted = xprop.choice_flops(width, depth, 3, "simple", compression=compression)
+    predicted = xprop.choice_flops(width, depth, 3, "simple", options=xprop.PlanOptions(compression=compression))
     assert predicted < xprop.choice_flops(width, depth, 3, "simple")
     assert tightness * predicted <= metered <= predicted, metered / predicted
 
@@ -150,10 +151,11 @@ def test_predicted_flops_bound_the_metered_flops_with_strassen(width: int, depth
     columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
     core = xprop.fourth_core(3, variant)
     spec = SPECS[xprop.plan_key(3, variant)]
+    options = xprop.PlanOptions(compression=compression, strassen=levels)
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
-        xprop.planned(FLOAT32, xprop.relu_layers(columns), spec, compression=compression, strassen=levels, core=core)
+        xprop.planned(FLOAT32, xprop.relu_layers(columns), spec, core=core, options=options)
         metered = context.flops_used
-    predicted = xprop.planned_flops(width, depth, 3, compression=compression, strassen=levels, core=core)
+    predicted = xprop.planned_flops(width, depth, 3, core=core, options=options)
     assert tightness * predicted <= metered <= predicted, metered / predicted
 
 
@@ -168,15 +170,15 @@ def test_predicted_flops_bound_the_metered_flops_with_a_thin_correction(width: i
     flopscope's count, tight at 256×8, and below the exact sources' bound."""
     correction = xprop.ThinCorrection(*thin)
     compression = None if compression is None else xprop.Compression(*compression)
+    options = xprop.PlanOptions(compression=compression, strassen=levels, correction=correction)
     columns = [fnp.asarray(w.T) for w in whest_weights(width, depth, seed=0, dtype=np.float32)]
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
-        xprop.planned(FLOAT32, xprop.relu_layers(columns), SPECS[xprop.plan_key(3, "simple")],
-                      compression=compression, strassen=levels, correction=correction)
+        xprop.planned(FLOAT32, xprop.relu_layers(columns), SPECS[xprop.plan_key(3, "simple")], options=options)
         metered = context.flops_used
-    predicted = xprop.planned_flops(width, depth, 3, compression=compression, strassen=levels, correction=correction)
+    predicted = xprop.planned_flops(width, depth, 3, options=options)
     assert tightness * predicted <= metered <= predicted, metered / predicted
     if width >= 64:
-        assert predicted < xprop.planned_flops(width, depth, 3, compression=compression, strassen=levels)
+        assert predicted < xprop.planned_flops(width, depth, 3, options=replace(options, correction=None))
 
 
 @pytest.mark.parametrize(("order", "variant"), [(3, "simple"), (2, "augment")])
@@ -253,10 +255,10 @@ def test_phase2_runs_the_closure_compressed(package: Path) -> None:
     assert estimator.plan(width, depth, budget) == [(3, "closure", None), (2, "augment", None), (2, "simple", None),
                                                     (1, "simple", None)]
     options = estimator.k3_options(width, depth, budget)  # the vendored module's Compression and ThinCorrection
-    compression, correction = options["compression"], options["correction"]
+    compression, correction = options.compression, options.correction
     assert (compression.age, compression.rank, compression.power) == (6, 256, 1)
-    assert (correction.rank, correction.power) == (16, 1) and options["strassen"] == 0
-    closure, simple = (xprop.planned_flops(width, depth, 3, core=xprop.fourth_core(3, v), **options)
+    assert (correction.rank, correction.power) == (16, 1) and options.strassen == 0
+    closure, simple = (xprop.planned_flops(width, depth, 3, core=xprop.fourth_core(3, v), options=options)
                        for v in ("closure", "simple"))
     assert 1 < closure / simple < 1.04
     estimator.config["compression"] = estimator.config["thin"] = None
@@ -281,10 +283,10 @@ def test_exported_estimator_compresses_where_the_multiplier_is_not_floored(packa
     compression = estimator.compression(phase2.width, phase2.depth, phase2.flop_budget)
     assert compression is not None and compression.rank < phase2.width
     assert estimator.plan(phase2.width, phase2.depth, phase2.flop_budget)[0] == (3, "closure", None)
-    levels = estimator.k3_options(phase2.width, phase2.depth, phase2.flop_budget)["strassen"]  # cheapest predicted
+    levels = estimator.k3_options(phase2.width, phase2.depth, phase2.flop_budget).strassen  # cheapest predicted
     assert levels == estimator.config["strassen"] and all(
-        xprop.planned_flops(phase2.width, phase2.depth, 3, compression=compression, strassen=fewer)
-        > xprop.planned_flops(phase2.width, phase2.depth, 3, compression=compression, strassen=levels)
+        xprop.planned_flops(phase2.width, phase2.depth, 3, options=xprop.PlanOptions(compression, strassen=fewer))
+        > xprop.planned_flops(phase2.width, phase2.depth, 3, options=xprop.PlanOptions(compression, strassen=levels))
         for fewer in range(levels))
     width, depth = 32, 9
     weights = whest_weights(width, depth, seed=9)
@@ -297,8 +299,8 @@ def test_exported_estimator_compresses_where_the_multiplier_is_not_floored(packa
     columns = [w.T for w in weights]
     numpy_backend = xprop.Backend(np, lambda x: 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2))))
     options = estimator.k3_options(width, depth, budget)
-    assert options["compression"] == compression and options["correction"] is not None
-    expected = np.stack(xprop.choice_means(numpy_backend, columns, 3, "closure", SPECS, **options))
+    assert options.compression == compression and options.correction is not None
+    expected = np.stack(xprop.choice_means(numpy_backend, columns, 3, "closure", SPECS, options=options))
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
     assert np.abs(got - expected_means(weights, 3, "closure")).max() > 1e-8  # compressed, not exact
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import flopscope as flops
@@ -124,9 +125,8 @@ class Estimator(BaseEstimator):
             return None
         compression = propagate.Compression(config["age"], max(1, round(config["rank_fraction"] * width)),
                                             config["power"])
-        cheaper = propagate.planned_flops(width, depth, 3, compression=compression) < propagate.planned_flops(
-            width, depth, 3)
-        return compression if cheaper else None
+        compressed = propagate.planned_flops(width, depth, 3, options=propagate.PlanOptions(compression=compression))
+        return compression if compressed < propagate.planned_flops(width, depth, 3) else None
 
     def correction(self) -> propagate.ThinCorrection | None:
         """K = 3's thin correction legs wherever it runs (None: the exact correction leg, if the config has none):
@@ -136,16 +136,17 @@ class Estimator(BaseEstimator):
         config = self.config.get("thin")
         return None if not config else propagate.ThinCorrection(config["rank"], config["power"])
 
-    def k3_options(self, width: int, depth: int, budget: int) -> dict:
-        """K = 3's cost options on this network, as keywords of ``planned_flops`` and ``choice_means``: its
-        compression and thin correction legs, and the levels of Strassen's recursion for its products (the fewest
-        among the cheapest predicted, up to the configured maximum; 0 where none is configured)."""
-        options = {"compression": self.compression(width, depth, budget),
-                   "correction": self.correction()}
-        options["strassen"] = min(range(self.config.get("strassen", 0) + 1),
-                                  key=lambda levels: propagate.planned_flops(width, depth, 3, strassen=levels,
-                                                                             **options))
-        return options
+    def k3_options(self, width: int, depth: int, budget: int) -> propagate.PlanOptions:
+        """K = 3's cost options on this network (``PlanOptions``, for ``planned_flops`` and ``choice_means``): its
+        compression and thin correction legs, the levels of Strassen's recursion for its products (the fewest
+        among the cheapest predicted, up to the configured maximum; 0 where none is configured) and the configured
+        dead-unit threshold (for the runs; the cost bounds ignore it, pruning only lowers the count)."""
+        options = propagate.PlanOptions(compression=self.compression(width, depth, budget),
+                                        correction=self.correction(), prune=self.config.get("prune"))
+        levels = min(range(self.config.get("strassen", 0) + 1),
+                     key=lambda levels: propagate.planned_flops(width, depth, 3,
+                                                                options=replace(options, strassen=levels)))
+        return replace(options, strassen=levels)
 
     def plan(self, width: int, depth: int, budget: int) -> list[Choice]:
         """(order, variant, window) to try, best first. A choice is kept only if its predicted FLOPs plus those of
@@ -162,7 +163,7 @@ class Estimator(BaseEstimator):
         if self.config["max_order"] >= 3 and fits_width:
             tail = sum(propagate.choice_flops(width, depth, *c) for c in fallbacks)
             options = self.k3_options(width, depth, budget)
-            k3 = propagate.planned_flops(width, depth, 3, **options)
+            k3 = propagate.planned_flops(width, depth, 3, options=options)
             if k3 + tail <= allowed:
                 # whether K = 3 pays is judged at exact K = 3's cost: K3_GAIN was measured exact, and compression's
                 # loss of accuracy is measured only at 256×8 and 1024×16 (docs/results.md)
@@ -180,14 +181,14 @@ class Estimator(BaseEstimator):
                     choices.append((3, "simple", window))
         return choices + fallbacks
 
-    def k3_variant(self, width: int, depth: int, budget: int, options: dict, simple: float, tail: float,
-                   allowed: float, k2_flops: float | None, gain: float) -> str:
+    def k3_variant(self, width: int, depth: int, budget: int, options: propagate.PlanOptions, simple: float,
+                   tail: float, allowed: float, k2_flops: float | None, gain: float) -> str:
         """K = 3's variant: "closure" where its plan was exported and, with the cost options K = 3 runs with
         (``options``, from ``k3_options``; ``simple``: K = 3 simple's predicted FLOPs with them), it fits beside its
         fallbacks, still beats K = 2 (``k3_pays``) and beats K = 3 simple (``closure_pays``); else "simple"."""
         if propagate.plan_key(3, "closure") not in self.specs:
             return "simple"
-        closure = propagate.planned_flops(width, depth, 3, core=propagate.fourth_core(3, "closure"), **options)
+        closure = propagate.planned_flops(width, depth, 3, core=propagate.fourth_core(3, "closure"), options=options)
         pays = k2_flops is None or k3_pays(width, depth, closure, k2_flops, budget, gain)
         return "closure" if closure + tail <= allowed and pays and closure_pays(closure, simple, budget) else "simple"
 
@@ -198,10 +199,12 @@ class Estimator(BaseEstimator):
             tail += propagate.covariance_flops(width, depth)
         return propagate.choice_flops(width, depth, *choice) + tail <= allowed
 
-    def run(self, weights: list, order: int, variant: str, window: int | None, options: dict) -> fnp.ndarray:
-        """All layers' means, shape (depth, width), by one choice (K = 3 with ``k3_options``' ``options``)."""
-        return fnp.stack(propagate.choice_means(BACKEND, weights, order, variant, self.specs, window,
-                                                prune=self.config.get("prune"), **options), axis=0)
+    def run(self, weights: list, order: int, variant: str, window: int | None,
+            options: propagate.PlanOptions) -> fnp.ndarray:
+        """All layers' means, shape (depth, width), by one choice (K = 3 with ``k3_options``' ``options``; the
+        other orders with its ``prune`` alone, ``choice_means``)."""
+        return fnp.stack(propagate.choice_means(BACKEND, weights, order, variant, self.specs, window, options),
+                         axis=0)
 
     def predict(self, mlp: MLP, budget: int) -> fnp.ndarray:
         weights = [w.T for w in mlp.weights]  # WhestBench's h @ W is mechest's W.T @ h
@@ -209,7 +212,8 @@ class Estimator(BaseEstimator):
             warnings.simplefilter("ignore")
             options = self.k3_options(mlp.width, mlp.depth, budget)
             for order, variant, window in self.plan(mlp.width, mlp.depth, budget):
-                out = self.run(weights, order, variant, window, options if window is None else {})
+                out = self.run(weights, order, variant, window,
+                               options if window is None else propagate.PlanOptions(prune=options.prune))
                 if math.isfinite(float(fnp.sum(out))):
                     return out
         return fnp.zeros((mlp.depth, mlp.width), dtype=fnp.float32)

@@ -18,7 +18,8 @@ docs/method.md; in short:
   (``sources``), κ_4 kept as its pure trace c·Sym(M ⊗ M), κ_1 and κ_2 dense.
 - K = 3 core and closure: κ_4 with an n×n matrix core, its off-diagonal from the (3,1) slice or modelled as a
   multiple of the covariance's (``fourth``); options of K = 3: compressed old sources (``source_compression``),
-  thin correction legs (``thin``), Strassen products (``strassen``).
+  thin correction legs (``thin``), Strassen products (``strassen``); with dead-unit pruning (``pruning``, K = 2
+  augment's too) they are one value, the cost options ``PlanOptions`` (``options``).
 - K = 2 augment: κ_1, κ_2 dense, κ_3 kept as the radial piece Sym(u ⊗ M) and κ_4 as c·Sym(M ⊗ M) (M = W Wᵀ).
 
 The diagram terms, the pK → K conversions, the slices of the radial pieces and their projection coefficients
@@ -36,6 +37,7 @@ from .costs import choice_flops, covariance_flops, mean_field_flops, planned_flo
 from .fourth import CLOSURE_SHAPE, FourthCore, core_projection, core_slices, core_spec, fourth_core
 from .layers import OUTPUTS, Backend, Cumulants, Layers, layer_states, relu_layers
 from .nonlinearity import carried_third, next_third
+from .options import PlanOptions
 from .pieces import projected_cores
 from .propagation import marginal_slices, planned
 from .schemes import choice_means, plan_key, run_scheme
@@ -46,7 +48,7 @@ from .thin import ThinCorrection, separable_terms, thin_split
 from .wick import relu_wick, relu_wick_terms
 
 __all__ = ["CLOSURE_SHAPE", "ISOTROPIC_TRACE_ROWS", "OUTPUTS", "Backend", "Compression", "Cumulants", "FourthCore",
-           "Layers", "ThinCorrection", "carried_third", "choice_flops", "choice_means", "compressed",
+           "Layers", "PlanOptions", "ThinCorrection", "carried_third", "choice_flops", "choice_means", "compressed",
            "compressed_source", "core_projection", "core_slices", "core_spec", "covariance", "covariance_flops",
            "expanded", "fourth_core", "is_compressed", "layer_states", "mapped_feeds", "mapped_third",
            "marginal_slices", "mean_field", "mean_field_flops", "next_third", "off_diagonal", "plan_key", "planned",

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 from .fourth import FourthCore, fourth_core
-from .source_compression import Compression
+from .options import PlanOptions
 from .strassen import product_flops
-from .thin import ThinCorrection
 
 
-def planned_flops(width: int, depth: int, order: int, window: int | None = None,
-                  compression: Compression | None = None, strassen: int = 0, core: FourthCore | None = None,
-                  correction: ThinCorrection | None = None) -> int:
+def planned_flops(width: int, depth: int, order: int, window: int | None = None, core: FourthCore | None = None,
+                  options: PlanOptions = PlanOptions()) -> int:
     """Leading-order FLOPs of ``planned`` (float32 units) on the WhestBench estimator's backend for the K = 3
     (simple, factored) or K = 2 (augment) plan, layer by layer as it runs: W Wᵀ and W Σ Wᵀ on hidden layers,
     formed by the backend's ``sandwich``, which flopscope bills for the distinct entries of their symmetric
@@ -23,11 +21,14 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     envelope of flopscope's counts (tests/test_whestbench.py), so the total is an upper bound (tested at
     n = 8–256; K = 3: 1.5% above the count at 256×8; K = 2 augment: 10% above at 256×8).
 
-    With ``compression`` (age a, rank r) at most a sources are full; each older one maps its basis (2n²r) and its
-    (2,1) slice costs 14n²r (expanding B·X' 6n²r, contracting through the basis 8n²r), plus 6n²r for its cubic
-    slice on the last layer; compressing a source costs (12 + 12·power)n²r and its QR 4nr². With ``strassen``
-    levels every n³ product but the sandwiches (the sources' mapping and slices, the last layer's W Σ) costs
-    ``product_flops``.
+    ``options`` (``PlanOptions``): the cost options ``planned`` runs with. ``options.prune`` is ignored: pruning
+    dead units only lowers the count, so the bound without it stays a bound.
+
+    With ``options.compression`` (age a, rank r) at most a sources are full; each older one maps its basis (2n²r)
+    and its (2,1) slice costs 14n²r (expanding B·X' 6n²r, contracting through the basis 8n²r), plus 6n²r for its
+    cubic slice on the last layer; compressing a source costs (12 + 12·power)n²r and its QR 4nr². With
+    ``options.strassen`` levels every n³ product but the sandwiches (the sources' mapping and slices, the last
+    layer's W Σ) costs ``product_flops``.
 
     ``core`` (K = 3 with κ_4's matrix core without the capped sum, ``FourthCore(summed=False)``, the scheme K = 3
     "core"): plus W G Wᵀ (like W Σ Wᵀ) on every full hidden layer from the second on and diag(W G Wᵀ) (2n³) on
@@ -39,11 +40,12 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     A sandwich that flopscope finds not symmetric within its tolerance falls back to plain products (an extra
     n³ or 2n³ the model does not include; not seen on the nets measured).
 
-    ``correction`` (``ThinCorrection``, rank r): a source carries [T, P, Z] (2n + r columns; the newest [P, Z],
-    n + r) instead of (T, P, Q): mapping 2n²(2n + r) and (2,1) slice 2n²(2n + r) a source, plus 4n²r a source and
-    layer (Z Lᵀ inside Q and (T∘T)L), the range finder at birth ((4 + 4·power)n²r and its QR 4nr²), 2n²r to
-    expand Q for the last layer's cubic slice or a compression, and THIN_QUADRATIC·n² a source and layer of
-    elementwise work (an envelope of flopscope's count)."""
+    ``options.correction`` (``ThinCorrection``, rank r): a source carries [T, P, Z] (2n + r columns; the newest
+    [P, Z], n + r) instead of (T, P, Q): mapping 2n²(2n + r) and (2,1) slice 2n²(2n + r) a source, plus 4n²r a
+    source and layer (Z Lᵀ inside Q and (T∘T)L), the range finder at birth ((4 + 4·power)n²r and its QR 4nr²),
+    2n²r to expand Q for the last layer's cubic slice or a compression, and THIN_QUADRATIC·n² a source and layer
+    of elementwise work (an envelope of flopscope's count)."""
+    compression, strassen, correction = options.compression, options.strassen, options.correction
     first_carried = 0 if window is None else max(depth - window, 0)
     age = depth if compression is None else compression.age
     rank = width if compression is None else min(compression.rank, width)
@@ -145,13 +147,15 @@ def mean_field_flops(width: int, depth: int) -> int:
 
 
 def choice_flops(width: int, depth: int, order: int, variant: str, window: int | None = None,
-                 compression: Compression | None = None, strassen: int = 0) -> int:
-    """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator (K = 3 simple, core or
-    closure, optionally with compressed sources and Strassen products)."""
+                 options: PlanOptions = PlanOptions()) -> int:
+    """Upper bound on the FLOPs of one (order, variant, window) choice of the estimator as ``choice_means`` runs it:
+    K = 3 simple, core or closure with ``options`` (``PlanOptions``: compressed sources, Strassen products, thin
+    correction legs; ``prune`` ignored, as by ``planned_flops``), the other choices exact (their options are
+    K = 3's)."""
     if order == 1:
         return mean_field_flops(width, depth)
     if (order, variant) == (2, "simple"):
         return covariance_flops(width, depth)
     if order == 3:
-        return planned_flops(width, depth, order, window, compression, strassen, core=fourth_core(order, variant))
+        return planned_flops(width, depth, order, window, fourth_core(order, variant), options)
     return planned_flops(width, depth, order, window)

@@ -12,12 +12,12 @@ from .fourth import FourthCore, core_next, core_slices, core_spec, mapped_core_d
 from .layers import Backend, Cumulants, Layers, check_outputs, layer_states
 from .linear import linear_mean, linear_variance, symmetric_product
 from .nonlinearity import next_third
+from .options import PlanOptions
 from .pieces import mapped_cores, piece_slices, projected_cores
 from .plans import check_spec
 from .pruning import kept_third, kept_units
-from .source_compression import Compression, compressed
+from .source_compression import compressed
 from .sources import mapped_feeds, mapped_third, third_cubic, third_slices
-from .thin import ThinCorrection
 from .wick import activation_wick
 
 
@@ -42,10 +42,8 @@ def live_columns(weight: Any, kept: Any | None) -> Any:
     return weight if kept is None else weight[:, kept]
 
 
-def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = None,
-            outputs: str = "cov", compression: Compression | None = None, strassen: int = 0,
-            core: FourthCore | None = None, correction: ThinCorrection | None = None,
-            prune: float | None = None) -> Cumulants:
+def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = None, outputs: str = "cov",
+            core: FourthCore | None = None, options: PlanOptions = PlanOptions()) -> Cumulants:
     """Propagation by the exported plan: K = 3 simple with κ_3 factored (equals mechest's factored engine) or
     K = 2 augment (equals mechest's unfactorised engine at K = 2 augment).
 
@@ -58,18 +56,13 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     them everywhere. ``outputs`` (OUTPUTS) says what the output map must give: its mean alone (then the last hidden
     layer is a ``last_mean`` too), also its covariance, or also its marginal κ_3 and κ_4, which need κ_3 and the
     pieces carried through the last hidden layer and every source mapped once more (at 256×4, K = 3: 1.1e9, 1.5e9
-    and 1.9e9 FLOPs). ``compression`` compresses the κ_3 sources older than its age (``Compression``; None: exact).
-    ``strassen`` > 0 runs the n³ products (the sources' mapping and (2,1) slices, and W Σ Wᵀ and W Wᵀ where the
-    backend has no ``sandwich``) by that many levels of Strassen's recursion (``product``). ``core`` (K = 3 only;
-    ``spec`` from mechest.kprop.spec.fourth_core_spec) keeps κ_4 with an n×n core (``FourthCore``, docs/method.md
-    §7.8); None: the reference scheme. ``correction`` (K = 3 only) keeps each new source's correction leg thin
-    (``ThinCorrection``, docs/method.md §7.10): T and P mapped, Q = T diag(s) + P diag(f) + Z Lᵀ with a rank-r
-    residual; it combines with ``compression`` (a thin source is expanded when it is compressed) and ``strassen``.
-    None: the exact Q. ``prune`` = t drops, after every hidden layer, the units whose pre-activation mean is more
-    than t standard deviations below zero from the covariance and κ_3 sources carried on (``pruning``, docs/method.md
-    §7.11; ReLU nets only); None: keeps every unit. A pruned layer's covariance is not returned (None in
-    ``layer_covs``), and Strassen's products fall back to dense ones on the pruned widths (``product``).
+    and 1.9e9 FLOPs). ``core`` (K = 3 only; ``spec`` from mechest.kprop.spec.fourth_core_spec) keeps κ_4 with an
+    n×n core (``FourthCore``, docs/method.md §7.8); None: the reference scheme. ``options`` (``PlanOptions``, each
+    described there): how cheaply — compressed κ_3 sources, Strassen products, thin correction legs, dead units
+    pruned; the default runs exactly and keeps every unit. A thin correction is refused below K = 3, pruning on a
+    net with other activations than ReLU.
     """
+    compression, strassen, correction, prune = options.compression, options.strassen, options.correction, options.prune
     if correction is not None and spec.get("order") != 3:
         raise ValueError("the thin correction is an option of the K = 3 plan")
     if prune is not None and any(activation != "relu" for activation in layers.activations):
