@@ -21,12 +21,17 @@ DEAD = 5  # units per layer given a bias of −30 σ
 THIN = xprop.ThinCorrection(4, 1)
 
 
-def dead_unit_layers(width: int, depth: int, output_map: bool, seed: int = 0) -> xprop.Layers:
-    """He-init ReLU layers whose first DEAD units have a bias 30 pre-activation standard deviations below zero."""
+def dead_unit_layers(width: int, depth: int, output_map: bool, seed: int = 0,
+                     dims: list[int] | None = None) -> xprop.Layers:
+    """He-init ReLU layers (``depth`` of ``width`` units, or the input and hidden widths ``dims``; with an output map
+    to 3 outputs) whose first DEAD units have a bias 30 pre-activation standard deviations below zero."""
+    dims = dims or [width] * (depth + 1)
+    depth = len(dims) - 1
+    shapes = list(zip(dims[1:], dims[:-1])) + ([(3, dims[-1])] if output_map else [])
     generator = torch.Generator().manual_seed(seed)
-    weights = [torch.randn(width, width, generator=generator, dtype=torch.float64) * (2 / width) ** 0.5
-               for _ in range(depth + output_map)]
-    biases = [torch.zeros(width, dtype=torch.float64) for _ in weights]
+    weights = [torch.randn(out, inp, generator=generator, dtype=torch.float64) * (2 / inp) ** 0.5
+               for out, inp in shapes]
+    biases = [torch.zeros(out, dtype=torch.float64) for out, _ in shapes]
     for bias in biases[:depth]:
         bias[:DEAD] = -30.0 * 2**0.5 * depth  # every pre-activation's standard deviation is below 2^0.5·depth
     return xprop.Layers(weights, biases, ["relu"] * depth)
@@ -43,9 +48,10 @@ CASES = [(3, "simple", EXACT), (3, "closure", EXACT), (3, "simple", xprop.PlanOp
 
 @pytest.mark.parametrize(("order", "variant", "options"), CASES)
 @pytest.mark.parametrize("outputs", ["mean", "cov", "marginals"])
+@pytest.mark.parametrize("dims", [None, [11, 30, 19, 26, 23, 17]], ids=["square", "odd"])
 def test_pruning_dead_units_changes_nothing_but_round_off(order: int, variant: str, options: xprop.PlanOptions,
-                                                           outputs: str) -> None:
-    layers = dead_unit_layers(24, 5, output_map=outputs != "mean")
+                                                           outputs: str, dims: list[int] | None) -> None:
+    layers = dead_unit_layers(24, 5, output_map=outputs != "mean", dims=dims)
     spec = executor_spec(order, variant if variant != "closure" else "core", max_width=64)
     kept = xprop.run_scheme(TORCH, layers, order, variant, spec, outputs, options=options)
     # round-off only: the range finder's QR sees fewer rows (a wrongly dropped unit shows as ≥ 1e-3, measured)

@@ -56,6 +56,11 @@ def test_sandwiches_equal_the_plain_products_and_are_billed_for_distinct_entries
             billed = context.flops_used
         np.testing.assert_allclose(np.asarray(got), plain, rtol=1e-5, atol=1e-5)
         assert cubes * n**3 <= billed <= cubes * n**3 + 16 * n**2, billed / n**3
+    wide = (generator.standard_normal((24, n)) * (2 / n) ** 0.5).astype(np.float32)  # out ≠ in
+    for m, plain in ((None, wide @ wide.T), (vector, (wide * vector) @ wide.T), (middle, wide @ middle @ wide.T)):
+        with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True):
+            got = FLOAT32.sandwich(fnp.asarray(wide), None if m is None else fnp.asarray(m))
+        np.testing.assert_allclose(np.asarray(got), plain, rtol=1e-5, atol=1e-5)
     skew = middle + np.triu(np.ones((n, n), dtype=np.float32), 1)
     assert FLOAT32.sandwich(fnp.asarray(weight), fnp.asarray(skew)) is None
     got = symmetric_product(fnp.asarray(weight), fnp.asarray(skew), fnp, sandwich=FLOAT32.sandwich)
