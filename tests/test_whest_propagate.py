@@ -179,14 +179,15 @@ def test_plan_options_reject_bad_values() -> None:
 
 @pytest.mark.parametrize("levels", [1, 2, 3])
 def test_strassen_product_equals_the_dense_product(levels: int) -> None:
-    """Strassen's recursion is exact in exact arithmetic: equal to a @ b to float64 round-off, for a matrix and a
-    stack of matrices, rectangular; a dimension not divisible by 2^levels falls back to the dense product."""
+    """Strassen's recursion is exact in exact arithmetic: equal to a @ b to float64 round-off, rectangular, with b
+    read as given or transposed in place; a dimension not divisible by 2^levels falls back to the dense product."""
     rng = np.random.default_rng(levels)
-    a, b = rng.normal(size=(16, 24)), rng.normal(size=(2, 3, 24, 8))
+    a, b = rng.normal(size=(16, 24)), rng.normal(size=(24, 40))
     np.testing.assert_allclose(xprop.product(np, a, b, levels), a @ b, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(xprop.product(np, a, b[0, 0], levels), a @ b[0, 0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(xprop.product(np, a, b.T.copy(), levels, transposed=True), a @ b, rtol=0, atol=1e-12)
     odd = rng.normal(size=(24, 7))
     np.testing.assert_array_equal(xprop.product(np, a, odd, levels), a @ odd)
+    np.testing.assert_array_equal(xprop.product(np, a, odd.T.copy(), levels, transposed=True), a @ odd)
 
 
 @pytest.mark.parametrize("compression", [None, xprop.Compression(2, 4, 1)])

@@ -55,16 +55,12 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     thin_rank = 0 if correction is None else min(correction.rank, width)
     columns = 2 * n + thin_rank  # of a thin source's [T, P, Z]
 
-    def mapping(count: int) -> int:  # W times the stacked factors of `count` older full sources, and the newest
-        if correction is not None:
-            return (count - 1) * product_flops(n, n, columns, strassen) + product_flops(n, n, n + thin_rank, strassen)
-        return (product_flops(n, n, 3 * (count - 1) * n, strassen) if count > 1 else 0) + product_flops(
-            n, n, 2 * n, strassen)
+    def mapping(count: int) -> int:  # W times the factors of `count` full sources, one product a source (its group)
+        older, newest = (columns, n + thin_rank) if correction is not None else (3 * n, 2 * n)
+        return (count - 1) * product_flops(n, n, older, strassen) + product_flops(n, n, newest, strassen)
 
-    def double(count: int) -> int:  # the (2,1) slices of `count` full sources
-        if correction is not None:
-            return count * product_flops(n, columns, n, strassen)
-        return product_flops(n, 3 * count * n, n, strassen)
+    def double(count: int) -> int:  # the (2,1) slices of `count` full sources, one product a source
+        return count * product_flops(n, columns if correction is not None else 3 * n, n, strassen)
 
     square = product_flops(n, n, n, strassen)
     gram, sandwich = n**3, 3 * n**3  # W Wᵀ and W Σ Wᵀ by the backend's sandwich

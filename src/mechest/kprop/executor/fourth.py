@@ -100,7 +100,7 @@ def mapped_core(xp: Any, weight: Any, core: Any, pre_cov: Any, levels: int = 0,
     if isinstance(core, ShapedCore):
         spread = sandwich(weight, core.diagonal) if sandwich is not None else None
         if spread is None:
-            spread = product(xp, weight * core.diagonal[None, :], weight.T, levels)
+            spread = product(xp, weight * core.diagonal[None, :], weight, levels, transposed=True)
         return spread + core.multiple * pre_cov
     return symmetric_product(weight, core, xp, levels, sandwich)
 

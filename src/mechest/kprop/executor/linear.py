@@ -24,7 +24,8 @@ def symmetric_product(weight: Any, cov: Any | None, xp: Any = None, levels: int 
     if value is not None:
         return value
     if levels:
-        value = product(xp, weight, weight.T if cov is None else product(xp, cov, weight.T, levels), levels)
+        value = (product(xp, weight, weight, levels, transposed=True) if cov is None
+                 else product(xp, weight, product(xp, cov, weight, levels, transposed=True), levels))
     else:
         value = weight @ weight.T if cov is None else weight @ cov @ weight.T
     return (value + value.T) / 2

@@ -157,7 +157,7 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None =
             value = xp.einsum("sia,sla->il", through, group[0])
         else:
             rows = factors.shape[0]
-            value = product(xp, left.reshape(rows, -1), factors.reshape(rows, -1).T, levels)
+            value = product(xp, left.reshape(rows, -1), factors.reshape(rows, -1), levels, transposed=True)
         if rank_one is not None:
             value = value + rank_one[:, None] * feed[1][None, :]
         double = value if double is None else double + value
@@ -181,5 +181,6 @@ def thin_slice(xp: Any, group: tuple, levels: int = 0, feed: tuple | None = None
         left = [left[0] + onto_t, left[1] + onto_p]
     if lower.shape[-1]:
         left.append(xp.einsum("isk,skr->isr", square, lower))
-    value = product(xp, xp.concatenate(left, axis=2).reshape(rows, -1), factors.reshape(rows, -1).T, levels)
+    value = product(xp, xp.concatenate(left, axis=2).reshape(rows, -1), factors.reshape(rows, -1), levels,
+                    transposed=True)
     return value if rank_one is None else value + rank_one[:, None] * feed[1][None, :]

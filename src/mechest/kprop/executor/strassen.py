@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import string
 from typing import Any
+
+from .arrays import constant
 
 STRASSEN_LEFT = [[[1, 0], [0, 1]], [[0, 0], [1, 1]], [[1, 0], [0, 0]], [[0, 0], [0, 1]], [[1, 1], [0, 0]],
                   [[-1, 0], [1, 0]], [[0, 1], [0, -1]]]
@@ -19,44 +22,61 @@ STRASSEN_OUT = [[[1, 0], [0, 1]], [[0, 0], [1, -1]], [[0, 1], [0, 1]], [[1, 0], 
 C_ab = Σ_u O[u][a][b] M_u."""
 
 
-def strassen_split(xp: Any, x: Any, coefficients: list) -> Any:
-    """(T, Z, r, c) → (7T, Z, r/2, c/2): the seven block combinations of every matrix (one einsum)."""
-    t, batch, rows, cols = x.shape
-    blocks = x.reshape(t, batch, 2, rows // 2, 2, cols // 2)
-    out = xp.einsum("uab,tzaibj->utzij", xp.asarray(coefficients, dtype=x.dtype), blocks)
-    return out.reshape(7 * t, batch, rows // 2, cols // 2)
+def level_subscripts(levels: int) -> tuple[str, str, str]:
+    """einsum subscripts for ``levels`` Strassen levels at once: the coefficient tensors ("u a b" per level), a
+    matrix cut into blocks (its row bits a_1…a_L, the block row i, its column bits b_1…b_L, the block column j; level
+    1 the most significant bit) and the stack of combinations (u_1…u_L, i, j)."""
+    letters = iter(string.ascii_letters)
+    u, a, b = ([next(letters) for _ in range(levels)] for _ in range(3))
+    i, j = next(letters), next(letters)
+    coefficients = ",".join(f"{u[level]}{a[level]}{b[level]}" for level in range(levels))
+    return coefficients, "".join(a) + i + "".join(b) + j, "".join(u) + i + j
 
 
-def product(xp: Any, a: Any, b: Any, levels: int = 0) -> Any:
-    """a @ b (a 2-D, b 2-D or a stack of matrices) by ``levels`` levels of Strassen's recursion, each level one
-    einsum per operand forming the seven block combinations, the 7^levels block products one batched matmul,
-    and one einsum per level recombining them: (7/8)^levels of the dense product's multiplications plus
-    O(size of the operands) (``product_flops``). Dense ``@`` when levels = 0 or a dimension is not divisible
-    by 2^levels. Exact in exact arithmetic; in floating point the error grows by a small factor per level."""
+def combinations(xp: Any, matrix: Any, coefficients: Any, levels: int, transposed: bool = False) -> Any:
+    """The 7^levels block combinations Σ_ab C[u][a][b] X_ab, applied level by level, of X = ``matrix`` (or of its
+    transpose, read in place: no copy), as one einsum: shape (7,)*levels + (rows, columns) / 2^levels."""
+    rows, columns = matrix.shape[::-1] if transposed else matrix.shape
+    terms, blocks, stack = level_subscripts(levels)
+    halves = (2,) * levels
+    if transposed:  # X = matrixᵀ: the stored matrix's rows are X's columns
+        split = matrix.reshape(*halves, columns >> levels, *halves, rows >> levels)
+        bits = len(blocks) // 2
+        blocks = blocks[bits:] + blocks[:bits]
+    else:
+        split = matrix.reshape(*halves, rows >> levels, *halves, columns >> levels)
+    return xp.einsum(f"{terms},{blocks}->{stack}", *([coefficients] * levels), split)
+
+
+def product(xp: Any, a: Any, b: Any, levels: int = 0, transposed: bool = False) -> Any:
+    """a @ b (both 2-D; ``transposed``: a @ bᵀ, b read in place) by ``levels`` levels of Strassen's recursion: one
+    einsum per operand forms all 7^levels block combinations, one batched matmul their products, one einsum
+    recombines them (a handful of operations whatever the depth, which phase 2's residual-time gate needs):
+    (7/8)^levels of the dense product's multiplications plus O(size of the operands) (``product_flops``). Dense
+    ``@`` when levels = 0 or a dimension is not divisible by 2^levels. Exact in exact arithmetic; in floating point
+    the error grows by a small factor per level."""
     n, k = a.shape
-    m = b.shape[-1]
+    m = b.shape[0] if transposed else b.shape[1]
     if levels == 0 or any(d % 2**levels for d in (n, k, m)):
-        return a @ b
-    left, right = a.reshape(1, 1, n, k), b.reshape(1, -1, k, m)
-    for _ in range(levels):
-        left, right = strassen_split(xp, left, STRASSEN_LEFT), strassen_split(xp, right, STRASSEN_RIGHT)
-    out = left @ right
-    coefficients = xp.asarray(STRASSEN_OUT, dtype=out.dtype)
-    for _ in range(levels):
-        count, batch, p, q = out.shape
-        out = xp.einsum("uab,utzij->tzaibj", coefficients, out.reshape(7, count // 7, batch, p, q))
-        out = out.reshape(count // 7, batch, 2 * p, 2 * q)
-    return out.reshape(*b.shape[:-2], n, m)
+        return a @ (b.T if transposed else b)
+    left = combinations(xp, a, constant(xp, a, "strassen left", lambda: STRASSEN_LEFT), levels)
+    right = combinations(xp, b, constant(xp, b, "strassen right", lambda: STRASSEN_RIGHT), levels, transposed)
+    terms, blocks, stack = level_subscripts(levels)
+    out = constant(xp, a, "strassen out", lambda: STRASSEN_OUT)
+    return xp.einsum(f"{terms},{stack}->{blocks}", *([out] * levels), left @ right).reshape(n, m)
 
 
 def product_flops(n: int, k: int, m: int, levels: int = 0) -> int:
-    """FLOPs of ``product`` for an (n × k)(k × m) product: the 7^levels block products 2nkm (7/8)^levels, and per
-    level i the block combinations, ≤ 10 FLOPs per output entry of the operands' (7/4)^i·(nk + km) entries, and the
-    recombination, ≤ 16 per entry of (7/4)^(i−1)·nm (an envelope of flopscope's count, which is ≈ 8 and 14 plus the
-    block products' own overhead); 2nkm where a dimension is not divisible by 2^levels (``product`` is dense
-    there)."""
+    """FLOPs of ``product`` for an (n × k)(k × m) product as flopscope bills it: the 7^levels block products
+    2nkm (7/8)^levels; each operand's reshape into blocks (one FLOP an entry) and its combinations, one einsum over
+    the levels whose pairwise steps bill 2·4 − 1 FLOPs per entry of level i's (7/4)^i (nk + km) entries (a sum over
+    the four blocks); the recombination, 2·7 − 1 per entry of level i's (7/4)^(i−1) nm (a sum over the seven
+    products), and the reshape of the result. 2nkm where a dimension is not divisible by 2^levels (``product`` is
+    dense there)."""
     if levels == 0 or any(d % 2**levels for d in (n, k, m)):
         return 2 * n * k * m
-    combinations = sum(10 * (7 / 4) ** i * (n * k + k * m) + 16 * (7 / 4) ** (i - 1) * n * m
-                       for i in range(1, levels + 1))
-    return math.ceil(2 * n * k * m * (7 / 8) ** levels + combinations)
+    blocks, products = 4, len(STRASSEN_OUT)
+    growth = products / blocks
+    split = (n * k + k * m) * (1 + (2 * blocks - 1) * sum(growth**i for i in range(1, levels + 1)))
+    recombine = n * m * (1 + (2 * products - 1) * sum(growth**i for i in range(levels)))
+    return math.ceil(2 * n * k * m * (products / 8) ** levels + split + recombine)
