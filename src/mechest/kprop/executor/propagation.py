@@ -18,6 +18,7 @@ from .plans import check_spec
 from .pruning import kept_third, kept_units
 from .source_compression import compressed
 from .sources import mapped_feeds, mapped_third, third_cubic, third_slices
+from .strassen import release_buffers
 from .wick import activation_wick
 
 
@@ -141,6 +142,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
             slices = marginal_slices(xp, spec, weight, cores, third, fourth=fourth, pre_var=xp.diag(result.cov),
                                      kept=state.kept)
             result.third_diagonal, result.fourth_diagonal = slices.get((3, (3,))), slices.get((4, (4,)))
+    release_buffers()  # Strassen's scratch arrays live for one propagation
     return result
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import string
 from typing import Any
@@ -33,9 +35,37 @@ def level_subscripts(levels: int) -> tuple[str, str, str]:
     return coefficients, "".join(a) + i + "".join(b) + j, "".join(u) + i + j
 
 
-def combinations(xp: Any, matrix: Any, coefficients: Any, levels: int, transposed: bool = False) -> Any:
+_BUFFERS: dict = {}
+
+
+@functools.cache
+def takes_out(xp: Any) -> bool:
+    """Whether the namespace's einsum writes into a given array (``out=``): numpy's and flopscope's do, torch's
+    does not."""
+    return "out" in inspect.signature(xp.einsum).parameters
+
+
+def buffer(xp: Any, like: Any, role: str, shape: tuple) -> Any:
+    """A scratch array of ``shape`` in ``like``'s dtype, made once per (namespace, device, dtype, role, shape) and
+    reused by every later product of that shape until ``release_buffers``: Strassen's block combinations and block
+    products are large and short-lived, and allocating and freeing them at every product costs far more time than
+    the few operations that fill them (phase 2's residual-time gate)."""
+    key = (id(xp), str(getattr(like, "device", "")), str(like.dtype), role, shape)
+    if key not in _BUFFERS:
+        _BUFFERS[key] = xp.empty(shape, dtype=like.dtype)
+    return _BUFFERS[key]
+
+
+def release_buffers() -> None:
+    """Drop the scratch arrays of ``buffer`` (``planned`` does at its end)."""
+    _BUFFERS.clear()
+
+
+def combinations(xp: Any, matrix: Any, coefficients: Any, levels: int, transposed: bool = False,
+                 out: Any | None = None) -> Any:
     """The 7^levels block combinations Σ_ab C[u][a][b] X_ab, applied level by level, of X = ``matrix`` (or of its
-    transpose, read in place: no copy), as one einsum: shape (7,)*levels + (rows, columns) / 2^levels."""
+    transpose, read in place: no copy), as one einsum: shape (7,)*levels + (rows, columns) / 2^levels, written
+    into ``out`` if given."""
     rows, columns = matrix.shape[::-1] if transposed else matrix.shape
     terms, blocks, stack = level_subscripts(levels)
     halves = (2,) * levels
@@ -45,25 +75,39 @@ def combinations(xp: Any, matrix: Any, coefficients: Any, levels: int, transpose
         blocks = blocks[bits:] + blocks[:bits]
     else:
         split = matrix.reshape(*halves, rows >> levels, *halves, columns >> levels)
-    return xp.einsum(f"{terms},{blocks}->{stack}", *([coefficients] * levels), split)
+    operands = (*([coefficients] * levels), split)
+    if out is None:
+        return xp.einsum(f"{terms},{blocks}->{stack}", *operands)
+    return xp.einsum(f"{terms},{blocks}->{stack}", *operands, out=out)
 
 
 def product(xp: Any, a: Any, b: Any, levels: int = 0, transposed: bool = False) -> Any:
     """a @ b (both 2-D; ``transposed``: a @ bᵀ, b read in place) by ``levels`` levels of Strassen's recursion: one
     einsum per operand forms all 7^levels block combinations, one batched matmul their products, one einsum
     recombines them (a handful of operations whatever the depth, which phase 2's residual-time gate needs):
-    (7/8)^levels of the dense product's multiplications plus O(size of the operands) (``product_flops``). Dense
-    ``@`` when levels = 0 or a dimension is not divisible by 2^levels. Exact in exact arithmetic; in floating point
-    the error grows by a small factor per level."""
+    (7/8)^levels of the dense product's multiplications plus O(size of the operands) (``product_flops``). Where
+    the namespace's einsum takes ``out=`` (``takes_out``) the combinations and block products go into reused
+    scratch arrays (``buffer``) and the result into a fresh contiguous array, so that nothing large is freed
+    between operations. Dense ``@`` when levels = 0 or a dimension is not divisible by 2^levels. Exact in exact
+    arithmetic; in floating point the error grows by a small factor per level."""
     n, k = a.shape
     m = b.shape[0] if transposed else b.shape[1]
     if levels == 0 or any(d % 2**levels for d in (n, k, m)):
         return a @ (b.T if transposed else b)
-    left = combinations(xp, a, constant(xp, a, "strassen left", lambda: STRASSEN_LEFT), levels)
-    right = combinations(xp, b, constant(xp, b, "strassen right", lambda: STRASSEN_RIGHT), levels, transposed)
     terms, blocks, stack = level_subscripts(levels)
-    out = constant(xp, a, "strassen out", lambda: STRASSEN_OUT)
-    return xp.einsum(f"{terms},{stack}->{blocks}", *([out] * levels), left @ right).reshape(n, m)
+    sevens, halves, size = (7,) * levels, (2,) * levels, 2**levels
+    outer, inner, right_width = n // size, k // size, m // size
+    scratch = takes_out(xp)
+    left = combinations(xp, a, constant(xp, a, "strassen left", lambda: STRASSEN_LEFT), levels,
+                        out=buffer(xp, a, "left", (*sevens, outer, inner)) if scratch else None)
+    right = combinations(xp, b, constant(xp, b, "strassen right", lambda: STRASSEN_RIGHT), levels, transposed,
+                         out=buffer(xp, a, "right", (*sevens, inner, right_width)) if scratch else None)
+    coefficients = (*([constant(xp, a, "strassen out", lambda: STRASSEN_OUT)] * levels),)
+    if not scratch:
+        return xp.einsum(f"{terms},{stack}->{blocks}", *coefficients, left @ right).reshape(n, m)
+    blocks_product = xp.matmul(left, right, out=buffer(xp, a, "products", (*sevens, outer, right_width)))
+    out = xp.empty((*halves, outer, *halves, right_width), dtype=a.dtype)
+    return xp.einsum(f"{terms},{stack}->{blocks}", *coefficients, blocks_product, out=out).reshape((n, m))
 
 
 def product_flops(n: int, k: int, m: int, levels: int = 0) -> int:
