@@ -262,14 +262,15 @@ def test_phase2_runs_the_closure_compressed(package: Path) -> None:
     options = estimator.k3_options(width, depth, budget)  # the vendored module's Compression and ThinCorrection
     compression, correction = options.compression, options.correction
     assert (compression.age, compression.rank, compression.power) == (6, 256, 1)
-    assert (correction.rank, correction.power) == (16, 1) and options.strassen == 0
+    assert (correction.rank, correction.power) == (16, 1) and options.strassen == 3
     closure, simple = (xprop.planned_flops(width, depth, 3, core=xprop.fourth_core(3, v), options=options)
                        for v in ("closure", "simple"))
     assert 1 < closure / simple < 1.04
     estimator.config["compression"] = estimator.config["thin"] = None
     assert estimator.plan(width, depth, budget)[0] == (3, "closure", None)
     tail = sum(xprop.choice_flops(width, depth, *c) for c in [(2, "augment"), (2, "simple"), (1, "simple")])
-    exact, exact_closure = (xprop.planned_flops(width, depth, 3, core=xprop.fourth_core(3, v))
+    options = estimator.k3_options(width, depth, budget)  # uncompressed, thin legs off, Strassen's levels kept
+    exact, exact_closure = (xprop.planned_flops(width, depth, 3, core=xprop.fourth_core(3, v), options=options)
                             for v in ("simple", "closure"))
     between = int((exact + tail + 0.5 * (exact_closure - exact)) * estimator.config["safety"])
     assert estimator.plan(width, depth, between)[0] == (3, "simple", None)
@@ -363,8 +364,58 @@ def test_whest_validate_accepts_the_package(package: Path) -> None:
 
 
 def test_export_writes_the_prune_option(tmp_path: Path) -> None:
+    """--prune reaches the config; Strassen's levels then default to 0 (the pair is refused), else to 3."""
     package = export_package(tmp_path / "out", PackageOptions(prune=4.0))
-    assert json.loads((package / "mechest_config.json").read_text())["prune"] == 4.0
+    config = json.loads((package / "mechest_config.json").read_text())
+    assert config["prune"] == 4.0 and config["strassen"] == 0
+    assert PackageOptions().config()["strassen"] == 3
+    with pytest.raises(MechestError):
+        PackageOptions(prune=4.0, strassen=1).config()
+
+
+def test_strassen_only_on_wide_networks(package: Path) -> None:
+    """The package's K = 3 takes Strassen levels at 1024×16 (phase 2) but none at 256×8 (the warm-up), where
+    their extra operations cost more residual time than they save FLOPs (STRASSEN_MIN_WIDTH)."""
+    estimator = load_estimator(package)
+    rounds = importlib.import_module("whestbench.budget").ROUNDS
+    for name, levels in (("v2-phase2", 3), ("v1-warmup", 0)):
+        rules = rounds[name]
+        assert estimator.k3_options(rules.width, rules.depth, rules.flop_budget).strassen == levels, name
+
+
+def test_residual_guard_turns_strassen_off_when_the_residual_runs_high(package: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResidualGuard projects the residual time as accrued + 1.25 × the last layer's increment × the layers left
+    and allows Strassen's levels while that stays within RESIDUAL_ALLOWANCE_S; the executor then runs the layers
+    it refuses with dense products (fewer levels, more FLOPs, the same means to round-off)."""
+    module = type(load_estimator(package)).k3_options.__globals__  # the exported estimator.py's names
+    readings = iter([0.0, 0.01, 0.02, 0.2, 0.21])
+    monkeypatch.setattr(flops, "budget_summary_dict", lambda: {"residual_wall_time_s": next(readings)})
+    guard = module["ResidualGuard"]()
+    allowance = module["RESIDUAL_ALLOWANCE_S"]
+    decisions = [guard(done, 10) for done in range(5)]
+    expected = [0.0 <= allowance, 0.01 + 1.25 * 0.01 * 9 <= allowance, 0.02 + 1.25 * 0.01 * 8 <= allowance,
+                0.2 + 1.25 * 0.18 * 7 <= allowance, 0.21 + 1.25 * 0.01 * 6 <= allowance]
+    assert decisions == expected == [True, True, True, False, True]
+    monkeypatch.undo()
+    columns = [fnp.asarray(w.T) for w in whest_weights(64, 5, seed=2, dtype=np.float32)]
+    spec = SPECS[xprop.plan_key(3, "simple")]
+    runs = {}
+    for name, allowed in (("always", lambda done, total: True), ("never", lambda done, total: False),
+                          ("first two", lambda done, total: done < 2)):
+        backend = replace(FLOAT32, strassen_allowed=allowed)
+        with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
+            means = xprop.planned(backend, xprop.relu_layers(columns), spec,
+                                  options=xprop.PlanOptions(strassen=2)).layer_means
+            runs[name] = (np.stack([np.asarray(m) for m in means]), context.flops_used)
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
+        xprop.planned(FLOAT32, xprop.relu_layers(columns), spec)
+        dense = context.flops_used
+    assert runs["never"][1] == dense
+    low, high = sorted((runs["always"][1], runs["never"][1]))  # (at width 64 the levels cost more than they save)
+    assert low < runs["first two"][1] < high
+    for name in ("always", "first two"):
+        np.testing.assert_allclose(runs[name][0], runs["never"][0], rtol=0, atol=1e-5)
 
 
 def test_export_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -347,9 +347,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="K=3 keeps the AGE newest κ_3 sources exact and compresses older ones to rank "
                              "FRACTION×width, where exact K=3 would cost over 0.1 of the budget; 'none': never "
                              "(default %(default)s)")
-    parser.add_argument("--strassen", type=int, default=DEFAULT_STRASSEN,
+    parser.add_argument("--strassen", type=int, default=None,
                         help="K=3's n^3 products by up to this many levels of Strassen's recursion, the cheapest "
-                             "predicted (0: dense; default %(default)s)")
+                             f"predicted, at width >= 512 (0: dense; default {DEFAULT_STRASSEN}, 0 with --prune)")
     parser.add_argument("--thin", default=",".join(map(str, DEFAULT_THIN)), metavar="RANK,POWER",
                         help="K=3 carries each κ_3 source's correction leg thin, its residual at rank RANK (POWER "
                              "range-finder iterations), wherever it runs; 'none': never (default %(default)s)")

@@ -16,10 +16,12 @@ fraction of the width, power iterations; docs/method.md §7.6) where exact K = 3
 COMPRESS_ABOVE·B: below that WhestBench's multiplier max(0.1, C/B) is floored, so compressing would only cost
 accuracy. It carries each source's correction leg thin wherever it runs (config "thin": rank, power;
 docs/method.md §7.10; ``correction``). K = 3's n³ products use the number of Strassen levels (≤ config
-"strassen") that its cost model predicts cheapest (``k3_options``). Where K = 3 is chosen, the fourth-cumulant
-closure (K = 3 "closure", κ_4's core shaped like the covariance, docs/method.md §7.9) runs instead where it fits
-and is predicted to score better (``closure_pays``; ``k3_variant``), compressed or not. Any non-finite mean makes
-it fall back to the next choice (K = 2 augment falls back to K = 2 simple), so the output is always finite.
+"strassen", none below STRASSEN_MIN_WIDTH) that its cost model predicts cheapest (``k3_options``), layer by layer
+only while the residual time stays on course for RESIDUAL_ALLOWANCE_S (``ResidualGuard``). Where K = 3 is chosen,
+the fourth-cumulant closure (K = 3 "closure", κ_4's core shaped like the covariance, docs/method.md §7.9) runs
+instead where it fits and is predicted to score better (``closure_pays``; ``k3_variant``), compressed or not. Any
+non-finite mean makes it fall back to the next choice (K = 2 augment falls back to K = 2 simple), so the output is
+always finite.
 """
 
 from __future__ import annotations
@@ -106,6 +108,35 @@ COMPRESS_ABOVE = 0.1
 (the floor of WhestBench's score multiplier)."""
 
 
+STRASSEN_MIN_WIDTH = 512
+"""Narrowest network whose K = 3 products use Strassen's recursion. Each Strassen product issues ≈ 8 operations
+instead of one, ≈ 2.4e7 FLOPs of residual time at the warm-up's and phase 1's price (≈ 30 µs an operation at 1e11
+FLOPs per second); its saving at the cheapest level is ≈ 4n³ × 6% ≈ 4e6 FLOPs at n = 256 (a loss) and ≈ 4n³ × 15%
+≈ 8e7 at n = 512 (a gain, ≈ 7e8 at n = 1024)."""
+
+
+RESIDUAL_ALLOWANCE_S = 0.3
+"""Phase 2 fails a network whose residual time (wall time outside flopscope's timers) exceeds 0.4 s. Before each
+layer ``ResidualGuard`` projects the run's residual as what has accrued plus the last layer's increment times the
+layers left (×1.25, for their growing number of κ_3 sources) and turns Strassen's levels off while the projection
+exceeds this allowance (three quarters of the gate)."""
+
+
+class ResidualGuard:
+    """``Backend.strassen_allowed`` for one network: Strassen's products issue more operations, and each costs
+    residual time, so they are allowed only while the projected residual time stays within RESIDUAL_ALLOWANCE_S
+    (read live from flopscope's budget summary, which costs no residual time itself)."""
+
+    def __init__(self) -> None:
+        self.previous: float | None = None
+
+    def __call__(self, done: int, total: int) -> bool:
+        residual = float(flops.budget_summary_dict()["residual_wall_time_s"] or 0.0)
+        increment = 0.0 if self.previous is None else residual - self.previous
+        self.previous = residual
+        return residual + 1.25 * increment * (total - done) <= RESIDUAL_ALLOWANCE_S
+
+
 Choice = tuple[int, str, int | None]  # (order, variant, window)
 
 
@@ -143,9 +174,9 @@ class Estimator(BaseEstimator):
         dead-unit threshold (for the runs; the cost bounds ignore it, pruning only lowers the count)."""
         options = propagate.PlanOptions(compression=self.compression(width, depth, budget),
                                         correction=self.correction(), prune=self.config.get("prune"))
-        levels = min(range(self.config.get("strassen", 0) + 1),
-                     key=lambda levels: propagate.planned_flops(width, depth, 3,
-                                                                options=replace(options, strassen=levels)))
+        most = self.config.get("strassen", 0) if width >= STRASSEN_MIN_WIDTH else 0
+        levels = min(range(most + 1), key=lambda levels: propagate.planned_flops(
+            width, depth, 3, options=replace(options, strassen=levels)))
         return replace(options, strassen=levels)
 
     def plan(self, width: int, depth: int, budget: int) -> list[Choice]:
@@ -201,9 +232,10 @@ class Estimator(BaseEstimator):
 
     def run(self, weights: list, order: int, variant: str, window: int | None,
             options: propagate.PlanOptions) -> fnp.ndarray:
-        """All layers' means, shape (depth, width), by one choice (K = 3 with ``k3_options``' ``options``; the
-        other orders with its ``prune`` alone, ``choice_means``)."""
-        return fnp.stack(propagate.choice_means(BACKEND, weights, order, variant, self.specs, window, options),
+        """All layers' means, shape (depth, width), by one choice (K = 3 with ``k3_options``' ``options``, its
+        Strassen levels under a ``ResidualGuard``; the other orders with its ``prune`` alone, ``choice_means``)."""
+        backend = replace(BACKEND, strassen_allowed=ResidualGuard()) if options.strassen else BACKEND
+        return fnp.stack(propagate.choice_means(backend, weights, order, variant, self.specs, window, options),
                          axis=0)
 
     def predict(self, mlp: MLP, budget: int) -> fnp.ndarray:

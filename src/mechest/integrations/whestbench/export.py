@@ -42,10 +42,11 @@ def parse_compression(text: str) -> tuple[int, float, int] | None:
         raise MechestError(f"--compress must be AGE,FRACTION,POWER (e.g. 6,0.25,1) or none, got {text!r}") from None
 
 
-DEFAULT_STRASSEN = 0
-"""Most levels of Strassen's recursion the package's K = 3 may use (it takes the cheapest predicted). Off by
-default: at 1024×16 three levels pushed the residual time per network to 0.51 s, over phase 2's 0.4 s gate
-(docs/results.md)."""
+DEFAULT_STRASSEN = 3
+"""Most levels of Strassen's recursion the package's K = 3 may use (it takes the cheapest predicted, none below
+the estimator's STRASSEN_MIN_WIDTH, and drops them layer by layer when the residual time runs high,
+``ResidualGuard``). At 1024×16 three levels score 1.03e-8 against 1.23e-8 without, at 0.30 s of residual time
+a network against 0.21 s (docs/results.md)."""
 
 
 DEFAULT_THIN = (16, 1)
@@ -80,8 +81,9 @@ class PackageOptions:
     """What an exported package may do, as `mechest whestbench export` and `score` take it: the highest order, the
     largest predicted FLOPs as a fraction of the budget, the smallest κ_3 window (0: never window), the safety
     factor on predicted FLOPs, K = 2 augment allowed, K = 3's source compression (age, rank / width, power; None:
-    never), most Strassen levels, K = 3's thin correction legs (rank, power; None: never) and the dead-unit
-    threshold of the planned schemes (standard deviations; None: keep every unit)."""
+    never), most Strassen levels (None: DEFAULT_STRASSEN, or 0 with a dead-unit threshold), K = 3's thin
+    correction legs (rank, power; None: never) and the dead-unit threshold of the planned schemes (standard
+    deviations; None: keep every unit)."""
 
     max_order: int = 3
     budget_fraction: float = 1.0
@@ -89,7 +91,7 @@ class PackageOptions:
     safety: float = 1.02
     augment: bool = True
     compression: tuple[int, float, int] | None = DEFAULT_COMPRESSION
-    strassen: int = DEFAULT_STRASSEN
+    strassen: int | None = None
     thin: tuple[int, int] | None = DEFAULT_THIN
     prune: float | None = None
 
@@ -107,13 +109,14 @@ class PackageOptions:
         compression, thin = self.compression, self.thin
         if compression is not None and (compression[0] < 1 or not 0 < compression[1] <= 1 or compression[2] < 0):
             raise MechestError(f"--compress needs age ≥ 1, 0 < fraction ≤ 1 and power ≥ 0, got {compression}")
-        if not 0 <= self.strassen <= 6:
-            raise MechestError(f"--strassen must be 0 (dense products) to 6, got {self.strassen}")
+        strassen = self.strassen if self.strassen is not None else 0 if self.prune is not None else DEFAULT_STRASSEN
+        if not 0 <= strassen <= 6:
+            raise MechestError(f"--strassen must be 0 (dense products) to 6, got {strassen}")
         if thin is not None and (thin[0] < 0 or thin[1] < 0):
             raise MechestError(f"--thin needs rank ≥ 0 and power ≥ 0, got {thin}")
         if self.prune is not None and not (math.isfinite(self.prune) and self.prune > 0):
             raise MechestError(f"--prune must be a positive number of standard deviations or none, got {self.prune}")
-        if self.prune is not None and self.strassen:
+        if self.prune is not None and strassen:
             raise MechestError("--prune and --strassen cannot be combined: pruned widths are rarely divisible by "
                                "2^levels, where Strassen's product falls back to the dense one its cost model "
                                "does not price")
@@ -121,7 +124,7 @@ class PackageOptions:
                 "safety": self.safety, "augment": self.augment,
                 "compression": None if compression is None else
                 {"age": compression[0], "rank_fraction": compression[1], "power": compression[2]},
-                "strassen": self.strassen, "thin": None if thin is None else {"rank": thin[0], "power": thin[1]},
+                "strassen": strassen, "thin": None if thin is None else {"rank": thin[0], "power": thin[1]},
                 "prune": self.prune}
 
 

@@ -21,13 +21,20 @@ class Backend:
     """An array namespace and what differs between namespaces: its normal cdf Φ, the Wick tables of activations
     other than ReLU (``wick``; None: ReLU only) and the products W M Wᵀ whose result it can bill for its distinct
     entries (``sandwich``, e.g. flopscope's einsum with a symmetric result, half a product; None: plain products).
-    Constants are made with ``xp.asarray``, ``xp.eye`` and ``xp.zeros``: a namespace for another device wraps those
-    (mechest.kprop.run)."""
+    ``strassen_allowed(done, total)``, asked before each layer with the number of layers done and their total,
+    says whether that layer may use the Strassen levels of ``PlanOptions.strassen`` (a caller under a time limit
+    turns them off when they run too slowly; None: always). Constants are made with ``xp.asarray``, ``xp.eye`` and
+    ``xp.zeros``: a namespace for another device wraps those (mechest.kprop.run)."""
 
     xp: Any
     normal_cdf: Callable[[Any], Any]
     wick: WickFunction | None = None
     sandwich: Sandwich | None = None
+    strassen_allowed: Callable[[int, int], bool] | None = None
+
+    def strassen_levels(self, levels: int, done: int, total: int) -> int:
+        """The Strassen levels the next layer uses: ``levels`` unless ``strassen_allowed`` says no."""
+        return levels if levels == 0 or self.strassen_allowed is None or self.strassen_allowed(done, total) else 0
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
 
     def step(state: PlannedState, full_weight: Any, bias: Any | None, activation: str) -> PlannedState:
         layer, cores = state.layers_done, state.cores
+        strassen = backend.strassen_levels(options.strassen, layer, len(hidden))
         pre_mean = linear_mean(xp, full_weight, bias, state.mean)
         weight = live_columns(full_weight, state.kept)  # the metric W Wᵀ of the pieces and κ_4 keeps every unit
         gram = (symmetric_product(full_weight, None, xp, strassen, backend.sandwich) if state.cov is None or cores
@@ -128,7 +129,8 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
     mean, cov, third, cores, fourth = state.mean, state.cov, state.third, state.cores, state.fourth
     if mean_only_last:
         weight, bias, activation = hidden[-1]
-        mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, strassen, fourth,
+        levels = backend.strassen_levels(strassen, len(hidden) - 1, len(hidden))
+        mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, levels, fourth,
                          state.kept)
         means.append(mean)
         covs.append(None)
