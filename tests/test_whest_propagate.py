@@ -190,6 +190,37 @@ def test_strassen_product_equals_the_dense_product(levels: int) -> None:
     np.testing.assert_array_equal(xprop.product(np, a, odd.T.copy(), levels, transposed=True), a @ odd)
 
 
+@pytest.mark.parametrize("levels", [1, 3])
+def test_strassen_product_on_torch(levels: int) -> None:
+    """On torch (whose einsum takes no out=, so no scratch arrays) the product equals a @ b to round-off, b read as
+    given or transposed, and gradients flow through it."""
+    generator = torch.Generator().manual_seed(levels)
+    a = torch.randn(16, 24, dtype=torch.float64, generator=generator, requires_grad=True)
+    b = torch.randn(24, 32, dtype=torch.float64, generator=generator)
+    assert not xprop.strassen.takes_out(torch) and xprop.strassen.takes_out(np)
+    torch.testing.assert_close(xprop.product(torch, a, b, levels), a @ b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(xprop.product(torch, a, b.T.contiguous(), levels, transposed=True), a @ b, rtol=0,
+                               atol=1e-12)
+    (gradient,) = torch.autograd.grad(xprop.product(torch, a, b, levels).sum(), a)
+    torch.testing.assert_close(gradient, b.sum(1).expand(16, 24), rtol=0, atol=1e-12)
+
+
+def test_strassen_scratch_arrays_live_for_one_propagation() -> None:
+    """The scratch arrays a Strassen product reuses (numpy: its einsum takes out=) are made during a propagation
+    and dropped when it ends, also when it fails."""
+    weights = whest_weights(16, 4, seed=1)
+    layers = xprop.relu_layers([w.T for w in weights])
+    spec = SPECS[xprop.plan_key(3, "simple")]
+    xprop.product(np, np.ones((8, 8)), np.ones((8, 8)), 1)
+    assert xprop.strassen._BUFFERS  # made by the product
+    xprop.planned(NUMPY, layers, spec, options=xprop.PlanOptions(strassen=1))
+    assert not xprop.strassen._BUFFERS
+    broken = xprop.relu_layers([w.T for w in weights[:2]] + [np.ones((3, 5))])  # a weight of the wrong shape
+    with pytest.raises(ValueError):
+        xprop.planned(NUMPY, broken, spec, options=xprop.PlanOptions(strassen=1))
+    assert not xprop.strassen._BUFFERS
+
+
 @pytest.mark.parametrize("compression", [None, xprop.Compression(2, 4, 1)])
 def test_strassen_propagation_equals_the_dense_one(compression: xprop.Compression | None) -> None:
     """K = 3 with every n³ product by Strassen equals the dense executor to round-off, exact or compressed,

@@ -269,8 +269,7 @@ def test_phase2_runs_the_closure_compressed(package: Path) -> None:
     estimator.config["compression"] = estimator.config["thin"] = None
     assert estimator.plan(width, depth, budget)[0] == (3, "closure", None)
     tail = sum(xprop.choice_flops(width, depth, *c) for c in [(2, "augment"), (2, "simple"), (1, "simple")])
-    options = estimator.k3_options(width, depth, budget)  # uncompressed, thin legs off, Strassen's levels kept
-    exact, exact_closure = (xprop.planned_flops(width, depth, 3, core=xprop.fourth_core(3, v), options=options)
+    exact, exact_closure = (xprop.planned_flops(width, depth, 3, core=xprop.fourth_core(3, v))  # priced dense
                             for v in ("simple", "closure"))
     between = int((exact + tail + 0.5 * (exact_closure - exact)) * estimator.config["safety"])
     assert estimator.plan(width, depth, between)[0] == (3, "simple", None)
@@ -371,6 +370,49 @@ def test_export_writes_the_prune_option(tmp_path: Path) -> None:
     assert PackageOptions().config()["strassen"] == 3
     with pytest.raises(MechestError):
         PackageOptions(prune=4.0, strassen=1).config()
+
+
+@pytest.mark.parametrize(("shape", "levels", "transposed"),
+                         [((64, 256, 32), 4, False), ((128, 384, 128), 3, True), ((256, 256, 512), 2, False),
+                          ((64, 64, 64), 6, True), ((512, 128, 1024), 3, True)])
+def test_strassen_product_flops_bound_the_metered_count(shape: tuple, levels: int, transposed: bool) -> None:
+    """product_flops is an upper bound on flopscope's count of one Strassen product (scratch arrays in use, their
+    copies included), within 4%; the same product equals the dense one to float32 round-off."""
+    n, k, m = shape
+    rng = np.random.default_rng(levels)
+    a, b = rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal((k, m)).astype(np.float32)
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
+        left, right = fnp.asarray(a), fnp.asarray(np.ascontiguousarray(b.T) if transposed else b)
+        xprop.product(fnp, left, right, levels, transposed)  # the first call also makes constants and scratch
+        before = context.flops_used
+        got = xprop.product(fnp, left, right, levels, transposed)
+        metered = context.flops_used - before
+    predicted = xprop.strassen.product_flops(n, k, m, levels)
+    assert 0.96 * predicted <= metered <= predicted, metered / predicted
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.abs(np.asarray(got) - exact).max() <= 1e-4 * np.abs(exact).max()
+
+
+def test_estimator_runs_strassen_at_width_512(package: Path) -> None:
+    """At width 512 the package's K = 3 takes Strassen's levels under a ResidualGuard: the same means as the dense
+    package to float32 round-off, fewer FLOPs; with the guard refusing every layer, exactly the dense FLOPs."""
+    estimator = load_estimator(package)
+    weights = whest_weights(512, 3, seed=5, dtype=np.float32)
+    mlp = whestbench.MLP(width=512, depth=3, weights=[fnp.asarray(w) for w in weights])
+    budget = 10**13
+    assert estimator.k3_options(512, 3, budget).strassen > 0
+    module = type(estimator).k3_options.__globals__
+    runs = {}
+    for name, levels, allowance in (("strassen", 3, 10.0), ("refused", 3, -1.0), ("dense", 0, 10.0)):
+        estimator.config["strassen"] = levels
+        module["RESIDUAL_ALLOWANCE_S"] = allowance
+        with flops.BudgetContext(flop_budget=budget, quiet=True) as context:
+            runs[name] = (np.asarray(estimator.predict(mlp, budget)), context.flops_used)
+    module["RESIDUAL_ALLOWANCE_S"] = 0.3
+    estimator.config["strassen"] = 3
+    assert runs["strassen"][1] < runs["dense"][1] == runs["refused"][1]
+    for name in ("strassen", "refused"):
+        np.testing.assert_allclose(runs[name][0], runs["dense"][0], rtol=0, atol=1e-5)
 
 
 def test_strassen_only_on_wide_networks(package: Path) -> None:

@@ -349,7 +349,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default %(default)s)")
     parser.add_argument("--strassen", type=int, default=None,
                         help="K=3's n^3 products by up to this many levels of Strassen's recursion, the cheapest "
-                             f"predicted, at width >= 512 (0: dense; default {DEFAULT_STRASSEN}, 0 with --prune)")
+                             "predicted, at width >= 512 (the package's STRASSEN_MIN_WIDTH) (0: dense; default "
+                             f"{DEFAULT_STRASSEN}, 0 with --prune)")
     parser.add_argument("--thin", default=",".join(map(str, DEFAULT_THIN)), metavar="RANK,POWER",
                         help="K=3 carries each κ_3 source's correction leg thin, its residual at rank RANK (POWER "
                              "range-finder iterations), wherever it runs; 'none': never (default %(default)s)")

@@ -109,7 +109,7 @@ COMPRESS_ABOVE = 0.1
 
 
 STRASSEN_MIN_WIDTH = 512
-"""Narrowest network whose K = 3 products use Strassen's recursion. Each Strassen product issues ≈ 8 operations
+"""Narrowest network whose K = 3 products use Strassen's recursion. Each Strassen product issues 8 operations
 instead of one, ≈ 2.4e7 FLOPs of residual time at the warm-up's and phase 1's price (≈ 30 µs an operation at 1e11
 FLOPs per second); its saving at the cheapest level is ≈ 4n³ × 6% ≈ 4e6 FLOPs at n = 256 (a loss) and ≈ 4n³ × 15%
 ≈ 8e7 at n = 512 (a gain, ≈ 7e8 at n = 1024)."""
@@ -209,7 +209,8 @@ class Estimator(BaseEstimator):
         choices: list[Choice] = []
         if self.config["max_order"] >= 3 and fits_width:
             tail = sum(propagate.choice_flops(width, depth, *c) for c in fallbacks)
-            options = self.k3_options(width, depth, budget)
+            # priced with dense products: ResidualGuard may run any layer without Strassen's levels
+            options = replace(self.k3_options(width, depth, budget), strassen=0)
             k3 = propagate.planned_flops(width, depth, 3, options=options)
             if k3 + tail <= allowed:
                 # whether K = 3 pays is judged at exact K = 3's cost: K3_GAIN was measured exact, and compression's

@@ -82,25 +82,25 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
 
     def step(state: PlannedState, full_weight: Any, bias: Any | None, activation: str) -> PlannedState:
         layer, cores = state.layers_done, state.cores
-        strassen = backend.strassen_levels(options.strassen, layer, len(hidden))
+        levels = backend.strassen_levels(strassen, layer, len(hidden))
         pre_mean = linear_mean(xp, full_weight, bias, state.mean)
         weight = live_columns(full_weight, state.kept)  # the metric W Wᵀ of the pieces and κ_4 keeps every unit
-        gram = (symmetric_product(full_weight, None, xp, strassen, backend.sandwich) if state.cov is None or cores
+        gram = (symmetric_product(full_weight, None, xp, levels, backend.sandwich) if state.cov is None or cores
                 else None)
-        pre_cov = gram if state.cov is None else symmetric_product(weight, state.cov, xp, strassen, backend.sandwich)
+        pre_cov = gram if state.cov is None else symmetric_product(weight, state.cov, xp, levels, backend.sandwich)
         slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
         groups, feeds = None, None
         if state.third is not None:
-            groups, feeds = compressed(xp, mapped_third(xp, weight, state.third, strassen), compression,
+            groups, feeds = compressed(xp, mapped_third(xp, weight, state.third, levels), compression,
                                        mapped_feeds(xp, weight, state.third))
-            cubic, double = third_slices(xp, groups, strassen, feeds)
+            cubic, double = third_slices(xp, groups, levels, feeds)
             slices[(3, (3,))] = cubic
             slices[(3, (2, 1))] = off_diagonal(xp, double)
         if cores:
             slices.update(piece_slices(xp, spec, mapped_cores(full_weight, cores), gram))
         mapped = None
         if state.fourth is not None:  # κ_4 from its matrix core replaces its pure-trace slices
-            mapped, fourth = core_slices(xp, full_weight, state.fourth, gram, pre_cov, strassen, backend.sandwich)
+            mapped, fourth = core_slices(xp, full_weight, state.fourth, gram, pre_cov, levels, backend.sandwich)
             slices.update(fourth)
         wick = activation_wick(backend, activation, pre_mean, xp.diag(pre_cov), spec["k_max"], spec["p_max"])
         cumulants = dense_cumulants(xp, spec, slices, wick)
@@ -122,30 +122,32 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
             third = kept_third(xp, third, keep)
         return PlannedState(layer + 1, mean, cov, third, cores, fourth, keep)
 
-    means, covs, state = [], [], PlannedState()
-    for state in layer_states(layers.prefix(full_steps), state, step):  # one state alive at a time (memory)
-        means.append(state.mean)
-        covs.append(state.cov if state.kept is None else None)  # a pruned layer's covariance covers the kept units
-    mean, cov, third, cores, fourth = state.mean, state.cov, state.third, state.cores, state.fourth
-    if mean_only_last:
-        weight, bias, activation = hidden[-1]
-        levels = backend.strassen_levels(strassen, len(hidden) - 1, len(hidden))
-        mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, levels, fourth,
-                         state.kept)
-        means.append(mean)
-        covs.append(None)
-    result = Cumulants(means, covs)
-    if layers.output_map:
-        weight = layers.weights[-1]
-        result.mean = linear_mean(xp, weight, layers.biases[-1], mean)
-        if outputs != "mean":  # then the state is the last hidden layer's
-            result.cov = symmetric_product(live_columns(weight, state.kept), cov, sandwich=backend.sandwich)
-        if outputs == "marginals":
-            slices = marginal_slices(xp, spec, weight, cores, third, fourth=fourth, pre_var=xp.diag(result.cov),
-                                     kept=state.kept)
-            result.third_diagonal, result.fourth_diagonal = slices.get((3, (3,))), slices.get((4, (4,)))
-    release_buffers()  # Strassen's scratch arrays live for one propagation
-    return result
+    try:
+        means, covs, state = [], [], PlannedState()
+        for state in layer_states(layers.prefix(full_steps), state, step):  # one state alive at a time (memory)
+            means.append(state.mean)
+            covs.append(state.cov if state.kept is None else None)  # a pruned layer's covariance covers the kept units
+        mean, cov, third, cores, fourth = state.mean, state.cov, state.third, state.cores, state.fourth
+        if mean_only_last:
+            weight, bias, activation = hidden[-1]
+            levels = backend.strassen_levels(strassen, len(hidden) - 1, len(hidden))
+            mean = last_mean(backend, spec, weight, bias, activation, mean, cov, cores, third, levels, fourth,
+                             state.kept)
+            means.append(mean)
+            covs.append(None)
+        result = Cumulants(means, covs)
+        if layers.output_map:
+            weight = layers.weights[-1]
+            result.mean = linear_mean(xp, weight, layers.biases[-1], mean)
+            if outputs != "mean":  # then the state is the last hidden layer's
+                result.cov = symmetric_product(live_columns(weight, state.kept), cov, sandwich=backend.sandwich)
+            if outputs == "marginals":
+                slices = marginal_slices(xp, spec, weight, cores, third, fourth=fourth, pre_var=xp.diag(result.cov),
+                                         kept=state.kept)
+                result.third_diagonal, result.fourth_diagonal = slices.get((3, (3,))), slices.get((4, (4,)))
+        return result
+    finally:
+        release_buffers()  # Strassen's scratch arrays live for one propagation
 
 
 def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple | None, levels: int = 0,

@@ -40,16 +40,16 @@ _BUFFERS: dict = {}
 
 @functools.cache
 def takes_out(xp: Any) -> bool:
-    """Whether the namespace's einsum writes into a given array (``out=``): numpy's and flopscope's do, torch's
-    does not."""
-    return "out" in inspect.signature(xp.einsum).parameters
+    """Whether the namespace's einsum writes into a given array and takes a contraction order (``out=``,
+    ``optimize=``; its matmul then takes ``out=`` too): numpy's and flopscope's do, torch's does not."""
+    return {"out", "optimize"} <= set(inspect.signature(xp.einsum).parameters)
 
 
 def buffer(xp: Any, like: Any, role: str, shape: tuple) -> Any:
     """A scratch array of ``shape`` in ``like``'s dtype, made once per (namespace, device, dtype, role, shape) and
     reused by every later product of that shape until ``release_buffers``: Strassen's block combinations and block
-    products are large and short-lived, and allocating and freeing them at every product costs far more time than
-    the few operations that fill them (phase 2's residual-time gate)."""
+    products are large and short-lived, and freeing them at every product costs far more time outside the FLOP
+    counter's timers than the few operations that fill them (phase 2's residual-time gate)."""
     key = (id(xp), str(getattr(like, "device", "")), str(like.dtype), role, shape)
     if key not in _BUFFERS:
         _BUFFERS[key] = xp.empty(shape, dtype=like.dtype)
@@ -57,15 +57,15 @@ def buffer(xp: Any, like: Any, role: str, shape: tuple) -> Any:
 
 
 def release_buffers() -> None:
-    """Drop the scratch arrays of ``buffer`` (``planned`` does at its end)."""
+    """Drop the scratch arrays of ``buffer`` (``planned`` does when it ends)."""
     _BUFFERS.clear()
 
 
 def combinations(xp: Any, matrix: Any, coefficients: Any, levels: int, transposed: bool = False,
                  out: Any | None = None) -> Any:
     """The 7^levels block combinations Σ_ab C[u][a][b] X_ab, applied level by level, of X = ``matrix`` (or of its
-    transpose, read in place: no copy), as one einsum: shape (7,)*levels + (rows, columns) / 2^levels, written
-    into ``out`` if given."""
+    transpose, read in place: no copy), as one einsum: shape (7,)*levels + (rows, columns) / 2^levels; with
+    ``out`` written into it, contracted pairwise (numpy's einsum would otherwise loop over every index at once)."""
     rows, columns = matrix.shape[::-1] if transposed else matrix.shape
     terms, blocks, stack = level_subscripts(levels)
     halves = (2,) * levels
@@ -78,18 +78,19 @@ def combinations(xp: Any, matrix: Any, coefficients: Any, levels: int, transpose
     operands = (*([coefficients] * levels), split)
     if out is None:
         return xp.einsum(f"{terms},{blocks}->{stack}", *operands)
-    return xp.einsum(f"{terms},{blocks}->{stack}", *operands, out=out)
+    return xp.einsum(f"{terms},{blocks}->{stack}", *operands, out=out, optimize="greedy")
 
 
 def product(xp: Any, a: Any, b: Any, levels: int = 0, transposed: bool = False) -> Any:
     """a @ b (both 2-D; ``transposed``: a @ bᵀ, b read in place) by ``levels`` levels of Strassen's recursion: one
     einsum per operand forms all 7^levels block combinations, one batched matmul their products, one einsum
-    recombines them (a handful of operations whatever the depth, which phase 2's residual-time gate needs):
-    (7/8)^levels of the dense product's multiplications plus O(size of the operands) (``product_flops``). Where
-    the namespace's einsum takes ``out=`` (``takes_out``) the combinations and block products go into reused
-    scratch arrays (``buffer``) and the result into a fresh contiguous array, so that nothing large is freed
-    between operations. Dense ``@`` when levels = 0 or a dimension is not divisible by 2^levels. Exact in exact
-    arithmetic; in floating point the error grows by a small factor per level."""
+    recombines them (eight operations with the reshapes, whatever the depth, which phase 2's residual-time gate
+    needs): (7/8)^levels of the dense product's multiplications plus O(size of the operands) (``product_flops``).
+    Where the namespace takes ``out=`` (``takes_out``) and both operands share a dtype, the combinations and block
+    products go into scratch arrays reused from product to product (``buffer``) and the result into a fresh
+    contiguous array, so that those large arrays are not freed between operations. Dense ``@`` when levels = 0 or
+    a dimension is not divisible by 2^levels. Exact in exact arithmetic; in floating point the error grows by a
+    small factor per level."""
     n, k = a.shape
     m = b.shape[0] if transposed else b.shape[1]
     if levels == 0 or any(d % 2**levels for d in (n, k, m)):
@@ -97,30 +98,34 @@ def product(xp: Any, a: Any, b: Any, levels: int = 0, transposed: bool = False) 
     terms, blocks, stack = level_subscripts(levels)
     sevens, halves, size = (7,) * levels, (2,) * levels, 2**levels
     outer, inner, right_width = n // size, k // size, m // size
-    scratch = takes_out(xp)
+    scratch = takes_out(xp) and a.dtype == b.dtype
     left = combinations(xp, a, constant(xp, a, "strassen left", lambda: STRASSEN_LEFT), levels,
                         out=buffer(xp, a, "left", (*sevens, outer, inner)) if scratch else None)
     right = combinations(xp, b, constant(xp, b, "strassen right", lambda: STRASSEN_RIGHT), levels, transposed,
-                         out=buffer(xp, a, "right", (*sevens, inner, right_width)) if scratch else None)
-    coefficients = (*([constant(xp, a, "strassen out", lambda: STRASSEN_OUT)] * levels),)
+                         out=buffer(xp, b, "right", (*sevens, inner, right_width)) if scratch else None)
     if not scratch:
-        return xp.einsum(f"{terms},{stack}->{blocks}", *coefficients, left @ right).reshape(n, m)
+        blocks_product = left @ right
+        coefficients = (*([constant(xp, blocks_product, "strassen out", lambda: STRASSEN_OUT)] * levels),)
+        return xp.einsum(f"{terms},{stack}->{blocks}", *coefficients, blocks_product).reshape(n, m)
     blocks_product = xp.matmul(left, right, out=buffer(xp, a, "products", (*sevens, outer, right_width)))
+    coefficients = (*([constant(xp, a, "strassen out", lambda: STRASSEN_OUT)] * levels),)
     out = xp.empty((*halves, outer, *halves, right_width), dtype=a.dtype)
-    return xp.einsum(f"{terms},{stack}->{blocks}", *coefficients, blocks_product, out=out).reshape((n, m))
+    return xp.einsum(f"{terms},{stack}->{blocks}", *coefficients, blocks_product, out=out,
+                     optimize="greedy").reshape((n, m))
 
 
 def product_flops(n: int, k: int, m: int, levels: int = 0) -> int:
-    """FLOPs of ``product`` for an (n × k)(k × m) product as flopscope bills it: the 7^levels block products
-    2nkm (7/8)^levels; each operand's reshape into blocks (one FLOP an entry) and its combinations, one einsum over
-    the levels whose pairwise steps bill 2·4 − 1 FLOPs per entry of level i's (7/4)^i (nk + km) entries (a sum over
-    the four blocks); the recombination, 2·7 − 1 per entry of level i's (7/4)^(i−1) nm (a sum over the seven
-    products), and the reshape of the result. 2nkm where a dimension is not divisible by 2^levels (``product`` is
-    dense there)."""
+    """FLOPs of ``product`` for an (n × k)(k × m) product as flopscope bills it (an upper bound): the 7^levels block
+    products 2nkm (7/8)^levels; each operand's reshape into blocks (one FLOP an entry) and its combinations, one
+    einsum over the levels whose pairwise steps bill 2·4 − 1 FLOPs per entry of level i's (7/4)^i (nk + km) entries
+    (a sum over the four blocks), plus one an entry of the last level's for the copy into its scratch array; the
+    recombination, 2·7 − 1 per entry of level i's (7/4)^(i−1) nm (a sum over the seven products), its copy into
+    the result (nm) and the result's reshape (nm). 2nkm where a dimension is not divisible by 2^levels (``product``
+    is dense there)."""
     if levels == 0 or any(d % 2**levels for d in (n, k, m)):
         return 2 * n * k * m
     blocks, products = 4, len(STRASSEN_OUT)
     growth = products / blocks
-    split = (n * k + k * m) * (1 + (2 * blocks - 1) * sum(growth**i for i in range(1, levels + 1)))
-    recombine = n * m * (1 + (2 * products - 1) * sum(growth**i for i in range(levels)))
+    split = (n * k + k * m) * (1 + (2 * blocks - 1) * sum(growth**i for i in range(1, levels + 1)) + growth**levels)
+    recombine = n * m * (2 + (2 * products - 1) * sum(growth**i for i in range(levels)))
     return math.ceil(2 * n * k * m * (products / 8) ** levels + split + recombine)
