@@ -1,5 +1,5 @@
-"""The executor's constant arrays (``constant``: made once per namespace, device, dtype and name) and the
-off-diagonal mask (``off_diagonal``)."""
+"""The executor's kept arrays: constants (``constant``: made once per namespace, device, dtype and name) and
+scratch arrays (``buffer``: reused until ``release_buffers``), and the off-diagonal mask (``off_diagonal``)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,37 @@ from collections.abc import Callable
 from typing import Any
 
 _CONSTANTS: dict = {}
+_BUFFERS: dict = {}
+
+
+def array_key(xp: Any, like: Any, name: Any) -> tuple:
+    """What identifies an array the executor keeps: its namespace, ``like``'s device and dtype, and ``name``."""
+    return id(xp), str(getattr(like, "device", "")), str(like.dtype), name
 
 
 def constant(xp: Any, like: Any, name: Any, values: Callable[[], Any]) -> Any:
     """``xp.asarray(values())`` in ``like``'s dtype and on its device, made once per (namespace, device, dtype,
     ``name``): the executor's constant coefficient arrays (``name`` must determine ``values``)."""
-    key = (id(xp), str(getattr(like, "device", "")), str(like.dtype), name)
+    key = array_key(xp, like, name)
     if key not in _CONSTANTS:
         _CONSTANTS[key] = xp.asarray(values(), dtype=like.dtype)
     return _CONSTANTS[key]
+
+
+def buffer(xp: Any, like: Any, role: str, shape: tuple) -> Any:
+    """A scratch array of ``shape`` in ``like``'s dtype, made once per (namespace, device, dtype, role, shape) and
+    reused by every later caller of that shape until ``release_buffers``: Strassen's block combinations and block
+    products are large and short-lived, and freeing them at every product costs far more time outside the FLOP
+    counter's timers than the few operations that fill them (phase 2's residual-time gate)."""
+    key = array_key(xp, like, (role, shape))
+    if key not in _BUFFERS:
+        _BUFFERS[key] = xp.empty(shape, dtype=like.dtype)
+    return _BUFFERS[key]
+
+
+def release_buffers() -> None:
+    """Drop the scratch arrays of ``buffer`` (``planned`` does when it ends)."""
+    _BUFFERS.clear()
 
 
 def off_diagonal(xp: Any, matrix: Any) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .arrays import off_diagonal
+from .arrays import off_diagonal, release_buffers
 from .conversions import dense_cumulants
 from .fourth import FourthCore, core_next, core_slices, core_spec, mapped_core_diagonal
 from .layers import Backend, Cumulants, Layers, check_outputs, layer_states
@@ -18,7 +18,6 @@ from .plans import check_spec
 from .pruning import kept_third, kept_units
 from .source_compression import compressed
 from .sources import mapped_feeds, mapped_third, third_cubic, third_slices
-from .strassen import release_buffers
 from .wick import activation_wick
 
 

@@ -8,7 +8,7 @@ import math
 import string
 from typing import Any
 
-from .arrays import constant
+from .arrays import buffer, constant
 
 STRASSEN_LEFT = [[[1, 0], [0, 1]], [[0, 0], [1, 1]], [[1, 0], [0, 0]], [[0, 0], [0, 1]], [[1, 1], [0, 0]],
                   [[-1, 0], [1, 0]], [[0, 1], [0, -1]]]
@@ -24,6 +24,7 @@ STRASSEN_OUT = [[[1, 0], [0, 1]], [[0, 0], [1, -1]], [[0, 1], [0, 1]], [[1, 0], 
 C_ab = Σ_u O[u][a][b] M_u."""
 
 
+@functools.cache
 def level_subscripts(levels: int) -> tuple[str, str, str]:
     """einsum subscripts for ``levels`` Strassen levels at once: the coefficient tensors ("u a b" per level), a
     matrix cut into blocks (its row bits a_1…a_L, the block row i, its column bits b_1…b_L, the block column j; level
@@ -35,9 +36,6 @@ def level_subscripts(levels: int) -> tuple[str, str, str]:
     return coefficients, "".join(a) + i + "".join(b) + j, "".join(u) + i + j
 
 
-_BUFFERS: dict = {}
-
-
 @functools.cache
 def takes_out(xp: Any) -> bool:
     """Whether the namespace's einsum writes into a given array and takes a contraction order (``out=``,
@@ -45,27 +43,19 @@ def takes_out(xp: Any) -> bool:
     return {"out", "optimize"} <= set(inspect.signature(xp.einsum).parameters)
 
 
-def buffer(xp: Any, like: Any, role: str, shape: tuple) -> Any:
-    """A scratch array of ``shape`` in ``like``'s dtype, made once per (namespace, device, dtype, role, shape) and
-    reused by every later product of that shape until ``release_buffers``: Strassen's block combinations and block
-    products are large and short-lived, and freeing them at every product costs far more time outside the FLOP
-    counter's timers than the few operations that fill them (phase 2's residual-time gate)."""
-    key = (id(xp), str(getattr(like, "device", "")), str(like.dtype), role, shape)
-    if key not in _BUFFERS:
-        _BUFFERS[key] = xp.empty(shape, dtype=like.dtype)
-    return _BUFFERS[key]
-
-
-def release_buffers() -> None:
-    """Drop the scratch arrays of ``buffer`` (``planned`` does when it ends)."""
-    _BUFFERS.clear()
+def contract(xp: Any, subscripts: str, *operands: Any, out: Any | None = None) -> Any:
+    """``xp.einsum``; with ``out`` written into it and contracted pairwise (numpy's einsum would otherwise loop over
+    every index of these many-operand sums at once)."""
+    if out is None:
+        return xp.einsum(subscripts, *operands)
+    return xp.einsum(subscripts, *operands, out=out, optimize="greedy")
 
 
 def combinations(xp: Any, matrix: Any, coefficients: Any, levels: int, transposed: bool = False,
                  out: Any | None = None) -> Any:
     """The 7^levels block combinations Σ_ab C[u][a][b] X_ab, applied level by level, of X = ``matrix`` (or of its
-    transpose, read in place: no copy), as one einsum: shape (7,)*levels + (rows, columns) / 2^levels; with
-    ``out`` written into it, contracted pairwise (numpy's einsum would otherwise loop over every index at once)."""
+    transpose, read in place: no copy), as one einsum (``contract``, into ``out`` if given): shape
+    (7,)*levels + (rows, columns) / 2^levels."""
     rows, columns = matrix.shape[::-1] if transposed else matrix.shape
     terms, blocks, stack = level_subscripts(levels)
     halves = (2,) * levels
@@ -75,10 +65,7 @@ def combinations(xp: Any, matrix: Any, coefficients: Any, levels: int, transpose
         blocks = blocks[bits:] + blocks[:bits]
     else:
         split = matrix.reshape(*halves, rows >> levels, *halves, columns >> levels)
-    operands = (*([coefficients] * levels), split)
-    if out is None:
-        return xp.einsum(f"{terms},{blocks}->{stack}", *operands)
-    return xp.einsum(f"{terms},{blocks}->{stack}", *operands, out=out, optimize="greedy")
+    return contract(xp, f"{terms},{blocks}->{stack}", *([coefficients] * levels), split, out=out)
 
 
 def product(xp: Any, a: Any, b: Any, levels: int = 0, transposed: bool = False) -> Any:
@@ -103,15 +90,12 @@ def product(xp: Any, a: Any, b: Any, levels: int = 0, transposed: bool = False) 
                         out=buffer(xp, a, "left", (*sevens, outer, inner)) if scratch else None)
     right = combinations(xp, b, constant(xp, b, "strassen right", lambda: STRASSEN_RIGHT), levels, transposed,
                          out=buffer(xp, b, "right", (*sevens, inner, right_width)) if scratch else None)
-    if not scratch:
-        blocks_product = left @ right
-        coefficients = (*([constant(xp, blocks_product, "strassen out", lambda: STRASSEN_OUT)] * levels),)
-        return xp.einsum(f"{terms},{stack}->{blocks}", *coefficients, blocks_product).reshape(n, m)
-    blocks_product = xp.matmul(left, right, out=buffer(xp, a, "products", (*sevens, outer, right_width)))
-    coefficients = (*([constant(xp, a, "strassen out", lambda: STRASSEN_OUT)] * levels),)
-    out = xp.empty((*halves, outer, *halves, right_width), dtype=a.dtype)
-    return xp.einsum(f"{terms},{stack}->{blocks}", *coefficients, blocks_product, out=out,
-                     optimize="greedy").reshape((n, m))
+    blocks_product = (xp.matmul(left, right, out=buffer(xp, a, "products", (*sevens, outer, right_width)))
+                      if scratch else left @ right)
+    coefficients = constant(xp, blocks_product, "strassen out", lambda: STRASSEN_OUT)
+    out = xp.empty((*halves, outer, *halves, right_width), dtype=a.dtype) if scratch else None
+    return contract(xp, f"{terms},{stack}->{blocks}", *([coefficients] * levels), blocks_product,
+                    out=out).reshape((n, m))
 
 
 def product_flops(n: int, k: int, m: int, levels: int = 0) -> int:
