@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -212,13 +213,39 @@ def test_strassen_scratch_arrays_live_for_one_propagation() -> None:
     layers = xprop.relu_layers([w.T for w in weights])
     spec = SPECS[xprop.plan_key(3, "simple")]
     xprop.product(np, np.ones((8, 8)), np.ones((8, 8)), 1)
-    assert xprop.strassen._BUFFERS  # made by the product
+    assert xprop.arrays._BUFFERS  # made by the product
     xprop.planned(NUMPY, layers, spec, options=xprop.PlanOptions(strassen=1))
-    assert not xprop.strassen._BUFFERS
+    assert not xprop.arrays._BUFFERS
     broken = xprop.relu_layers([w.T for w in weights[:2]] + [np.ones((3, 5))])  # a weight of the wrong shape
     with pytest.raises(ValueError):
         xprop.planned(NUMPY, broken, spec, options=xprop.PlanOptions(strassen=1))
-    assert not xprop.strassen._BUFFERS
+    assert not xprop.arrays._BUFFERS
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("outputs", ["cov", "marginals"])
+def test_strassen_on_unequal_widths_with_a_guard(levels: int, outputs: str) -> None:
+    """Strassen's products on a net of unequal widths (some not divisible by 2^levels, so those products stay
+    dense) with biases and an output map of 6 rows, under a ``strassen_allowed`` that refuses every other layer:
+    every returned cumulant equals the dense executor's to round-off, and the hook is asked once per hidden
+    layer with (layers done, total)."""
+    layers = biased_layers([8, 12, 10, 16, 12], seed=levels, output=6)
+    spec = SPECS[xprop.plan_key(3, "simple")]
+    dense = xprop.planned(NUMPY, layers, spec, outputs=outputs)
+    asked = []
+
+    def every_other(done: int, total: int) -> bool:
+        asked.append((done, total))
+        return done % 2 == 0
+
+    guarded = replace(NUMPY, strassen_allowed=every_other)
+    got = xprop.planned(guarded, layers, spec, outputs=outputs, options=xprop.PlanOptions(strassen=levels))
+    assert asked == [(done, 4) for done in range(4)]
+    for a, b in zip(dense.layer_means + dense.layer_covs[:-1], got.layer_means + got.layer_covs[:-1], strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=TOLERANCE)
+    names = ("mean", "cov") + (("third_diagonal", "fourth_diagonal") if outputs == "marginals" else ())
+    for name in names:
+        np.testing.assert_allclose(getattr(got, name), getattr(dense, name), rtol=1e-12, atol=TOLERANCE)
 
 
 @pytest.mark.parametrize("compression", [None, xprop.Compression(2, 4, 1)])
