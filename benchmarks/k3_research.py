@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-feed", action="store_true",
                         help="with --core closure: without the feed of the modelled κ_4 into new κ_3 sources "
                              "(FourthCore.feed, docs/method.md §7.9; the scheme has it)")
+    parser.add_argument("--slice-feed", type=int, default=None, metavar="RANK",
+                        help="with --core closure: augment's κ_2 × κ_3 top-slice terms as a rank-RANK feed "
+                             "(FourthCore.slice_feed, docs/method.md §7.9; default the scheme's)")
     parser.add_argument("--count", action="store_true", help="count the first net's FLOPs (mechest.flops)")
     parser.add_argument("--thin", type=int, default=None, metavar="RANK",
                         help="thin correction leg with a rank-RANK residual (docs/method.md §7.10; default: exact Q)")
@@ -148,8 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     compression = None if args.age is None else xprop.Compression(args.age, args.rank or width, args.power)
     spec = executor_spec(3, "simple" if args.core is None else "core", max_width=width)
     core = None if args.core is None else CORES[args.core]
-    if (args.shape is not None or args.no_feed) and args.core != "closure":
-        raise SystemExit("--shape and --no-feed are options of the closure: use them with --core closure")
+    if (args.shape is not None or args.no_feed or args.slice_feed is not None) and args.core != "closure":
+        raise SystemExit("--shape, --no-feed and --slice-feed are options of the closure: use them with --core closure")
+    if args.slice_feed is not None:
+        core = replace(core, slice_feed=args.slice_feed)
     if args.shape is not None:
         core = replace(core, shape=args.shape)
     if args.no_feed:
@@ -185,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"round": args.round, "age": args.age, "rank": args.rank, "power": args.power,
                       "strassen": args.strassen, "core": args.core, "shape": None if core is None else core.shape,
                       "feed": None if core is None else core.feed,
+                      "slice_feed": None if core is None else core.slice_feed,
                       "thin": args.thin, "thin_power": args.thin_power, "counted": bool(counted),
                       "final_mse": mse, "flops": flops, "flops_over_budget": flops / budget,
                       "score": mse * max(0.1, flops / budget)}), flush=True)

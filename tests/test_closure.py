@@ -18,6 +18,7 @@ from mechest.experiments.bench import find_truth
 from mechest.kprop import executor as xprop
 from mechest.kprop.backends import layers_of, torch_backend
 from mechest.kprop.executor import propagation
+from mechest.kprop.executor.fourth import SLICE_FEED_RANK
 from mechest.kprop.spec import executor_spec
 
 TRUTHS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "truths"
@@ -60,7 +61,8 @@ def test_the_closure_changes_the_core_scheme_and_is_the_scheme(spec: dict) -> No
     net = odd_network(4)
     layers = layers_of(net)
     closure = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean",
-                            core=xprop.FourthCore(summed=False, two=True, shape=xprop.CLOSURE_SHAPE, feed=True))
+                            core=xprop.FourthCore(summed=False, two=True, shape=xprop.CLOSURE_SHAPE, feed=True,
+                                                  slice_feed=SLICE_FEED_RANK))
     core = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean", core=xprop.FourthCore(summed=False))
     assert (closure.mean - core.mean).abs().max() > 1e-8
     scheme = mechest.estimate(net, scheme=mechest.Scheme(3, "closure", factored=True), count=False)

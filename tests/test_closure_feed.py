@@ -16,12 +16,14 @@ import mechest
 from mechest.kprop import executor as xprop
 from mechest.kprop.backends import layers_of, torch_backend
 from mechest.kprop.executor import arrays, propagation
+from mechest.kprop.executor.fourth import SLICE_FEED_RANK
 from mechest.kprop.factored import TOP
 from mechest.kprop.spec import executor_spec
 
 # flopscope's symmetry notes on the metered run (as in tests/test_whestbench.py)
 pytestmark = pytest.mark.filterwarnings("ignore::flopscope.errors.SymmetryLossWarning")
 FEED = xprop.FourthCore(summed=False, shape=1.5, feed=True)
+SLICED = replace(FEED, slice_feed=64)  # rank ≥ every width here: the slice feed exact
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +36,12 @@ def symmetrised(x: torch.Tensor) -> torch.Tensor:
 
 
 def dense_source(group: tuple, feed: tuple | None) -> torch.Tensor:
-    """Sym(Σ_k P_k⊗P_k⊗v_k T_k + T_k⊗T_k⊗Q_k + β_k P_k⊗T_k⊗y) of one group, from its factors."""
+    """Sym(Σ_k P_k⊗P_k⊗v_k T_k + T_k⊗T_k⊗Q_k + Σ_ρ β_kρ P_k⊗T_k⊗y_ρ) of one group, from its factors."""
     factors, scales = xprop.expanded(torch, group)
     t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
     x = torch.einsum("isk,jsk,lsk->ijl", p, p, t * scales[None]) + torch.einsum("isk,jsk,lsk->ijl", t, t, q)
     if feed is not None:
-        x = x + torch.einsum("isk,jsk,l->ijl", p * feed[0], t, feed[1])
+        x = x + torch.einsum("isk,jsk,kr,lr->ijl", p, t, feed[0], feed[1])
     return symmetrised(x)
 
 
@@ -57,15 +59,32 @@ def newest_group(third: tuple) -> tuple:
     return torch.cat([eye[:, None], fresh], 1)[:, None], v[None]
 
 
+def slice_feed_terms(spec: dict, slices: dict, wick: list) -> torch.Tensor:
+    """Σ over augment's top-slice terms with one κ_2 edge and one κ_3 (2,1) block of Sym(c·Π_i w_i(k_i, 1) ·
+    Σ[edge] · D[block]), D[x, y] = κ_3(x, x, y) (its doubled coordinate first), as dense 3-tensors."""
+    letters, total = "abc", 0
+    for term in spec["fourth_core"]["slice_feed"]:
+        (edge,) = [axes for degree, _, axes in term["blocks"] if degree == 2]
+        (block,) = [axes for degree, _, axes in term["blocks"] if degree == 3]
+        subscripts = f"a,b,c,{letters[edge[0]]}{letters[edge[1]]},{letters[block[0]]}{letters[block[1]]}->abc"
+        orders = [wick[k][1] for k in term["k"]]
+        total = total + symmetrised(term["c"] * torch.einsum(subscripts, *orders, slices[(2, (1, 1))],
+                                                             slices[(3, (2, 1))]))
+    return total
+
+
+@pytest.mark.parametrize("core", [FEED, SLICED], ids=["closure", "sliced"])
 @pytest.mark.parametrize("correction", [None, xprop.ThinCorrection(9, 1)], ids=["full", "thin"])  # thin: full rank
 @pytest.mark.parametrize("net", [mechest.random_mlp(6, 5, "relu", seed=3), odd_network(2, ("relu",) * 3)],
                          ids=["square", "odd"])
 def test_the_feed_equals_its_dense_definition(spec: dict, monkeypatch: pytest.MonkeyPatch, net: mechest.MLP,
-                                              correction: xprop.ThinCorrection | None) -> None:
+                                              correction: xprop.ThinCorrection | None,
+                                              core: xprop.FourthCore) -> None:
     """At birth: the new source's all-distinct block is the path term plus the feed's definition
-    Sym(c·u_a u_b w_c λΣ_ab M_cc/6) (c, Wick orders from the augment plan); its lower slices plus the carried
-    block's are the plan's K_(3), K_(2,1). Mapped: the factored slices (``third_slices``, ``third_cubic``) of the
-    carried sources and feeds equal those of the dense tensors mapped by W⊗W⊗W (rows and c applied)."""
+    Sym(c·u_a u_b w_c λΣ_ab M_cc/6) (c, Wick orders from the augment plan) and, with the slice feed at full rank,
+    augment's κ_2 × κ_3 top-slice terms (``slice_feed_terms``); its lower slices plus the carried block's are the
+    plan's K_(3), K_(2,1). Mapped: the factored slices (``third_slices``, ``third_cubic``) of the carried sources
+    and feeds equal those of the dense tensors mapped by W⊗W⊗W (rows and c applied)."""
     records = []
     original = xprop.next_third
 
@@ -75,13 +94,14 @@ def test_the_feed_equals_its_dense_definition(spec: dict, monkeypatch: pytest.Mo
         return out
 
     monkeypatch.setattr(propagation, "next_third", spy)
-    xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs="marginals", core=FEED,
+    xprop.planned(torch_backend(net.device), layers_of(net), spec, outputs="marginals", core=core,
                   options=xprop.PlanOptions(correction=correction))
-    full = xprop.core_spec(spec, FEED)
+    full = xprop.core_spec(spec, core)
     (term,) = full["fourth_core"]["feed"]
     assert term["k"] == [1, 1, 2] and term["blocks"] == [[4, [2, 1, 1], [2, 0, 1]]]
-    fed = 0
-    for (xp, _, slices, groups, wick, cumulants, _, _, feed_input), _, out in records:
+    assert sorted(t["k"] for t in full["fourth_core"]["slice_feed"]) == [[1, 1, 3], [1, 2, 2]]
+    fed = sliced = 0
+    for (xp, _, slices, groups, wick, cumulants, _, _, feed_input, _), _, out in records:
         source = dense_source(newest_group(out), out[4][-1])
         cubic, double = lower_slices(source)
         if groups is not None:
@@ -99,11 +119,17 @@ def test_the_feed_equals_its_dense_definition(spec: dict, monkeypatch: pytest.Mo
             feed = symmetrised(term["c"] * torch.einsum("a,b,c,abc->abc", u, u, w, fourth))
             assert feed.abs().max() > 1e-3 * top.abs().max()
             top = top + feed
+        if core.slice_feed and (3, (2, 1)) in slices:
+            sliced += 1
+            feed = slice_feed_terms(full, slices, wick)
+            assert feed.abs().max() > 1e-3 * top.abs().max()
+            top = top + feed
         n = top.shape[0]
         distinct = torch.tensor([(a, b, c) for a, b, c in itertools.product(range(n), repeat=3)
                                  if len({a, b, c}) == 3]).T
         torch.testing.assert_close(source[tuple(distinct)], top[tuple(distinct)], rtol=0, atol=1e-14)
     assert fed == len(records) - 1  # every source but the first layer's (no κ_4 there yet)
+    assert sliced == (len(records) - 1 if core.slice_feed else 0)  # nor κ_3
 
     third = records[-1][2]
     weight = torch.randn(4, third[2].shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -129,20 +155,28 @@ def test_a_thin_source_at_full_rank_equals_the_exact_one(spec: dict) -> None:
     torch.testing.assert_close(thin.third_diagonal, exact.third_diagonal, rtol=1e-10, atol=1e-12)
 
 
-def test_the_feed_changes_the_closure_and_numpy_equals_torch(spec: dict) -> None:
+def test_the_feeds_change_the_closure_and_numpy_equals_torch(spec: dict) -> None:
     net = odd_network(6, ("relu",) * 3)
     layers = layers_of(net)
     fed = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean", core=FEED)
     unfed = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean",
                           core=xprop.FourthCore(summed=False, shape=FEED.shape))
+    sliced = xprop.planned(torch_backend(net.device), layers, spec, outputs="mean", core=replace(FEED, slice_feed=2))
     assert (fed.mean - unfed.mean).abs().max() > 1e-8
-    assert xprop.fourth_core(3, "closure") == replace(FEED, two=True)  # the scheme: the closure, its feed, two
+    assert (sliced.mean - fed.mean).abs().max() > 1e-8
+    # the scheme: the closure, both feeds (the slice feed at SLICE_FEED_RANK), augment's two-coordinate terms
+    assert xprop.fourth_core(3, "closure") == replace(FEED, two=True, slice_feed=SLICE_FEED_RANK)
     assert_numpy_matches_torch(layers, spec, core=FEED)
+    assert_numpy_matches_torch(layers, spec, core=replace(FEED, slice_feed=3))
 
 
 def test_refusals() -> None:
     with pytest.raises(ValueError, match="feed"):
         xprop.FourthCore(summed=False, feed=True)
+    with pytest.raises(ValueError, match="feed"):
+        xprop.FourthCore(summed=False, slice_feed=4)
+    with pytest.raises(ValueError, match="rank"):
+        replace(FEED, slice_feed=-1)
 
 
 @pytest.mark.parametrize("correction", [None, xprop.ThinCorrection(4, 1)], ids=["full", "thin"])
@@ -256,14 +290,18 @@ def test_predicted_flops_bound_the_metered_flops(monkeypatch: pytest.MonkeyPatch
 
     spec = executor_spec(3, "closure", max_width=64)
     generator = np.random.default_rng(0)
-    for width, depth, correction, compression in ((32, 5, None, None), (64, 6, xprop.ThinCorrection(8, 1), None),
-                                                  (64, 6, None, xprop.Compression(2, 16, 1)),
-                                                  (64, 6, xprop.ThinCorrection(8, 1), xprop.Compression(1, 16, 1))):
+    for width, depth, correction, compression, core in (
+            (32, 5, None, None, FEED), (64, 6, xprop.ThinCorrection(8, 1), None, FEED),
+            (64, 6, None, xprop.Compression(2, 16, 1), FEED),
+            (64, 6, xprop.ThinCorrection(8, 1), xprop.Compression(1, 16, 1), FEED),
+            (48, 6, xprop.ThinCorrection(8, 1), None, replace(FEED, slice_feed=8)),
+            (64, 7, xprop.ThinCorrection(8, 1), xprop.Compression(3, 16, 1), replace(FEED, slice_feed=16)),
+            (32, 5, None, None, replace(FEED, slice_feed=4))):
         columns = [fnp.asarray((generator.standard_normal((width, width)) * (2 / width) ** 0.5).astype(np.float32))
                    for _ in range(depth)]
         options = xprop.PlanOptions(compression=compression, correction=correction)
         with flops.BudgetContext(flop_budget=10**15, quiet=True) as context:
-            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, core=FEED, options=options)
+            xprop.planned(BACKEND, xprop.relu_layers(columns), spec, core=core, options=options)
             metered = context.flops_used
-        predicted = xprop.planned_flops(width, depth, 3, core=FEED, options=options)
+        predicted = xprop.planned_flops(width, depth, 3, core=core, options=options)
         assert 0.5 * predicted <= metered <= predicted, metered / predicted

@@ -158,15 +158,18 @@ def fourth_core_spec(spec: dict, max_width: int | None = None) -> dict:
     ("summed"), augment's extra terms on the two-coordinate slices ("two"), the r = 1 projection coefficients
     [ā_1, ā_2] for widths 0..max_width ("projection"), the two-coordinate slice types of κ_4 the projection reads
     as matrices ("matrix_types"), K = 3 augment's top-slice term with one κ_4 (2,1,1) block ("feed", read by the
-    closure's feed, mechest.kprop.executor.FourthCore.feed) and k_max. All read from ``fourth_core_plan`` (the feed
-    from the factored augment plan); the plan's own keys are unchanged (the executor merges them in only when asked
-    to: mechest.kprop.executor.FourthCore)."""
+    closure's feed, mechest.kprop.executor.FourthCore.feed), its top-slice terms with one κ_2 edge and one κ_3
+    (2,1) block ("slice_feed", mechest.kprop.executor.FourthCore.slice_feed) and k_max. All read from
+    ``fourth_core_plan`` (the feeds from the factored augment plan); the plan's own keys are unchanged (the executor
+    merges them in only when asked to: mechest.kprop.executor.FourthCore)."""
     if (spec["order"], spec["variant"]) != (3, "simple"):
         raise NotImplementedError("the matrix core extends the K = 3 simple plan")
     width = spec["max_width"] if max_width is None else max_width
     plan, full = fourth_core_plan(), fourth_core_plan(two=True)
-    feed = [_term(t) for t in factored_plan(3, "augment").diagrams[TOP]
-            if len(t.blocks) == 1 and (t.blocks[0].degree, t.blocks[0].slice_type) == (4, (2, 1, 1))]
+    top = factored_plan(3, "augment").diagrams[TOP]
+    feed = [_term(t) for t in top if [(b.degree, b.slice_type) for b in t.blocks] == [(4, (2, 1, 1))]]
+    slice_feed = [_term(t) for t in top
+                  if sorted((b.degree, b.slice_type) for b in t.blocks) == [(2, (1, 1)), (3, (2, 1))]]
     conversions = [{"c": c.coefficient, "parts": [[list(f.slice_type), list(f.axes)] for f in c.parts]}
                    for c in plan.conversions[(3, 1)]]
     projection = [[0.0, 0.0]] + [list(harmonic.projection_coefficients(n, 4, 1)) for n in range(1, width + 1)]
@@ -178,5 +181,6 @@ def fourth_core_spec(spec: dict, max_width: int | None = None) -> dict:
                 for p in dense_slice_types(factored_plan(3, "simple")) if len(p) == 2],
         "projection": projection,
         "feed": feed,
+        "slice_feed": slice_feed,
         "matrix_types": [list(p) for p in plan.slice_types if len(p) == 2 and sum(p) == 4],
         "k_max": max(spec["k_max"], full.k_max)}}

@@ -35,7 +35,11 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     the last, and its elementwise work (the core's slices and projection, the (3,1) diagrams, a larger Wick table)
     bounded by CORE_QUADRATIC·n²L + CORE_LINEAR·nL (tested against flopscope with the other bounds). With
     ``core.shape`` (the closure, ``ShapedCore``) W G Wᵀ is one W diag(d) Wᵀ (like W Wᵀ) and its last diagonal
-    O(n²); its feed (``core.feed``) FEED_QUADRATIC·n² a source and layer.
+    O(n²); its feed (``core.feed``) FEED_QUADRATIC·n² a source and layer; its slice feed of rank r
+    (``core.slice_feed``) 8n²r a fed source and hidden layer (mapping y, y βᵀ, (P∘T)β and u' yᵀ; 4n²r on the
+    last, which reads slice (3) alone) and at birth 10n²r (its range finder with one power iteration and
+    β = Lᵀ y) + SLICE_FEED_QUADRATIC·n² + the QR's 4nr²; every full source but the first-born is fed (κ_3 is
+    carried from the first source's layer on; a compressed source loses its feed).
 
     A sandwich that flopscope finds not symmetric within its tolerance falls back to plain products (an extra
     n³ or 2n³ the model does not include; not seen on the nets measured).
@@ -66,6 +70,7 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     gram, sandwich = n**3, 3 * n**3  # W Wᵀ and W Σ Wᵀ by the backend's sandwich
     products, squares, thin, sources, packed, carried = 0, 0, 0, 0, 0, False
     slim, births, source_layers = 0, 0, 0  # thin correction: n²r units, sources born, (source, layer) pairs
+    fed_layers = 0  # (source, hidden layer) pairs with a slice feed: every full source but the first-born
     for layer in range(depth - 1):
         products += (gram if layer == 0 or carried else 0) + (sandwich if layer > 0 else 0)
         if sources:
@@ -80,6 +85,7 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
             squares += 14 * packed
             slim += 4 * sources
             source_layers += sources
+            fed_layers += sources - (packed == 0)
         carried = layer + 1 >= first_carried
         sources, packed = (sources + 1, packed) if carried and order == 3 else (0, 0)
         births += carried and order == 3
@@ -97,6 +103,11 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
         quadratic += CORE_QUADRATIC * depth
     if cored and core.feed:
         products += width**2 * FEED_QUADRATIC * (source_layers + births)
+    if cored and core.slice_feed and births:  # the first-born source has none (no κ_3 before it)
+        feed_rank, fed_births = min(core.slice_feed, width), births - 1
+        per_rank = 8 * fed_layers + 4 * (sources - (packed == 0)) + 10 * fed_births  # the last layer: y and u'
+        products += width**2 * (feed_rank * per_rank + SLICE_FEED_QUADRATIC * fed_births)
+        products += 4 * width * feed_rank**2 * fed_births
     extra = CORE_LINEAR * width * depth if cored else 0
     return (extra + products + width**2 * rank * squares + width * rank**2 * thin
             + elementwise_bound(width, depth, quadratic + (6 * depth**2 if strassen else 0)))
@@ -119,6 +130,12 @@ CORE_QUADRATIC = 60
 FEED_QUADRATIC = 16
 """n² FLOPs a source and layer that the closure's feed (``FourthCore.feed``) adds: mapping y (2n²) and its terms
 in the (2,1) slice's left matrices and rank-one part (``feed_terms``), and at birth ``feed_source``."""
+
+
+SLICE_FEED_QUADRATIC = 24
+"""n² FLOPs at a source's birth that the slice feed (``FourthCore.slice_feed``) adds beyond its rank-r products:
+forming its leg L from κ_3's (2,1) slice (two terms) and its (2,1) slice at birth (an envelope of flopscope's
+count)."""
 
 
 CORE_LINEAR = 6000

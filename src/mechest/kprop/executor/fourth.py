@@ -35,18 +35,26 @@ class FourthCore:
     (2,1,1) block, through the model's leading part λ·Σ_ab M_cc (``feed_source``): a term Sym(Σ_k β_k P_k ⊗ T_k
     ⊗ y) on the source's own legs and one vector y, carried with it (y mapped like the legs, n² a layer) and read
     by the existing (2,1) product (``feed_terms``). A compressed source (``Compression``) loses its feed
-    (``compressed``): only the ``age`` newest keep theirs."""
+    (``compressed``): only the ``age`` newest keep theirs.
+
+    ``slice_feed`` = r > 0 (with ``shape``): each new κ_3 source also gets K = 3 augment's top-slice terms with one
+    κ_2 edge and one κ_3 (2,1) block (``slice_feed_source``): Sym(Σ_k P_k ⊗ T_k ⊗ L_k) with an n×n leg L read from
+    κ_3's (2,1) slice, factorised at rank r, L ≈ y βᵀ, and carried beside the closure's feed as one feed of rank
+    r + 1 (≈ 6n²r a source and layer, no n³ product). 0: off."""
 
     summed: bool = True
     two: bool = False
     shape: float | None = None
     feed: bool = False
+    slice_feed: int = 0
 
     def __post_init__(self) -> None:
         if self.shape is not None and (self.summed or not math.isfinite(self.shape) or self.shape < 0):
             raise ValueError(f"the closure's shape needs summed=False and a finite shape ≥ 0; got {self}")
-        if self.feed and self.shape is None:
-            raise ValueError(f"the feed is an option of the closure (a shape); got {self}")
+        if (self.feed or self.slice_feed) and self.shape is None:
+            raise ValueError(f"the feeds are options of the closure (a shape); got {self}")
+        if self.slice_feed < 0:
+            raise ValueError(f"the slice feed needs a rank ≥ 0; got {self}")
 
 
 @dataclass(frozen=True)
@@ -184,8 +192,13 @@ def fourth_core(order: int, variant: str) -> FourthCore | None:
     if (order, variant) == (3, "core"):
         return FourthCore(summed=False)
     if (order, variant) == (3, "closure"):
-        return FourthCore(summed=False, two=True, shape=CLOSURE_SHAPE, feed=True)
+        return FourthCore(summed=False, two=True, shape=CLOSURE_SHAPE, feed=True, slice_feed=SLICE_FEED_RANK)
     return None
+
+
+SLICE_FEED_RANK = 16
+"""The rank of the closure scheme's slice feed (``FourthCore.slice_feed``): at 1024×16 rank 32 changes the MSE by
+< 0.1% and at 256×4 rank 8 by 0.3% (docs/results.md, "The slice feed"); a cost knob, not a fitted constant."""
 
 
 CLOSURE_SHAPE = 1.5

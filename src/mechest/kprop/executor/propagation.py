@@ -109,10 +109,11 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
             cov = cov[keep][:, keep]
         if layer + 1 < first_carried or (layer + 1 == len(hidden) and outputs != "marginals"):
             return PlannedState(layer + 1, mean, cov, kept=keep)
-        feed = None
-        if core is not None and core.feed:
-            feed = (None, None) if state.fourth is None else (state.fourth.multiple, xp.diag(gram))
-        third = (next_third(xp, spec, slices, groups, wick, cumulants, correction, feeds, feed)
+        feed, slice_rank = None, 0
+        if core is not None and (core.feed or core.slice_feed):
+            multiple = state.fourth.multiple if core.feed and state.fourth is not None else None
+            feed, slice_rank = (multiple, None if multiple is None else xp.diag(gram)), core.slice_feed
+        third = (next_third(xp, spec, slices, groups, wick, cumulants, correction, feeds, feed, slice_rank)
                  if spec["order"] == 3 else None)
         fourth = None if core is None else core_next(xp, spec, core, slices, wick, cumulants, mapped, gram,
                                                      weight.shape[0])

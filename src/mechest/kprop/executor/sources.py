@@ -84,9 +84,9 @@ def mapped(xp: Any, weight: Any, factors: Any, levels: int) -> Any:
 
 
 def mapped_feeds(xp: Any, weight: Any, third: tuple) -> list | None:
-    """The closure's feeds (``FourthCore.feed``) of ``third``'s sources after z = W a: one (β, y) or None per
-    group of ``mapped_third``'s output (the newest last), y mapped as the groups' rows are (W·diag(rows) for the
-    older, W for the newest): n² a source. None: ``third`` carries no feeds."""
+    """The feeds (``FourthCore.feed``, ``FourthCore.slice_feed``) of ``third``'s sources after z = W a: one (β, y)
+    or None per group of ``mapped_third``'s output (the newest last), y (n, R) mapped as the groups' rows are
+    (W·diag(rows) for the older, W for the newest): 2n²R a source. None: ``third`` carries no feeds."""
     if len(third) < 5:
         return None
     rows, feeds = third[1], third[4]
@@ -97,12 +97,19 @@ def mapped_feeds(xp: Any, weight: Any, third: tuple) -> list | None:
 
 
 def feed_terms(xp: Any, t: Any, p: Any, feed: tuple) -> tuple[Any, Any, Any]:
-    """A feed Sym(Σ_k β_k P_k ⊗ T_k ⊗ y) of a source with legs T, P (n, S, m) (``FourthCore.feed``): its (2,1)
-    slice is (y∘P diag β Tᵀ + y∘T diag β Pᵀ + u' yᵀ)/3 (Sym(a⊗b⊗c)_iij = (a_i b_i c_j + a_i c_i b_j + b_i c_i a_j)/3),
-    u'_i = Σ_k β_k P_ik T_ik. Returns the additions to the left matrices of Tᵀ and Pᵀ (n, S, m) and u' (n,)."""
+    """A feed Sym(Σ_k Σ_ρ β_kρ P_k ⊗ T_k ⊗ y_ρ) of a source with legs T, P (n, S, m), β (m, R), y (n, R)
+    (``FourthCore.feed``, ``FourthCore.slice_feed``): with Y = y βᵀ (n × m), its (2,1) slice is
+    ((P∘Y) Tᵀ + (T∘Y) Pᵀ + u' yᵀ)/3 (Sym(a⊗b⊗c)_iij = (a_i b_i c_j + a_i c_i b_j + b_i c_i a_j)/3),
+    u'_iρ = Σ_k β_kρ P_ik T_ik, and its (3) slice Σ_ρ u'_iρ y_iρ. Returns the additions to the left matrices of Tᵀ
+    and Pᵀ (n, S, m) and u' (n, R): 6nmR FLOPs with the rank term."""
     beta, y = feed
-    scaled = p * beta[None, None, :]
-    return y[:, None, None] * scaled, y[:, None, None] * t * beta[None, None, :], xp.einsum("isk,isk->i", scaled, t)
+    lifted = (y @ beta.T)[:, None, :]
+    return p * lifted, t * lifted, feed_weights(xp, t, p, beta)
+
+
+def feed_weights(xp: Any, t: Any, p: Any, beta: Any) -> Any:
+    """u'_iρ = Σ_k β_kρ P_ik T_ik (n, R) of a feed (``feed_terms``): its (3) slice is Σ_ρ u'_iρ y_iρ."""
+    return xp.einsum("isk,kr->ir", p * t, beta)
 
 
 def third_cubic(xp: Any, groups: Sources, feeds: list | None = None) -> Any:
@@ -113,8 +120,9 @@ def third_cubic(xp: Any, groups: Sources, feeds: list | None = None) -> Any:
         factors, scales = expanded(xp, group)
         t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
         value = xp.einsum("isk,isk->i", t, p * p * scales[None] + t * q)
-        if feeds is not None and feeds[index] is not None:  # the feed's (3) slice u'∘y
-            value = value + feed_terms(xp, t, p, feeds[index])[2] * feeds[index][1]
+        if feeds is not None and feeds[index] is not None:  # the feed's (3) slice Σ_ρ u'_ρ∘y_ρ
+            beta, y = feeds[index]
+            value = value + xp.sum(feed_weights(xp, t, p, beta) * y, axis=1)
         total = value if total is None else total + value
     return total
 
@@ -131,7 +139,7 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None =
     ``ThinCorrection``) groups the three products by their right factor: (X Tᵀ + Y Pᵀ + ((T∘T)L) Zᵀ)/3 with
     X = (P∘P) diag v + 2 T∘Q + (T∘T) diag s and Y = 2 (P∘T) diag v + (T∘T) diag f, one product of [X, Y, (T∘T)L]
     with [T, P, Z]ᵀ (``thin_slice``). ``feeds`` (one (β, y) or None per group, ``FourthCore.feed``) add their
-    terms to the left matrices of Tᵀ and Pᵀ and a rank-one u' yᵀ (``feed_terms``): no new product.
+    terms to the left matrices of Tᵀ and Pᵀ and a rank-R u' yᵀ (``feed_terms``): no new n³ product.
     """
     double = None
     for index, group in enumerate(groups):
@@ -143,14 +151,14 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None =
         factors, scales = expanded(xp, group)
         t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
         v = scales[None]
-        rank_one = None
+        rank_part = None
         scaled, doubled = p * v, t + t  # (P∘P)v + 2 T∘Q = P∘(Pv) + (2T)∘Q and 2(P∘T)v = (2T)∘(Pv)
         if feed is None:
             left = xp.stack([p * scaled + doubled * q, doubled * scaled, t * t], axis=2)
         else:
             if is_compressed(group):  # ``compressed`` drops a source's feed
                 raise ValueError("a compressed group carries no feed")
-            onto_t, onto_p, rank_one = feed_terms(xp, t, p, feed)
+            onto_t, onto_p, rank_part = feed_terms(xp, t, p, feed)
             left = xp.stack([p * scaled + doubled * q + onto_t, doubled * scaled + onto_p, t * t], axis=2)
         if is_compressed(group):
             through = xp.einsum("isjk,sjak->sia", left, group[1])
@@ -158,8 +166,8 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None =
         else:
             rows = factors.shape[0]
             value = product(xp, left.reshape(rows, -1), factors.reshape(rows, -1), levels, transposed=True)
-        if rank_one is not None:
-            value = value + rank_one[:, None] * feed[1][None, :]
+        if rank_part is not None:
+            value = value + rank_part @ feed[1].T
         double = value if double is None else double + value
     double = double / 3
     return xp.diag(double), double
@@ -168,19 +176,19 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None =
 def thin_slice(xp: Any, group: tuple, levels: int = 0, feed: tuple | None = None) -> Any:
     """3 × the (2,1) slice of a thin group (``third_slices``): [X, Y, (T∘T)L] times [T, P, Z]ᵀ, 2n²(2m + r) a
     source, the left matrices O(n m) plus 4nmr (Z Lᵀ inside Q, and (T∘T)L); ``feed`` (``feed_terms``) adds to X
-    and Y and a rank-one term."""
+    and Y and a rank-R term."""
     factors, scales, diagonals, lower = group
     width, rows = scales.shape[-1], factors.shape[0]
     t, p = factors[:, :, :width], factors[:, :, width: 2 * width]
     v, s, f = scales[None], diagonals[None, :, 0], diagonals[None, :, 1]
     square, scaled, doubled = t * t, p * v, t + t  # as in ``third_slices``
     left = [p * scaled + doubled * thin_correction(xp, group) + square * s, doubled * scaled + square * f]
-    rank_one = None
+    rank_part = None
     if feed is not None:
-        onto_t, onto_p, rank_one = feed_terms(xp, t, p, feed)
+        onto_t, onto_p, rank_part = feed_terms(xp, t, p, feed)
         left = [left[0] + onto_t, left[1] + onto_p]
     if lower.shape[-1]:
         left.append(xp.einsum("isk,skr->isr", square, lower))
     value = product(xp, xp.concatenate(left, axis=2).reshape(rows, -1), factors.reshape(rows, -1), levels,
                     transposed=True)
-    return value if rank_one is None else value + rank_one[:, None] * feed[1][None, :]
+    return value if rank_part is None else value + rank_part @ feed[1].T
