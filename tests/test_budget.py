@@ -61,9 +61,14 @@ def test_predictions_past_the_probe_width_bound_the_count_tightly(scheme: Scheme
     for outputs in ("cov", "mean"):
         actual = count_flops(net, scheme, outputs=outputs)[0]
         assert actual <= predicted_flops(net, scheme, outputs) <= 2 * actual
-    # widths proportional to the probe: the polynomial is read exactly
+    # widths proportional to the probe: the polynomial is read exactly, but for the closure's slice feed, whose
+    # rank min(SLICE_FEED_RANK, n) is capped at the smallest probe width (an over-estimate, 3% here)
     square = random_mlp(3 * PROBE_WIDTH, 3, "relu", seed=0)
-    assert predicted_flops(square, scheme, "mean") == count_flops(square, scheme, outputs="mean")[0]
+    predicted, counted = predicted_flops(square, scheme, "mean"), count_flops(square, scheme, outputs="mean")[0]
+    if scheme == Scheme(3, "closure", True):
+        assert counted < predicted <= 1.05 * counted
+    else:
+        assert predicted == counted
 
 
 def test_ranking_puts_k2_augment_after_simple_on_deep_narrow_nets() -> None:

@@ -67,6 +67,7 @@ def test_pruning_shrinks_the_products_and_keeps_live_units() -> None:
     layers = dead_unit_layers(32, 5, output_map=False)
     spec = executor_spec(3, "core", max_width=64)
     counts = {}
+    xprop.run_scheme(TORCH, layers, 3, "closure", spec, "mean")  # the constants (range finders' test matrices)
     for prune in (None, 8.0, 1e6):
         with FlopCounter() as counter:
             xprop.run_scheme(TORCH, layers, 3, "closure", spec, "mean", options=xprop.PlanOptions(prune=prune))

@@ -8,9 +8,11 @@ element-wise work, fixed-size tables), non-decreasing in each. With the probe di
 width b = ⌊PROBE_WIDTH / (D + 1)⌋) the count of the dimensions t·q is a polynomial g(t) of degree ≤ D, so D + 1
 counts at t = 1 … D + 1 determine it (Lagrange interpolation), and g(max d / b) bounds the count from above (every
 dimension d ≤ (max d / b)·q). It is exact when the dimensions are proportional to the probe, for the executor's and
-the factored engines' schemes, whose operations do not change with the width. The unfactorised engine evaluates
-some slices in a summed form from width mechest.kprop.summed.MIN_WIDTH on, which costs fewer FLOPs than the
-formed slices its probes count (tested), so there the prediction is an over-estimate (≈ 1.02–1.12x at width 36).
+the factored engines' schemes, whose operations do not change with the width (but for K = 3 closure's slice feed,
+whose rank min(r, n) is capped at the narrowest probe, below the polynomial, which the extrapolation turns into an
+over-estimate: ≈ 3% at width 96). The unfactorised engine evaluates some slices in a summed form from width
+mechest.kprop.summed.MIN_WIDTH on, which costs fewer FLOPs than the formed slices its probes count (tested), so
+there the prediction is an over-estimate (≈ 1.02–1.12x at width 36).
 Either way a scheme predicted to fit never exceeds the budget.
 
 Accuracy order (``ranking``): the squared error of kprop falls like n^−2K in width for He-init networks, so a
