@@ -150,7 +150,7 @@ def slice_feed_source(xp: Any, spec: dict, path: dict, slices: dict, wick: Any, 
     order = path_leg_order(path)
     leg = None
     for term in spec["fourth_core"]["slice_feed"]:
-        edge, centre, lone, pair = feed_edge(term, order)
+        centre, lone, pair = feed_axes(term, order)
         value = term["c"] * wick[term["k"][lone]][1][:, None] * wick[term["k"][centre]][1][None, :]
         for degree, q, axes in pair:  # [b, k] with b on the lone axis, k on the centre
             block = slices[(degree, tuple(q))]
@@ -160,9 +160,9 @@ def slice_feed_source(xp: Any, spec: dict, path: dict, slices: dict, wick: Any, 
     return leg.T @ basis, basis
 
 
-def feed_edge(term: dict, order: int) -> tuple[list, int, int, list]:
-    """A slice-feed term's κ_2 edge to the path's leg (one (2,(1,1)) block on a pair of axes whose non-central axis
-    has the path's Wick order ``order``), the centre, the lone axis and the blocks on the (lone, centre) pair."""
+def feed_axes(term: dict, order: int) -> tuple[int, int, list]:
+    """A slice-feed term's centre, lone axis and blocks on the (lone, centre) pair: its other pair of axes holds
+    one κ_2 edge (a (2,(1,1)) block) to an axis of the path's Wick order ``order``, the path's leg."""
     pairs: dict[frozenset, list] = {}
     for degree, q, axes in term["blocks"]:
         pairs.setdefault(frozenset(axes), []).append((degree, q, axes))
@@ -173,7 +173,7 @@ def feed_edge(term: dict, order: int) -> tuple[list, int, int, list]:
             if term["k"][end] == order and [(d, list(q)) for d, q, _ in blocks] == [(2, [1, 1])]:
                 (other,) = [rest for key, rest in pairs.items() if key != pair]
                 (lone,) = set().union(*(set(a) for _, _, a in other)) - {centre}
-                return blocks[0], centre, lone, other
+                return centre, lone, other
     raise ValueError(f"a slice-feed term needs one κ_2 edge to the path's leg and its other blocks on one pair: {term}")
 
 
@@ -183,10 +183,9 @@ def feed_source(xp: Any, spec: dict, path: dict, wick: Any, p: Any, multiple: An
     term c·w_a(k,1) w_b(k,1) w_c(k',1) κ_4[a,b,c,c] (``spec["fourth_core"]["feed"]``), with κ_4 = Sym(Ĝ ⊗ M) read
     through its leading part Ĝ_ab M_cc (coefficient 4/4! in Sym(Ĝ ⊗ M)[a,b,c,c]) and Ĝ_ab ≈ λ·Σ_ab (the closure's
     off-diagonal, Σ the pre-activation covariance). With the path legs P = diag(u) Σ_off (u = w(k,1), the same k)
-    it is Sym(Σ_k β_k P_k ⊗ e_k ⊗ y), β = λ u, y = c·(4/4!)·w(k',1)∘diag M. Returns ((β, y) as (m, 1) and (n, 1),
-    the feeds' rank-R form, ``feed_terms``), its (2,1) slice at
-    birth, (y∘P diag β + y∘β∘Pᵀ)/3 = Pᵀ diag-scaled: row a times 2 y_a β_a / 3 (P_ab β_b = λ u_a P_ba)); its (3)
-    slice is 0 (P_aa = 0)."""
+    it is Sym(Σ_k β_k P_k ⊗ e_k ⊗ y), β = λ u, y = c·(4/4!)·w(k',1)∘diag M. Returns (β, y) as (m, 1) and (n, 1)
+    (the feeds' rank-R form, ``feed_terms``) and its (2,1) slice at birth, (y∘P diag β + y∘β∘Pᵀ)/3 = Pᵀ
+    diag-scaled: row a times 2 y_a β_a / 3 (P_ab β_b = λ u_a P_ba); its (3) slice is 0 (P_aa = 0)."""
     (term,) = spec["fourth_core"]["feed"]
     ((_, q, axes),) = term["blocks"]
     doubled = axes[list(q).index(2)]
