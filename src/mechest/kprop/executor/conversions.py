@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .arrays import off_diagonal
-from .diagrams import power_matrices, power_vectors
+from .diagrams import power_matrices, power_vectors, prefix_product
 from .plans import spec_cached, summed_types
 
 
@@ -31,11 +31,7 @@ def dense_cumulants(xp: Any, spec: dict, slices: dict, wick: Any, only: tuple | 
 
 def memoised_product(parts: tuple, power: dict, m: int, products: dict) -> Any:
     """Π_parts pK_q laid on their axes, reusing (and filling) ``products``, keyed by prefixes of ``parts``."""
-    if parts not in products:
-        q, axes = parts[-1]
-        factor = placed(power[q], axes, m)
-        products[parts] = factor if len(parts) == 1 else memoised_product(parts[:-1], power, m, products) * factor
-    return products[parts]
+    return prefix_product(parts, lambda part: placed(power[part[0]], part[1], m), products)
 
 
 def cumulants_from_powers(xp: Any, spec: dict, power: dict, only: tuple | None,
