@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from .arrays import buffer, constant
+from .arrays import constant
 from .plans import TOP, spec_cached
-from .strassen import takes_out
+from .weighted import stacked, summed_weighted_sums, weighted_sums
 
 Signature = tuple  # ((degree, slice type, axes), ...): the slices a diagram term multiplies, and where
 
@@ -120,42 +120,30 @@ def power_matrices(xp: Any, spec: dict, slices: dict, table: Any, summed: frozen
     the diagonal because every B_s has a two-coordinate block, which is. Each distinct (s, k_1) is a term u with
     matrix B_u and column weight w(k_1, p_1), and the k_0 sum goes into the row weights A[i, p, u] =
     Σ_{k_0} c w(k_0, p_0)_i, so that pK_p = Σ_u diag(A[:, p, u]) B_u diag(w(k_1(u), p_1)) (``matrix_terms``). The
-    matrices are stacked once, S[i, u, j] = B_u[ij] (``stacked_terms``), and each group of types with one p_1
-    (``MatrixGroup``) takes four operations, whatever its number of types and terms: its row weights (one einsum
-    with constant coefficients), its column weights (one gather from the Wick table), S ⊙ w and one batched matmul
-    over the rows i, pK[i, p, :] = A[i, p, :] (S ⊙ w)[i]. A type in ``summed`` is returned as Σ_ij pK_p =
-    Σ_{i,u} A[i, p, u] (S[i, u, :] · w_u), no n × n temporary. Where the namespace takes ``out=`` (``takes_out``) the
-    stack and S ⊙ w go into scratch arrays reused from layer to layer (``buffer``). A type with no terms is None."""
+    block products B_u are formed once (shared prefixes once, ``prefix_product``) and stacked, and each group of
+    types with one p_1 (``MatrixGroup``) takes four operations, whatever its number of types and terms: its row
+    weights (one einsum with constant coefficients), its column weights (one gather from the Wick table) and
+    ``weighted_sums`` (two). A type in ``summed`` is returned as Σ_ij pK_p (``summed_weighted_sums``, no n × n
+    temporary). A type with no terms is None."""
     terms = spec_cached(spec, ("power matrices", frozenset(slices), summed, tuple(table.shape[:2])),
                         lambda: matrix_terms(spec, set(slices), summed, tuple(table.shape[:2])))
     out: dict[tuple, Any] = {}
     if terms.groups:
-        stacked = stacked_terms(xp, slices, [sig for sig, _ in terms.terms])
-        scratch = takes_out(xp)
+        products: dict[tuple, Any] = {}
+        matrices = stacked(xp, [prefix_product(sig, lambda block: placed_block(slices, block, 2), products)
+                                for sig, _ in terms.terms])
         for index, group in enumerate(terms.groups):
             coefficients = constant(xp, table, (id(spec), "power matrices", frozenset(slices), summed, index),
                                     lambda group=group: group.rows)
             rows = xp.einsum("kpi,qukp->iqu", table, coefficients)
             columns = table[[k1 for _, k1 in terms.terms], group.p1]
             if group.summed:
-                values = xp.einsum("iqu,iu->q", rows, xp.einsum("iuj,uj->iu", stacked, columns))
+                values = summed_weighted_sums(xp, rows, matrices, columns)
                 out.update({p: values[position, ...] for position, p in enumerate(group.types)})  # 0-d arrays
             else:
-                weighted = xp.multiply(stacked, columns, out=buffer(xp, stacked, "weighted diagram terms",
-                                                                    tuple(stacked.shape)) if scratch else None)
-                values = xp.matmul(rows, weighted)
+                values = weighted_sums(xp, rows, matrices, columns)
                 out.update({p: values[:, position] for position, p in enumerate(group.types)})
     return {p: out.get(p) for p in terms.types}
-
-
-def stacked_terms(xp: Any, slices: dict, signatures: list) -> Any:
-    """S[i, u, j] = B_u[ij], the block products of ``signatures`` on two coordinates (``prefix_product``: shared
-    prefixes multiplied once), stacked on axis 1 (into a scratch array where the namespace takes ``out=``)."""
-    products: dict[tuple, Any] = {}
-    matrices = [prefix_product(sig, lambda block: placed_block(slices, block, 2), products) for sig in signatures]
-    shape = (matrices[0].shape[0], len(matrices), matrices[0].shape[1])
-    return xp.stack(matrices, axis=1,
-                    out=buffer(xp, matrices[0], "diagram terms", shape) if takes_out(xp) else None)
 
 
 def matrix_terms(spec: dict, available: set, summed: frozenset, shape: tuple) -> MatrixTerms:
