@@ -72,27 +72,25 @@ def prefix_product(parts: tuple, factor: Callable[[Any], Any], products: dict) -
 
 
 def power_vectors(xp: Any, spec: dict, slices: dict, table: Any, only: tuple | None) -> dict:
-    """pK_p for the one-coordinate types p: U[q,s] = Σ_k c[q,s,k] w(k, p_q) (one matrix product with the Wick
-    table), then pK = Σ_s U[q,s] ⊙ B_s."""
-    types, signatures, matrix = spec_cached(spec, ("power vectors", frozenset(slices), only),
-                                            lambda: vector_coefficients(spec, set(slices), only, table.shape))
+    """pK_p for the one-coordinate types p: U[q,s] = Σ_k c[q,s,k] w(k, p_q) (one einsum with the Wick table and
+    constant c), then pK = Σ_s U[q,s] ⊙ B_s (one einsum over the stacked block products B_s)."""
+    types, signatures, coefficients = spec_cached(spec, ("power vectors", frozenset(slices), only),
+                                                  lambda: vector_coefficients(spec, set(slices), only, table.shape))
     memo: dict[tuple, Any] = {}
     products = xp.stack([prefix_product(sig, lambda block: placed_block(slices, block, 1), memo) if sig
                          else table[0][0] for sig in signatures])
-    weights = constant(xp, table, (id(spec), "power vectors", frozenset(slices), only), lambda: matrix)
-    combined = (weights @ table.reshape(-1, table.shape[-1])).reshape(len(types), len(signatures), -1)
-    values = xp.sum(combined * products[None], axis=1)
+    weights = constant(xp, table, (id(spec), "power vectors", frozenset(slices), only), lambda: coefficients)
+    values = xp.einsum("qsi,si->qi", xp.einsum("qskp,kpi->qsi", weights, table), products)
     return {p: values[i] for i, p in enumerate(types)}
 
 
 def vector_coefficients(spec: dict, available: set, only: tuple | None, shape: tuple) -> tuple[list, list, list]:
-    """(types, signatures, c as a matrix with row (q, s) and column (k, p) of the Wick table) for ``power_vectors``."""
+    """(types, signatures, c[q][s][k][p] over the Wick table's (k, p), nonzero at p = p_q) for ``power_vectors``."""
     types, signatures, coefficients = diagram_coefficients(spec, available, 1, only)
-    k_count, p_count = shape[0], shape[1]
-    matrix = [[0.0] * (k_count * p_count) for _ in range(len(types) * len(signatures))]
+    weights = [[[[0.0] * shape[1] for _ in range(shape[0])] for _ in signatures] for _ in types]
     for (q, sig, k), c in coefficients.items():
-        matrix[q * len(signatures) + signatures.index(sig)][k * p_count + types[q][0]] += c
-    return types, signatures, matrix
+        weights[q][signatures.index(sig)][k][types[q][0]] += c
+    return types, signatures, weights
 
 
 class MatrixGroup(NamedTuple):
