@@ -215,6 +215,32 @@ def test_a_window_as_deep_as_the_net_changes_nothing(order: int, variant: str) -
     assert (np.abs(short[1:] - full[1:]).max(axis=1) > 1e-6).all()
 
 
+def test_predict_pauses_the_cyclic_garbage_collector_and_restores_it(package: Path) -> None:
+    """Its collections would run outside flopscope's timers (residual time) and upset ``ResidualGuard``."""
+    import gc
+
+    estimator = load_estimator(package)
+    seen = []
+    run = estimator.run
+
+    def watched(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return run(*args, **kwargs)
+
+    estimator.run = watched
+    mlp = whestbench.MLP(width=8, depth=2, weights=[fnp.asarray(w) for w in whest_weights(8, 2, seed=1)])
+    was = gc.isenabled()
+    try:
+        for state in (True, False):
+            (gc.enable if state else gc.disable)()
+            with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True):
+                estimator.predict(mlp, HUGE_BUDGET)
+            assert gc.isenabled() == state
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen and not any(seen)
+
+
 def test_exported_estimator_equals_mechest_and_picks_order_by_budget(package: Path) -> None:
     estimator = load_estimator(package)
     weights = whest_weights(16, 4, seed=5)

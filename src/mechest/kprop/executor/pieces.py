@@ -3,6 +3,7 @@ cores projected from the cumulants and mapped by W."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from .arrays import off_diagonal
@@ -19,9 +20,12 @@ def zero_repeated(xp: Any, value: Any) -> Any:
 def piece_slices(xp: Any, spec: dict, cores: dict, metric: Any, one_coordinate: bool = False) -> dict:
     """Slices of every radial piece Sym(C ⊗ M^{⊗r}) (core C a scalar or a vector, M the metric W Wᵀ):
     Σ_terms weight · einsum(C, M blocks), the terms from the spec, zero on repeated indices. With
-    ``one_coordinate`` only the one-coordinate slices, which read only M's diagonal."""
+    ``one_coordinate`` only the one-coordinate slices, which read only M's diagonal. A piece without a core in
+    ``cores`` (one that κ_4's matrix core replaces, ``projected_cores``) has none."""
     out = {}
     for piece in spec["pieces"]:
+        if piece["degree"] not in cores:
+            continue
         core = cores[piece["degree"]]
         for entry in piece["slices"]:
             q = tuple(entry["q"])
@@ -41,11 +45,15 @@ def piece_slices(xp: Any, spec: dict, cores: dict, metric: Any, one_coordinate: 
     return out
 
 
-def projected_cores(spec: dict, cumulants: dict, n: int) -> dict:
+def projected_cores(spec: dict, cumulants: dict, n: int, covered: Collection[int] = ()) -> dict:
     """Core of each radial piece, P_{≥r}K = Sym(C ⊗ I^{⊗r}) with C = ā_r(n) · L^r K (r = ⌊d/2⌋), L^r K from the
-    dense slices: Σ weight · K_p summed over its capped axes (a scalar, or a vector on the one kept axis)."""
+    dense slices: Σ weight · K_p summed over its capped axes (a scalar, or a vector on the one kept axis). None for
+    the pieces of a degree in ``covered`` (κ_4's, where its matrix core is kept: that core's slices replace the
+    piece's)."""
     cores = {}
     for piece in spec["pieces"]:
+        if piece["degree"] in covered:
+            continue
         total = None
         for entry in piece["laplacian"]:
             value = cumulants[tuple(entry["p"])]

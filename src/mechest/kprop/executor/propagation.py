@@ -84,8 +84,8 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         levels = backend.strassen_levels(strassen, layer, len(hidden))
         pre_mean = linear_mean(xp, full_weight, bias, state.mean)
         weight = live_columns(full_weight, state.kept)  # the metric W Wᵀ of the pieces and κ_4 keeps every unit
-        gram = (symmetric_product(full_weight, None, xp, levels, backend.sandwich) if state.cov is None or cores
-                else None)
+        gram = (symmetric_product(full_weight, None, xp, levels, backend.sandwich)
+                if state.cov is None or cores or state.fourth is not None else None)
         pre_cov = gram if state.cov is None else symmetric_product(weight, state.cov, xp, levels, backend.sandwich)
         slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
         groups, feeds = None, None
@@ -117,7 +117,7 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
                  if spec["order"] == 3 else None)
         fourth = None if core is None else core_next(xp, spec, core, slices, wick, cumulants, mapped, gram,
                                                      weight.shape[0])
-        cores = projected_cores(spec, cumulants, weight.shape[0])
+        cores = projected_cores(spec, cumulants, weight.shape[0], covered=(4,) if core is not None else ())
         if keep is not None and third is not None:
             third = kept_third(xp, third, keep)
         return PlannedState(layer + 1, mean, cov, third, cores, fourth, keep)

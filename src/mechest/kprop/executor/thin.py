@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .diagrams import diagram_coefficients
+from .arrays import constant
+from .diagrams import diagram_coefficients, prefix_product
 from .plans import spec_cached
 from .range_finder import range_basis, test_matrix
 
@@ -40,7 +41,7 @@ def thin_split(xp: Any, spec: dict, path: dict, slices: dict, wick: Any, cumulan
     order = path_leg_order(path)
     if order is None:
         raise ValueError(f"the thin correction needs path legs of one κ_2 edge each, got {path}")
-    f = counts["2,1"] * separable_left(spec, slices, wick, cumulants, order)
+    f = counts["2,1"] * separable_left(xp, spec, slices, wick, cumulants, order)
     residual = counts["2,1"] * (cumulants[(2, 1)] - double).T - p * f[None, :]
     return counts["3"] * (cumulants[(3,)] - cubic), f, residual
 
@@ -57,22 +58,35 @@ def path_leg_order(term: dict) -> int | None:
     return orders.pop() if len(orders) == 1 else None
 
 
-def separable_left(spec: dict, slices: dict, wick: Any, cumulants: dict, order: int) -> Any:
+def separable_left(xp: Any, spec: dict, slices: dict, wick: Any, cumulants: dict, order: int) -> Any:
     """e with S[a,b] = e_a Σ_ab w_b(``order``, 1) the part of K_(2,1)[a,b] (a doubled) made of single-κ_2-edge
-    diagram terms (``separable_terms``): Σ c · w_a(k, p_0) · Π (one-coordinate blocks on a) · K_(1)[a]^j."""
-    terms = spec_cached(spec, ("separable", frozenset(slices), order),
-                        lambda: separable_terms(spec, set(slices), order))
+    diagram terms (``separable_terms``): Σ c · w_a(k, p_0) · Π (one-coordinate blocks on a) · K_(1)[a]^j, as
+    Σ_m U_m ⊙ B_m over the distinct products B_m = Π blocks · K_(1)^j (stacked) with U_m = Σ c w(k, p_0) (one einsum
+    of the Wick table with constant c, ``separable_weights``), then one einsum over the stack."""
+    monomials, weights = spec_cached(spec, ("separable", frozenset(slices), order, tuple(wick.shape[:2])),
+                                     lambda: separable_weights(spec, set(slices), order, tuple(wick.shape[:2])))
+    products: dict[tuple, Any] = {}
+
+    def factor(part: tuple | None) -> Any:  # a block (degree, q), or None: K_(1)
+        return cumulants[(1,)] if part is None else slices[part]
+
+    stacked = xp.stack([prefix_product(monomial, factor, products) if monomial else wick[0][0]
+                        for monomial in monomials])
+    coefficients = constant(xp, wick, (id(spec), "separable", frozenset(slices), order), lambda: weights)
+    return xp.einsum("mi,mi->i", xp.einsum("mkp,kpi->mi", coefficients, wick), stacked)
+
+
+def separable_weights(spec: dict, available: set, order: int, shape: tuple) -> tuple[list, list]:
+    """(monomials, c[m][k][p]) for ``separable_left``: each monomial the one-coordinate blocks (degree, q) of a
+    ``separable_terms`` term and None for each K_(1) factor, c its terms' coefficients on the Wick table's (k, p)."""
+    terms = separable_terms(spec, available, order)
     if not terms:
         raise ValueError("the thin correction found no single-κ_2-edge term of K_(2,1) in the plan")
-    left = None
+    monomials = sorted({(*blocks, *(None,) * means) for _, _, _, blocks, means in terms}, key=repr)
+    weights = [[[0.0] * shape[1] for _ in range(shape[0])] for _ in monomials]
     for c, k, p0, blocks, means in terms:
-        value = c * wick[k][p0]
-        for block in blocks:
-            value = value * slices[block]
-        for _ in range(means):
-            value = value * cumulants[(1,)]
-        left = value if left is None else left + value
-    return left
+        weights[monomials.index((*blocks, *(None,) * means))][k][p0] += c
+    return monomials, weights
 
 
 def separable_terms(spec: dict, available: set, order: int) -> list[tuple]:
