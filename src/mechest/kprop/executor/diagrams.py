@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from .arrays import constant
 from .plans import TOP, spec_cached
-from .weighted import stacked, summed_weighted_sums, weighted_sums
+from .weighted import stacked, summed_weighted_sums, table_weighted_sums, weighted_sums
 
 Signature = tuple  # ((degree, slice type, axes), ...): the slices a diagram term multiplies, and where
 
@@ -73,14 +73,15 @@ def prefix_product(parts: tuple, factor: Callable[[Any], Any], products: dict) -
 
 def power_vectors(xp: Any, spec: dict, slices: dict, table: Any, only: tuple | None) -> dict:
     """pK_p for the one-coordinate types p: U[q,s] = Σ_k c[q,s,k] w(k, p_q) (one einsum with the Wick table and
-    constant c), then pK = Σ_s U[q,s] ⊙ B_s (one einsum over the stacked block products B_s)."""
+    constant c), then pK = Σ_s U[q,s] ⊙ B_s (one einsum over the stacked block products B_s;
+    ``table_weighted_sums``)."""
     types, signatures, coefficients = spec_cached(spec, ("power vectors", frozenset(slices), only),
                                                   lambda: vector_coefficients(spec, set(slices), only, table.shape))
     memo: dict[tuple, Any] = {}
     products = xp.stack([prefix_product(sig, lambda block: placed_block(slices, block, 1), memo) if sig
                          else table[0][0] for sig in signatures])
     weights = constant(xp, table, (id(spec), "power vectors", frozenset(slices), only), lambda: coefficients)
-    values = xp.einsum("qsi,si->qi", xp.einsum("qskp,kpi->qsi", weights, table), products)
+    values = table_weighted_sums(xp, weights, table, products)
     return {p: values[i] for i, p in enumerate(types)}
 
 

@@ -10,6 +10,7 @@ from .arrays import constant
 from .diagrams import diagram_coefficients, prefix_product
 from .plans import spec_cached
 from .range_finder import range_basis, test_matrix
+from .weighted import table_weighted_sums
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def separable_left(xp: Any, spec: dict, slices: dict, wick: Any, cumulants: dict
     """e with S[a,b] = e_a Σ_ab w_b(``order``, 1) the part of K_(2,1)[a,b] (a doubled) made of single-κ_2-edge
     diagram terms (``separable_terms``): Σ c · w_a(k, p_0) · Π (one-coordinate blocks on a) · K_(1)[a]^j, as
     Σ_m U_m ⊙ B_m over the distinct products B_m = Π blocks · K_(1)^j (stacked) with U_m = Σ c w(k, p_0) (one einsum
-    of the Wick table with constant c, ``separable_weights``), then one einsum over the stack."""
+    of the Wick table with constant c, ``separable_weights``), then one einsum over the stack (``table_weighted_sums``,
+    as ``power_vectors``)."""
     monomials, weights = spec_cached(spec, ("separable", frozenset(slices), order, tuple(wick.shape[:2])),
                                      lambda: separable_weights(spec, set(slices), order, tuple(wick.shape[:2])))
     products: dict[tuple, Any] = {}
@@ -73,7 +75,7 @@ def separable_left(xp: Any, spec: dict, slices: dict, wick: Any, cumulants: dict
     stacked = xp.stack([prefix_product(monomial, factor, products) if monomial else wick[0][0]
                         for monomial in monomials])
     coefficients = constant(xp, wick, (id(spec), "separable", frozenset(slices), order), lambda: weights)
-    return xp.einsum("mi,mi->i", xp.einsum("mkp,kpi->mi", coefficients, wick), stacked)
+    return table_weighted_sums(xp, coefficients, wick, stacked)
 
 
 def separable_weights(spec: dict, available: set, order: int, shape: tuple) -> tuple[list, list]:

@@ -10,6 +10,12 @@ from .arrays import buffer
 from .strassen import takes_out
 
 
+def table_weighted_sums(xp: Any, coefficients: Any, table: Any, products: Any) -> Any:
+    """Σ_s U[..., s] ⊙ B_s with U[..., s] = Σ_{k,p} c[..., s, k, p] w(k, p): ``coefficients`` c (..., S, k, p)
+    constant, ``table`` the Wick table w (k, p, n), ``products`` B (S, n) stacked; two einsums, shape (..., n)."""
+    return xp.einsum("...si,si->...i", xp.einsum("...skp,kpi->...si", coefficients, table), products)
+
+
 def stacked(xp: Any, matrices: list) -> Any:
     """S[i, u, j] = M_u[ij], the n × n ``matrices`` stacked on axis 1 (one operation; into a scratch array reused
     from call to call where the namespace takes ``out=``, ``takes_out``)."""
