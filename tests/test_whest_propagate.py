@@ -191,10 +191,33 @@ def test_strassen_product_equals_the_dense_product(levels: int) -> None:
     np.testing.assert_array_equal(xprop.product(np, a, odd.T.copy(), levels, transposed=True), a @ odd)
 
 
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_strassen_products_of_parts_equal_the_dense_ones(levels: int) -> None:
+    """Several products as one: ``split_product`` (A·diag(s_p)·X_p, parts of odd widths that are multiples of
+    2^levels, one a stack of three, with and without row scales) and ``summed_product`` (Σ_p A_p B_pᵀ, a stacked
+    pair among them) equal their dense definitions to float64 round-off on a rectangular A."""
+    rng = np.random.default_rng(10 + levels)
+    size = 2**levels
+    a = rng.normal(size=(3 * size, 5 * size))
+    parts = [rng.normal(size=(5 * size, size)), rng.normal(size=(3, 5 * size, 7 * size)),
+             rng.normal(size=(5 * size, 3 * size))]
+    scale = rng.normal(size=5 * size)
+    got = xprop.strassen.split_product(np, a, parts, levels, [None, scale, scale])
+    expected = [a @ parts[0], np.einsum("ij,sjk->sik", a * scale, parts[1]), (a * scale) @ parts[2]]
+    for value, exact in zip(got, expected, strict=True):
+        assert value.shape == exact.shape
+        np.testing.assert_allclose(value, exact, rtol=0, atol=1e-12)
+    pairs = [(rng.normal(size=(3 * size, size)), rng.normal(size=(9 * size, size))),
+             (rng.normal(size=(2, 3 * size, 3 * size)), rng.normal(size=(2, 9 * size, 3 * size)))]
+    summed = xprop.strassen.summed_product(np, pairs, levels)
+    exact = pairs[0][0] @ pairs[0][1].T + np.einsum("sik,sjk->ij", *pairs[1])
+    np.testing.assert_allclose(summed, exact, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("levels", [1, 3])
 def test_strassen_product_on_torch(levels: int) -> None:
-    """On torch (whose einsum takes no out=, so no scratch arrays) the product equals a @ b to round-off, b read as
-    given or transposed, and gradients flow through it."""
+    """On torch (whose einsum and ufuncs take no out=, so no scratch arrays) the product is the dense one: equal to
+    a @ b, b read as given or transposed, and gradients flow through it."""
     generator = torch.Generator().manual_seed(levels)
     a = torch.randn(16, 24, dtype=torch.float64, generator=generator, requires_grad=True)
     b = torch.randn(24, 32, dtype=torch.float64, generator=generator)
@@ -213,13 +236,13 @@ def test_strassen_scratch_arrays_live_for_one_propagation() -> None:
     layers = xprop.relu_layers([w.T for w in weights])
     spec = SPECS[xprop.plan_key(3, "simple")]
     xprop.product(np, np.ones((8, 8)), np.ones((8, 8)), 1)
-    assert xprop.arrays._BUFFERS  # made by the product
+    assert xprop.arrays._WORKSPACES  # made by the product
     xprop.planned(NUMPY, layers, spec, options=xprop.PlanOptions(strassen=1))
-    assert not xprop.arrays._BUFFERS
+    assert not xprop.arrays._WORKSPACES
     broken = xprop.relu_layers([w.T for w in weights[:2]] + [np.ones((3, 5))])  # a weight of the wrong shape
     with pytest.raises(ValueError):
         xprop.planned(NUMPY, broken, spec, options=xprop.PlanOptions(strassen=1))
-    assert not xprop.arrays._BUFFERS
+    assert not xprop.arrays._WORKSPACES
 
 
 @pytest.mark.parametrize("levels", [1, 2])

@@ -277,7 +277,7 @@ def test_exported_estimator_equals_mechest_and_picks_order_by_budget(package: Pa
 
 def test_phase2_runs_the_closure_compressed(package: Path) -> None:
     """At 1024×16 (phase 2) the package runs K = 3 closure with the cost options K = 3 simple would run with
-    (compression, thin correction legs, Strassen levels; its one product more a layer, 2.4% of the predicted
+    (compression, thin correction legs, Strassen levels; its one product more a layer, 4.1% of the predicted
     FLOPs, is far less than its measured gain), also with compression and thin legs off (`--compress none --thin
     none`); where the closure does not fit beside its fallbacks, K = 3 simple."""
     estimator = load_estimator(package)
@@ -291,7 +291,7 @@ def test_phase2_runs_the_closure_compressed(package: Path) -> None:
     assert (correction.rank, correction.power) == (16, 1) and options.strassen == 3
     closure, simple = (xprop.planned_flops(width, depth, 3, core=xprop.fourth_core(3, v), options=options)
                        for v in ("closure", "simple"))
-    assert 1 < closure / simple < 1.04
+    assert 1 < closure / simple < 1.05
     estimator.config["compression"] = estimator.config["thin"] = None
     assert estimator.plan(width, depth, budget)[0] == (3, "closure", None)
     tail = sum(xprop.choice_flops(width, depth, *c) for c in [(2, "augment"), (2, "simple"), (1, "simple")])
@@ -398,25 +398,48 @@ def test_export_writes_the_prune_option(tmp_path: Path) -> None:
         PackageOptions(prune=4.0, strassen=1).config()
 
 
-@pytest.mark.parametrize(("shape", "levels", "transposed"),
-                         [((64, 256, 32), 4, False), ((128, 384, 128), 3, True), ((256, 256, 512), 2, False),
-                          ((64, 64, 64), 6, True), ((512, 128, 1024), 3, True)])
-def test_strassen_product_flops_bound_the_metered_count(shape: tuple, levels: int, transposed: bool) -> None:
-    """product_flops is an upper bound on flopscope's count of one Strassen product (scratch arrays in use, their
-    copies included), within 4%; the same product equals the dense one to float32 round-off."""
+@pytest.mark.parametrize(("shape", "levels", "transposed", "tightness"),
+                         [((64, 256, 32), 4, False, 0.95), ((128, 384, 128), 3, True, 0.97),
+                          ((256, 256, 512), 2, False, 0.98), ((64, 64, 64), 6, True, 0.84),
+                          ((512, 128, 1024), 3, True, 0.95), ((512, 512, 1040), 4, False, 0.98)])
+def test_strassen_product_flops_bound_the_metered_count(shape: tuple, levels: int, transposed: bool,
+                                                        tightness: float) -> None:
+    """product_flops is an upper bound on flopscope's count of one Strassen product, on the call that makes its
+    scratch arrays and on one that reuses them, within 2–5% where the blocks are at least 4 wide (16% at 6 levels of
+    64, 1×1 blocks, where the additions' bound is loosest); the same product equals the dense one to float32
+    round-off."""
     n, k, m = shape
     rng = np.random.default_rng(levels)
     a, b = rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal((k, m)).astype(np.float32)
+    xprop.arrays.release_buffers()
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
         left, right = fnp.asarray(a), fnp.asarray(np.ascontiguousarray(b.T) if transposed else b)
-        xprop.product(fnp, left, right, levels, transposed)  # the first call also makes constants and scratch
-        before = context.flops_used
+        xprop.product(fnp, left, right, levels, transposed)  # the first call also makes the scratch arrays
+        first = context.flops_used
         got = xprop.product(fnp, left, right, levels, transposed)
-        metered = context.flops_used - before
+        metered = context.flops_used - first
+    xprop.arrays.release_buffers()
     predicted = xprop.strassen.product_flops(n, k, m, levels)
-    assert 0.96 * predicted <= metered <= predicted, metered / predicted
+    assert first <= predicted and tightness * predicted <= metered <= predicted, (first, metered, predicted)
     exact = a.astype(np.float64) @ b.astype(np.float64)
     assert np.abs(np.asarray(got) - exact).max() <= 1e-4 * np.abs(exact).max()
+
+
+def test_strassen_takes_the_levels_the_shapes_allow() -> None:
+    """Asked for more levels than a dimension's factors of two allow, the product takes the most that they do
+    (``usable_levels``; here 5 of 6), and flopscope bills it below the dense product and within ``product_flops``
+    for those levels."""
+    assert xprop.strassen.usable_levels(6, 512, 96, 512) == 5 and xprop.strassen.usable_levels(3, 7, 8) == 0
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((512, 96)).astype(np.float32), rng.standard_normal((96, 512)).astype(np.float32)
+    with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
+        got = xprop.product(fnp, fnp.asarray(a), fnp.asarray(b), 6)
+        metered = context.flops_used
+    xprop.arrays.release_buffers()
+    predicted = xprop.strassen.product_flops(512, 96, 512, 6)
+    assert predicted == xprop.strassen.product_flops(512, 96, 512, 5)
+    assert metered <= predicted < 2 * 512 * 96 * 512
+    np.testing.assert_allclose(np.asarray(got), a @ b, rtol=0, atol=1e-3)
 
 
 def test_estimator_runs_strassen_at_width_512(package: Path) -> None:

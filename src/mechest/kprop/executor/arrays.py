@@ -1,9 +1,11 @@
-"""The executor's kept arrays: constants (``constant``: made once per namespace, device, dtype and name) and
-scratch arrays (``buffer``: reused until ``release_buffers``), and the off-diagonal mask (``off_diagonal``)."""
+"""The executor's kept arrays: constants (``constant``: made once per namespace, device, dtype and name),
+scratch arrays (``buffer``, ``workspace``: reused until ``release_buffers``) and the off-diagonal mask
+(``off_diagonal``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 _CONSTANTS: dict = {}
@@ -35,9 +37,34 @@ def buffer(xp: Any, like: Any, role: str, shape: tuple) -> Any:
     return _BUFFERS[key]
 
 
+@dataclass
+class Workspace:
+    """A scratch array and the views of it its user keeps (``workspace``)."""
+
+    array: Any
+    views: dict = field(default_factory=dict)
+
+
+_WORKSPACES: dict = {}
+
+
+def workspace(xp: Any, like: Any, role: str, shape: tuple) -> Workspace:
+    """A scratch array of ``shape`` in ``like``'s dtype with its kept views, one per (namespace, device, dtype,
+    ``role``): a call with another shape replaces it (Strassen's block combinations, several times the size of their
+    operands, whose shapes change from layer to layer), so that at most one per role is alive, until
+    ``release_buffers``."""
+    key = array_key(xp, like, role)
+    space = _WORKSPACES.get(key)
+    if space is None or tuple(space.array.shape) != tuple(shape):
+        _WORKSPACES.pop(key, None)  # freed before the next is made
+        space = _WORKSPACES[key] = Workspace(xp.empty(shape, dtype=like.dtype))
+    return space
+
+
 def release_buffers() -> None:
-    """Drop the scratch arrays of ``buffer`` (``planned`` does when it ends)."""
+    """Drop the scratch arrays of ``buffer`` and ``workspace`` (``planned`` does when it ends)."""
     _BUFFERS.clear()
+    _WORKSPACES.clear()
 
 
 def off_diagonal(xp: Any, matrix: Any) -> Any:

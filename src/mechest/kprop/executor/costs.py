@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .fourth import FourthCore, fourth_core
 from .options import PlanOptions
-from .strassen import product_flops
+from .strassen import product_flops, usable_levels
 
 
 def planned_flops(width: int, depth: int, order: int, window: int | None = None, core: FourthCore | None = None,
@@ -14,21 +14,22 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     (simple, factored) or K = 2 (augment) plan, layer by layer as it runs: W Wᵀ and W Σ Wᵀ on hidden layers,
     formed by the backend's ``sandwich``, which flopscope bills for the distinct entries of their symmetric
     results (n³ and 3n³, against 2n³ and 4n³ as plain products), the last layer only diag(W Σ Wᵀ), 2n³; at K = 3
-    with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the newest, whose T is I) and, on hidden
-    layers, the (2,1) slice (6n³ a source): Θ(n³L²) without a window, Θ(n³(L + m²)) with window m. The
-    elementwise work (O(n²) a layer and source, O(n) a layer for the Wick table's constant coefficients) is
-    bounded by n²(22L² + 40L) at K = 3, n²·100L at K = 2 augment, plus SANDWICH_QUADRATIC·n² and 12000nL: an
-    envelope of flopscope's counts (tests/test_whestbench.py), so the total is an upper bound (tested at
-    n = 8–256; K = 3: 1.5% above the count at 256×8; K = 2 augment: 10% above at 256×8).
+    with S carried sources, mapping T, P, Q (6n³ a source, 4n³ for the newest, whose T is I; all sources one
+    product) and, on hidden layers, the (2,1) slice (6n³ a source; one summed product): Θ(n³L²) without a window,
+    Θ(n³(L + m²)) with window m. The elementwise work (O(n²) a layer and source, O(n) a layer for the Wick table's
+    constant coefficients) is bounded by n²(22L² + 40L) at K = 3, n²·100L at K = 2 augment, plus
+    SANDWICH_QUADRATIC·n² and 12000nL: an envelope of flopscope's counts (tests/test_whestbench.py), so the total is
+    an upper bound (tested at n = 8–256; K = 3: 1.5% above the count at 256×8; K = 2 augment: 10% above at 256×8).
 
     ``options`` (``PlanOptions``): the cost options ``planned`` runs with. ``options.prune`` is ignored: pruning
     dead units only lowers the count, so the bound without it stays a bound.
 
-    With ``options.compression`` (age a, rank r) at most a sources are full; each older one maps its basis (2n²r)
-    and its (2,1) slice costs 14n²r (expanding B·X' 6n²r, contracting through the basis 8n²r), plus 6n²r for its
-    cubic slice on the last layer; compressing a source costs (12 + 12·power)n²r and its QR 4nr². With
+    With ``options.compression`` (age a, rank r) at most a sources are full; each older one adds r columns to the
+    mapping's product (its basis) and r to the slices' inner dimension (the product through its basis, 2n²r), and
+    its (2,1) slice costs 12n²r more (expanding B·X' 6n²r, contracting with X' 6n²r), plus 6n²r for its cubic
+    slice on the last layer; compressing a source costs (12 + 12·power)n²r and its QR 4nr². With
     ``options.strassen`` levels every n³ product but the sandwiches (the sources' mapping and slices, the last
-    layer's W Σ) costs ``product_flops``.
+    layer's W Σ) costs ``product_flops`` at the levels that every part's width allows (``usable_levels``).
 
     ``core`` (K = 3 with κ_4's matrix core without the capped sum, ``FourthCore(summed=False)``, the scheme K = 3
     "core"): plus W G Wᵀ (like W Σ Wᵀ) on every full hidden layer from the second on and diag(W G Wᵀ) (2n³) on
@@ -59,12 +60,14 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     thin_rank = 0 if correction is None else min(correction.rank, width)
     columns = 2 * n + thin_rank  # of a thin source's [T, P, Z]
 
-    def mapping(count: int) -> int:  # W times the factors of `count` full sources, one product a source (its group)
-        older, newest = (columns, n + thin_rank) if correction is not None else (3 * n, 2 * n)
-        return (count - 1) * product_flops(n, n, older, strassen) + product_flops(n, n, newest, strassen)
+    older, newest = (columns, n + thin_rank) if correction is not None else (3 * n, 2 * n)
+    levels = usable_levels(strassen, n, older, newest, *((rank,) if compression is not None else ()))
 
-    def double(count: int) -> int:  # the (2,1) slices of `count` full sources, one product a source
-        return count * product_flops(n, columns if correction is not None else 3 * n, n, strassen)
+    def mapping(count: int, packed: int) -> int:  # W times every full source's factors and compressed basis at once
+        return product_flops(n, n, (count - 1) * older + newest + packed * rank, levels)
+
+    def double(count: int, packed: int) -> int:  # the (2,1) slices of every source, one summed product
+        return product_flops(n, count * older + packed * rank, n, levels)
 
     square = product_flops(n, n, n, strassen)
     gram, sandwich = n**3, 3 * n**3  # W Wᵀ and W Σ Wᵀ by the backend's sandwich
@@ -74,23 +77,22 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     for layer in range(depth - 1):
         products += (gram if layer == 0 or carried else 0) + (sandwich if layer > 0 else 0)
         if sources:
-            products += mapping(sources)
-            squares += 2 * packed
+            products += mapping(sources, packed)
             if sources > age:
                 sources, packed = sources - 1, packed + 1
                 squares += 12 + 12 * power
                 thin += 4
                 slim += 2
-            products += double(sources)
-            squares += 14 * packed
+            products += double(sources, packed)
+            squares += 12 * packed
             slim += 4 * sources
             source_layers += sources
             fed_layers += sources - (packed == 0)
         carried = layer + 1 >= first_carried
         sources, packed = (sources + 1, packed) if carried and order == 3 else (0, 0)
         births += carried and order == 3
-    products += (square if depth > 1 else 0) + (mapping(sources) if sources else 0)
-    squares += 8 * packed
+    products += (square if depth > 1 else 0) + (mapping(sources, packed) if sources else 0)
+    squares += 6 * packed
     slim += 2 * sources + (4 + 4 * (correction.power if correction else 0)) * births
     source_layers += sources
     if correction is not None:

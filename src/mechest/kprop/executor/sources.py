@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .strassen import product
+from .strassen import split_product, summed_product
 
 Sources = list
 """The κ_3 sources as groups, oldest first: full ones (factors (n, S, 3, m), scales (S, m)), the factors T, P, Q of
@@ -56,31 +56,31 @@ def thin_correction(xp: Any, group: tuple) -> Any:
 
 
 def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources:
-    """(W⊗W⊗W)κ_3 as source groups (factors, scales): every leg of every source times W, one matrix product a group.
+    """(W⊗W⊗W)κ_3 as source groups (factors, scales): every leg of every source times W, all of them one product
+    (``split_product``, ``levels`` Strassen levels).
 
     ``third`` = (groups, rows, fresh, v): ``groups`` holds T, P, Q of the earlier sources, whose rows are still to be
     scaled by ``rows`` (``carried_third``; None: not), so they are mapped by W·diag(rows); ``fresh`` (n, 2, m) P and
     Q of the newest, whose T is the identity, so its W·T is W itself; it is appended as a group of its own. With a
     thin correction (``ThinCorrection``) ``fresh`` is [P, Z] (n, m + r) and v is (v, (s, f), L): the newest is the
-    thin group [W, W P, W Z].
+    thin group [W, W P, W Z]. A compressed group maps its bases alone.
     """
     groups, rows, fresh, v = third[:4]
+    parts = [group[0] if is_compressed(group) else flat(xp, group[0]) for group in groups]
+    mapped = split_product(xp, weight, [*parts, flat(xp, fresh)], levels, [rows] * len(groups) + [None])
+    size = weight.shape[0]
+    groups = [(out, *group[1:]) if is_compressed(group) else (xp.reshape(out, (size, *group[0].shape[1:])),
+                                                               *group[1:])
+              for group, out in zip(groups, mapped[:-1], strict=True)]
+    newest = xp.reshape(mapped[-1], (size, *fresh.shape[1:]))
     if isinstance(v, tuple):  # thin: T, P, Z side by side
-        newest = (xp.concatenate([weight, mapped(xp, weight, fresh, levels)], axis=1)[:, None],
-                  *(part[None] for part in v))
-    else:
-        newest = (xp.concatenate([weight[:, None], mapped(xp, weight, fresh, levels)], axis=1)[:, None], v[None])
-    scaled = weight if rows is None else weight * rows[None, :]
-    groups = [(scaled @ group[0], *group[1:]) if is_compressed(group) else (mapped(xp, scaled, group[0], levels),
-                                                                            *group[1:])
-              for group in groups]  # a compressed group maps its bases alone
-    return [*groups, newest]
+        return [*groups, (xp.concatenate([weight, newest], axis=1)[:, None], *(part[None] for part in v))]
+    return [*groups, (xp.concatenate([weight[:, None], newest], axis=1)[:, None], v[None])]
 
 
-def mapped(xp: Any, weight: Any, factors: Any, levels: int) -> Any:
-    """W times factors with the leg index first (n, ...), as one matrix product (``levels`` Strassen levels)."""
-    return product(xp, weight, factors.reshape(factors.shape[0], -1), levels).reshape(weight.shape[0],
-                                                                                       *factors.shape[1:])
+def flat(xp: Any, factors: Any) -> Any:
+    """Factors with the leg index first (n, ...) as one matrix (n, rest)."""
+    return factors if factors.ndim == 2 else xp.reshape(factors, (factors.shape[0], -1))
 
 
 def mapped_feeds(xp: Any, weight: Any, third: tuple) -> list | None:
@@ -132,56 +132,58 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None =
 
     Sym(Σ_r A_r⊗A_r⊗C_r) has (2,1) slice ((A∘A)Cᵀ + 2(A∘C)Aᵀ)/3 (an assignment of factors to positions matters
     only through the lone factor, and the three classes are equally large). Per source A = [P, T] and
-    C = [T·diag v, Q], so it is ([(P∘P)v + 2 T∘Q] Tᵀ + [2 P∘T v] Pᵀ + [T∘T] Qᵀ) / 3: one product of the three
-    bracketed matrices, side by side for every source, with the factors (T, P, Q) themselves, 6n³ per source. Its
-    diagonal is slice (3). For a compressed group (factors B·X', ``Compression``) the contraction runs through the
-    basis: (left X'ᵀ) Bᵀ, 8n²r a source. A thin group ([T, P, Z], Q = T diag(s) + P diag(f) + Z Lᵀ,
-    ``ThinCorrection``) groups the three products by their right factor: (X Tᵀ + Y Pᵀ + ((T∘T)L) Zᵀ)/3 with
-    X = (P∘P) diag v + 2 T∘Q + (T∘T) diag s and Y = 2 (P∘T) diag v + (T∘T) diag f, one product of [X, Y, (T∘T)L]
-    with [T, P, Z]ᵀ (``thin_slice``). ``feeds`` (one (β, y) or None per group, ``FourthCore.feed``) add their
-    terms to the left matrices of Tᵀ and Pᵀ and a rank-R u' yᵀ (``feed_terms``): no new n³ product.
+    C = [T·diag v, Q], so it is ([(P∘P)v + 2 T∘Q] Tᵀ + [2 P∘T v] Pᵀ + [T∘T] Qᵀ) / 3: a product of the three
+    bracketed matrices, side by side, with the factors (T, P, Q) themselves, 6n³ per source (``slice_pair``); the
+    products of every group add up, so they are one product (``summed_product``, ``levels`` Strassen levels). Its
+    diagonal is slice (3). ``feeds`` (one (β, y) or None per group, ``FourthCore.feed``) add their terms to the left
+    matrices of Tᵀ and Pᵀ and a rank-R u' yᵀ (``feed_terms``): no new n³ product.
     """
-    double = None
+    pairs, double = [], None
     for index, group in enumerate(groups):
         feed = None if feeds is None else feeds[index]
-        if is_thin(group):
-            value = thin_slice(xp, group, levels, feed)
-            double = value if double is None else double + value
-            continue
-        factors, scales = expanded(xp, group)
-        t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
-        v = scales[None]
-        rank_part = None
-        scaled, doubled = p * v, t + t  # (P∘P)v + 2 T∘Q = P∘(Pv) + (2T)∘Q and 2(P∘T)v = (2T)∘(Pv)
-        if feed is None:
-            left = xp.stack([p * scaled + doubled * q, doubled * scaled, t * t], axis=2)
-        else:
-            if is_compressed(group):  # ``compressed`` drops a source's feed
-                raise ValueError("a compressed group carries no feed")
-            onto_t, onto_p, rank_part = feed_terms(xp, t, p, feed)
-            left = xp.stack([p * scaled + doubled * q + onto_t, doubled * scaled + onto_p, t * t], axis=2)
-        if is_compressed(group):
-            through = xp.einsum("isjk,sjak->sia", left, group[1])
-            value = xp.einsum("sia,sla->il", through, group[0])
-        else:
-            rows = factors.shape[0]
-            value = product(xp, left.reshape(rows, -1), factors.reshape(rows, -1), levels, transposed=True)
+        left, right, rank_part = (thin_pair(xp, group, feed) if is_thin(group) else slice_pair(xp, group, feed))
+        pairs.append((left, right))
         if rank_part is not None:
-            value = value + rank_part @ feed[1].T
-        double = value if double is None else double + value
-    double = double / 3
+            value = rank_part @ feed[1].T
+            double = value if double is None else double + value
+    value = summed_product(xp, pairs, levels)
+    double = (value if double is None else value + double) / 3
     return xp.diag(double), double
 
 
-def thin_slice(xp: Any, group: tuple, levels: int = 0, feed: tuple | None = None) -> Any:
-    """3 × the (2,1) slice of a thin group (``third_slices``): [X, Y, (T∘T)L] times [T, P, Z]ᵀ, 2n²(2m + r) a
-    source, the left matrices O(n m) plus 4nmr (Z Lᵀ inside Q, and (T∘T)L); ``feed`` (``feed_terms``) adds to X
-    and Y and a rank-R term."""
+def slice_pair(xp: Any, group: tuple, feed: tuple | None = None) -> tuple[Any, Any, Any | None]:
+    """(left, right, u') of a full or compressed group (``third_slices``): 3 × its (2,1) slice is left·rightᵀ plus
+    u' yᵀ for a feed (``feed_terms``). Full: left = [(P∘P)v + 2 T∘Q, 2 P∘T v, T∘T] (n, 3Sm) and right the factors
+    (T, P, Q). Compressed (factors B·X', ``Compression``): the contraction runs through the basis, left = (left
+    X'ᵀ) (S, n, r) and right = B (S, n, r), 8n²r a source."""
+    factors, scales = expanded(xp, group)
+    t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
+    v = scales[None]
+    rank_part = None
+    scaled, doubled = p * v, t + t  # (P∘P)v + 2 T∘Q = P∘(Pv) + (2T)∘Q and 2(P∘T)v = (2T)∘(Pv)
+    if feed is None:
+        left = xp.stack([p * scaled + doubled * q, doubled * scaled, t * t], axis=2)
+    else:
+        if is_compressed(group):  # ``compressed`` drops a source's feed
+            raise ValueError("a compressed group carries no feed")
+        onto_t, onto_p, rank_part = feed_terms(xp, t, p, feed)
+        left = xp.stack([p * scaled + doubled * q + onto_t, doubled * scaled + onto_p, t * t], axis=2)
+    if is_compressed(group):
+        return xp.einsum("isjk,sjak->sia", left, group[1]), group[0], None
+    return flat(xp, left), flat(xp, factors), rank_part
+
+
+def thin_pair(xp: Any, group: tuple, feed: tuple | None = None) -> tuple[Any, Any, Any | None]:
+    """(left, right, u') of a thin group ([T, P, Z], Q = T diag(s) + P diag(f) + Z Lᵀ, ``ThinCorrection``;
+    ``third_slices``): the three products grouped by their right factor, left = [X, Y, (T∘T)L] with
+    X = (P∘P) diag v + 2 T∘Q + (T∘T) diag s and Y = 2 (P∘T) diag v + (T∘T) diag f, right = [T, P, Z]:
+    2n²(2m + r) a source, the left matrices O(n m) plus 4nmr (Z Lᵀ inside Q, and (T∘T)L); ``feed``
+    (``feed_terms``) adds to X and Y and a rank-R term."""
     factors, scales, diagonals, lower = group
-    width, rows = scales.shape[-1], factors.shape[0]
+    width = scales.shape[-1]
     t, p = factors[:, :, :width], factors[:, :, width: 2 * width]
     v, s, f = scales[None], diagonals[None, :, 0], diagonals[None, :, 1]
-    square, scaled, doubled = t * t, p * v, t + t  # as in ``third_slices``
+    square, scaled, doubled = t * t, p * v, t + t  # as in ``slice_pair``
     left = [p * scaled + doubled * thin_correction(xp, group) + square * s, doubled * scaled + square * f]
     rank_part = None
     if feed is not None:
@@ -189,6 +191,4 @@ def thin_slice(xp: Any, group: tuple, levels: int = 0, feed: tuple | None = None
         left = [left[0] + onto_t, left[1] + onto_p]
     if lower.shape[-1]:
         left.append(xp.einsum("isk,skr->isr", square, lower))
-    value = product(xp, xp.concatenate(left, axis=2).reshape(rows, -1), factors.reshape(rows, -1), levels,
-                    transposed=True)
-    return value if rank_part is None else value + rank_part @ feed[1].T
+    return flat(xp, xp.concatenate(left, axis=2)), flat(xp, factors), rank_part
