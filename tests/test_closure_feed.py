@@ -36,12 +36,14 @@ def symmetrised(x: torch.Tensor) -> torch.Tensor:
 
 
 def dense_source(group: tuple, feed: tuple | None) -> torch.Tensor:
-    """Sym(Σ_k P_k⊗P_k⊗v_k T_k + T_k⊗T_k⊗Q_k + Σ_ρ β_kρ P_k⊗T_k⊗y_ρ) of one group, from its factors."""
+    """Sym(Σ_k P_k⊗P_k⊗v_k T_k + T_k⊗T_k⊗Q_k + Σ_ρ β_kρ P_k⊗T_k⊗y_ρ) of one group, from its factors; ``feed`` per
+    source (β (S, m, R), y (n, S, R)) or, for the newest source, (β (m, R), y (n, R))."""
     factors, scales = xprop.expanded(torch, group)
     t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
     x = torch.einsum("isk,jsk,lsk->ijl", p, p, t * scales[None]) + torch.einsum("isk,jsk,lsk->ijl", t, t, q)
     if feed is not None:
-        x = x + torch.einsum("isk,jsk,kr,lr->ijl", p, t, feed[0], feed[1])
+        beta, y = feed if feed[0].ndim == 3 else (feed[0][None], feed[1][:, None])
+        x = x + torch.einsum("isk,jsk,skr,lsr->ijl", p, t, beta, y)
     return symmetrised(x)
 
 
@@ -133,7 +135,7 @@ def test_the_feed_equals_its_dense_definition(spec: dict, monkeypatch: pytest.Mo
 
     third = records[-1][2]
     weight = torch.randn(4, third[2].shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    groups, feeds = xprop.mapped_third(torch, weight, third), xprop.mapped_feeds(torch, weight, third)
+    groups, feeds = xprop.mapped_third(torch, weight, third)
     cubic, double = xprop.third_slices(torch, groups, 0, feeds)
     before = sum(dense_source(g, f) for g, f in zip(third[0], third[4][:-1], strict=True))
     rows = third[1]
@@ -208,23 +210,23 @@ def test_compressed_drops_the_compressed_sources_feeds(spec: dict, monkeypatch: 
 
     monkeypatch.setattr(propagation, "compressed", spy)
     net = mechest.random_mlp(12, 6, "relu", seed=2)
-    xprop.planned(torch_backend(net.device), layers_of(net), spec, core=FEED)  # no compression: groups one a source
+    xprop.planned(torch_backend(net.device), layers_of(net), spec, core=FEED)  # no compression: one group
     groups, feeds = calls[-1]
-    assert len(groups) == len(feeds) == 5 and all(group[0].shape[1] == 1 for group in groups)
-    labels = [None, (torch.ones(12), torch.zeros(12)), *feeds[2:]]  # also a source without a feed (the first)
+    assert len(groups) == len(feeds) == 1 and groups[0][0].shape[1] == 5  # the five sources, oldest first
+    beta, y = feeds[0]
+    labelled = torch.arange(5, dtype=beta.dtype)
+    labels = [(labelled[:, None, None] + 0 * beta, labelled[None, :, None] + 0 * y)]  # each source's feed its index
     for age in (1, 2, 4):
         out, out_feeds = original(torch, groups, xprop.Compression(age, 4, 1), labels)
-        counts = [group[0].shape[0] if xprop.is_compressed(group) else group[0].shape[1] for group in out]
-        assert len(out_feeds) == len(out) and sum(counts) == len(groups)
-        kept = [index for index, group in enumerate(out) if not xprop.is_compressed(group)]
-        assert kept == list(range(len(out) - age, len(out)))  # the compressed groups first
-        assert all(out_feeds[index] is None for index, group in enumerate(out) if xprop.is_compressed(group))
-        for index, source in zip(kept, range(len(groups) - age, len(groups)), strict=True):
-            assert all(torch.equal(a, b) for a, b in zip(out[index], groups[source], strict=True))
-            assert out_feeds[index] is labels[source]
+        assert [xprop.is_compressed(group) for group in out] == [True, False]  # the compressed group first
+        assert out[0][0].shape[0] == 5 - age and out_feeds[0] is None
+        kept = xprop.sources.source_range(groups[0], 5 - age)
+        assert all(torch.equal(a, b) for a, b in zip(out[1], kept, strict=True))
+        assert torch.equal(out_feeds[1][0], labels[0][0][5 - age:]) and torch.equal(out_feeds[1][1],
+                                                                                   labels[0][1][:, 5 - age:])
     assert original(torch, groups, None, labels) == (groups, labels)
     out, out_feeds = original(torch, groups, xprop.Compression(2, 4, 1))
-    assert out_feeds is None and len(out) == 3  # the three compressed sources stacked in one group
+    assert out_feeds is None and len(out) == 2 and out[0][0].shape[0] == 3  # three compressed sources, stacked
 
 
 @pytest.mark.parametrize("correction", [None, xprop.ThinCorrection(4, 1)], ids=["full", "thin"])
@@ -242,18 +244,23 @@ def test_full_rank_compression_equals_the_feeds_dropped_by_hand(spec: dict, monk
         got = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
                             options=replace(options, compression=xprop.Compression(age, 12, 1)))
         keep = {"count": age}
-        feeds_of, last_slices = xprop.mapped_feeds, xprop.marginal_slices
+        feeds_of, last_slices = xprop.sources.mapped_feeds, xprop.marginal_slices
 
-        def newest(xp, weight, third):
-            feeds = feeds_of(xp, weight, third)
-            return [*[None] * (len(feeds) - keep["count"]), *feeds[-keep["count"]:]]
+        def newest(xp, weight, third, target):  # every source's feed but the newest count's zero
+            feeds = []
+            for feed in feeds_of(xp, weight, third, target):
+                if feed is not None:
+                    dropped = max(feed[0].shape[0] - keep["count"], 0)
+                    feed = (torch.cat([torch.zeros_like(feed[0][:dropped]), feed[0][dropped:]]), feed[1])
+                feeds.append(feed)
+            return feeds
 
         def last(*args, **kwargs):
             keep["count"] = age + 1
             return last_slices(*args, **kwargs)
 
         with monkeypatch.context() as patch:
-            patch.setattr(propagation, "mapped_feeds", newest)
+            patch.setattr(xprop.sources, "mapped_feeds", newest)
             patch.setattr(propagation, "marginal_slices", last)
             expected = xprop.planned(torch_backend(net.device), layers, spec, outputs=outputs, core=FEED,
                                      options=options)

@@ -185,7 +185,7 @@ def test_slices_of_a_thin_source_equal_the_dense_tensor(m: int, r: int) -> None:
 
     weight, row_scale, c = rng.normal(size=(5, n)), rng.normal(size=n), 0.7
     carried = [(factors, c * scales, c * diagonals, c * lower)]  # what carried_third makes of c
-    mapped = xprop.mapped_third(np, weight, (carried, row_scale, rng.normal(size=(n, 2, n)), rng.normal(size=n)))
+    mapped, _ = xprop.mapped_third(np, weight, (carried, row_scale, rng.normal(size=(n, 2, n)), rng.normal(size=n)))
     scaled = weight * row_scale[None, :]
     expected = np.einsum("ai,bj,cl,ijl->abc", scaled, scaled, scaled, dense_third(t, p, c * q, c * scales[0]))
     cubic, double = xprop.third_slices(np, mapped[:1])

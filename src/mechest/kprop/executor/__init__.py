@@ -42,7 +42,7 @@ from .pieces import projected_cores
 from .propagation import marginal_slices, planned
 from .schemes import choice_means, plan_key, run_scheme
 from .source_compression import Compression, compressed, compressed_source
-from .sources import expanded, is_compressed, mapped_feeds, mapped_third, third_cubic, third_slices
+from .sources import expanded, is_compressed, mapped_third, third_cubic, third_slices
 from .strassen import product
 from .thin import ThinCorrection, separable_terms, thin_split
 from .wick import relu_wick, relu_wick_terms
@@ -50,7 +50,7 @@ from .wick import relu_wick, relu_wick_terms
 __all__ = ["CLOSURE_SHAPE", "ISOTROPIC_TRACE_ROWS", "OUTPUTS", "Backend", "Compression", "Cumulants", "FourthCore",
            "Layers", "PlanOptions", "ThinCorrection", "carried_third", "choice_flops", "choice_means", "compressed",
            "compressed_source", "core_projection", "core_slices", "core_spec", "covariance", "covariance_flops",
-           "expanded", "fourth_core", "is_compressed", "layer_states", "mapped_feeds", "mapped_third",
+           "expanded", "fourth_core", "is_compressed", "layer_states", "mapped_third",
            "marginal_slices", "mean_field", "mean_field_flops", "next_third", "off_diagonal", "plan_key", "planned",
            "planned_flops", "product", "projected_cores", "relu_layers", "relu_wick", "relu_wick_terms",
            "run_scheme", "separable_terms", "squared_row_norms", "third_cubic", "third_slices", "thin_split"]

@@ -39,8 +39,10 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     O(n²); its feed (``core.feed``) FEED_QUADRATIC·n² a source and layer; its slice feed of rank r
     (``core.slice_feed``) 8n²r a fed source and hidden layer (mapping y, y βᵀ, (P∘T)β and u' yᵀ; 4n²r on the
     last, which reads slice (3) alone) and at birth 10n²r (its range finder with one power iteration and
-    β = Lᵀ y) + SLICE_FEED_QUADRATIC·n² + the QR's 4nr²; every full source but the first-born is fed (κ_3 is
-    carried from the first source's layer on; a compressed source loses its feed).
+    β = Lᵀ y) + SLICE_FEED_QUADRATIC·n² + the QR's 4nr² for every source but the first-born (κ_3 is carried from
+    the first source's layer on); every full source pays the feed's work, the first-born's feed being zero on the
+    slice feed's columns (the sources of a group share one rank, ``joined_feed``); a compressed source loses its
+    feed. Each layer's newest source joins the group of full sources: a copy of their factors (n per column).
 
     A sandwich that flopscope finds not symmetric within its tolerance falls back to plain products (an extra
     n³ or 2n³ the model does not include; not seen on the nets measured).
@@ -73,11 +75,13 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
     gram, sandwich = n**3, 3 * n**3  # W Wᵀ and W Σ Wᵀ by the backend's sandwich
     products, squares, thin, sources, packed, carried = 0, 0, 0, 0, 0, False
     slim, births, source_layers = 0, 0, 0  # thin correction: n²r units, sources born, (source, layer) pairs
-    fed_layers = 0  # (source, hidden layer) pairs with a slice feed: every full source but the first-born
+    fed_layers = 0  # (source, hidden layer) pairs with a slice feed: every full source (the first-born's is zero)
+    joined = 0  # full sources copied when the newest joins their group (``mapped_third``), over all layers
     for layer in range(depth - 1):
         products += (gram if layer == 0 or carried else 0) + (sandwich if layer > 0 else 0)
         if sources:
             products += mapping(sources, packed)
+            joined += sources
             if sources > age:
                 sources, packed = sources - 1, packed + 1
                 squares += 12 + 12 * power
@@ -87,11 +91,12 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
             squares += 12 * packed
             slim += 4 * sources
             source_layers += sources
-            fed_layers += sources - (packed == 0)
+            fed_layers += sources
         carried = layer + 1 >= first_carried
         sources, packed = (sources + 1, packed) if carried and order == 3 else (0, 0)
         births += carried and order == 3
     products += (square if depth > 1 else 0) + (mapping(sources, packed) if sources else 0)
+    products += width * older * (joined + sources)
     squares += 6 * packed
     slim += 2 * sources + (4 + 4 * (correction.power if correction else 0)) * births
     source_layers += sources
@@ -105,9 +110,9 @@ def planned_flops(width: int, depth: int, order: int, window: int | None = None,
         quadratic += CORE_QUADRATIC * depth
     if cored and core.feed:
         products += width**2 * FEED_QUADRATIC * (source_layers + births)
-    if cored and core.slice_feed and births:  # the first-born source has none (no κ_3 before it)
+    if cored and core.slice_feed and births:  # the first-born source is born without (no κ_3 before it)
         feed_rank, fed_births = min(core.slice_feed, width), births - 1
-        per_rank = 8 * fed_layers + 4 * (sources - (packed == 0)) + 10 * fed_births  # the last layer: y and u'
+        per_rank = 8 * fed_layers + 4 * sources + 10 * fed_births  # the last layer: y and u'
         products += width**2 * (feed_rank * per_rank + SLICE_FEED_QUADRATIC * fed_births)
         products += 4 * width * feed_rank**2 * fed_births
     extra = CORE_LINEAR * width * depth if cored else 0

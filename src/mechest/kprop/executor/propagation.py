@@ -17,7 +17,7 @@ from .pieces import mapped_cores, piece_slices, projected_cores
 from .plans import check_spec
 from .pruning import kept_third, kept_units
 from .source_compression import compressed
-from .sources import mapped_feeds, mapped_third, third_cubic, third_slices
+from .sources import mapped_third, third_cubic, third_slices
 from .wick import activation_wick
 
 
@@ -90,8 +90,8 @@ def planned(backend: Backend, layers: Layers, spec: dict, window: int | None = N
         slices = {(2, (1, 1)): off_diagonal(xp, pre_cov)}
         groups, feeds = None, None
         if state.third is not None:
-            groups, feeds = compressed(xp, mapped_third(xp, weight, state.third, levels), compression,
-                                       mapped_feeds(xp, weight, state.third))
+            groups, feeds = mapped_third(xp, weight, state.third, levels)
+            groups, feeds = compressed(xp, groups, compression, feeds)
             cubic, double = third_slices(xp, groups, levels, feeds)
             slices[(3, (3,))] = cubic
             slices[(3, (2, 1))] = off_diagonal(xp, double)
@@ -164,7 +164,7 @@ def marginal_slices(xp: Any, spec: dict, weight: Any, cores: dict, third: tuple 
                                    one_coordinate=True))
     live = live_columns(weight, kept)
     if third is not None:
-        cubic = third_cubic(xp, mapped_third(xp, live, third, levels), mapped_feeds(xp, live, third))
+        cubic = third_cubic(xp, *mapped_third(xp, live, third, levels))
         slices[(3, (3,))] = cubic if (3, (3,)) not in slices else slices[(3, (3,))] + cubic
     if fourth is not None:
         slices[(4, (4,))] = mapped_core_diagonal(xp, weight, fourth, pre_var, levels) * metric_diagonal

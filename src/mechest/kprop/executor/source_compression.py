@@ -42,9 +42,9 @@ def compressed(xp: Any, groups: Sources, compression: Compression | None,
                feeds: list | None = None) -> tuple[Sources, list | None]:
     """``groups`` with every full source but the ``compression.age`` newest compressed (``compressed_source``),
     each into the compressed group of its (rank, width): the compressed groups first, then the remaining full and
-    thin ones; unchanged when ``compression`` is None. ``feeds`` (the closure's, one (β, y) or None per group,
-    ``FourthCore.feed``) follow the groups: a source's feed is dropped when it is compressed (an approximation:
-    only the ``age`` newest keep theirs), so the compressed groups' are None. Returns (groups, feeds); feeds None
+    thin ones; unchanged when ``compression`` is None. ``feeds`` (the closure's, one per-source (β, y) or None per group,
+    ``FourthCore.feed``, ``mapped_feeds``) follow the groups: a source's feed is dropped when it is compressed (an
+    approximation: only the ``age`` newest keep theirs), so the compressed groups' are None. Returns (groups, feeds); feeds None
     when ``feeds`` is."""
     if compression is None:
         return groups, feeds
@@ -64,7 +64,7 @@ def compressed(xp: Any, groups: Sources, compression: Compression | None,
                 out = joined(xp, out, (basis[None], coefficients[None], scales[index][None]))
         if count < group[0].shape[1]:
             kept.append(source_range(group, count))
-            kept_feeds.append(None if count else feed)  # a group's one feed spans all its sources
+            kept_feeds.append(None if feed is None else (feed[0][count:], feed[1][:, count:]))  # per source
     return [*out, *kept], None if feeds is None else [*[None] * len(out), *kept_feeds]
 
 

@@ -8,10 +8,10 @@ from typing import Any
 from .strassen import split_product, summed_product
 
 Sources = list
-"""The κ_3 sources as groups, oldest first: full ones (factors (n, S, 3, m), scales (S, m)), the factors T, P, Q of
-S sources of m columns with the leg index first, so that W times every factor is one matrix product and the (2,1)
-slice one more (no copies; each layer's new source is a group of its own, S = 1, as stacking the sources would
-copy them all every layer); compressed ones (bases (S, n, r), coefficients (S, 3, r, m), scales (S, m)),
+"""The κ_3 sources as groups: compressed ones first, then at most one group of every full source, oldest first
+(factors (n, S, 3, m), scales (S, m): the factors T, P, Q of S sources of m columns with the leg index first, so
+that W times every factor is one matrix product and each elementwise step one operation for all sources; the new
+source of each layer joins it, ``mapped_third``), or of every thin one; compressed ones (bases (S, n, r), coefficients (S, 3, r, m), scales (S, m)),
 stacked per (r, m), whose factors are bases @ coefficients (``Compression``); and thin ones (factors
 (n, S, 2m + r) = [T, P, Z] side by side, scales v (S, m), diagonals (S, 2, m) = (s, f), lower (S, m, r) = L),
 whose Q is T diag(s) + P diag(f) + Z Lᵀ (``ThinCorrection``)."""
@@ -55,61 +55,112 @@ def thin_correction(xp: Any, group: tuple) -> Any:
     return q
 
 
-def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> Sources:
-    """(W⊗W⊗W)κ_3 as source groups (factors, scales): every leg of every source times W, all of them one product
-    (``split_product``, ``levels`` Strassen levels).
+def mapped_third(xp: Any, weight: Any, third: tuple, levels: int = 0) -> tuple[Sources, list | None]:
+    """(W⊗W⊗W)κ_3 as source groups (factors, scales), and their feeds: every leg of every source times W, all of
+    them one product (``split_product``, ``levels`` Strassen levels).
 
-    ``third`` = (groups, rows, fresh, v): ``groups`` holds T, P, Q of the earlier sources, whose rows are still to be
-    scaled by ``rows`` (``carried_third``; None: not), so they are mapped by W·diag(rows); ``fresh`` (n, 2, m) P and
-    Q of the newest, whose T is the identity, so its W·T is W itself; it is appended as a group of its own. With a
-    thin correction (``ThinCorrection``) ``fresh`` is [P, Z] (n, m + r) and v is (v, (s, f), L): the newest is the
-    thin group [W, W P, W Z]. A compressed group maps its bases alone.
+    ``third`` = (groups, rows, fresh, v[, feeds]): ``groups`` holds T, P, Q of the earlier sources, whose rows are
+    still to be scaled by ``rows`` (``carried_third``; None: not), so they are mapped by W·diag(rows); ``fresh``
+    (n, 2, m) P and Q of the newest, whose T is the identity, so its W·T is W itself; it joins the last group of
+    full sources of its shape (one copy of them, one operation), or else is a group of its own. With a thin
+    correction (``ThinCorrection``) ``fresh`` is [P, Z] (n, m + r) and v is (v, (s, f), L): the newest is the thin
+    source [W, W P, W Z]. A compressed group maps its bases alone. The feeds (``FourthCore.feed``,
+    ``FourthCore.slice_feed``; None where ``third`` has none) follow the groups: None for a compressed group, and
+    for a group of full sources their per-source feeds (β (S, m, R), y (n, S, R)), y mapped as the rows are
+    (``joined_feed``): 2n²R a source.
     """
     groups, rows, fresh, v = third[:4]
     parts = [group[0] if is_compressed(group) else flat(xp, group[0]) for group in groups]
-    mapped = split_product(xp, weight, [*parts, flat(xp, fresh)], levels, [rows] * len(groups) + [None])
+    mapped = split_product(xp, weight, [*parts, fresh.reshape(fresh.shape[0], -1)], levels,
+                           [rows] * len(groups) + [None])
     size = weight.shape[0]
-    groups = [(out, *group[1:]) if is_compressed(group) else (xp.reshape(out, (size, *group[0].shape[1:])),
-                                                               *group[1:])
-              for group, out in zip(groups, mapped[:-1], strict=True)]
-    newest = xp.reshape(mapped[-1], (size, *fresh.shape[1:]))
+    newest = mapped[-1].reshape(size, *fresh.shape[1:])
     if isinstance(v, tuple):  # thin: T, P, Z side by side
-        return [*groups, (xp.concatenate([weight, newest], axis=1)[:, None], *(part[None] for part in v))]
-    return [*groups, (xp.concatenate([weight[:, None], newest], axis=1)[:, None], v[None])]
+        source = (xp.concatenate([weight, newest], axis=1)[:, None], *(part[None] for part in v))
+    else:
+        source = (xp.concatenate([weight[:, None], newest], axis=1)[:, None], v[None])
+    out = [(value, *group[1:]) if is_compressed(group) else (value.reshape(size, *group[0].shape[1:]), *group[1:])
+           for group, value in zip(groups, mapped[:-1], strict=True)]
+    target = next((index for index in reversed(range(len(out))) if joins(out[index], source)), None)
+    feeds = None if len(third) < 5 else mapped_feeds(xp, weight, third, target)
+    if target is None:
+        return [*out, source], feeds
+    joined = tuple(xp.concatenate([a, b], axis=int(index == 0))
+                   for index, (a, b) in enumerate(zip(out[target], source, strict=True)))
+    return [*out[:target], joined, *out[target + 1:]], feeds
+
+
+def joins(group: tuple, source: tuple) -> bool:
+    """Whether a new source (a group of one) can join ``group``: both full, or both thin, of the same shapes but for
+    the number of sources (factors (n, S, ...), the other parts (S, ...))."""
+    if is_compressed(group) or len(group) != len(source):
+        return False
+    factors, *rest = group
+    return (factors.shape[:1] + factors.shape[2:] == source[0].shape[:1] + source[0].shape[2:]
+            and all(a.shape[1:] == b.shape[1:] for a, b in zip(rest, source[1:], strict=True)))
 
 
 def flat(xp: Any, factors: Any) -> Any:
     """Factors with the leg index first (n, ...) as one matrix (n, rest)."""
-    return factors if factors.ndim == 2 else xp.reshape(factors, (factors.shape[0], -1))
+    return factors if factors.ndim == 2 else factors.reshape(factors.shape[0], -1)
 
 
-def mapped_feeds(xp: Any, weight: Any, third: tuple) -> list | None:
-    """The feeds (``FourthCore.feed``, ``FourthCore.slice_feed``) of ``third``'s sources after z = W a: one (β, y)
-    or None per group of ``mapped_third``'s output (the newest last), y (n, R) mapped as the groups' rows are
-    (W·diag(rows) for the older, W for the newest): 2n²R a source. None: ``third`` carries no feeds."""
-    if len(third) < 5:
-        return None
-    rows, feeds = third[1], third[4]
+def mapped_feeds(xp: Any, weight: Any, third: tuple, target: int | None) -> list:
+    """The per-source feeds (β (S, m, R), y (n, S, R)) of ``third``'s groups after z = W a (y mapped by W·diag(rows)
+    as their rows are; None for a compressed group) and of the newest source (y mapped by W), which joins the
+    group ``target`` (``joined_feed``) or else is a group of its own (``mapped_third``)."""
+    groups, rows, feeds = third[0], third[1], third[4]
     scaled = weight if rows is None else weight * rows[None, :]
     *older, newest = feeds
-    out = [None if feed is None else (feed[0], scaled @ feed[1]) for feed in older]
-    return [*out, None if newest is None else (newest[0], weight @ newest[1])]
+    out = [None if feed is None else (feed[0], (scaled @ flat(xp, feed[1])).reshape(weight.shape[0], *feed[1].shape[1:]))
+           for feed in older]
+    newest = None if newest is None else (newest[0][None], (weight @ newest[1])[:, None])
+    if target is None:
+        return [*out, joined_feed(xp, None, newest, 0)]
+    count = groups[target][0].shape[1]
+    return [*out[:target], joined_feed(xp, out[target], newest, count), *out[target + 1:]]
+
+
+def joined_feed(xp: Any, older: tuple | None, newest: tuple | None, count: int) -> tuple | None:
+    """The per-source feeds (β (S, m, R), y (n, S, R)) of ``count`` older sources and one newest side by side on
+    the source axis, the rank R the larger of theirs (a missing feed, or a missing rank, is zero: it adds nothing)."""
+    if newest is None and older is None:
+        return None
+    like = newest if newest is not None else older
+    rank = max(feed[0].shape[-1] for feed in (older, newest) if feed is not None)
+    m, n = like[0].shape[1], like[1].shape[0]
+
+    def padded(feed: tuple | None, sources: int) -> tuple:
+        if feed is None:
+            return (xp.zeros((sources, m, rank), dtype=like[0].dtype), xp.zeros((n, sources, rank), dtype=like[1].dtype))
+        beta, y = feed
+        if beta.shape[-1] == rank:
+            return feed
+        missing = rank - beta.shape[-1]
+        return (xp.concatenate([beta, xp.zeros((sources, m, missing), dtype=beta.dtype)], axis=2),
+                xp.concatenate([y, xp.zeros((n, sources, missing), dtype=y.dtype)], axis=2))
+
+    if count == 0:
+        return padded(newest, 1)
+    old, new = padded(older, count), padded(newest, 1)
+    return xp.concatenate([old[0], new[0]], axis=0), xp.concatenate([old[1], new[1]], axis=1)
 
 
 def feed_terms(xp: Any, t: Any, p: Any, feed: tuple) -> tuple[Any, Any, Any]:
-    """A feed Sym(Σ_k Σ_ρ β_kρ P_k ⊗ T_k ⊗ y_ρ) of a source with legs T, P (n, S, m), β (m, R), y (n, R)
-    (``FourthCore.feed``, ``FourthCore.slice_feed``): with Y = y βᵀ (n × m), its (2,1) slice is
-    ((P∘Y) Tᵀ + (T∘Y) Pᵀ + u' yᵀ)/3 (Sym(a⊗b⊗c)_iij = (a_i b_i c_j + a_i c_i b_j + b_i c_i a_j)/3),
-    u'_iρ = Σ_k β_kρ P_ik T_ik, and its (3) slice Σ_ρ u'_iρ y_iρ. Returns the additions to the left matrices of Tᵀ
-    and Pᵀ (n, S, m) and u' (n, R): 6nmR FLOPs with the rank term."""
+    """A feed Sym(Σ_k Σ_ρ β_kρ P_k ⊗ T_k ⊗ y_ρ) of each source s with legs T, P (n, S, m), β (S, m, R),
+    y (n, S, R) (``FourthCore.feed``, ``FourthCore.slice_feed``; per source, ``mapped_feeds``): with Y = y βᵀ
+    (n × m a source), its (2,1) slice is ((P∘Y) Tᵀ + (T∘Y) Pᵀ + u' yᵀ)/3 (Sym(a⊗b⊗c)_iij = (a_i b_i c_j +
+    a_i c_i b_j + b_i c_i a_j)/3), u'_isρ = Σ_k β_skρ P_isk T_isk, and its (3) slice Σ_sρ u'_isρ y_isρ. Returns the
+    additions to the left matrices of Tᵀ and Pᵀ (n, S, m) and u' (n, S, R): 6nmR FLOPs a source with the rank
+    term."""
     beta, y = feed
-    lifted = (y @ beta.T)[:, None, :]
+    lifted = xp.einsum("isr,skr->isk", y, beta)
     return p * lifted, t * lifted, feed_weights(xp, t, p, beta)
 
 
 def feed_weights(xp: Any, t: Any, p: Any, beta: Any) -> Any:
-    """u'_iρ = Σ_k β_kρ P_ik T_ik (n, R) of a feed (``feed_terms``): its (3) slice is Σ_ρ u'_iρ y_iρ."""
-    return xp.einsum("isk,kr->ir", p * t, beta)
+    """u'_isρ = Σ_k β_skρ P_isk T_isk (n, S, R) of a feed (``feed_terms``): its (3) slice is Σ_sρ u'_isρ y_isρ."""
+    return xp.einsum("isk,skr->isr", p * t, beta)
 
 
 def third_cubic(xp: Any, groups: Sources, feeds: list | None = None) -> Any:
@@ -120,9 +171,9 @@ def third_cubic(xp: Any, groups: Sources, feeds: list | None = None) -> Any:
         factors, scales = expanded(xp, group)
         t, p, q = factors[:, :, 0], factors[:, :, 1], factors[:, :, 2]
         value = xp.einsum("isk,isk->i", t, p * p * scales[None] + t * q)
-        if feeds is not None and feeds[index] is not None:  # the feed's (3) slice Σ_ρ u'_ρ∘y_ρ
+        if feeds is not None and feeds[index] is not None:  # the feed's (3) slice Σ_sρ u'_sρ∘y_sρ
             beta, y = feeds[index]
-            value = value + xp.sum(feed_weights(xp, t, p, beta) * y, axis=1)
+            value = value + xp.einsum("isr,isr->i", feed_weights(xp, t, p, beta), y)
         total = value if total is None else total + value
     return total
 
@@ -144,7 +195,7 @@ def third_slices(xp: Any, groups: Sources, levels: int = 0, feeds: list | None =
         left, right, rank_part = (thin_pair(xp, group, feed) if is_thin(group) else slice_pair(xp, group, feed))
         pairs.append((left, right))
         if rank_part is not None:
-            value = rank_part @ feed[1].T
+            value = flat(xp, rank_part) @ flat(xp, feed[1]).T
             double = value if double is None else double + value
     value = summed_product(xp, pairs, levels)
     double = (value if double is None else value + double) / 3
