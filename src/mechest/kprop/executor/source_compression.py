@@ -40,12 +40,12 @@ def compressed_source(xp: Any, factors: Any, rank: int, power: int) -> tuple[Any
 
 def compressed(xp: Any, groups: Sources, compression: Compression | None,
                feeds: list | None = None) -> tuple[Sources, list | None]:
-    """``groups`` with every full source but the ``compression.age`` newest compressed (``compressed_source``),
-    each into the compressed group of its (rank, width): the compressed groups first, then the remaining full and
-    thin ones; unchanged when ``compression`` is None. ``feeds`` (the closure's, one per-source (β, y) or None per group,
+    """``groups`` with every full source but the ``compression.age`` newest compressed (``compressed_source``), each
+    into the compressed group of its (rank, width): the compressed groups first, then the remaining full and thin
+    ones; unchanged when ``compression`` is None. ``feeds`` (the closure's, one per-source (β, y) or None per group,
     ``FourthCore.feed``, ``mapped_feeds``) follow the groups: a source's feed is dropped when it is compressed (an
-    approximation: only the ``age`` newest keep theirs), so the compressed groups' are None. Returns (groups, feeds); feeds None
-    when ``feeds`` is."""
+    approximation: only the ``age`` newest keep theirs), so the compressed groups' are None. Returns (groups,
+    feeds); feeds None when ``feeds`` is."""
     if compression is None:
         return groups, feeds
     full = [(group, None if feeds is None else feeds[index]) for index, group in enumerate(groups)

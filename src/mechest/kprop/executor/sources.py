@@ -8,13 +8,13 @@ from typing import Any
 from .strassen import split_product, summed_product
 
 Sources = list
-"""The κ_3 sources as groups: compressed ones first, then at most one group of every full source, oldest first
-(factors (n, S, 3, m), scales (S, m): the factors T, P, Q of S sources of m columns with the leg index first, so
-that W times every factor is one matrix product and each elementwise step one operation for all sources; the new
-source of each layer joins it, ``mapped_third``), or of every thin one; compressed ones (bases (S, n, r), coefficients (S, 3, r, m), scales (S, m)),
-stacked per (r, m), whose factors are bases @ coefficients (``Compression``); and thin ones (factors
-(n, S, 2m + r) = [T, P, Z] side by side, scales v (S, m), diagonals (S, 2, m) = (s, f), lower (S, m, r) = L),
-whose Q is T diag(s) + P diag(f) + Z Lᵀ (``ThinCorrection``)."""
+"""The κ_3 sources as groups: compressed ones first, then at most one group of every full source, oldest first (factors
+(n, S, 3, m), scales (S, m): the factors T, P, Q of S sources of m columns with the leg index first, so that W times
+every factor is one matrix product and each elementwise step one operation for all sources; the new source of each
+layer joins it, ``mapped_third``), or of every thin one; compressed ones (bases (S, n, r), coefficients (S, 3, r, m),
+scales (S, m)), stacked per (r, m), whose factors are bases @ coefficients (``Compression``); and thin ones (factors
+(n, S, 2m + r) = [T, P, Z] side by side, scales v (S, m), diagonals (S, 2, m) = (s, f), lower (S, m, r) = L), whose Q
+is T diag(s) + P diag(f) + Z Lᵀ (``ThinCorrection``)."""
 
 
 def is_compressed(group: tuple) -> bool:
@@ -112,8 +112,8 @@ def mapped_feeds(xp: Any, weight: Any, third: tuple, target: int | None) -> list
     groups, rows, feeds = third[0], third[1], third[4]
     scaled = weight if rows is None else weight * rows[None, :]
     *older, newest = feeds
-    out = [None if feed is None else (feed[0], (scaled @ flat(xp, feed[1])).reshape(weight.shape[0], *feed[1].shape[1:]))
-           for feed in older]
+    out = [None if feed is None else
+           (feed[0], (scaled @ flat(xp, feed[1])).reshape(weight.shape[0], *feed[1].shape[1:])) for feed in older]
     newest = None if newest is None else (newest[0][None], (weight @ newest[1])[:, None])
     if target is None:
         return [*out, joined_feed(xp, None, newest, 0)]
@@ -132,7 +132,8 @@ def joined_feed(xp: Any, older: tuple | None, newest: tuple | None, count: int) 
 
     def padded(feed: tuple | None, sources: int) -> tuple:
         if feed is None:
-            return (xp.zeros((sources, m, rank), dtype=like[0].dtype), xp.zeros((n, sources, rank), dtype=like[1].dtype))
+            return (xp.zeros((sources, m, rank), dtype=like[0].dtype),
+                    xp.zeros((n, sources, rank), dtype=like[1].dtype))
         beta, y = feed
         if beta.shape[-1] == rank:
             return feed
