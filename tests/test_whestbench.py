@@ -476,22 +476,30 @@ def test_strassen_only_on_wide_networks(package: Path) -> None:
 
 def test_residual_guard_turns_strassen_off_when_the_residual_runs_high(package: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """ResidualGuard projects the residual time as accrued + 1.25 × the last layer's increment × the layers left
-    and allows Strassen's levels while that stays within RESIDUAL_ALLOWANCE_S; the executor then runs the layers
-    it refuses with dense products (fewer levels, more FLOPs, the same means to round-off)."""
+    """ResidualGuard allows Strassen's levels before a layer when the residual accrued plus the layers left, each
+    at the latest Strassen layer's increment (before one has run, STRASSEN_RESIDUAL_RATIO × the latest dense one)
+    × RESIDUAL_GROWTH, fits in RESIDUAL_ALLOWANCE_S, so they go to the last layers; the executor runs the layers it
+    refuses with dense products (more FLOPs, the same means to round-off)."""
     module = type(load_estimator(package)).k3_options.__globals__  # the exported estimator.py's names
     with flops.BudgetContext(flop_budget=HUGE_BUDGET, quiet=True) as context:
         fnp.ones(3) * 2.0
         assert module["live_residual"]() == pytest.approx(context.residual_wall_time_s, abs=1e-3)
     assert module["live_residual"]() is None  # no active budget
-    readings = iter([0.0, 0.01, 0.02, 0.2, 0.21, None])
-    monkeypatch.setitem(module, "live_residual", lambda: next(readings))
+    readings = [0.0, 0.01, 0.03, 0.10, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16]
+    stream = iter(readings + [None])
+    monkeypatch.setitem(module, "live_residual", lambda: next(stream))
     guard = module["ResidualGuard"]()
-    allowance = module["RESIDUAL_ALLOWANCE_S"]
-    decisions = [guard(done, 10) for done in range(6)]
-    expected = [0.0 <= allowance, 0.01 + 1.25 * 0.01 * 9 <= allowance, 0.02 + 1.25 * 0.01 * 8 <= allowance,
-                0.2 + 1.25 * 0.18 * 7 <= allowance, 0.21 + 1.25 * 0.01 * 6 <= allowance, False]
-    assert decisions == expected == [True, True, True, False, True, False]  # unreadable: never
+    allowance, ratio, growth = (module[name] for name in
+                                ("RESIDUAL_ALLOWANCE_S", "STRASSEN_RESIDUAL_RATIO", "RESIDUAL_GROWTH"))
+    decisions = [guard(done, 10) for done in range(11)]
+    strassen_rate = readings[3] - readings[2]  # layer 2 ran with Strassen
+    expected = [False,  # nothing measured yet
+                readings[1] + 9 * ratio * (readings[1] - readings[0]) * growth <= allowance,
+                readings[2] + 8 * (readings[2] - readings[1]) * growth <= allowance]
+    expected += [readings[done] + (10 - done) * strassen_rate * growth <= allowance for done in range(3, 10)]
+    expected += [False]  # unreadable: never
+    assert decisions == expected
+    assert decisions == [False, True, True] + [False] * 6 + [True, False]
     monkeypatch.undo()
     columns = [fnp.asarray(w.T) for w in whest_weights(64, 5, seed=2, dtype=np.float32)]
     spec = SPECS[xprop.plan_key(3, "simple")]

@@ -16,8 +16,8 @@ fraction of the width, power iterations; docs/method.md §7.6) where exact K = 3
 COMPRESS_ABOVE·B: below that WhestBench's multiplier max(0.1, C/B) is floored, so compressing would only cost
 accuracy. It carries each source's correction leg thin wherever it runs (config "thin": rank, power;
 docs/method.md §7.10; ``correction``). K = 3's n³ products use the number of Strassen levels (≤ config
-"strassen", none below STRASSEN_MIN_WIDTH) that its cost model predicts cheapest (``k3_options``), layer by layer
-only while the residual time stays on course for RESIDUAL_ALLOWANCE_S (``ResidualGuard``). Where K = 3 is chosen,
+"strassen", none below STRASSEN_MIN_WIDTH) that its cost model predicts cheapest (``k3_options``), on the last
+layers, as many as the residual time allows within RESIDUAL_ALLOWANCE_S (``ResidualGuard``). Where K = 3 is chosen,
 the fourth-cumulant closure (K = 3 "closure", κ_4's core shaped like the covariance, docs/method.md §7.9) runs
 instead where it fits and is predicted to score better (``closure_pays``; ``k3_variant``), compressed or not. Any
 non-finite mean makes it fall back to the next choice (K = 2 augment falls back to K = 2 simple), so the output is
@@ -120,10 +120,18 @@ FLOPs per second); its saving at the cheapest level is ≈ 4n³ × 6% ≈ 4e6 FL
 
 
 RESIDUAL_ALLOWANCE_S = 0.3
-"""Phase 2 fails a network whose residual time (wall time outside flopscope's timers) exceeds 0.4 s. Before each
-layer ``ResidualGuard`` projects the run's residual as what has accrued plus the last layer's increment times the
-layers left (×1.25, for their growing number of κ_3 sources) and turns Strassen's levels off while the projection
-exceeds this allowance (three quarters of the gate)."""
+"""Phase 2 fails a network whose residual time (wall time outside flopscope's timers) exceeds 0.4 s; the package's
+K = 3 plans its Strassen layers to stay within three quarters of that (``ResidualGuard``)."""
+
+
+STRASSEN_RESIDUAL_RATIO = 1.5
+"""A layer with Strassen's products over one without, in residual time, until one of each has been measured (at
+1024×16 with four levels: ≈ 20 ms against ≈ 14 ms a layer)."""
+
+
+RESIDUAL_GROWTH = 1.1
+"""Margin on a layer's residual time for the layers ahead (their number of κ_3 sources grows until compression
+caps it)."""
 
 
 def live_residual() -> float | None:
@@ -141,20 +149,30 @@ def live_residual() -> float | None:
 
 
 class ResidualGuard:
-    """``Backend.strassen_allowed`` for one network: Strassen's products issue more operations, and each costs
-    residual time, so they are allowed only while the projected residual time stays within RESIDUAL_ALLOWANCE_S
-    (``live_residual``; where it cannot be read, never)."""
+    """``Backend.strassen_allowed`` for one network. Strassen's products issue more operations, each costing
+    residual time, and save the more FLOPs the later the layer (more κ_3 sources). So the guard gives them to the
+    last layers: before each layer it allows them when the residual accrued (``live_residual``) plus the layers
+    left, each at the latest residual increment of a Strassen layer (before one has run, STRASSEN_RESIDUAL_RATIO ×
+    the latest of a dense one) × RESIDUAL_GROWTH, fits in RESIDUAL_ALLOWANCE_S. The first layer, with nothing
+    measured yet, and any where the residual cannot be read run dense."""
 
     def __init__(self) -> None:
         self.previous: float | None = None
+        self.allowed = False
+        self.increments: dict[bool, float] = {}  # the latest increment of a dense (False) and a Strassen layer
 
     def __call__(self, done: int, total: int) -> bool:
         residual = live_residual()
         if residual is None:
             return False
-        increment = 0.0 if self.previous is None else residual - self.previous
+        if self.previous is not None:
+            self.increments[self.allowed] = residual - self.previous
         self.previous = residual
-        return residual + 1.25 * increment * (total - done) <= RESIDUAL_ALLOWANCE_S
+        rate = self.increments.get(True)
+        if rate is None and False in self.increments:
+            rate = STRASSEN_RESIDUAL_RATIO * self.increments[False]
+        self.allowed = rate is not None and residual + (total - done) * rate * RESIDUAL_GROWTH <= RESIDUAL_ALLOWANCE_S
+        return self.allowed
 
 
 @contextlib.contextmanager

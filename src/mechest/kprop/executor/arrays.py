@@ -4,6 +4,7 @@ scratch arrays (``buffer``, ``workspace``: reused until ``release_buffers``) and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,7 @@ def buffer(xp: Any, like: Any, role: str, shape: tuple) -> Any:
 
 @dataclass
 class Workspace:
-    """A scratch array and the views of it its user keeps (``workspace``)."""
+    """A scratch array (``workspace``) and the views of it its user keeps, per shape asked for."""
 
     array: Any
     views: dict = field(default_factory=dict)
@@ -48,17 +49,33 @@ class Workspace:
 _WORKSPACES: dict = {}
 
 
-def workspace(xp: Any, like: Any, role: str, shape: tuple) -> Workspace:
-    """A scratch array of ``shape`` in ``like``'s dtype with its kept views, one per (namespace, device, dtype,
-    ``role``): a call with another shape replaces it (Strassen's block combinations, several times the size of their
-    operands, whose shapes change from layer to layer), so that at most one per role is alive, until
-    ``release_buffers``."""
+WORKSPACE_HEADROOM = 1.25
+"""How much longer than asked a workspace's growing axis is made, so that the slowly growing shapes of the κ_3
+sources' products (a source or a compressed basis more a layer) rarely make it anew."""
+
+
+def workspace(xp: Any, like: Any, role: str, shape: tuple, transposed: bool = False) -> tuple[Any, dict]:
+    """A scratch array of ``shape`` (…, rows, columns) in ``like``'s dtype, and a dict for the views of it the caller
+    keeps (per shape). It is a view of one array per (namespace, device, dtype, ``role``) whose second-to-last axis
+    — the rows, or with ``transposed`` the columns, stored first — may be longer (a contiguous run of whole rows,
+    which elementwise operations and BLAS read as fast as a matrix of its own); the array is made anew
+    (WORKSPACE_HEADROOM longer, the old one freed first) only when ``shape`` does not fit in it, and lives until
+    ``release_buffers``. Strassen's block combinations are several times the size of their operands, and freeing
+    and making such arrays costs time outside the FLOP counter's timers."""
     key = array_key(xp, like, role)
+    *lead, rows, columns = shape
+    grows, fixed = (columns, rows) if transposed else (rows, columns)
     space = _WORKSPACES.get(key)
-    if space is None or tuple(space.array.shape) != tuple(shape):
-        _WORKSPACES.pop(key, None)  # freed before the next is made
-        space = _WORKSPACES[key] = Workspace(xp.empty(shape, dtype=like.dtype))
-    return space
+    stored = None if space is None else tuple(space.array.shape)
+    if stored is None or stored[:-2] != tuple(lead) or stored[-1] != fixed or stored[-2] < grows:
+        _WORKSPACES.pop(key, None)
+        length = max(math.ceil(grows * WORKSPACE_HEADROOM), stored[-2] if stored and stored[-1] == fixed else 0)
+        space = _WORKSPACES[key] = Workspace(xp.empty((*lead, length, fixed), dtype=like.dtype))
+    views = space.views.setdefault(tuple(shape), {})
+    if "array" not in views:
+        view = space.array[..., :grows, :]
+        views["array"] = xp.swapaxes(view, -1, -2) if transposed else view
+    return views["array"], views
 
 
 def release_buffers() -> None:

@@ -78,8 +78,8 @@ def split_product(xp: Any, a: Any, parts: list, levels: int = 0, scales: list | 
     columns = sum(_stacked(part) * part.shape[-1] for part in parts)
     left = _loaded(xp, "split left", [(a, None)], levels, a.shape, swapped=False)
     right = _loaded(xp, "split right", list(zip(parts, scales, strict=True)), levels, (a.shape[1], columns),
-                    swapped=True)
-    result = _multiplied(xp, "split", left, right, levels)
+                    swapped=True, grows_in_columns=True)
+    result = _multiplied(xp, "split", left, right, levels, grows_in_columns=True)
     return _unloaded(xp, result, parts, levels)
 
 
@@ -96,7 +96,8 @@ def summed_product(xp: Any, pairs: list, levels: int = 0) -> Any:
             total = value if total is None else total + value
         return total
     inner = sum(_stacked(a) * a.shape[-1] for a, _ in pairs)
-    left = _loaded(xp, "summed left", [(a, None) for a, _ in pairs], levels, (n, inner), swapped=False)
+    left = _loaded(xp, "summed left", [(a, None) for a, _ in pairs], levels, (n, inner), swapped=False,
+                   grows_in_columns=True)
     right = _loaded(xp, "summed right", [(b, None) for _, b in pairs], levels, (inner, m), swapped=True,
                     transposed=True)
     result = _multiplied(xp, "summed", left, right, levels)
@@ -148,12 +149,11 @@ def _scale_view(xp: Any, scale: Any, levels: int, stacked: bool) -> Any:
     return split[index + ((None,) if stacked else ())]
 
 
-def _slot_views(space: Any, levels: int) -> dict:
-    """A scratch array's views: "slots", slots 0–3 of every level as (2, 2)*L + (rows, columns); "levels", per
-    level its seven slot views (that level's slot, the outer levels whole, the inner ones at slots 0–3)."""
-    views = space.views
-    if not views:
-        array = space.array
+def _slot_views(array: Any, views: dict, levels: int) -> dict:
+    """A scratch array's views, kept in ``views``: "slots", slots 0–3 of every level as (2, 2)*L + (rows,
+    columns); "levels", per level its seven slot views (that level's slot, the outer levels whole, the inner ones at
+    slots 0–3)."""
+    if "slots" not in views:
         blocks = array[(slice(0, 4),) * levels]
         views["slots"] = blocks.reshape(tuple(d for _ in range(levels) for d in (2, 2)) + blocks.shape[-2:])
         views["levels"] = [[array[(slice(None),) * level + (slot,) + (slice(0, 4),) * (levels - level - 1)]
@@ -161,15 +161,17 @@ def _slot_views(space: Any, levels: int) -> dict:
     return views
 
 
-def _loaded(xp: Any, role: str, parts: list, levels: int, shape: tuple, swapped: bool,
-            transposed: bool = False) -> Any:
+def _loaded(xp: Any, role: str, parts: list, levels: int, shape: tuple, swapped: bool, transposed: bool = False,
+            grows_in_columns: bool = False) -> Any:
     """The scratch array of ``role`` with the ``parts`` (array, row scale or None) loaded side by side (along the
     columns; ``transposed``: the parts are stored transposed and side by side along the rows) into slots 0–3 of
-    every level, one operation a part."""
+    every level, one operation a part; ``grows_in_columns``: its columns are the axis that grows from call to call
+    (``workspace`` stores them first)."""
     size = 2**levels
     rows, columns = shape
-    space = workspace(xp, parts[0][0], role, (*(7,) * levels, rows // size, columns // size))
-    views = _slot_views(space, levels)
+    array, kept = workspace(xp, parts[0][0], role, (*(7,) * levels, rows // size, columns // size),
+                            transposed=grows_in_columns)
+    views = _slot_views(array, kept, levels)
     offset = 0
     for part, scale in parts:
         stack = part.shape[:-2]
@@ -189,14 +191,16 @@ def _loaded(xp: Any, role: str, parts: list, levels: int, shape: tuple, swapped:
     steps = RIGHT_STEPS if swapped else LEFT_STEPS
     for level in range(levels):
         _run(xp, steps, views["levels"][level])
-    return space.array
+    return array
 
 
-def _multiplied(xp: Any, role: str, left: Any, right: Any, levels: int) -> Any:
-    """The 7^L block products, one batched matmul into the scratch array of ``role``, recombined in place."""
-    space = workspace(xp, left, role + " products", (*left.shape[:-1], right.shape[-1]))
-    xp.matmul(left, right, out=space.array)
-    views = _slot_views(space, levels)
+def _multiplied(xp: Any, role: str, left: Any, right: Any, levels: int, grows_in_columns: bool = False) -> Any:
+    """The 7^L block products, one batched matmul into the scratch array of ``role`` (``grows_in_columns``: as in
+    ``_loaded``), recombined in place."""
+    array, kept = workspace(xp, left, role + " products", (*left.shape[:-1], right.shape[-1]),
+                            transposed=grows_in_columns)
+    xp.matmul(left, right, out=array)
+    views = _slot_views(array, kept, levels)
     for level in reversed(range(levels)):
         _run(xp, OUT_STEPS, views["levels"][level])
     return views["slots"]
